@@ -1,0 +1,148 @@
+"""Codegen: a scheduled, allocated graph -> ``isa.Program``.
+
+Weight matrices become blobs; every crossbar tile is written once at the start (the
+weight-stationary load), then ops are emitted in topological order, one instruction each,
+except ``xbar_matmul``: initialise (bias or zero), one ``mvm`` per tile, then the fused
+activation in place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+
+from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
+
+from .ir import Graph, Op
+
+# Canonical IR kinds that map one-to-one onto an ISA opcode with the same attributes.
+DIRECT = {"im2col", "unpatch", "add", "sub", "mul", "div", "relu", "leakyrelu", "clip",
+          "sigmoid", "tanh", "maxpool", "avgpool", "gavgpool", "gmaxpool", "reshape",
+          "transpose", "concat", "pad", "softmax", "lrn", "copy"}
+
+
+class _Names:
+    """IR names -> ISA-safe unique names (``[A-Za-z0-9_.]+``)."""
+
+    def __init__(self):
+        self.map: dict[str, str] = {}
+        self.used: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        if name not in self.map:
+            base = re.sub(r"[^A-Za-z0-9_.]", "_", name).strip("_.") or "t"
+            cand, i = base, 1
+            while cand in self.used:
+                cand, i = f"{base}_{i}", i + 1
+            self.used.add(cand)
+            self.map[name] = cand
+        return self.map[name]
+
+
+class Codegen:
+    def __init__(self, graph: Graph, chip: ChipGeometry):
+        self.g, self.chip = graph, chip
+        self.names = _Names()
+        self.blob_names = _Names()
+        self.blobs: dict[str, Blob] = {}
+        self.loads: list[Instr] = []
+        self.text: list[Instr] = []
+
+    def ref(self, name: str) -> str:
+        if self.g.is_const(name):
+            bname = self.blob_names(name)
+            if bname not in self.blobs:
+                self.blobs[bname] = Blob(bname, np.asarray(self.g.constants[name], np.float32))
+            return "@" + bname
+        return "%" + self.names(name)
+
+    def emit(self, op: str, operands, attrs=(), note=""):
+        self.text.append(Instr(op, tuple(operands), tuple(attrs), note))
+
+    def xbar_matmul(self, op: Op) -> None:
+        x, w = op.inputs[0], op.inputs[1]
+        dst = self.ref(op.outputs[0])
+        if len(op.inputs) > 2:
+            self.emit("copy", [dst, self.ref(op.inputs[2])], note=op.origin)
+        else:
+            self.emit("fill", [dst], [("value", 0.0)], op.origin)
+        wref = self.ref(w)
+        for (r0, r1, c0, c1), xb in zip(op.attrs["tiles"], op.attrs["xbars"]):
+            window = [("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1))]
+            self.loads.append(Instr("write", (wref,), tuple(window), op.origin))
+            self.emit("mvm", [dst, self.ref(x)], window, op.origin)
+        if op.attrs.get("act"):
+            kind, attrs = op.attrs["act"]
+            self.emit(kind, [dst, dst], sorted(attrs.items()), op.origin)
+
+    def op(self, op: Op) -> None:
+        if op.kind == "xbar_matmul":
+            self.xbar_matmul(op)
+        elif op.kind in DIRECT:
+            attrs = [(k, tuple(v) if isinstance(v, list) else v) for k, v in op.attrs.items()
+                     if not k.startswith("_")]
+            self.emit(op.kind, [self.ref(o) for o in op.outputs] +
+                      [self.ref(i) for i in op.inputs], attrs, op.origin)
+        else:
+            raise NotImplementedError(f"codegen has no rule for IR op {op.kind}")
+
+    def ports(self) -> list[Port]:
+        ports = [Port("input", n, self.names(n)) for n in self.g.inputs]
+        for value, name in zip(self.g.outputs, self.g.output_names):
+            produced = value in self.g.values and value not in self.g.inputs
+            if produced and self.names(value) not in [p.buffer for p in ports]:
+                ports.append(Port("output", name, self.names(value)))
+                continue
+            copy = self.g.fresh("out")
+            self.g.add_value(copy, self.g.shape(value))
+            self.emit("copy", [self.ref(copy), self.ref(value)], note="output " + name)
+            ports.append(Port("output", name, self.names(copy)))
+        return ports
+
+    def buffers(self) -> list[Buffer]:
+        offsets = getattr(self.g, "offsets", {})
+        return [Buffer(bname, TensorType("f32", self.g.shape(name)), offsets.get(name, 0))
+                for name, bname in self.names.map.items()]
+
+
+def batch_free(program: Program) -> bool:
+    """True when the leading axis of every buffer is the batch and no op mixes samples."""
+    b = program.batch
+    bufs = program.buffer_map()
+    if any(not buf.type.shape or buf.type.shape[0] != b for buf in bufs.values()):
+        return False
+    blobs = program.blob_map()
+    for ins in program.text:
+        if ins.op == "transpose" and ins.attr("perm")[0] != 0:
+            return False
+        if ins.op in ("concat", "softmax") and ins.attr("axis") == 0:
+            return False
+        if ins.op == "pad":
+            pads = ins.attr("pads")
+            if pads[0] or pads[len(pads) // 2]:
+                return False
+        if ins.op in ("add", "sub", "mul", "div", "copy"):
+            rank = len(bufs[ins.operands[0][1:]].type.shape)
+            for ref in ins.operands[1:]:
+                if ref[0] == "@":
+                    shape = blobs[ref[1:]].data.shape
+                    if len(shape) == rank and shape[0] != 1:
+                        return False
+    return True
+
+
+def generate(graph: Graph, chip: ChipGeometry, xbars: int) -> Program:
+    cg = Codegen(graph, chip)
+    for name in graph.inputs:
+        cg.names(name)
+    for op in graph.ops():
+        cg.op(op)
+    ports = cg.ports()
+    cg.emit("halt", [])
+    program = Program(chip=replace(chip, xbars=xbars), batch=graph.batch, batch_free=False,
+                      ports=ports, buffers=cg.buffers(), text=cg.loads + cg.text,
+                      blobs=list(cg.blobs.values()))
+    program.batch_free = batch_free(program)
+    return program

@@ -1,0 +1,14 @@
+"""Compile options as one value passed to every pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from isa import ChipGeometry
+
+
+@dataclass
+class CompileContext:
+    chip: ChipGeometry = field(default_factory=ChipGeometry)
+    max_xbars: int | None = None  # None: as many crossbars as the model needs
+    stats: dict = field(default_factory=dict)  # what passes measured, for dumps and reports

@@ -1,0 +1,177 @@
+"""ONNX op -> canonical IR op: one small function per ONNX type, found through ``NORMALIZERS``.
+
+Each takes (graph, op) and returns (kind, inputs, attrs) of the canonical op with every
+attribute explicit and numeric (auto_pad resolved to pads, negative axes made positive,
+defaults filled in), or None when the op was rewritten into other ops itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CompileError
+from .ir import Graph, Op
+
+
+def _spatial(graph: Graph, op: Op):
+    return graph.shape(op.inputs[0])[2:], graph.shape(op.outputs[0])[2:]
+
+
+def resolve_pads(op: Op, in_sp, out_sp, kernel, strides, dilations) -> list[int]:
+    """Explicit [begin..., end...] pads, resolving ONNX auto_pad."""
+    auto = op.attrs.get("auto_pad", "NOTSET")
+    n = len(in_sp)
+    if auto in ("NOTSET", "") or auto is None:
+        return list(op.attrs.get("pads", [0] * 2 * n))
+    if auto == "VALID":
+        return [0] * 2 * n
+    total = [max((o - 1) * s + (k - 1) * d + 1 - i, 0)
+             for i, o, k, s, d in zip(in_sp, out_sp, kernel, strides, dilations)]
+    small = [t // 2 for t in total]
+    big = [t - t // 2 for t in total]
+    return small + big if auto == "SAME_UPPER" else big + small
+
+
+def _window(graph: Graph, op: Op, kernel) -> dict:
+    in_sp, out_sp = _spatial(graph, op)
+    n = len(in_sp)
+    strides = list(op.attrs.get("strides", [1] * n))
+    dil = list(op.attrs.get("dilations", [1] * n))
+    pads = resolve_pads(op, in_sp, out_sp, kernel, strides, dil)
+    return {"kernel": list(kernel), "strides": strides, "pads": pads, "dilations": dil}
+
+
+def _axis(graph: Graph, name: str, axis: int) -> int:
+    return axis % len(graph.shape(name))
+
+
+def conv(graph, op):
+    w = graph.constants[op.inputs[1]]
+    attrs = _window(graph, op, w.shape[2:])
+    attrs["group"] = int(op.attrs.get("group", 1))
+    return "conv", op.inputs[:3], attrs
+
+
+def gemm(graph, op):
+    a = op.attrs
+    w = graph.constants[op.inputs[1]].astype(np.float32)
+    w = (w.T if a.get("transB", 0) else w) * np.float32(a.get("alpha", 1.0))
+    x = op.inputs[0]
+    if a.get("transA", 0):
+        x = graph.add_value(graph.fresh("xT"), graph.shape(x)[::-1])
+        graph.add_op("transpose", [op.inputs[0]], [x], {"perm": [1, 0]}, op.origin)
+    ins = [x, graph.add_constant(graph.fresh(f"{op.id}.w"), w)]
+    if len(op.inputs) > 2 and op.inputs[2]:
+        c = graph.constants[op.inputs[2]].astype(np.float32) * np.float32(a.get("beta", 1.0))
+        ins.append(graph.add_constant(graph.fresh(f"{op.id}.b"), c))
+    return "matmul", ins, {}
+
+
+def matmul(graph, op):
+    w = graph.constants[op.inputs[1]]
+    if w.ndim != 2 or len(graph.shape(op.inputs[0])) < 2:
+        raise CompileError(f"{op.origin}: MatMul needs an input of rank >= 2 and a 2-D constant "
+                           f"weight, got {graph.shape(op.inputs[0])} x {w.shape}")
+    return "matmul", op.inputs[:2], {}
+
+
+def batchnorm(graph, op):
+    if op.attrs.get("training_mode", 0):
+        raise CompileError(f"{op.origin}: BatchNormalization in training mode is not supported")
+    return "batchnorm", op.inputs[:5], {"epsilon": float(op.attrs.get("epsilon", 1e-5))}
+
+
+def clip(graph, op):
+    lo, hi = -np.inf, np.inf
+    if len(op.inputs) > 1 and op.inputs[1]:
+        lo = float(graph.constants[op.inputs[1]])
+    if len(op.inputs) > 2 and op.inputs[2]:
+        hi = float(graph.constants[op.inputs[2]])
+    lo, hi = op.attrs.get("min", lo), op.attrs.get("max", hi)
+    return "clip", op.inputs[:1], {"min": float(lo), "max": float(hi)}
+
+
+def pad(graph, op):
+    rank = len(graph.shape(op.inputs[0]))
+    pads = [int(p) for p in graph.constants[op.inputs[1]]] if len(op.inputs) > 1 else \
+        list(op.attrs.get("pads"))
+    if len(op.inputs) > 3 and op.inputs[3]:
+        axes = [int(a) % rank for a in graph.constants[op.inputs[3]]]
+        full = [0] * 2 * rank
+        for i, ax in enumerate(axes):
+            full[ax], full[rank + ax] = pads[i], pads[len(axes) + i]
+        pads = full
+    value = 0.0
+    if len(op.inputs) > 2 and op.inputs[2]:
+        value = float(graph.constants[op.inputs[2]].reshape(-1)[0])
+    return "pad", op.inputs[:1], {"pads": pads, "mode": op.attrs.get("mode", "constant"),
+                                  "value": value}
+
+
+def pool(kind):
+    def normalise(graph, op):
+        a = op.attrs
+        if a.get("storage_order", 0):
+            raise CompileError(f"{op.origin}: MaxPool storage_order=1 is not supported")
+        attrs = _window(graph, op, a["kernel_shape"])
+        attrs["ceil"] = int(a.get("ceil_mode", 0))
+        if kind == "avgpool":
+            attrs["count_pad"] = int(a.get("count_include_pad", 0))
+        return kind, op.inputs[:1], attrs
+    return normalise
+
+
+def reshape(graph, op):
+    return "reshape", op.inputs[:1], {}
+
+
+def sum_(graph, op):
+    acc = op.inputs[0]
+    for i, other in enumerate(op.inputs[1:]):
+        last = i == len(op.inputs) - 2
+        out = op.outputs[0] if last else graph.add_value(graph.fresh("sum"),
+                                                         graph.shape(op.outputs[0]))
+        graph.add_op("add", [acc, other], [out], {}, op.origin)
+        acc = out
+    if len(op.inputs) == 1:
+        graph.add_op("copy", [acc], op.outputs, {}, op.origin)
+    return None
+
+
+def simple(kind, **defaults):
+    def normalise(graph, op):
+        attrs = {k: type(v)(op.attrs.get(k, v)) for k, v in defaults.items()}
+        return kind, op.inputs, attrs
+    return normalise
+
+
+def axis_op(kind, default):
+    def normalise(graph, op):
+        name = op.inputs[0] if kind == "softmax" else op.outputs[0]
+        return kind, op.inputs, {"axis": _axis(graph, name, op.attrs.get("axis", default))}
+    return normalise
+
+
+def transpose(graph, op):
+    rank = len(graph.shape(op.inputs[0]))
+    perm = op.attrs.get("perm", list(range(rank))[::-1])
+    return "transpose", op.inputs, {"perm": [int(p) for p in perm]}
+
+
+def lrn(graph, op):
+    a = op.attrs
+    return "lrn", op.inputs, {"size": int(a["size"]), "alpha": float(a.get("alpha", 1e-4)),
+                              "beta": float(a.get("beta", 0.75)), "bias": float(a.get("bias", 1.0))}
+
+
+NORMALIZERS = {
+    "Conv": conv, "Gemm": gemm, "MatMul": matmul, "BatchNormalization": batchnorm,
+    "Clip": clip, "Pad": pad, "MaxPool": pool("maxpool"), "AveragePool": pool("avgpool"),
+    "Flatten": reshape, "Reshape": reshape, "Squeeze": reshape, "Unsqueeze": reshape,
+    "Sum": sum_, "Transpose": transpose, "LRN": lrn,
+    "Relu": simple("relu"), "Sigmoid": simple("sigmoid"), "Tanh": simple("tanh"),
+    "LeakyRelu": simple("leakyrelu", alpha=0.01),
+    "Add": simple("add"), "Sub": simple("sub"), "Mul": simple("mul"), "Div": simple("div"),
+    "GlobalAveragePool": simple("gavgpool"), "GlobalMaxPool": simple("gmaxpool"),
+    "Concat": axis_op("concat", 0), "Softmax": axis_op("softmax", -1),
+}

@@ -1,0 +1,15 @@
+"""The pass registry and the default pipeline (an ordered list of pass names)."""
+
+from . import (allocate_buffers, canonicalize, fold_batchnorm, fuse_activation,
+               lower_to_crossbar, schedule)
+
+PASSES = {
+    "canonicalize": canonicalize.run,
+    "fold-batchnorm": fold_batchnorm.run,
+    "fuse-activation": fuse_activation.run,
+    "lower-to-crossbar": lower_to_crossbar.run,
+    "schedule": schedule.run,
+    "allocate-buffers": allocate_buffers.run,
+}
+
+PIPELINE = list(PASSES)

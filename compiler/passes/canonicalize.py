@@ -1,0 +1,76 @@
+"""canonicalize: fold constants, drop no-ops, rewrite ONNX ops into canonical IR ops.
+
+Before: a graph straight from the frontend (ops are ONNX types).
+After: no op has only constant inputs (all folded with ONNX's reference evaluator; Shape of a
+static tensor folds too); Identity and Dropout are gone (a graph output that was an Identity
+becomes ``copy``); every op is a canonical kind from ``compiler.normalize`` (conv, matmul,
+batchnorm, relu, add, reshape, maxpool, ...) with explicit numeric attributes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx.reference import ReferenceEvaluator
+
+from ..errors import CompileError
+from ..ir import Graph, Op
+from ..normalize import NORMALIZERS
+from ..support import NOT_FOLDABLE
+
+DROPPED = {"Identity", "Dropout"}
+
+
+def _fold(graph: Graph, op: Op) -> bool:
+    if op.kind == "Shape" and op.inputs[0] in graph.values:
+        shape = np.array(graph.shape(op.inputs[0]), dtype=np.int64)
+        start, end = op.attrs.get("start", 0), op.attrs.get("end", len(shape))
+        results = [shape[start:end]]
+    elif op.kind not in NOT_FOLDABLE and "_proto" in op.attrs and \
+            all(not i or graph.is_const(i) for i in op.inputs):
+        feeds = {i: graph.constants[i] for i in op.inputs if i}
+        try:
+            results = ReferenceEvaluator(op.attrs["_proto"], opsets={"": graph.opset}).run(
+                None, feeds)
+        except Exception as exc:
+            raise CompileError(f"{op.origin}: constant folding of {op.kind} failed: {exc}") \
+                from None
+    else:
+        return False
+    graph.remove_op(op)
+    for name, value in zip(op.outputs, results):
+        graph.values.pop(name, None)
+        graph.add_constant(name, np.asarray(value))
+    return True
+
+
+def _drop(graph: Graph, op: Op) -> None:
+    src, out = op.inputs[0], op.outputs[0]
+    if out in graph.outputs:
+        graph.remove_op(op)
+        graph.add_op("copy", [src], [out], {}, op.origin)
+        return
+    graph.remove_op(op)
+    graph.replace_uses(out, src)
+    graph.values.pop(out, None)
+
+
+def _normalise(graph: Graph, op: Op) -> None:
+    graph.remove_op(op)
+    result = NORMALIZERS[op.kind](graph, op)
+    if result is not None:
+        kind, inputs, attrs = result
+        graph.add_op(kind, inputs, op.outputs, attrs, op.origin)
+
+
+def run(graph: Graph, ctx) -> Graph:
+    for op in graph.ops():
+        if _fold(graph, op):
+            continue
+        if op.kind in DROPPED:
+            _drop(graph, op)
+        elif op.kind in NORMALIZERS:
+            _normalise(graph, op)
+        elif op.kind[0].isupper():
+            raise CompileError(f"{op.origin}: operator {op.kind} is not supported")
+    graph.drop_dead()
+    return graph

@@ -1,0 +1,66 @@
+"""fold_batchnorm: fold inference-mode BatchNormalization into the producing conv/matmul.
+
+Before: canonical ops (after canonicalize).
+After: no ``batchnorm`` op remains. A batchnorm whose input is the only use of a conv (or a
+2-D matmul) output is folded into that op's weight and bias; any other becomes a per-channel
+``mul`` then ``add`` with constants on the vector unit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Op
+
+FOLDABLE = {"conv": 0, "matmul": 1}  # producer kind -> axis of its weight that is the channel
+
+
+def _single_use(graph: Graph, name: str) -> bool:
+    return len(graph.users(name)) == 1 and name not in graph.outputs
+
+
+def _coefficients(graph: Graph, op: Op) -> tuple[np.ndarray, np.ndarray]:
+    gamma, beta, mean, var = (graph.constants[i].astype(np.float64) for i in op.inputs[1:5])
+    scale = gamma / np.sqrt(var + op.attrs["epsilon"])
+    return scale, beta - mean * scale
+
+
+def _fold_into(graph: Graph, prod: Op, bn: Op, scale, shift) -> None:
+    w = graph.constants[prod.inputs[1]].astype(np.float64)
+    axis = FOLDABLE[prod.kind]
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    new_w = (w * scale.reshape(shape)).astype(np.float32)
+    bias = graph.constants[prod.inputs[2]].astype(np.float64) if len(prod.inputs) > 2 \
+        else np.zeros_like(scale)
+    new_b = (bias * scale + shift).astype(np.float32)
+    graph.remove_op(bn)
+    graph.remove_op(prod)
+    ins = [prod.inputs[0], graph.add_constant(graph.fresh(f"{prod.id}.w_bn"), new_w),
+           graph.add_constant(graph.fresh(f"{prod.id}.b_bn"), new_b)]
+    graph.values.pop(prod.outputs[0], None)
+    graph.add_op(prod.kind, ins, bn.outputs, prod.attrs, prod.origin)
+
+
+def _to_scale_shift(graph: Graph, bn: Op, scale, shift) -> None:
+    rank = len(graph.shape(bn.inputs[0]))
+    shape = (-1,) + (1,) * (rank - 2)
+    s = graph.add_constant(graph.fresh(f"{bn.id}.scale"), scale.astype(np.float32).reshape(shape))
+    t = graph.add_constant(graph.fresh(f"{bn.id}.shift"), shift.astype(np.float32).reshape(shape))
+    mid = graph.add_value(graph.fresh(f"{bn.id}.scaled"), graph.shape(bn.outputs[0]))
+    graph.remove_op(bn)
+    graph.add_op("mul", [bn.inputs[0], s], [mid], {}, bn.origin)
+    graph.add_op("add", [mid, t], bn.outputs, {}, bn.origin)
+
+
+def run(graph: Graph, ctx) -> Graph:
+    for bn in [op for op in graph.ops() if op.kind == "batchnorm"]:
+        scale, shift = _coefficients(graph, bn)
+        prod = graph.producer(bn.inputs[0])
+        if (prod is not None and prod.kind in FOLDABLE and _single_use(graph, bn.inputs[0])
+                and (prod.kind == "conv" or len(graph.shape(bn.inputs[0])) == 2)):
+            _fold_into(graph, prod, bn, scale, shift)
+        else:
+            _to_scale_shift(graph, bn, scale, shift)
+    graph.drop_dead()
+    return graph

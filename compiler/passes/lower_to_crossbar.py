@@ -1,0 +1,73 @@
+"""lower_to_crossbar: conv and matmul become crossbar matrix products over tiled weights.
+
+Before: canonical ops with batchnorm folded and activations fused.
+After: no conv or matmul remains. A conv is ``im2col`` (patches [B, P, C*prod(k)]), then
+``xbar_matmul`` against a [C*prod(k), M] weight matrix (block-diagonal over groups, so
+depthwise and grouped convs share one matrix), then ``unpatch`` back to [B, M, *spatial].
+A matmul is an ``xbar_matmul`` directly. Every ``xbar_matmul`` has ``tiles``: the
+(row0, row1, col0, col1) windows of its weight that hold any non-zero weight, each at most
+chip.rows x chip.weights_per_row; an all-zero tile is never mapped (its product is zero).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Op
+
+
+def conv_matrix(w: np.ndarray, group: int) -> np.ndarray:
+    """[M, C/g, *k] conv weight -> [C*prod(k), M] matrix matching im2col's C-major patches."""
+    m, cg = w.shape[:2]
+    kk = int(np.prod(w.shape[2:], dtype=np.int64))
+    mg = m // group
+    mat = np.zeros((cg * group * kk, m), dtype=np.float32)
+    for g in range(group):
+        block = w[g * mg:(g + 1) * mg].reshape(mg, cg * kk).T
+        mat[g * cg * kk:(g + 1) * cg * kk, g * mg:(g + 1) * mg] = block
+    return mat
+
+
+def tile(weight: np.ndarray, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    k, n = weight.shape
+    nonzero = weight != 0
+    return [(r, min(r + rows, k), c, min(c + cols, n))
+            for c in range(0, n, cols) for r in range(0, k, rows)
+            if nonzero[r:r + rows, c:c + cols].any()]
+
+
+def _xbar_matmul(graph: Graph, op: Op, x: str, weight: np.ndarray, out: str, ctx) -> None:
+    w = graph.add_constant(graph.fresh(f"{op.origin or op.id}.matrix"), weight)
+    ins = [x, w] + ([op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] else [])
+    tiles = tile(weight, ctx.chip.rows, ctx.chip.weights_per_row)
+    graph.add_op("xbar_matmul", ins, [out], {"tiles": tiles, "act": op.attrs.get("act")},
+                 op.origin)
+
+
+def _lower_conv(graph: Graph, op: Op, ctx) -> None:
+    x, out = op.inputs[0], op.outputs[0]
+    w = graph.constants[op.inputs[1]].astype(np.float32)
+    b, m = graph.shape(x)[0], w.shape[0]
+    out_sp = graph.shape(out)[2:]
+    p = int(np.prod(out_sp, dtype=np.int64))
+    k = graph.shape(x)[1] * int(np.prod(w.shape[2:], dtype=np.int64))
+    patches = graph.add_value(graph.fresh(f"{op.origin or op.id}.patches"), (b, p, k))
+    window = {key: op.attrs[key] for key in ("kernel", "strides", "pads", "dilations")}
+    graph.add_op("im2col", [x], [patches], window, op.origin)
+    cols = graph.add_value(graph.fresh(f"{op.origin or op.id}.cols"), (b, p, m))
+    _xbar_matmul(graph, op, patches, conv_matrix(w, op.attrs["group"]), cols, ctx)
+    graph.add_op("unpatch", [cols], [out], {}, op.origin)
+
+
+def run(graph: Graph, ctx) -> Graph:
+    for op in [o for o in graph.ops() if o.kind in ("conv", "matmul")]:
+        graph.remove_op(op)
+        if op.kind == "conv":
+            _lower_conv(graph, op, ctx)
+        else:
+            w = graph.constants[op.inputs[1]].astype(np.float32)
+            _xbar_matmul(graph, op, op.inputs[0], w, op.outputs[0], ctx)
+    graph.drop_dead()
+    ctx.stats["tiles"] = sum(len(o.attrs["tiles"]) for o in graph.ops()
+                             if o.kind == "xbar_matmul")
+    return graph

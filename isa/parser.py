@@ -1,0 +1,194 @@
+"""Parse the text form of a program into ``isa.program`` dataclasses.
+
+Every failure raises ``IsaError`` with line:column and what was expected: lark's syntax
+errors, unknown opcodes, wrong operand kinds or attribute types, a missing or wrong file
+checksum (a truncated or corrupted file), a corrupt blob. Nothing in the file is evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from importlib import resources
+
+import lark
+
+from . import blobs
+from .errors import IsaError
+from .opcodes import OPCODES
+from .program import (FORMAT_VERSION, Blob, Buffer, ChipGeometry, Instr, Port, Program,
+                      TensorType)
+from .verify import verify
+
+_END = "end crc32="
+
+
+def _line_col(meta_or_token) -> tuple[int, int]:
+    return getattr(meta_or_token, "line", 0), getattr(meta_or_token, "column", 0)
+
+
+def _check_attr(op: str, key: str, value, typ: str, token) -> object:
+    ok = {"int": isinstance(value, int), "float": isinstance(value, (int, float)),
+          "ints": isinstance(value, list), "str": isinstance(value, str)}[typ]
+    if not ok:
+        raise IsaError(f"{op}: attribute {key} must be {typ}, got {value!r}", *_line_col(token))
+    return float(value) if typ == "float" else tuple(value) if typ == "ints" else value
+
+
+class _ToProgram(lark.Transformer):
+    """Tree -> dataclasses, validating instructions against the opcode table."""
+
+    def int(self, items):
+        return int(items[0])
+
+    def float(self, items):
+        return float(items[0])
+
+    def string(self, items):
+        return json.loads(items[0])
+
+    def ints(self, items):
+        return [int(t) for t in items if t is not None]
+
+    def kv(self, items):
+        return (str(items[0]), items[1], items[0])
+
+    def ttype(self, items):
+        return TensorType(str(items[0]), tuple(int(t) for t in items[1:] if t is not None))
+
+    def version(self, items):
+        if int(items[0]) != FORMAT_VERSION:
+            raise IsaError(f"format version {items[0]} is not supported (this build reads "
+                           f"version {FORMAT_VERSION})", *_line_col(items[0]))
+        return ("version", int(items[0]))
+
+    def chip(self, items):
+        fields = ChipGeometry.__dataclass_fields__
+        values = {}
+        for key, value, tok in items:
+            if key not in fields or not isinstance(value, int):
+                raise IsaError(f"chip: unknown or non-integer field {key}", *_line_col(tok))
+            values[key] = value
+        return ("chip", ChipGeometry(**values))
+
+    def batch(self, items):
+        return ("batch", (int(items[0]), str(items[1]) == "free"))
+
+    def port(self, items):
+        return ("port", Port(str(items[0]), json.loads(items[1]), str(items[2])[1:]))
+
+    def buffer(self, items):
+        offset = 0
+        for key, value, tok in items[2:]:
+            if key != "offset" or not isinstance(value, int):
+                raise IsaError(f"buffer: unknown attribute {key}", *_line_col(tok))
+            offset = value
+        return ("buffer", Buffer(str(items[0])[1:], items[1], offset))
+
+    def instr(self, items):
+        tok = items[0]
+        spec = OPCODES.get(str(tok))
+        if spec is None:
+            raise IsaError(f"unknown opcode {tok!s}; expected one of "
+                           f"{', '.join(sorted(OPCODES))}", *_line_col(tok))
+        refs = [t for t in items[1:] if isinstance(t, lark.Token) and t.type in ("BUF", "BLOB")]
+        kvs = [t for t in items[1:] if isinstance(t, tuple)]
+        note = next((str(t)[1:].strip() for t in items[1:]
+                     if isinstance(t, lark.Token) and t.type == "COMMENT"), "")
+        _check_operands(spec, refs, tok)
+        attrs = []
+        for key, value, ktok in kvs:
+            if key not in spec.attrs:
+                raise IsaError(f"{spec.mnemonic}: unknown attribute {key}; expected "
+                               f"{', '.join(spec.attrs) or 'none'}", *_line_col(ktok))
+            attrs.append((key, _check_attr(spec.mnemonic, key, value, spec.attrs[key], ktok)))
+        missing = set(spec.attrs) - {k for k, _ in attrs}
+        if missing:
+            raise IsaError(f"{spec.mnemonic}: missing attribute(s) {', '.join(sorted(missing))}",
+                           *_line_col(tok))
+        return ("instr", Instr(spec.mnemonic, tuple(str(r) for r in refs), tuple(attrs), note,
+                               tok.line))
+
+    def blob(self, items):
+        name, _, crc, ttype, payload = items
+        data = blobs.decode(str(payload)[5:], ttype.dtype, ttype.shape, str(crc),
+                            f"line {name.line}: blob {name!s}")
+        return ("blob", Blob(str(name)[1:], data))
+
+    def start(self, items):
+        parts: dict[str, list] = {}
+        for kind, value, *_ in items:
+            parts.setdefault(kind, []).append(value)
+        batch, free = parts["batch"][0]
+        return Program(chip=parts["chip"][0], batch=batch, batch_free=free,
+                       ports=parts.get("port", []), buffers=parts.get("buffer", []),
+                       text=parts.get("instr", []), blobs=parts.get("blob", []))
+
+
+def _check_operands(spec, refs, tok) -> None:
+    kinds = list(spec.operands)
+    if spec.variadic:
+        ok = len(refs) >= len(kinds)
+    else:
+        ok = len(refs) == len(kinds)
+    if not ok:
+        raise IsaError(f"{spec.mnemonic}: expected operands ({', '.join(kinds)}), got "
+                       f"{len(refs)}", *_line_col(tok))
+    for i, ref in enumerate(refs):
+        kind = kinds[min(i, len(kinds) - 1)]
+        if kind == "dst" and ref.type != "BUF" or kind == "blob" and ref.type != "BLOB":
+            raise IsaError(f"{spec.mnemonic}: operand {i + 1} must be a "
+                           f"{'buffer %name' if kind == 'dst' else 'blob @name'}, got {ref!s}",
+                           *_line_col(ref))
+
+
+_PARSER: lark.Lark | None = None
+
+
+def _lark() -> lark.Lark:
+    global _PARSER
+    if _PARSER is None:
+        grammar = resources.files("isa").joinpath("grammar.lark").read_text()
+        _PARSER = lark.Lark(grammar, parser="lalr", propagate_positions=False)
+    return _PARSER
+
+
+def split_checksum(text: str) -> str:
+    """Check the trailing ``end crc32=`` line and return the body it covers."""
+    cut = text.rfind("\n" + _END)
+    if cut < 0:
+        raise IsaError("truncated program: the final 'end crc32=...' line is missing")
+    body, tail = text[:cut + 1], text[cut + 1 + len(_END):].strip()
+    if tail != f"{zlib.crc32(body.encode('utf-8')):08x}":
+        raise IsaError(f"file checksum mismatch at line {body.count(chr(10)) + 1}: the program "
+                       "is corrupted or was edited (recompile it)")
+    return body
+
+
+def parse(text: str, check_sum: bool = True) -> Program:
+    """Parse a whole ``.cim`` text. With ``check_sum`` the file checksum must match."""
+    body = split_checksum(text) if check_sum else text.rsplit("\n" + _END, 1)[0] + "\n"
+    try:
+        tree = _lark().parse(body)
+        program = _ToProgram().transform(tree)
+    except lark.exceptions.VisitError as exc:
+        if isinstance(exc.orig_exc, IsaError):
+            raise exc.orig_exc from None
+        raise IsaError(f"malformed program ({exc.orig_exc})") from None
+    except lark.exceptions.UnexpectedInput as exc:
+        expected = sorted(getattr(exc, "expected", None) or getattr(exc, "allowed", None) or [])
+        got = getattr(exc, "token", None) or getattr(exc, "char", "")
+        raise IsaError(f"unexpected {str(got)[:30]!r}; expected one of: "
+                       f"{', '.join(expected)[:200]}", exc.line, exc.column) from None
+    verify(program)
+    return program
+
+
+def load(path) -> Program:
+    """Read and parse a ``.cim`` file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise IsaError(f"{path}: not a .cim program (not UTF-8 text)") from None
+    return parse(text)

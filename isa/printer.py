@@ -1,0 +1,53 @@
+"""Print a program in the canonical text form that ``isa.parser.parse`` reads back exactly."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+from . import blobs
+from .opcodes import OPCODES
+from .program import ChipGeometry, Instr, Program
+
+
+def _value(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, float):
+        return repr(v) if v == v else "nan"
+    if isinstance(v, (tuple, list)):
+        return "[" + ",".join(str(int(x)) for x in v) + "]"
+    return str(int(v))
+
+
+def format_instr(ins: Instr) -> str:
+    spec = OPCODES[ins.op]
+    parts = [ins.op]
+    if ins.operands:
+        parts.append(", ".join(ins.operands))
+    order = list(spec.attrs)
+    for key, value in sorted(ins.attrs, key=lambda kv: order.index(kv[0])):
+        parts.append(f"{key}={_value(float(value) if spec.attrs[key] == 'float' else value)}")
+    line = " ".join(parts)
+    return f"{line:<60} # {ins.note}" if ins.note else line
+
+
+def _chip(chip: ChipGeometry) -> str:
+    return "chip " + " ".join(f"{k}={getattr(chip, k)}" for k in chip.__dataclass_fields__)
+
+
+def print_program(p: Program) -> str:
+    """Canonical text; the last line is the file checksum over everything before it."""
+    out = [f"cim {p.version}", _chip(p.chip),
+           f"batch {p.batch} {'free' if p.batch_free else 'fixed'}"]
+    out += [f"{port.kind} {json.dumps(port.name)} %{port.buffer}" for port in p.ports]
+    out += [f"buffer %{b.name} {b.type} offset={b.offset}" for b in p.buffers]
+    out.append("text")
+    out += ["  " + format_instr(ins) for ins in p.text]
+    out.append("data")
+    for blob in p.blobs:
+        crc, payload = blobs.encode(blob.data)
+        shape = ",".join(map(str, blob.data.shape))
+        out.append(f"blob @{blob.name} crc32={crc} f32[{shape}] zlib:{payload}")
+    body = "\n".join(out) + "\n"
+    return body + f"end crc32={zlib.crc32(body.encode('utf-8')):08x}\n"

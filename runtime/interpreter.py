@@ -1,0 +1,139 @@
+"""Execute an ``isa.Program`` on the simulated chip (ideal mode: float32 arithmetic).
+
+``run(program, inputs)`` validates the inputs against the program's input ports, runs every
+instruction through ``semantics.SEMANTICS`` and returns the outputs with run statistics.
+A program whose buffers all lead with the batch axis (``batch free``) runs any multiple of the
+compiled batch in one vectorised pass; otherwise the samples run in chunks of the compiled batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isa import Instr, Program
+
+from .errors import RunError
+from .semantics import SEMANTICS
+
+MODES = ("ideal",)
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    stats: dict = field(default_factory=dict)
+
+
+class Machine:
+    """Buffers, crossbar contents and blob data of one execution."""
+
+    def __init__(self, program: Program, scale: int):
+        self.program = program
+        self.blobs = {b.name: b.data for b in program.blobs}
+        self.shapes = {}
+        for b in program.buffers:
+            shape = b.type.shape
+            self.shapes[b.name] = (shape[0] * scale,) + shape[1:] if shape else shape
+        self.bufs: dict[str, np.ndarray] = {}
+        self.xbars: dict[int, np.ndarray] = {}
+        self.halted = False
+
+    def shape(self, ref: str) -> tuple[int, ...]:
+        return self.shapes[ref[1:]]
+
+    def read(self, ref: str) -> np.ndarray:
+        if ref[0] == "@":
+            return self.blobs[ref[1:]]
+        try:
+            return self.bufs[ref[1:]]
+        except KeyError:
+            raise RunError(f"{ref} is read before anything was written to it") from None
+
+    def store(self, ref: str, value: np.ndarray) -> None:
+        if value.shape != self.shapes[ref[1:]]:
+            raise RunError(f"{ref}: result of shape {value.shape} does not match the declared "
+                           f"{self.shapes[ref[1:]]}")
+        self.bufs[ref[1:]] = value
+
+    def program_xbar(self, xb: int, tile: np.ndarray) -> None:
+        self.xbars[xb] = np.ascontiguousarray(tile, dtype=np.float32)
+
+    def xbar(self, xb: int, shape, ins: Instr) -> np.ndarray:
+        tile = self.xbars.get(xb)
+        if tile is None or tile.shape != shape:
+            raise RunError(f"line {ins.line}: mvm on crossbar {xb} expects a {shape} tile, "
+                           f"it holds {None if tile is None else tile.shape}")
+        return tile
+
+
+def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts: Counter):
+    m = Machine(program, scale)
+    for port in program.inputs:
+        m.store("%" + port.buffer, feeds[port.name])
+    for ins in program.text:
+        try:
+            SEMANTICS[ins.op](m, ins)
+        except RunError as exc:
+            raise RunError(f"line {ins.line} ({ins.op}): {exc}") from None
+        counts[ins.op] += 1
+        if m.halted:
+            break
+    return {p.name: m.bufs[p.buffer] for p in program.outputs}
+
+
+def check_inputs(program: Program, inputs) -> tuple[dict[str, np.ndarray], int]:
+    """Validate user inputs; return them as float32 arrays and the number of samples."""
+    ports = program.inputs
+    if isinstance(inputs, np.ndarray):
+        if len(ports) != 1:
+            raise RunError(f"the program has {len(ports)} inputs "
+                           f"({', '.join(p.name for p in ports)}); pass them by name (.npz)")
+        inputs = {ports[0].name: inputs}
+    missing = [p.name for p in ports if p.name not in inputs]
+    if missing:
+        raise RunError(f"missing input(s): {', '.join(missing)}; the program takes "
+                       f"{', '.join(p.name for p in ports)}")
+    buffers = program.buffer_map()
+    feeds, samples = {}, None
+    for p in ports:
+        x = np.asarray(inputs[p.name])
+        want = buffers[p.buffer].type.shape
+        if not np.issubdtype(x.dtype, np.floating):
+            raise RunError(f"input {p.name!r} has dtype {x.dtype}; expected float32")
+        ok = x.shape == want or (len(want) >= 1 and x.ndim == len(want)
+                                 and x.shape[1:] == want[1:] and x.shape[0] % want[0] == 0)
+        if not ok:
+            raise RunError(f"input {p.name!r} has shape {list(x.shape)}; the program was compiled "
+                           f"for {list(want)} (a multiple of the leading batch "
+                           f"dimension {want[0] if want else 1} also works)")
+        n = x.shape[0] // want[0] if want else 1
+        if samples is not None and n != samples:
+            raise RunError("inputs disagree on the number of batches")
+        samples, feeds[p.name] = n, x.astype(np.float32)
+    return feeds, samples or 1
+
+
+def run(program: Program, inputs, mode: str = "ideal", seed: int = 0) -> RunResult:
+    """Run ``program`` on ``inputs`` (an array, or a dict by input name). Raises RunError."""
+    if mode not in MODES:
+        raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
+    feeds, groups = check_inputs(program, inputs)
+    counts: Counter = Counter()
+    start = time.perf_counter()
+    if groups == 1 or program.batch_free:
+        outputs = _execute(program, feeds, groups, counts)
+    else:
+        b = program.batch
+        parts = [_execute(program, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()}, 1,
+                          counts) for i in range(groups)]
+        outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    seconds = time.perf_counter() - start
+    stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
+             "compiled_batch": program.batch, "instructions": sum(counts.values()),
+             "mvm_count": counts["mvm"], "tile_writes": counts["write"],
+             "wall_seconds": seconds, "opcode_counts": dict(sorted(counts.items()))}
+    return RunResult(outputs, stats)
