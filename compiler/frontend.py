@@ -56,7 +56,7 @@ def _fix_batch(model: onnx.ModelProto, batch: int) -> None:
             continue
         dims = inp.type.tensor_type.shape.dim
         for i, d in enumerate(dims):
-            if d.HasField("dim_value") and d.dim_value > 0:
+            if d.HasField("dim_value"):
                 continue
             if i != 0:
                 raise CompileError(f"input {inp.name!r} has a dynamic dimension {i} "
@@ -73,13 +73,13 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         raise CompileError(f"invalid ONNX model: {str(exc).splitlines()[0]}") from None
     opset = _opset(model)
-    if opset < MIN_OPSET:
-        raise CompileError(f"opset {opset} is older than the supported minimum {MIN_OPSET}")
     if opset < CANONICAL_OPSET:
         try:
             model = version_converter.convert_version(model, CANONICAL_OPSET)
         except Exception as exc:
-            raise CompileError(f"cannot convert opset {opset} to {CANONICAL_OPSET}: "
+            raise CompileError(f"cannot convert opset {opset} to {CANONICAL_OPSET} "
+                               f"(opsets from {MIN_OPSET} are supported, older ones when onnx's "
+                               f"version converter can convert them): "
                                f"{str(exc).splitlines()[0]}") from None
     _fix_batch(model, batch)
     try:

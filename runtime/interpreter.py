@@ -110,7 +110,7 @@ def check_inputs(program: Program, inputs) -> tuple[dict[str, np.ndarray], int]:
             raise RunError(f"input {p.name!r} has shape {list(x.shape)}; the program was compiled "
                            f"for {list(want)} (a multiple of the leading batch "
                            f"dimension {want[0] if want else 1} also works)")
-        n = x.shape[0] // want[0] if want else 1
+        n = x.shape[0] // want[0] if want and want[0] and x.shape != want else 1
         if samples is not None and n != samples:
             raise RunError("inputs disagree on the number of batches")
         samples, feeds[p.name] = n, x.astype(np.float32)

@@ -43,7 +43,17 @@ def _fold(graph: Graph, op: Op) -> bool:
     return True
 
 
+def _training_dropout(graph: Graph, op: Op) -> bool:
+    ins = op.inputs + ["", ""]
+    ratio = float(graph.constants[ins[1]]) if ins[1] else op.attrs.get("ratio", 0.5)
+    training = bool(graph.constants[ins[2]]) if ins[2] else False
+    return training and ratio > 0
+
+
 def _drop(graph: Graph, op: Op) -> None:
+    if op.kind == "Dropout" and _training_dropout(graph, op):
+        raise CompileError(f"{op.origin}: Dropout in training mode is not supported "
+                           "(inference only)")
     src, out = op.inputs[0], op.outputs[0]
     if out in graph.outputs:
         graph.remove_op(op)

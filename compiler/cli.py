@@ -1,0 +1,83 @@
+"""``cimc``: compile an ONNX model to a crossbar program (.cim)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from isa import ChipGeometry, save
+
+from .driver import compile_model, dump_to_dir, dump_to_stdout
+from .errors import CompileError
+from .passes import PIPELINE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cimc", description="Compile an ONNX model into a crossbar ISA program (.cim).")
+    p.add_argument("model", help="ONNX model file (opset 9 or newer)")
+    p.add_argument("-o", "--output", help="program file to write (default: MODEL with .cim)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="value for a symbolic batch dimension (default 1)")
+    p.add_argument("--xbars", type=int, default=None,
+                   help="crossbars on the chip (default: as many as the model needs)")
+    p.add_argument("--rows", type=int, default=128, help="crossbar rows (default 128)")
+    p.add_argument("--cols", type=int, default=128, help="crossbar columns in cells (default 128)")
+    p.add_argument("--cell-bits", type=int, default=2, help="bits per RRAM cell (default 2)")
+    p.add_argument("--weight-bits", type=int, default=8, help="bits per weight (default 8)")
+    p.add_argument("--dump-ir", metavar="DIR|-",
+                   help="write the IR after every pass (NN-pass.ir and .dot) to DIR, or - for "
+                        "stdout")
+    p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    p.add_argument("--passes", default=",".join(PIPELINE),
+                   help=f"comma-separated pass pipeline (default: {','.join(PIPELINE)})")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    return p
+
+
+def _chip(args) -> ChipGeometry:
+    for name in ("rows", "cols", "cell_bits", "weight_bits"):
+        if getattr(args, name) < 1:
+            raise CompileError(f"--{name.replace('_', '-')} must be at least 1")
+    chip = ChipGeometry(rows=args.rows, cols=args.cols, cell_bits=args.cell_bits,
+                        weight_bits=args.weight_bits)
+    if args.cols < 2 * chip.slices:
+        raise CompileError(f"--cols {args.cols} cannot hold one weight ({chip.slices} slices "
+                           "x 2 differential cells)")
+    if args.xbars is not None and args.xbars < 1:
+        raise CompileError("--xbars must be at least 1")
+    return chip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    output = args.output or os.path.splitext(args.model)[0] + ".cim"
+    start = time.perf_counter()
+    try:
+        dump = None
+        if args.dump_ir == "-":
+            dump = dump_to_stdout
+        elif args.dump_ir:
+            dump = dump_to_dir(args.dump_ir)
+        program = compile_model(args.model, chip=_chip(args), batch=args.batch,
+                                max_xbars=args.xbars, verify_each=args.verify_each,
+                                passes=[p for p in args.passes.split(",") if p], dump=dump)
+        save(program, output)
+    except CompileError as exc:
+        print(f"cimc: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cimc: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not args.quiet and args.dump_ir != "-":
+        mvms = sum(1 for i in program.text if i.op == "mvm")
+        print(f"cimc: wrote {output}: {len(program.text)} instructions, {mvms} mvm, "
+              f"{program.chip.xbars} crossbars, {len(program.blobs)} blobs "
+              f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``cimrun``: execute a .cim program on the simulated chip."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+import isa
+
+from .errors import RunError
+from .interpreter import MODES, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cimrun", description="Run a crossbar program (.cim) on the simulated RRAM chip.")
+    p.add_argument("program", help="program file written by cimc")
+    p.add_argument("--input", required=True,
+                   help=".npy with the (only) input, or .npz with one array per input name; "
+                        "the leading axis may hold any multiple of the compiled batch")
+    p.add_argument("--mode", choices=MODES, default="ideal",
+                   help="arithmetic: ideal = float32 (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run's random generator")
+    p.add_argument("-o", "--output",
+                   help="where to write outputs: .npy for one output, .npz for several "
+                        "(default: PROGRAM.out.npy / .npz)")
+    p.add_argument("--report", help="write a JSON report of the run to this file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    return p
+
+
+def load_inputs(path: str):
+    """Read user inputs without ever unpickling; raise RunError with what is wrong."""
+    if not os.path.isfile(path):
+        raise RunError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise RunError(f"{path}: holds pickled Python objects; save a plain numeric array "
+                           "(np.save of a float32 array)") from None
+        raise RunError(f"{path}: not a .npy/.npz array file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise RunError(f"{path}: not a readable .npy/.npz file ({exc})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        try:
+            return {k: data[k] for k in data.files}
+        except ValueError:
+            raise RunError(f"{path}: holds pickled Python objects") from None
+    return data
+
+
+def write_atomic(path: str, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            if path.endswith(".npz"):
+                np.savez(f, **outputs)
+            else:
+                np.save(f, next(iter(outputs.values())))
+    write_atomic(path, write)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if not os.path.isfile(args.program):
+            raise RunError(f"{args.program}: no such file")
+        program = isa.load(args.program)
+        inputs = load_inputs(args.input)
+        result = run(program, inputs, mode=args.mode, seed=args.seed)
+        ext = ".npy" if len(result.outputs) == 1 else ".npz"
+        out = args.output or os.path.splitext(args.program)[0] + ".out" + ext
+        if len(result.outputs) > 1 and not out.endswith(".npz"):
+            raise RunError(f"the program has {len(result.outputs)} outputs; -o must name a .npz")
+        save_outputs(out, result.outputs)
+        if args.report:
+            report = dict(result.stats, program=os.path.abspath(args.program),
+                          outputs={k: list(v.shape) for k, v in result.outputs.items()})
+            text = json.dumps(report, indent=2) + "\n"
+            write_atomic(args.report, lambda tmp: open(tmp, "w").write(text))
+    except (RunError, isa.IsaError) as exc:
+        print(f"cimrun: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cimrun: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
+        print(f"cimrun: {result.stats['samples']} sample(s), {result.stats['instructions']} "
+              f"instructions, {result.stats['mvm_count']} mvm ({args.mode}); wrote {out}: "
+              f"{shapes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Run ONNX's own backend conformance tests through cimc + cimrun (ideal mode).
+
+Sources: the node test cases that ship inside the onnx package (``onnx.backend.test.case.node``,
+with their inputs and expected outputs; or the pre-generated ``data/node`` folder where an onnx
+release ships it) and the ``data/pytorch-converted`` models. Inputs that the compiler needs as
+constants (a Conv's weight, a Reshape's shape; see ``compiler.support.SUPPORTED``) are bound as
+initializers from the test's own data. A test whose model the compiler rejects with a
+CompileError is *unsupported*; a crash or a wrong number is *failed*.
+
+    python -m tools.conformance [--filter SUBSTRING] [--show unsupported|failed|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compiler import CompileError, compile_model
+from compiler.support import SUPPORTED
+from runtime import run
+
+DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+
+
+@dataclass
+class Case:
+    name: str
+    model: onnx.ModelProto
+    inputs: list[np.ndarray]
+    outputs: list[np.ndarray]
+    rtol: float = 1e-3
+    atol: float = 1e-5
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # passed | failed | unsupported
+    detail: str = ""
+
+
+def _read_pb(path: str) -> np.ndarray:
+    t = onnx.TensorProto()
+    with open(path, "rb") as f:
+        t.ParseFromString(f.read())
+    return numpy_helper.to_array(t)
+
+
+def _dir_cases(kind: str) -> list[Case]:
+    cases = []
+    for d in sorted(glob.glob(os.path.join(DATA, kind, "test_*"))):
+        sets = sorted(glob.glob(os.path.join(d, "test_data_set_*")))
+        if not sets:
+            continue
+        ins = [_read_pb(p) for p in sorted(glob.glob(os.path.join(sets[0], "input_*.pb")))]
+        outs = [_read_pb(p) for p in sorted(glob.glob(os.path.join(sets[0], "output_*.pb")))]
+        cases.append(Case(f"{kind}/{os.path.basename(d)}",
+                          onnx.load(os.path.join(d, "model.onnx")), ins, outs))
+    return cases
+
+
+def _node_cases() -> list[Case]:
+    if os.path.isdir(os.path.join(DATA, "node")):
+        return _dir_cases("node")
+    from onnx.backend.test.case import node
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        collected = node.collect_testcases(None)
+    cases = []
+    for c in collected:
+        if not c.data_sets:
+            continue
+        ins, outs = c.data_sets[0]
+        cases.append(Case(f"node/{c.name}", c.model, list(ins), list(outs),
+                          max(c.rtol, 1e-3), max(c.atol, 1e-5)))
+    return cases
+
+
+def all_cases() -> list[Case]:
+    return _node_cases() + _dir_cases("pytorch-converted")
+
+
+def bind_constants(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Turn graph inputs that feed constant-only operand positions into initializers."""
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    real = [i for i in g.input if i.name not in inits]
+    data = {i.name: np.asarray(v) for i, v in zip(real, case.inputs)}
+    bind = set()
+    for node in g.node:
+        for pos in SUPPORTED.get(node.op_type, ()):
+            if pos < len(node.input) and node.input[pos] in data:
+                bind.add(node.input[pos])
+    for name in bind:
+        g.initializer.append(numpy_helper.from_array(data[name], name))
+    keep = [i for i in g.input if i.name not in bind]
+    del g.input[:]
+    g.input.extend(keep)
+    return model, {k: v for k, v in data.items() if k not in bind}
+
+
+def run_case(case: Case) -> Outcome:
+    if not all(isinstance(v, (np.ndarray, np.generic)) for v in case.inputs + case.outputs):
+        return Outcome(case.name, "unsupported", "sequence or optional tensors")
+    model, feeds = bind_constants(case)
+    try:
+        program = compile_model(model)
+    except CompileError as exc:
+        return Outcome(case.name, "unsupported", str(exc))
+    except Exception as exc:  # a compiler crash is a failure, never "unsupported"
+        return Outcome(case.name, "failed", f"compiler crashed: {type(exc).__name__}: {exc}")
+    try:
+        with np.errstate(all="ignore"):
+            result = run(program, feeds)
+    except Exception as exc:
+        return Outcome(case.name, "failed", f"runtime: {type(exc).__name__}: {exc}")
+    for port, want in zip(program.outputs, case.outputs):
+        got = result.outputs[port.name]
+        if got.shape != np.shape(want):
+            return Outcome(case.name, "failed", f"{port.name}: shape {got.shape} != "
+                                                f"{np.shape(want)}")
+        if not np.allclose(got, want, rtol=case.rtol, atol=case.atol, equal_nan=True):
+            err = np.nanmax(np.abs(got - want))
+            return Outcome(case.name, "failed", f"{port.name}: max abs error {err:.3g}")
+    return Outcome(case.name, "passed")
+
+
+def run_all(name_filter: str = "", progress: bool = False) -> list[Outcome]:
+    cases = [c for c in all_cases() if name_filter in c.name]
+    if progress:
+        from tqdm import tqdm
+        cases = tqdm(cases, desc="conformance", unit="test")
+    return [run_case(c) for c in cases]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--filter", default="", help="only tests whose name contains this")
+    p.add_argument("--show", choices=["failed", "unsupported", "all"], default="failed",
+                   help="which outcomes to list one per line (default failed)")
+    args = p.parse_args(argv)
+    import sys
+    outcomes = run_all(args.filter, progress=sys.stderr.isatty())
+    for o in outcomes:
+        if args.show == "all" or o.status == args.show or o.status == "failed":
+            print(f"{o.status:<12} {o.name:<60} {o.detail[:160]}")
+    counts = Counter((o.name.split("/")[0], o.status) for o in outcomes)
+    print(f"\n{'suite':<20}{'passed':>8}{'failed':>8}{'unsupported':>13}")
+    for suite in sorted({s for s, _ in counts}):
+        print(f"{suite:<20}{counts[suite, 'passed']:>8}{counts[suite, 'failed']:>8}"
+              f"{counts[suite, 'unsupported']:>13}")
+    total = Counter(o.status for o in outcomes)
+    print(f"{'total':<20}{total['passed']:>8}{total['failed']:>8}{total['unsupported']:>13}")
+    return 1 if total["failed"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
