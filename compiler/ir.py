@@ -50,6 +50,9 @@ class Graph:
 
     # -- construction ------------------------------------------------------------------
     def fresh(self, prefix: str) -> str:
+        """``prefix`` itself if unused, else ``prefix_N`` for the first free N."""
+        if prefix not in self.values and prefix not in self.constants:
+            return prefix
         while True:
             name = f"{prefix}_{next(self._names)}"
             if name not in self.values and name not in self.constants:
@@ -64,9 +67,9 @@ class Graph:
         return name
 
     def add_op(self, kind: str, inputs, outputs, attrs=None, origin: str = "") -> Op:
-        op = Op(self.fresh(kind.split(".")[-1]), kind, list(inputs), list(outputs),
-                dict(attrs or {}), origin)
-        self.g.add_node(op.id, op=op, order=next(self._order))
+        order = next(self._order)
+        op = Op(f"{kind}#{order}", kind, list(inputs), list(outputs), dict(attrs or {}), origin)
+        self.g.add_node(op.id, op=op, order=order)
         for out in op.outputs:
             self._producer[out] = op.id
             for user, pos in self._uses.get(out, ()):

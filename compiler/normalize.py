@@ -60,10 +60,10 @@ def gemm(graph, op):
     if a.get("transA", 0):
         x = graph.add_value(graph.fresh("xT"), graph.shape(x)[::-1])
         graph.add_op("transpose", [op.inputs[0]], [x], {"perm": [1, 0]}, op.origin)
-    ins = [x, graph.add_constant(graph.fresh(f"{op.id}.w"), w)]
+    ins = [x, graph.add_constant(graph.fresh(f"{op.origin or op.id}.w"), w)]
     if len(op.inputs) > 2 and op.inputs[2]:
         c = graph.constants[op.inputs[2]].astype(np.float32) * np.float32(a.get("beta", 1.0))
-        ins.append(graph.add_constant(graph.fresh(f"{op.id}.b"), c))
+        ins.append(graph.add_constant(graph.fresh(f"{op.origin or op.id}.b"), c))
     return "matmul", ins, {}
 
 

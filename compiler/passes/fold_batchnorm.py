@@ -36,8 +36,9 @@ def _fold_into(graph: Graph, prod: Op, bn: Op, scale, shift) -> None:
     new_b = (bias * scale + shift).astype(np.float32)
     graph.remove_op(bn)
     graph.remove_op(prod)
-    ins = [prod.inputs[0], graph.add_constant(graph.fresh(f"{prod.id}.w_bn"), new_w),
-           graph.add_constant(graph.fresh(f"{prod.id}.b_bn"), new_b)]
+    stem = prod.origin or prod.id
+    ins = [prod.inputs[0], graph.add_constant(graph.fresh(f"{stem}.w"), new_w),
+           graph.add_constant(graph.fresh(f"{stem}.b"), new_b)]
     graph.values.pop(prod.outputs[0], None)
     graph.add_op(prod.kind, ins, bn.outputs, prod.attrs, prod.origin)
 
@@ -45,9 +46,10 @@ def _fold_into(graph: Graph, prod: Op, bn: Op, scale, shift) -> None:
 def _to_scale_shift(graph: Graph, bn: Op, scale, shift) -> None:
     rank = len(graph.shape(bn.inputs[0]))
     shape = (-1,) + (1,) * (rank - 2)
-    s = graph.add_constant(graph.fresh(f"{bn.id}.scale"), scale.astype(np.float32).reshape(shape))
-    t = graph.add_constant(graph.fresh(f"{bn.id}.shift"), shift.astype(np.float32).reshape(shape))
-    mid = graph.add_value(graph.fresh(f"{bn.id}.scaled"), graph.shape(bn.outputs[0]))
+    stem = bn.origin or bn.id
+    s = graph.add_constant(graph.fresh(f"{stem}.scale"), scale.astype(np.float32).reshape(shape))
+    t = graph.add_constant(graph.fresh(f"{stem}.shift"), shift.astype(np.float32).reshape(shape))
+    mid = graph.add_value(graph.fresh(f"{stem}.scaled"), graph.shape(bn.outputs[0]))
     graph.remove_op(bn)
     graph.add_op("mul", [bn.inputs[0], s], [mid], {}, bn.origin)
     graph.add_op("add", [mid, t], bn.outputs, {}, bn.origin)
