@@ -1,0 +1,46 @@
+"""Shared fixtures: paths to the bundled models, a cache of generated zoo models, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = os.path.join(ROOT, "models")
+DIGITS = ["digits_mlp", "digits_cnn"]
+
+
+def model_path(name: str) -> str:
+    return os.path.join(MODELS, f"{name}.onnx")
+
+
+def ort_run(model, feeds: dict) -> list[np.ndarray]:
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def cli(tool: str, *args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``cimc`` or ``cimrun`` as a user would (a separate process)."""
+    module = {"cimc": "compiler.cli", "cimrun": "runtime.cli"}[tool]
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    return (np.load(os.path.join(MODELS, "digits_test_x.npy")),
+            np.load(os.path.join(MODELS, "digits_test_y.npy")))

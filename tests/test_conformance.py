@@ -1,0 +1,23 @@
+"""ONNX's own backend node tests and pytorch-converted models, in ideal mode (point 2)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tools import conformance
+
+
+def test_no_supported_conformance_test_fails():
+    outcomes = conformance.run_all()
+    counts = Counter(o.status for o in outcomes)
+    failed = [f"{o.name}: {o.detail}" for o in outcomes if o.status == "failed"]
+    assert not failed, "\n".join(failed)
+    # Guard against support silently shrinking (e.g. a frontend bug rejecting everything).
+    assert counts["passed"] >= 230, counts
+    passed = {o.name for o in outcomes if o.status == "passed"}
+    for must in ("node/test_conv_with_strides_padding", "node/test_maxpool_2d_ceil",
+                 "node/test_averagepool_2d_pads_count_include_pad", "node/test_lrn",
+                 "pytorch-converted/test_Conv2d_depthwise_strided", "node/test_gemm_all_attributes",
+                 "node/test_softmax_axis_0", "pytorch-converted/test_ReflectionPad2d",
+                 "pytorch-converted/test_ReplicationPad2d"):
+        assert must in passed, must

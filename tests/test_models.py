@@ -1,0 +1,72 @@
+"""Every bundled model, compiled and run in ideal mode, matches onnxruntime (issue 3, point 1)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import DIGITS, MODELS, cli, model_path, ort_run, rel_err
+
+import isa
+from compiler import compile_model
+from runtime import run
+
+TOL = 1e-4
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_digits_sample_matches_onnxruntime(name):
+    x = np.load(os.path.join(MODELS, "digits_sample.npy"))
+    program = compile_model(model_path(name), verify_each=True)
+    got = run(program, x).outputs["logits"]
+    (want,) = ort_run(model_path(name), {"image": x})
+    assert got.shape == want.shape
+    assert rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_digits_test_split_accuracy_identical(name, digits_test):
+    x, y = digits_test
+    program = compile_model(model_path(name))
+    got = run(program, x).outputs["logits"]
+    (want,) = ort_run(model_path(name), {"image": x})
+    assert rel_err(got, want) < TOL
+    assert (got.argmax(1) == y).mean() == (want.argmax(1) == y).mean()
+    assert (want.argmax(1) == y).mean() > 0.95  # the bundled models really are trained
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_cli_compile_and_run(name, tmp_path, digits_test):
+    prog, out, report = tmp_path / "p.cim", tmp_path / "out.npy", tmp_path / "r.json"
+    r = cli("cimc", model_path(name), "-o", str(prog))
+    assert r.returncode == 0, r.stderr
+    assert "crossbars" in r.stdout
+    r = cli("cimrun", str(prog), "--input", os.path.join(MODELS, "digits_test_x.npy"),
+            "-o", str(out), "--report", str(report))
+    assert r.returncode == 0, r.stderr
+    x, _ = digits_test
+    (want,) = ort_run(model_path(name), {"image": x})
+    assert rel_err(np.load(out), want) < TOL
+    import json
+    rep = json.loads(report.read_text())
+    assert rep["samples"] == len(x) and rep["mode"] == "ideal" and rep["mvm_count"] > 0
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_compiled_batch_larger_than_one(name, digits_test):
+    x, _ = digits_test
+    program = compile_model(model_path(name), batch=4)
+    assert program.batch == 4
+    got = run(program, x[:12]).outputs["logits"]
+    (want,) = ort_run(model_path(name), {"image": x[:12]})
+    assert rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_program_round_trips(name):
+    program = compile_model(model_path(name))
+    text = isa.print_program(program)
+    again = isa.parse(text)
+    assert again == program
+    assert isa.print_program(again) == text
