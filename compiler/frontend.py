@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference, version_converter
+from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
 
 from .errors import CompileError
 from .ir import Graph
@@ -40,12 +40,17 @@ def load_model(path: str) -> onnx.ModelProto:
                            f"{type(exc).__name__})") from None
     if not model.graph.node and not model.graph.input:
         raise CompileError(f"{path}: not a valid ONNX model (no graph)")
+    base = os.path.dirname(os.path.abspath(path))
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            location = external_data_helper.ExternalDataInfo(tensor).location
+            if not os.path.isfile(os.path.join(base, location)):
+                raise CompileError(f"{path}: external data file is missing ({location}, needed "
+                                   f"by tensor {tensor.name!r}); keep it beside the model")
     try:
-        onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
-    except (FileNotFoundError, OSError) as exc:
-        raise CompileError(f"{path}: external data file is missing "
-                           f"({os.path.basename(getattr(exc, 'filename', '') or str(exc))}); "
-                           "keep it beside the model") from None
+        onnx.load_external_data_for_model(model, base)
+    except Exception as exc:
+        raise CompileError(f"{path}: external data cannot be read: {exc}") from None
     return model
 
 

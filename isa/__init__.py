@@ -4,8 +4,7 @@ from .errors import IsaError
 from .opcodes import OPCODES, Opcode
 from .parser import load, parse
 from .printer import format_instr, print_program
-from .program import (FORMAT_VERSION, Blob, Buffer, ChipGeometry, Instr, Port, Program,
-                      TensorType)
+from .program import FORMAT_VERSION, Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 
 __all__ = ["IsaError", "OPCODES", "Opcode", "load", "parse", "format_instr", "print_program",
            "FORMAT_VERSION", "Blob", "Buffer", "ChipGeometry", "Instr", "Port", "Program",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class IsaError(Exception):
-    """A malformed, corrupted or inconsistent program. ``line``/``column`` are 1-based when known."""
+    """A malformed, corrupted or inconsistent program; ``line``/``column`` are 1-based."""
 
     def __init__(self, message: str, line: int | None = None, column: int | None = None):
         self.line, self.column = line, column

@@ -16,8 +16,7 @@ import lark
 from . import blobs
 from .errors import IsaError
 from .opcodes import OPCODES
-from .program import (FORMAT_VERSION, Blob, Buffer, ChipGeometry, Instr, Port, Program,
-                      TensorType)
+from .program import FORMAT_VERSION, Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 from .verify import verify
 
 _END = "end crc32="
@@ -98,6 +97,8 @@ class _ToProgram(lark.Transformer):
         _check_operands(spec, refs, tok)
         attrs = []
         for key, value, ktok in kvs:
+            if key in {k for k, _ in attrs}:
+                raise IsaError(f"{spec.mnemonic}: attribute {key} given twice", *_line_col(ktok))
             if key not in spec.attrs:
                 raise IsaError(f"{spec.mnemonic}: unknown attribute {key}; expected "
                                f"{', '.join(spec.attrs) or 'none'}", *_line_col(ktok))

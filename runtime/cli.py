@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
                         "(default: PROGRAM.out.npy / .npz)")
+    p.add_argument("--labels", help=".npy of integer class labels, one per sample: the report "
+                                    "then holds top-1 accuracy of the (only) output")
     p.add_argument("--report", help="write a JSON report of the run to this file")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     return p
@@ -39,6 +41,10 @@ def load_inputs(path: str):
     """Read user inputs without ever unpickling; raise RunError with what is wrong."""
     if not os.path.isfile(path):
         raise RunError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise RunError(f"{path}: not a .npy/.npz array file (save inputs with numpy.save)")
     try:
         data = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -54,6 +60,17 @@ def load_inputs(path: str):
         except ValueError:
             raise RunError(f"{path}: holds pickled Python objects") from None
     return data
+
+
+def top1(outputs: dict[str, np.ndarray], labels) -> float:
+    """Top-1 accuracy of the only output against integer labels."""
+    if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
+        raise RunError("--labels must be a .npy of integer class labels")
+    (logits,) = outputs.values()
+    if logits.ndim != 2 or len(labels) != len(logits):
+        raise RunError(f"--labels holds {len(labels)} labels for an output of shape "
+                       f"{list(logits.shape)}; need one label per sample of a [N, classes] output")
+    return float((logits.argmax(1) == labels.reshape(-1)).mean())
 
 
 def write_atomic(path: str, write) -> None:
@@ -92,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(result.outputs) > 1 and not out.endswith(".npz"):
             raise RunError(f"the program has {len(result.outputs)} outputs; -o must name a .npz")
         save_outputs(out, result.outputs)
+        accuracy = top1(result.outputs, load_inputs(args.labels)) if args.labels else None
         if args.report:
             report = dict(result.stats, program=os.path.abspath(args.program),
                           outputs={k: list(v.shape) for k, v in result.outputs.items()})
+            if accuracy is not None:
+                report["accuracy"] = accuracy
             text = json.dumps(report, indent=2) + "\n"
             write_atomic(args.report, lambda tmp: open(tmp, "w").write(text))
     except (RunError, isa.IsaError) as exc:
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
         print(f"cimrun: {result.stats['samples']} sample(s), {result.stats['instructions']} "
               f"instructions, {result.stats['mvm_count']} mvm ({args.mode}); wrote {out}: "
-              f"{shapes}")
+              f"{shapes}" + (f"; top-1 accuracy {accuracy:.4f}" if accuracy is not None else ""))
     return 0
 
 

@@ -79,6 +79,8 @@ def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts:
             SEMANTICS[ins.op](m, ins)
         except RunError as exc:
             raise RunError(f"line {ins.line} ({ins.op}): {exc}") from None
+        except (ValueError, IndexError, TypeError) as exc:  # a program the checks let through
+            raise RunError(f"line {ins.line} ({ins.op}): cannot execute: {exc}") from None
         counts[ins.op] += 1
         if m.halted:
             break

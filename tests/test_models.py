@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -43,14 +44,16 @@ def test_cli_compile_and_run(name, tmp_path, digits_test):
     assert r.returncode == 0, r.stderr
     assert "crossbars" in r.stdout
     r = cli("cimrun", str(prog), "--input", os.path.join(MODELS, "digits_test_x.npy"),
-            "-o", str(out), "--report", str(report))
+            "-o", str(out), "--report", str(report), "--labels",
+            os.path.join(MODELS, "digits_test_y.npy"))
     assert r.returncode == 0, r.stderr
     x, _ = digits_test
     (want,) = ort_run(model_path(name), {"image": x})
     assert rel_err(np.load(out), want) < TOL
-    import json
     rep = json.loads(report.read_text())
     assert rep["samples"] == len(x) and rep["mode"] == "ideal" and rep["mvm_count"] > 0
+    assert rep["accuracy"] == (want.argmax(1) == digits_test[1]).mean()
+    assert f"top-1 accuracy {rep['accuracy']:.4f}" in r.stdout
 
 
 @pytest.mark.parametrize("name", DIGITS)

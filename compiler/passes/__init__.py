@@ -1,7 +1,13 @@
 """The pass registry and the default pipeline (an ordered list of pass names)."""
 
-from . import (allocate_buffers, canonicalize, fold_batchnorm, fuse_activation,
-               lower_to_crossbar, schedule)
+from . import (
+               allocate_buffers,
+               canonicalize,
+               fold_batchnorm,
+               fuse_activation,
+               lower_to_crossbar,
+               schedule,
+)
 
 PASSES = {
     "canonicalize": canonicalize.run,

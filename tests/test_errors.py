@@ -1,0 +1,191 @@
+"""Every bad input gets one clear message and exit status 2, no traceback (issue 3, point 5)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, cli, model_path
+from onnx import TensorProto, helper
+
+
+def _fails(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def _save(model, path):
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _graph_model(nodes, inputs, outputs, inits=(), opset=13):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.fixture(scope="module")
+def cnn_program(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prog") / "cnn.cim"
+    assert cli("cimc", model_path("digits_cnn"), "-o", str(path), "-q").returncode == 0
+    return path
+
+
+# --- cimc -------------------------------------------------------------------------------
+def test_missing_model_file(tmp_path):
+    _fails(cli("cimc", str(tmp_path / "nope.onnx")), "nope.onnx: no such file")
+
+
+def test_truncated_model(tmp_path):
+    data = open(model_path("digits_cnn"), "rb").read()
+    (tmp_path / "t.onnx").write_bytes(data[: len(data) // 3])
+    _fails(cli("cimc", str(tmp_path / "t.onnx")), "not a valid ONNX model")
+
+
+def test_not_onnx(tmp_path):
+    (tmp_path / "x.onnx").write_text("this is a text file, not a model\n" * 10)
+    _fails(cli("cimc", str(tmp_path / "x.onnx")), "not a valid ONNX model")
+
+
+def test_missing_external_data(tmp_path):
+    model = onnx.load(model_path("digits_mlp"))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    os.remove(tmp_path / "weights.bin")
+    _fails(cli("cimc", str(tmp_path / "ext.onnx")), "external data file is missing",
+           "weights.bin")
+
+
+def test_external_data_present_compiles(tmp_path):
+    model = onnx.load(model_path("digits_mlp"))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    r = cli("cimc", str(tmp_path / "ext.onnx"), "-q")
+    assert r.returncode == 0, r.stderr
+
+
+def test_unsupported_ops_listed_all_at_once(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Exp", ["x"], ["a"], name="first_exp"),
+             helper.make_node("Relu", ["a"], ["b"], name="ok_relu"),
+             helper.make_node("Erf", ["b"], ["y"], name="second_erf")]
+    path = _save(_graph_model(nodes, [x], [y]), tmp_path / "u.onnx")
+    _fails(cli("cimc", path), "2 problem(s)", "first_exp: operator Exp is not supported",
+           "second_erf: operator Erf is not supported")
+
+
+def test_dynamic_non_batch_dimension(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "width"])
+    path = _save(_graph_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]),
+                 tmp_path / "d.onnx")
+    _fails(cli("cimc", path), "dynamic dimension 1 (width)")
+
+
+def test_dynamic_weight_rejected(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    path = _save(_graph_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                              [x, w], [y]), tmp_path / "w.onnx")
+    _fails(cli("cimc", path), "mm: input 1 (w) of MatMul must be a constant")
+
+
+def test_integer_tensors_rejected(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.INT32, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4])
+    path = _save(_graph_model([helper.make_node("Relu", ["x"], ["y"], name="r")], [x], [y]),
+                 tmp_path / "i.onnx")
+    _fails(cli("cimc", path), "tensor 'x' is int32")
+
+
+def test_bad_option_value(tmp_path):
+    _fails(cli("cimc", model_path("digits_mlp"), "--batch", "0"), "--batch must be at least 1")
+    _fails(cli("cimc", model_path("digits_mlp"), "--passes", "canonicalize,nonsense"),
+           "unknown pass(es) nonsense")
+
+
+def test_chip_too_small(tmp_path):
+    _fails(cli("cimc", model_path("digits_cnn"), "--xbars", "2", "-o", str(tmp_path / "p.cim")),
+           "needs 9 crossbars", "the chip has 2")
+    assert not (tmp_path / "p.cim").exists()
+
+
+# --- cimrun -----------------------------------------------------------------------------
+def test_missing_program(tmp_path):
+    _fails(cli("cimrun", str(tmp_path / "p.cim"), "--input", "x.npy"), "p.cim: no such file")
+
+
+def test_missing_input_file(cnn_program, tmp_path):
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "none.npy")),
+           "none.npy: no such file")
+
+
+def test_wrong_input_shape(cnn_program, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 9, 9), np.float32))
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+           "input 'image' has shape [1, 1, 9, 9]", "compiled for [1, 1, 8, 8]")
+
+
+def test_wrong_input_dtype(cnn_program, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.int64))
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+           "dtype int64; expected float32")
+
+
+def test_pickled_input_refused(cnn_program, tmp_path):
+    np.save(tmp_path / "x.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+           "pickled Python objects")
+
+
+def test_not_an_array_file(cnn_program, tmp_path):
+    (tmp_path / "x.npy").write_text("hello")
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+           "x.npy: not a")
+
+
+def test_corrupted_program(cnn_program, tmp_path):
+    text = cnn_program.read_text().replace("mvm %conv1", "mvm %conv2", 1)
+    (tmp_path / "bad.cim").write_text(text)
+    _fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
+               os.path.join(MODELS, "digits_sample.npy")), "checksum mismatch")
+
+
+def test_truncated_program(cnn_program, tmp_path):
+    text = cnn_program.read_text()
+    (tmp_path / "bad.cim").write_text(text[: len(text) // 2])
+    _fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
+               os.path.join(MODELS, "digits_sample.npy")), "truncated program")
+
+
+def test_binary_garbage_program(tmp_path):
+    (tmp_path / "bad.cim").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff" * 50)
+    _fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
+               os.path.join(MODELS, "digits_sample.npy")), "bad.cim")
+
+
+def test_failed_run_keeps_existing_output(cnn_program, tmp_path):
+    out = tmp_path / "out.npy"
+    np.save(out, np.arange(3))
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 9, 9), np.float32))
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy"), "-o", str(out)))
+    assert np.array_equal(np.load(out), np.arange(3))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_npz_input_by_name(cnn_program, tmp_path):
+    x = np.load(os.path.join(MODELS, "digits_sample.npy"))
+    np.savez(tmp_path / "x.npz", image=x)
+    r = cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npz"), "-o",
+            str(tmp_path / "o.npy"))
+    assert r.returncode == 0, r.stderr
+    np.savez(tmp_path / "y.npz", picture=x)
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "y.npz")),
+           "missing input(s): image")
