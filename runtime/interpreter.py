@@ -17,6 +17,7 @@ import numpy as np
 from isa import Instr, Program
 
 from .errors import RunError
+from .mvm_groups import execute_group, plan
 from .semantics import SEMANTICS
 
 MODES = ("ideal",)
@@ -60,7 +61,7 @@ class Machine:
         self.bufs[ref[1:]] = value
 
     def program_xbar(self, xb: int, tile: np.ndarray) -> None:
-        self.xbars[xb] = np.ascontiguousarray(tile, dtype=np.float32)
+        self.xbars[xb] = tile  # a view of the (immutable) blob: no copy in ideal mode
 
     def xbar(self, xb: int, shape, ins: Instr) -> np.ndarray:
         tile = self.xbars.get(xb)
@@ -70,18 +71,28 @@ class Machine:
         return tile
 
 
+def _step(m: Machine, step) -> Instr:
+    """Execute one instruction or one ideal-mode mvm group; return the (first) instruction."""
+    if isinstance(step, list):
+        execute_group(m, step)
+        return step[0]
+    SEMANTICS[step.op](m, step)
+    return step
+
+
 def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts: Counter):
     m = Machine(program, scale)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
-    for ins in program.text:
+    for step in plan(program.text):
+        ins = step[0] if isinstance(step, list) else step
         try:
-            SEMANTICS[ins.op](m, ins)
+            _step(m, step)
         except RunError as exc:
             raise RunError(f"line {ins.line} ({ins.op}): {exc}") from None
         except (ValueError, IndexError, TypeError) as exc:  # a program the checks let through
             raise RunError(f"line {ins.line} ({ins.op}): cannot execute: {exc}") from None
-        counts[ins.op] += 1
+        counts[ins.op] += len(step) if isinstance(step, list) else 1
         if m.halted:
             break
     return {p.name: m.bufs[p.buffer] for p in program.outputs}
