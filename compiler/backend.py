@@ -68,11 +68,22 @@ class Codegen:
             self.emit("copy", [dst, self.ref(op.inputs[2])], note=op.origin)
         else:
             self.emit("fill", [dst], [("value", 0.0)], op.origin)
-        wref = self.ref(w)
-        for (r0, r1, c0, c1), xb in zip(op.attrs["tiles"], op.attrs["xbars"]):
-            window = [("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1))]
-            self.loads.append(Instr("write", (wref,), tuple(window), op.origin))
-            self.emit("mvm", [dst, self.ref(x)], window, op.origin)
+        wref, src = self.ref(w), self.ref(x)
+        windows = [[("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1))]
+                   for (r0, r1, c0, c1), xb in zip(op.attrs["tiles"], op.attrs["xbars"])]
+        for i in [i for i, res in enumerate(op.attrs["resident"]) if res]:
+            self.loads.append(Instr("write", (wref,), tuple(windows[i]), op.origin))
+        for chunk in op.attrs.get("chunks") or [[i] for i in range(len(windows))]:
+            fenced = "chunks" in op.attrs
+            if fenced:
+                self.emit("barrier", [], [("label", "write")], op.origin)
+            for i in chunk:
+                if not op.attrs["resident"][i]:
+                    self.emit("write", [wref], windows[i], op.origin)
+            if fenced:
+                self.emit("barrier", [], [("label", "compute")], op.origin)
+            for i in chunk:
+                self.emit("mvm", [dst, src], windows[i], op.origin)
         if op.attrs.get("act"):
             kind, attrs = op.attrs["act"]
             self.emit(kind, [dst, dst], sorted(attrs.items()), op.origin)
@@ -141,8 +152,9 @@ def generate(graph: Graph, chip: ChipGeometry, xbars: int) -> Program:
         cg.op(op)
     ports = cg.ports()
     cg.emit("halt", [])
+    start = Instr("barrier", (), (("label", "inference"),), "end of the load phase")
     program = Program(chip=replace(chip, xbars=xbars), batch=graph.batch, batch_free=False,
-                      ports=ports, buffers=cg.buffers(), text=cg.loads + cg.text,
+                      ports=ports, buffers=cg.buffers(), text=cg.loads + [start] + cg.text,
                       blobs=list(cg.blobs.values()))
     program.batch_free = batch_free(program)
     return program

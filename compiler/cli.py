@@ -7,11 +7,17 @@ import os
 import sys
 import time
 
-from isa import ChipGeometry, save
+from isa import ChipGeometry, IsaError, save
+from isa.chip import load_toml
 
 from .driver import compile_model, dump_to_dir, dump_to_stdout
 from .errors import CompileError
 from .passes import PIPELINE
+from .passes.schedule import SCHEDULES
+
+
+def load_chip(path: str):
+    return load_toml(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1,
                    help="value for a symbolic batch dimension (default 1)")
     p.add_argument("--xbars", type=int, default=None,
-                   help="crossbars on the chip (default: as many as the model needs)")
+                   help="crossbars on the chip (default: as many as the model needs); with "
+                        "fewer crossbars than weight tiles the program reprograms them")
+    p.add_argument("--schedule", choices=SCHEDULES, default="optimized",
+                   help="reprogramming schedule when tiles exceed crossbars: optimized "
+                        "(default: overlap writes with compute, list-scheduled) or naive "
+                        "(write each layer's tiles, then compute them)")
+    p.add_argument("--chip", metavar="TOML",
+                   help="chip config whose timing the scheduler estimates with (default: the "
+                        "built-in default chip; runtime/chips/ has presets)")
     p.add_argument("--rows", type=int, default=128, help="crossbar rows (default 128)")
     p.add_argument("--cols", type=int, default=128, help="crossbar columns in cells (default 128)")
     p.add_argument("--cell-bits", type=int, default=2, help="bits per RRAM cell (default 2)")
@@ -61,11 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             dump = dump_to_stdout
         elif args.dump_ir:
             dump = dump_to_dir(args.dump_ir)
+        config = load_chip(args.chip) if args.chip else None
         program = compile_model(args.model, chip=_chip(args), batch=args.batch,
-                                max_xbars=args.xbars, verify_each=args.verify_each,
+                                max_xbars=args.xbars, schedule=args.schedule,
+                                chip_config=config, verify_each=args.verify_each,
                                 passes=[p for p in args.passes.split(",") if p], dump=dump)
         save(program, output)
-    except CompileError as exc:
+    except (CompileError, IsaError) as exc:
         print(f"cimc: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from isa import ChipGeometry
+from isa.chip import Chip
 
 
 @dataclass
 class CompileContext:
     chip: ChipGeometry = field(default_factory=ChipGeometry)
     max_xbars: int | None = None  # None: as many crossbars as the model needs
+    schedule: str = "optimized"  # when tiles exceed crossbars: "optimized" or "naive"
+    chip_config: Chip = field(default_factory=Chip)  # timing the scheduler estimates with
     stats: dict = field(default_factory=dict)  # what passes measured, for dumps and reports

@@ -12,6 +12,7 @@ from typing import Callable
 import onnx
 
 from isa import ChipGeometry, Program
+from isa.chip import Chip
 
 from . import backend, frontend
 from .context import CompileContext
@@ -43,11 +44,15 @@ def dump_to_stdout(stage: str, graph: Graph) -> None:
 
 
 def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = None,
-                  batch: int = 1, max_xbars: int | None = None,
+                  batch: int = 1, max_xbars: int | None = None, schedule: str = "optimized",
+                  chip_config: Chip | None = None,
                   passes: list[str] | None = None, verify_each: bool = False,
                   dump: Dump | None = None, ctx: CompileContext | None = None) -> Program:
     """Compile an ONNX model (path or ModelProto). Raises CompileError on user errors."""
-    ctx = ctx or CompileContext(chip=chip or ChipGeometry(), max_xbars=max_xbars)
+    if ctx is None:
+        ctx = CompileContext(chip=chip or ChipGeometry(), max_xbars=max_xbars, schedule=schedule)
+        if chip_config is not None:
+            ctx.chip_config = chip_config
     pipeline = PIPELINE if passes is None else passes
     unknown = [p for p in pipeline if p not in PASSES]
     if unknown:

@@ -169,6 +169,7 @@ def to_graph(model: onnx.ModelProto) -> Graph:
     inits = {i.name for i in g.initializer}
     first = next((i for i in g.input if i.name not in inits), None)
     batch = shapes[first.name][0][0] if first is not None and shapes[first.name][0] else 1
+    batch = max(batch, 1)  # a zero-size input still runs as one pass
     graph = Graph(batch)
     graph.opset = _opset(model)
     for init in g.initializer:

@@ -12,6 +12,10 @@ Operand kinds:
   ``blob``  a data blob (``@name``)
 
 Attribute types: ``int``, ``float``, ``ints`` (a list of ints), ``str`` (a quoted string).
+
+Units: ``xbar`` (the crossbar named by ``xb``), ``write`` (that crossbar and a write driver),
+``vector`` (the vector unit), ``buffer`` (the scratchpad port: data movement), ``control``.
+What each costs, in time and energy, is ``isa.timing.COSTS``.
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ _TABLE = [
            "program crossbar xb with the blob window [rows[0]:rows[1], cols[0]:cols[1]]"),
     Opcode("mvm", ("dst", "src"), {"xb": "int", "rows": "ints", "cols": "ints"}, "xbar",
            "dst[..., cols] += src[..., rows] @ tile(xb); rows/cols are the windows of the tile"),
-    Opcode("fill", ("dst",), {"value": "float"}, "vector", "dst[...] = value"),
-    Opcode("im2col", ("dst", "src"), dict(_WINDOW), "vector",
+    Opcode("fill", ("dst",), {"value": "float"}, "buffer", "dst[...] = value"),
+    Opcode("im2col", ("dst", "src"), dict(_WINDOW), "buffer",
            "src [B,C,*S] -> patches [B, prod(out S), C*prod(kernel)], zero padded"),
-    Opcode("unpatch", ("dst", "src"), {}, "vector", "[B, P, M] -> [B, M, *S] (dst shape)"),
+    Opcode("unpatch", ("dst", "src"), {}, "buffer", "[B, P, M] -> [B, M, *S] (dst shape)"),
     Opcode("add", ("dst", "src", "src"), {}, "vector", "broadcasting a + b"),
     Opcode("sub", ("dst", "src", "src"), {}, "vector", "broadcasting a - b"),
     Opcode("mul", ("dst", "src", "src"), {}, "vector", "broadcasting a * b"),
@@ -58,15 +62,18 @@ _TABLE = [
            "mean over windows; count_pad counts explicit padding in the divisor"),
     Opcode("gavgpool", ("dst", "src"), {}, "vector", "mean over all spatial axes"),
     Opcode("gmaxpool", ("dst", "src"), {}, "vector", "max over all spatial axes"),
-    Opcode("reshape", ("dst", "src"), {}, "vector", "same data, dst's shape"),
-    Opcode("transpose", ("dst", "src"), {"perm": "ints"}, "vector", "axis permutation"),
-    Opcode("concat", ("dst", "src*"), {"axis": "int"}, "vector", "join along axis"),
-    Opcode("pad", ("dst", "src"), {"pads": "ints", "mode": "str", "value": "float"}, "vector",
+    Opcode("reshape", ("dst", "src"), {}, "buffer", "same data, dst's shape"),
+    Opcode("transpose", ("dst", "src"), {"perm": "ints"}, "buffer", "axis permutation"),
+    Opcode("concat", ("dst", "src*"), {"axis": "int"}, "buffer", "join along axis"),
+    Opcode("pad", ("dst", "src"), {"pads": "ints", "mode": "str", "value": "float"}, "buffer",
            "ONNX Pad: pads = begins then ends; mode constant|reflect|edge|wrap"),
     Opcode("softmax", ("dst", "src"), {"axis": "int"}, "vector", "softmax along axis"),
     Opcode("lrn", ("dst", "src"), {"size": "int", "alpha": "float", "beta": "float",
                                    "bias": "float"}, "vector", "local response normalisation"),
-    Opcode("copy", ("dst", "src"), {}, "vector", "dst = src (broadcast to dst's shape)"),
+    Opcode("copy", ("dst", "src"), {}, "buffer", "dst = src (broadcast to dst's shape)"),
+    Opcode("barrier", (), {"label": "str"}, "control",
+           "starts when every earlier instruction has ended; later ones start after it. "
+           "label=\"inference\" ends the load phase"),
     Opcode("halt", (), {}, "control", "end of program"),
 ]
 

@@ -13,19 +13,30 @@ import numpy as np
 
 import isa
 
+from .chips import presets, resolve
 from .errors import RunError
 from .interpreter import MODES, run
+from .trace import write_trace
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cimrun", description="Run a crossbar program (.cim) on the simulated RRAM chip.")
     p.add_argument("program", help="program file written by cimc")
-    p.add_argument("--input", required=True,
+    p.add_argument("--input",
                    help=".npy with the (only) input, or .npz with one array per input name; "
-                        "the leading axis may hold any multiple of the compiled batch")
+                        "the leading axis may hold any multiple of the compiled batch "
+                        "(required except in --mode timing)")
     p.add_argument("--mode", choices=MODES, default="ideal",
-                   help="arithmetic: ideal = float32 (default)")
+                   help="ideal = float32 arithmetic (default); timing = the timing and energy "
+                        "model only, no arithmetic")
+    p.add_argument("--chip", default="default",
+                   help=f"chip preset ({', '.join(presets())}) or TOML file; device, timing "
+                        "and energy may differ from compile time, geometry may not")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one chip parameter, e.g. --set timing.write_drivers=4 "
+                        "(repeatable)")
+    p.add_argument("--trace", help="write a Chrome trace-event JSON (open it in Perfetto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run's random generator")
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
@@ -102,17 +113,26 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(args.program):
             raise RunError(f"{args.program}: no such file")
         program = isa.load(args.program)
-        inputs = load_inputs(args.input)
-        result = run(program, inputs, mode=args.mode, seed=args.seed)
-        ext = ".npy" if len(result.outputs) == 1 else ".npz"
-        out = args.output or os.path.splitext(args.program)[0] + ".out" + ext
-        if len(result.outputs) > 1 and not out.endswith(".npz"):
-            raise RunError(f"the program has {len(result.outputs)} outputs; -o must name a .npz")
-        save_outputs(out, result.outputs)
+        chip = resolve(args.chip, args.set, program)
+        if args.input is None and args.mode != "timing":
+            raise RunError("--input is required (except with --mode timing)")
+        inputs = load_inputs(args.input) if args.input else None
+        result = run(program, inputs, mode=args.mode, seed=args.seed, chip=chip)
+        out = None
+        if result.outputs:
+            ext = ".npy" if len(result.outputs) == 1 else ".npz"
+            out = args.output or os.path.splitext(args.program)[0] + ".out" + ext
+            if len(result.outputs) > 1 and not out.endswith(".npz"):
+                raise RunError(f"the program has {len(result.outputs)} outputs; -o must name "
+                               "a .npz")
+            save_outputs(out, result.outputs)
         accuracy = top1(result.outputs, load_inputs(args.labels)) if args.labels else None
+        if args.trace:
+            write_trace(result.timeline, args.trace, write_atomic)
         if args.report:
             report = dict(result.stats, program=os.path.abspath(args.program),
-                          outputs={k: list(v.shape) for k, v in result.outputs.items()})
+                          outputs={k: list(v.shape) for k, v in result.outputs.items()},
+                          chip=chip.to_dict())
             if accuracy is not None:
                 report["accuracy"] = accuracy
             text = json.dumps(report, indent=2) + "\n"
@@ -124,11 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cimrun: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 2
     if not args.quiet:
-        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
-        print(f"cimrun: {result.stats['samples']} sample(s), {result.stats['instructions']} "
-              f"instructions, {result.stats['mvm_count']} mvm ({args.mode}); wrote {out}: "
-              f"{shapes}" + (f"; top-1 accuracy {accuracy:.4f}" if accuracy is not None else ""))
+        print(summary(result.stats, result.outputs, out, accuracy, args.mode))
     return 0
+
+
+def summary(stats: dict, outputs: dict, out: str | None, accuracy, mode: str) -> str:
+    lines = []
+    if outputs:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
+        lines.append(f"cimrun: {stats['samples']} sample(s), {stats['instructions']} "
+                     f"instructions ({mode}); wrote {out}: {shapes}" +
+                     (f"; top-1 accuracy {accuracy:.4f}" if accuracy is not None else ""))
+    if "latency_ns_per_inference" in stats:
+        lines.append(f"cimrun: per inference {stats['latency_ns_per_inference'] / 1e3:.1f} us, "
+                     f"{stats['energy_pj_per_inference'] / 1e6:.3f} uJ, "
+                     f"{stats['writes_per_inference']:.0f} tile writes, "
+                     f"schedule efficiency {stats['schedule_efficiency']:.2f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

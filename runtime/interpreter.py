@@ -8,6 +8,7 @@ compiled batch in one vectorised pass; otherwise the samples run in chunks of th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,18 +16,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isa import Instr, Program
+from isa.chip import Chip
+from isa.timing import Timeline
 
 from .errors import RunError
 from .mvm_groups import execute_group, plan
+from .report import timing_report
 from .semantics import SEMANTICS
 
-MODES = ("ideal",)
+MODES = ("ideal", "timing")  # timing: the timing model only, no arithmetic
 
 
 @dataclass
 class RunResult:
     outputs: dict[str, np.ndarray]
     stats: dict = field(default_factory=dict)
+    timeline: Timeline | None = None
 
 
 class Machine:
@@ -130,10 +135,17 @@ def check_inputs(program: Program, inputs) -> tuple[dict[str, np.ndarray], int]:
     return feeds, samples or 1
 
 
-def run(program: Program, inputs, mode: str = "ideal", seed: int = 0) -> RunResult:
-    """Run ``program`` on ``inputs`` (an array, or a dict by input name). Raises RunError."""
+def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
+        chip: Chip | None = None, timing: bool = True) -> RunResult:
+    """Run ``program`` on ``inputs`` (an array, or a dict by input name) and, with ``timing``,
+    simulate its timing and energy on ``chip`` (default: the default chip with the program's
+    geometry). Mode ``timing`` skips the arithmetic. Raises RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
+    chip = chip or dataclasses.replace(Chip(), arch=program.chip)
+    timing_stats, timeline = timing_report(program, chip) if timing else ({}, None)
+    if mode == "timing":
+        return RunResult({}, {"mode": mode, "seed": seed, **timing_stats}, timeline)
     feeds, groups = check_inputs(program, inputs)
     counts: Counter = Counter()
     start = time.perf_counter()
@@ -147,6 +159,7 @@ def run(program: Program, inputs, mode: str = "ideal", seed: int = 0) -> RunResu
     seconds = time.perf_counter() - start
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
              "compiled_batch": program.batch, "instructions": sum(counts.values()),
-             "mvm_count": counts["mvm"], "tile_writes": counts["write"],
-             "wall_seconds": seconds, "opcode_counts": dict(sorted(counts.items()))}
-    return RunResult(outputs, stats)
+             "tile_writes": counts["write"],
+             "wall_seconds": seconds, "opcode_counts": dict(sorted(counts.items())),
+             **timing_stats, "chip": chip.to_dict()}
+    return RunResult(outputs, stats, timeline)

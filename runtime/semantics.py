@@ -174,3 +174,10 @@ SEMANTICS = {
     "reshape": reshape, "transpose": transpose, "concat": concat, "pad": pad,
     "softmax": softmax, "lrn": lrn, "halt": halt,
 }
+
+
+def barrier(m, ins):
+    """Ordering only: it has no effect on values."""
+
+
+SEMANTICS["barrier"] = barrier

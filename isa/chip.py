@@ -1,0 +1,138 @@
+"""Chip configuration: architecture (fixed at compile time), device, timing and energy.
+
+A ``Chip`` is a frozen value loaded from TOML (stdlib ``tomllib``) and passed down explicitly.
+The defaults below are the sourced numbers of ``shared/design.md`` section 6; presets in
+``runtime/chips/`` restate them or describe other corners. ``with_overrides`` applies
+``section.key=value`` strings and rejects unknown keys and out-of-range values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import tomllib
+
+from .errors import IsaError
+from .program import ChipGeometry
+
+
+@dataclass(frozen=True)
+class Device:
+    g_min_us: float = 1.0            # conductance range (design doc)
+    g_max_us: float = 40.0
+    program_sigma: float = 0.025     # programming noise, fraction of Gmax per write
+    read_sigma: float = 0.01         # read noise, output-referred, per MVM
+    stuck_at_gmin: float = 0.001     # fraction of cells stuck at Gmin / Gmax
+    stuck_at_gmax: float = 0.001
+    endurance_writes: float = 1e6    # writes per cell before failure
+    write_voltage: float = 2.0       # V_w of a programming pulse
+
+
+@dataclass(frozen=True)
+class Timing:
+    clock_ghz: float = 1.0           # cycles are reported at this clock
+    mvm_step_ns: float = 100.0       # one input-bit step of an array read (ISAAC/PUMA)
+    mvm_extra_steps: int = 2         # pipeline steps beyond input_bits per input vector
+    write_iterations: int = 8        # program-and-verify iterations per phase (NeuroSim)
+    t_pulse_ns: float = 50.0
+    t_verify_ns: float = 20.0
+    write_phases: int = 2            # SET then RESET, each row-sequential
+    write_drivers: int = 0           # crossbars written at once; 0 = one driver per crossbar
+    vector_lanes: int = 64           # elements per cycle of the vector unit
+    buffer_bytes_per_cycle: int = 64  # scratchpad port bandwidth
+
+
+@dataclass(frozen=True)
+class Energy:
+    xbar_step_pj: float = 30.0       # array read per 100 ns step (ISAAC: 0.3 mW per array)
+    adc_pj: float = 1.56             # per conversion (ISAAC: 8-bit 1.28 GS/s ADC at 2 mW)
+    dac_pj: float = 0.004            # per row per step (1-bit DAC)
+    verify_row_pj: float = 1.0       # one verify read of a row
+    vector_pj_per_elem: float = 1.0  # 16-bit add/mul class op (Horowitz 45 nm)
+    buffer_pj_per_byte: float = 1.25  # SRAM scratchpad access (Horowitz: 10 pJ / 64 bit)
+
+
+@dataclass(frozen=True)
+class Chip:
+    arch: ChipGeometry = field(default_factory=ChipGeometry)
+    device: Device = field(default_factory=Device)
+    timing: Timing = field(default_factory=Timing)
+    energy: Energy = field(default_factory=Energy)
+    name: str = "default"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}}
+
+
+SECTIONS = {"arch": ChipGeometry, "device": Device, "timing": Timing, "energy": Energy}
+_POSITIVE_INTS = {"rows", "cols", "cell_bits", "weight_bits", "input_bits", "dac_bits",
+                  "adc_bits", "xbars", "write_iterations", "write_phases", "vector_lanes",
+                  "buffer_bytes_per_cycle"}
+_FRACTIONS = {"program_sigma", "read_sigma", "stuck_at_gmin", "stuck_at_gmax"}
+
+
+def _coerce(section: str, key: str, value, where: str):
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        raise IsaError(f"{where}: unknown key {section}.{key}; known: "
+                       f"{', '.join(sorted(fields))}")
+    typ = type(fields[key].default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise IsaError(f"{where}: {section}.{key} must be a number, got {value!r}")
+    if typ is int and float(value) != int(value):
+        raise IsaError(f"{where}: {section}.{key} must be an integer, got {value!r}")
+    value = typ(value)
+    if key in _POSITIVE_INTS and value < 1 or value < 0:
+        raise IsaError(f"{where}: {section}.{key} = {value} is out of range "
+                       f"({'at least 1' if key in _POSITIVE_INTS else 'not negative'})")
+    if key in _FRACTIONS and value > 1:
+        raise IsaError(f"{where}: {section}.{key} = {value} is out of range (a fraction, 0..1)")
+    return value
+
+
+def from_dict(data: dict, where: str = "chip config", base: Chip | None = None) -> Chip:
+    """Build a Chip from nested dicts, on top of ``base`` (default: the default chip)."""
+    chip = base or Chip()
+    name = data.get("name", chip.name)
+    parts = {}
+    for section in SECTIONS:
+        values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise IsaError(f"{where}: [{section}] must be a table")
+        changes = {k: _coerce(section, k, v, where) for k, v in values.items()}
+        parts[section] = dataclasses.replace(getattr(chip, section), **changes)
+    unknown = set(data) - set(SECTIONS) - {"name", "description"}
+    if unknown:
+        raise IsaError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: "
+                       f"{', '.join(SECTIONS)}")
+    if parts["device"].g_min_us >= parts["device"].g_max_us:
+        raise IsaError(f"{where}: device.g_min_us must be below device.g_max_us")
+    return Chip(name=str(name), **parts)
+
+
+def load_toml(path, base: Chip | None = None) -> Chip:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise IsaError(f"{path}: no such chip config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise IsaError(f"{path}: not valid TOML ({exc})") from None
+    return from_dict(data, str(path), base)
+
+
+def with_overrides(chip: Chip, assignments: list[str]) -> Chip:
+    """Apply ``section.key=value`` strings (``--set``)."""
+    data: dict = {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise IsaError(f"--set {text!r}: expected section.key=value")
+        try:
+            number = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise IsaError(f"--set {text!r}: {value!r} is not a number") from None
+        data.setdefault(section, {})[name] = number
+    return from_dict(data, "--set", chip)

@@ -1,0 +1,83 @@
+"""Per-inference timing, energy and wear figures from a simulated timeline.
+
+Everything is per inference: one pass over the body (after the load phase) runs the compiled
+batch, so body totals are divided by the batch. ``lower_bound`` is the larger of the critical
+path (data dependencies only: no unit conflicts, writes free) and, per unit kind, the work it
+must do divided by how many such units there are, counting only unavoidable writes: a pass
+uses T tiles and the chip keeps N resident, so at least T - N tiles must be written per pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from isa import Program
+from isa.chip import Chip
+from isa.timing import Timeline, simulate
+
+
+def _busy(tl: Timeline) -> dict[str, float]:
+    busy: dict[str, float] = defaultdict(float)
+    for ev in tl.events:
+        if ev.phase == "inference":
+            busy[ev.unit] += ev.end - ev.start
+    return busy
+
+
+def lower_bound_ns(program: Program, chip: Chip, tl: Timeline) -> float:
+    crit = simulate(program, chip, units=False).total_ns
+    body = [e for e in tl.events if e.phase == "inference"]
+    work: dict[str, float] = defaultdict(float)
+    for e in body:
+        work[e.op if e.op in ("mvm", "write") else e.unit] += e.end - e.start
+    writes = [e.end - e.start for e in body if e.op == "write"]
+    tiles = sum(1 for e in body if e.op == "mvm")
+    unavoidable = max(0, tiles - program.chip.xbars) * (float(np.mean(writes)) if writes else 0.0)
+    bounds = [crit, (work["mvm"] + unavoidable) / program.chip.xbars,
+              work["vector"], work["buffer"]]
+    if chip.timing.write_drivers:
+        bounds.append(unavoidable / chip.timing.write_drivers)
+    return max(bounds)
+
+
+def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
+    tl = simulate(program, chip)
+    per = program.batch
+    body_ns = tl.body_ns
+    energy = sum(e.energy for e in tl.events if e.phase == "inference")
+    load_energy = sum(e.energy for e in tl.events if e.phase == "load")
+    busy = _busy(tl)
+    xbar_util = [busy.get(f"xbar{i}", 0.0) / body_ns if body_ns else 0.0
+                 for i in range(program.chip.xbars)]
+    bound = lower_bound_ns(program, chip, tl)
+    max_writes = max(tl.writes_per_xbar.values(), default=0) / per
+    latency = body_ns / per
+    energy_per = energy / per
+    report = {
+        "cycles_per_inference": latency * chip.timing.clock_ghz,
+        "latency_ns_per_inference": latency,
+        "energy_pj_per_inference": energy_per,
+        "edp": energy_per * latency, "edp_units": "pJ*ns",
+        "mvm_count": sum(1 for e in tl.events if e.op == "mvm" and e.phase == "inference"),
+        "cells_written": tl.body_cells_written / per,
+        "rows_written": tl.body_rows_written / per,
+        "writes_per_inference": sum(tl.writes_per_xbar.values()) / per,
+        "max_writes_per_cell": max_writes,
+        "projected_lifetime_inferences": (chip.device.endurance_writes / max_writes
+                                          if max_writes else None),
+        "lower_bound_cycles": bound / per * chip.timing.clock_ghz,
+        "schedule_efficiency": bound / body_ns if body_ns else 1.0,
+        "load": {"latency_ns": tl.load_ns, "energy_pj": load_energy,
+                 "cells_written": tl.cells_written - tl.body_cells_written,
+                 "rows_written": tl.rows_written - tl.body_rows_written},
+        "utilization": {
+            "xbar_mean": float(np.mean(xbar_util)) if xbar_util else 0.0,
+            "xbar_max": float(np.max(xbar_util)) if xbar_util else 0.0,
+            "vector": busy.get("vector", 0.0) / body_ns if body_ns else 0.0,
+            "buffer": busy.get("buffer", 0.0) / body_ns if body_ns else 0.0},
+        "unit_busy_ns": dict(sorted(busy.items())),
+        "compiled_batch": per,
+    }
+    return report, tl

@@ -1,0 +1,182 @@
+"""Timing and energy against hand arithmetic, schedules, reports and traces (issue 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from conftest import cli, model_path
+
+from compiler import compile_model
+from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
+from isa.chip import Chip
+from runtime import run
+
+W = [("rows", (0, 4)), ("cols", (0, 3))]
+WRITE_NS = 4 * 2 * 8 * (50 + 20)              # 4 rows x 2 phases x 8 x (pulse + verify)
+MVM_NS = 1 * (8 + 2) * 100                     # 1 vector x (input bits + 2) x 100 ns
+PULSE_PJ = 2.0 ** 2 * 20.5e-6 * 50e-9 * 1e12   # V^2 x mean G x t_pulse
+WRITE_PJ = 12 * 2 * 4 * 8 * PULSE_PJ + 4 * 2 * 8 * 1.0  # cells x iterations x pulse + verifies
+MVM_PJ = 10 * (30 + 4 * 0.004) + 8 * (3 * 2 * 4) * 1.56  # array steps + ADC conversions
+FILL_PJ = 12 * 1.25                             # 12 bytes through the buffer port
+FILL_NS = 1                                     # 12 bytes / 64 bytes per 1 ns cycle
+
+
+def _program(body, loads=(("write", 0),), xbars=2, second_blob=False) -> Program:
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
+    blobs = [Blob("w", w)] + ([Blob("v", -w)] if second_blob else [])
+    text = [Instr("write", (f"@{b}",), (("xb", xb),) + tuple(W)) for b, xb in
+            [("w", xb) if isinstance(xb, int) else xb for _, xb in loads]]
+    text.append(Instr("barrier", (), (("label", "inference"),)))
+    text += list(body) + [Instr("halt", ())]
+    bufs = [Buffer(n, TensorType("f32", (1, 4 if n == "x" else 3))) for n in ("x", "y", "z")]
+    return Program(ChipGeometry(xbars=xbars), 1, True, [Port("input", "x", "x"),
+                   Port("output", "y", "y")], bufs, text, blobs)
+
+
+def _fill(buf):
+    return Instr("fill", (f"%{buf}",), (("value", 0.0),))
+
+
+def _mvm(buf, xb):
+    return Instr("mvm", (f"%{buf}", "%x"), (("xb", xb),) + tuple(W))
+
+
+def _write(xb, blob="w"):
+    return Instr("write", (f"@{blob}",), (("xb", xb),) + tuple(W))
+
+
+def _timing(program, chip=None):
+    return run(program, mode="timing", chip=chip or dataclasses.replace(Chip(), arch=program.chip))
+
+
+def test_one_mvm():
+    st = _timing(_program([_fill("y"), _mvm("y", 0)])).stats
+    assert st["latency_ns_per_inference"] == FILL_NS + MVM_NS
+    assert st["energy_pj_per_inference"] == pytest.approx(FILL_PJ + MVM_PJ)
+    assert st["edp"] == pytest.approx((FILL_PJ + MVM_PJ) * (FILL_NS + MVM_NS))
+    assert st["writes_per_inference"] == 0 and st["mvm_count"] == 1
+
+
+def test_two_mvms_on_two_crossbars_overlap():
+    p = _program([_fill("y"), _fill("z"), _mvm("y", 0), _mvm("z", 1)],
+                 loads=[("write", 0), ("write", 1)])
+    assert _timing(p).stats["latency_ns_per_inference"] == 2 * FILL_NS + MVM_NS
+
+
+def test_two_mvms_on_one_crossbar_serialise():
+    p = _program([_fill("y"), _fill("z"), _mvm("y", 0), _mvm("z", 0)])
+    assert _timing(p).stats["latency_ns_per_inference"] == FILL_NS + 2 * MVM_NS
+
+
+def test_write_then_mvm_on_same_crossbar_serialises():
+    p = _program([_write(0, "v"), _fill("y"), _mvm("y", 0)], second_blob=True)
+    st = _timing(p).stats
+    assert st["latency_ns_per_inference"] == WRITE_NS + MVM_NS
+    assert st["energy_pj_per_inference"] == pytest.approx(WRITE_PJ + FILL_PJ + MVM_PJ)
+    assert st["rows_written"] == 4 and st["cells_written"] == 12 * 8
+    assert st["writes_per_inference"] == 1 and st["max_writes_per_cell"] == 1
+    assert st["projected_lifetime_inferences"] == 1e6
+
+
+def test_write_on_one_crossbar_overlaps_mvm_on_another():
+    p = _program([_write(1, "v"), _fill("y"), _mvm("y", 0)], second_blob=True)
+    assert _timing(p).stats["latency_ns_per_inference"] == WRITE_NS
+
+
+def test_unchanged_rows_cost_nothing():
+    p = _program([_write(0, "w"), _fill("y"), _mvm("y", 0)])  # rewrites what is there
+    st = _timing(p).stats
+    assert st["rows_written"] == 0 and st["latency_ns_per_inference"] == FILL_NS + MVM_NS
+
+
+def test_shared_write_driver_serialises_writes():
+    p = _program([_write(0, "v"), _write(1, "v")], second_blob=True)
+    one = dataclasses.replace(Chip(), arch=p.chip,
+                              timing=dataclasses.replace(Chip().timing, write_drivers=1))
+    assert _timing(p).stats["latency_ns_per_inference"] == WRITE_NS
+    assert _timing(p, one).stats["latency_ns_per_inference"] == 2 * WRITE_NS
+
+
+def test_barrier_waits_for_everything_before_it():
+    p = _program([_write(1, "v"), Instr("barrier", (), (("label", "x"),)), _fill("y"),
+                  _mvm("y", 0)], second_blob=True)
+    assert _timing(p).stats["latency_ns_per_inference"] == WRITE_NS + FILL_NS + MVM_NS
+
+
+def test_weight_stationary_digits_cnn():
+    st = run(compile_model(model_path("digits_cnn")), mode="timing").stats
+    assert st["writes_per_inference"] == 0 and st["cells_written"] == 0
+    assert st["load"]["cells_written"] > 0
+    assert st["schedule_efficiency"] >= 0.9
+
+
+@pytest.mark.parametrize("schedule", ["naive", "optimized"])
+def test_reprogramming_keeps_numbers_and_writes_every_inference(schedule, digits_test):
+    x = digits_test[0][:32]
+    ws = run(compile_model(model_path("digits_cnn")), x)
+    rp = run(compile_model(model_path("digits_cnn"), max_xbars=3, schedule=schedule), x)
+    assert np.allclose(rp.outputs["logits"], ws.outputs["logits"], atol=1e-5)
+    assert rp.stats["writes_per_inference"] > 0
+    assert rp.stats["latency_ns_per_inference"] > ws.stats["latency_ns_per_inference"]
+    assert rp.stats["chip"]["arch"]["xbars"] == 3
+
+
+def test_batch_amortises_writes():
+    one = run(compile_model(model_path("digits_cnn"), max_xbars=3), mode="timing").stats
+    eight = run(compile_model(model_path("digits_cnn"), max_xbars=3, batch=8),
+                mode="timing").stats
+    assert eight["writes_per_inference"] == pytest.approx(one["writes_per_inference"] / 8)
+
+
+def test_optimized_beats_naive_on_a_small_chip():
+    naive = run(compile_model(model_path("digits_cnn"), max_xbars=4, schedule="naive"),
+                mode="timing").stats
+    opt = run(compile_model(model_path("digits_cnn"), max_xbars=4), mode="timing").stats
+    assert opt["cycles_per_inference"] < naive["cycles_per_inference"]
+
+
+def test_trace_matches_report(tmp_path):
+    prog, trace, report = tmp_path / "p.cim", tmp_path / "t.json", tmp_path / "r.json"
+    assert cli("cimc", model_path("digits_cnn"), "-o", str(prog), "--xbars", "5").returncode == 0
+    r = cli("cimrun", str(prog), "--mode", "timing", "--trace", str(trace), "--report",
+            str(report))
+    assert r.returncode == 0, r.stderr
+    events = json.loads(trace.read_text())["traceEvents"]
+    rep = json.loads(report.read_text())
+    tracks = {e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    slices = [e for e in events if e["ph"] == "X"]
+    assert tracks == {f"xbar{i}" for i in range(5)} | {"vector", "buffer"}
+    busy = sum(e["dur"] for e in slices if e["cat"] == "inference") * 1e3
+    assert busy == pytest.approx(sum(rep["unit_busy_ns"].values()))
+    end = max(e["ts"] + e["dur"] for e in slices) * 1e3
+    assert end - rep["load"]["latency_ns"] == pytest.approx(rep["latency_ns_per_inference"])
+    assert sum(e["args"]["energy_pj"] for e in slices if e["cat"] == "inference") == \
+        pytest.approx(rep["energy_pj_per_inference"])
+
+
+def test_chip_presets_and_overrides(tmp_path):
+    prog = tmp_path / "p.cim"
+    assert cli("cimc", model_path("digits_cnn"), "-o", str(prog), "--xbars", "4").returncode == 0
+    lat = {}
+    for preset in ("default", "puma-optimistic", "neurosim-open-loop"):
+        r = cli("cimrun", str(prog), "--mode", "timing", "--chip", preset, "--report",
+                str(tmp_path / f"{preset}.json"))
+        assert r.returncode == 0, r.stderr
+        lat[preset] = json.loads((tmp_path / f"{preset}.json").read_text())
+    assert lat["puma-optimistic"]["latency_ns_per_inference"] < \
+        lat["default"]["latency_ns_per_inference"] < \
+        lat["neurosim-open-loop"]["latency_ns_per_inference"]
+    assert lat["puma-optimistic"]["chip"]["timing"]["t_pulse_ns"] == 30.0
+    r = cli("cimrun", str(prog), "--mode", "timing", "--set", "timing.nope=1")
+    assert r.returncode == 2 and "unknown key timing.nope" in r.stderr
+    r = cli("cimrun", str(prog), "--mode", "timing", "--chip", "nonexistent")
+    assert r.returncode == 2 and "neither a preset" in r.stderr
+
+
+def test_default_preset_file_equals_built_in_defaults():
+    from isa.chip import load_toml
+    from runtime.chips import PRESETS
+    assert load_toml(f"{PRESETS}/default.toml") == Chip()
