@@ -111,10 +111,16 @@ def test_bad_option_value(tmp_path):
            "unknown pass(es) nonsense")
 
 
-def test_chip_too_small(tmp_path):
-    _fails(cli("cimc", model_path("digits_cnn"), "--xbars", "2", "-o", str(tmp_path / "p.cim")),
-           "needs 9 crossbars", "the chip has 2")
+def test_bad_chip_options(tmp_path):
+    _fails(cli("cimc", model_path("digits_cnn"), "--xbars", "0", "-o", str(tmp_path / "p.cim")),
+           "--xbars must be at least 1")
     assert not (tmp_path / "p.cim").exists()
+    (tmp_path / "chip.toml").write_text("[timing]\nt_pulse_ns = -5\n")
+    _fails(cli("cimc", model_path("digits_cnn"), "--chip", str(tmp_path / "chip.toml")),
+           "timing.t_pulse_ns = -5.0 is out of range")
+    (tmp_path / "chip.toml").write_text("[timing\n")
+    _fails(cli("cimc", model_path("digits_cnn"), "--chip", str(tmp_path / "chip.toml")),
+           "not valid TOML")
 
 
 # --- cimrun -----------------------------------------------------------------------------
