@@ -38,13 +38,15 @@ def test_round_trip_hand_program():
 
 
 def test_every_opcode_has_a_documented_unit():
-    assert {op.unit for op in OPCODES.values()} <= {"write", "xbar", "vector", "control"}
+    assert {op.unit for op in OPCODES.values()} <= {"write", "xbar", "vector", "buffer", "control"}
     assert all(op.doc for op in OPCODES.values())
 
 
 def test_runtime_implements_every_opcode():
+    from isa.timing import COSTS
     from runtime.semantics import SEMANTICS
     assert set(SEMANTICS) == set(OPCODES)
+    assert set(COSTS) == set(OPCODES) and all(COSTS.values())
 
 
 @pytest.mark.parametrize("old,new,message", [
