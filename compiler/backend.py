@@ -23,6 +23,10 @@ DIRECT = {"im2col", "unpatch", "add", "sub", "mul", "div", "relu", "leakyrelu", 
           "transpose", "concat", "pad", "softmax", "lrn", "copy"}
 
 
+def _write(blob: str, xb: int, r0: int, r1: int, c0: int, c1: int, note: str) -> Instr:
+    return Instr("write", (blob,), (("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1))), note)
+
+
 class _Names:
     """IR names -> ISA-safe unique names (``[A-Za-z0-9_.]+``)."""
 
@@ -69,21 +73,32 @@ class Codegen:
         else:
             self.emit("fill", [dst], [("value", 0.0)], op.origin)
         wref, src = self.ref(w), self.ref(x)
-        windows = [[("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1))]
-                   for (r0, r1, c0, c1), xb in zip(op.attrs["tiles"], op.attrs["xbars"])]
-        for i in [i for i, res in enumerate(op.attrs["resident"]) if res]:
-            self.loads.append(Instr("write", (wref,), tuple(windows[i]), op.origin))
-        for chunk in op.attrs.get("chunks") or [[i] for i in range(len(windows))]:
+        for i, ((r0, r1, c0, c1), replicas) in enumerate(zip(op.attrs["tiles"],
+                                                             op.attrs["placement"])):
+            if op.attrs["resident"][i]:
+                for xb, _, _ in replicas:
+                    self.loads.append(_write(wref, xb, r0, r1, c0, c1, op.origin))
+        for chunk in op.attrs.get("chunks") or [[i] for i in range(len(op.attrs["tiles"]))]:
             fenced = "chunks" in op.attrs
             if fenced:
                 self.emit("barrier", [], [("label", "write")], op.origin)
             for i in chunk:
-                if not op.attrs["resident"][i]:
-                    self.emit("write", [wref], windows[i], op.origin)
+                r0, r1, c0, c1 = op.attrs["tiles"][i]
+                for xb, v0, v1 in op.attrs["placement"][i]:
+                    if not op.attrs["resident"][i]:
+                        self.text.append(_write(wref, xb, r0, r1, c0, c1, op.origin))
+                    if not fenced:
+                        self.emit("mvm", [dst, src], [("xb", xb), ("rows", (r0, r1)),
+                                                      ("cols", (c0, c1)), ("vecs", (v0, v1))],
+                                  op.origin)
             if fenced:
                 self.emit("barrier", [], [("label", "compute")], op.origin)
-            for i in chunk:
-                self.emit("mvm", [dst, src], windows[i], op.origin)
+                for i in chunk:
+                    r0, r1, c0, c1 = op.attrs["tiles"][i]
+                    for xb, v0, v1 in op.attrs["placement"][i]:
+                        self.emit("mvm", [dst, src], [("xb", xb), ("rows", (r0, r1)),
+                                                      ("cols", (c0, c1)), ("vecs", (v0, v1))],
+                                  op.origin)
         if op.attrs.get("act"):
             kind, attrs = op.attrs["act"]
             self.emit(kind, [dst, dst], sorted(attrs.items()), op.origin)

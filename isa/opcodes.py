@@ -41,8 +41,10 @@ _WINDOW = {"kernel": "ints", "strides": "ints", "pads": "ints", "dilations": "in
 _TABLE = [
     Opcode("write", ("blob",), {"xb": "int", "rows": "ints", "cols": "ints"}, "write",
            "program crossbar xb with the blob window [rows[0]:rows[1], cols[0]:cols[1]]"),
-    Opcode("mvm", ("dst", "src"), {"xb": "int", "rows": "ints", "cols": "ints"}, "xbar",
-           "dst[..., cols] += src[..., rows] @ tile(xb); rows/cols are the windows of the tile"),
+    Opcode("mvm", ("dst", "src"), {"xb": "int", "rows": "ints", "cols": "ints", "vecs": "ints"},
+           "xbar", "with src viewed as [B, V, K] and dst as [B, V, N]: dst[:, vecs, cols] += "
+           "src[:, vecs, rows] @ tile(xb); rows/cols are the tile's window, vecs the input "
+           "vectors this crossbar processes (replicas of a tile split them)"),
     Opcode("fill", ("dst",), {"value": "float"}, "buffer", "dst[...] = value"),
     Opcode("im2col", ("dst", "src"), dict(_WINDOW), "buffer",
            "src [B,C,*S] -> patches [B, prod(out S), C*prod(kernel)], zero padded"),

@@ -49,6 +49,8 @@ class _Ctx:
         self.shapes = {b.name: (b.type.shape[0] * scale,) + b.type.shape[1:] if b.type.shape
                        else () for b in program.buffers}
         self.xbar: dict[int, np.ndarray] = {}
+        self.content: dict[int, tuple] = {}  # which blob window each crossbar holds
+        self.tiles_used: set = set()  # distinct tiles the inference body multiplies with
         self.last_write = WriteCost()
 
     def elems(self, ref: str) -> int:
@@ -59,8 +61,9 @@ class _Ctx:
 
 def _mvm(c: _Ctx, ins: Instr):
     t, e, a = c.chip.timing, c.chip.energy, c.arch
-    (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
-    vectors = c.elems(ins.operands[1]) // max(1, c.shapes[ins.operands[1][1:]][-1])
+    (r0, r1), (c0, c1), (v0, v1) = ins.attr("rows"), ins.attr("cols"), ins.attr("vecs")
+    vectors = c.shapes[ins.operands[1][1:]][0] * (v1 - v0)
+    c.tiles_used.add(c.content.get(ins.attr("xb")))
     steps = a.input_bits + t.mvm_extra_steps
     phys_cols = (c1 - c0) * 2 * a.slices
     energy = vectors * (steps * (e.xbar_step_pj + (r1 - r0) * e.dac_pj)
@@ -85,6 +88,7 @@ def _write(c: _Ctx, ins: Instr):
     new = c.blobs[ins.operands[0][1:]].data[r0:r1, c0:c1]
     cost = write_cost(c.xbar.get(ins.attr("xb")), new, 2 * c.arch.slices)
     c.xbar[ins.attr("xb")] = new
+    c.content[ins.attr("xb")] = (ins.operands[0], r0, r1, c0, c1)
     c.last_write = cost
     row_phase = t.write_iterations * (t.t_pulse_ns + t.t_verify_ns)
     duration = cost.rows * t.write_phases * row_phase
@@ -126,6 +130,7 @@ class Timeline:
     body_rows_written: int = 0
     body_cells_written: int = 0
     writes_per_xbar: dict[int, int] = field(default_factory=dict)
+    tiles_used: int = 0
 
     @property
     def body_ns(self) -> float:
@@ -158,6 +163,7 @@ def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -
                 floor = latest
             if ins.attr("label") == "inference" and load_end is None:
                 load_end = latest if units else 0.0
+                ctx.tiles_used.clear()
             continue
         if ins.op == "write":
             _count_write(tl, ctx.last_write, ins.attr("xb"), phase)
@@ -184,6 +190,7 @@ def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -
         latest = max(latest, end)
         events.append(Event(i, ins.op, unit, start, end, energy, phase))
     tl.load_ns, tl.total_ns = load_end or 0.0, latest
+    tl.tiles_used = len(ctx.tiles_used)
     return tl
 
 

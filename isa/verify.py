@@ -7,6 +7,8 @@ blob and fit the crossbar, and the text ends with ``halt``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import IsaError
 from .program import Program
 
@@ -45,6 +47,13 @@ def _check_window(p: Program, ins, blobs) -> None:
     if rows[1] - rows[0] > p.chip.rows or cols[1] - cols[0] > p.chip.weights_per_row:
         raise IsaError(f"{ins.op}: tile {rows[1] - rows[0]}x{cols[1] - cols[0]} exceeds the "
                        f"crossbar ({p.chip.rows}x{p.chip.weights_per_row} weights)", ins.line, 1)
+    if ins.op == "mvm":
+        src = p.buffer_map()[ins.operands[1][1:]].type.shape
+        vecs = ins.attr("vecs")
+        n_vec = int(np.prod(src[1:-1], dtype=np.int64)) if len(src) >= 2 else 0
+        if len(vecs) != 2 or not 0 <= vecs[0] < vecs[1] <= n_vec:
+            raise IsaError(f"mvm: vecs {list(vecs)} outside the {n_vec} input vectors of "
+                           f"{ins.operands[1]}", ins.line, 1)
     if ins.op == "write":
         shape = blobs[ins.operands[0][1:]].data.shape
         if len(shape) != 2 or rows[1] > shape[0] or cols[1] > shape[1]:

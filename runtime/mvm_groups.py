@@ -1,5 +1,5 @@
-"""Ideal-mode fast path: a run of consecutive ``mvm`` instructions with the same destination
-and source is one matrix product.
+"""Ideal-mode fast path: a run of consecutive ``mvm`` instructions with the same destination,
+source and vector window is one matrix product.
 
 Each ``mvm`` adds ``src[..., rows] @ tile`` into ``dst[..., cols]``; in float arithmetic the
 sum over a layer's tiles equals one product with the matrix those tiles form. ``plan`` groups
@@ -14,13 +14,16 @@ import numpy as np
 
 from isa import Instr
 
+from .semantics import as_vectors
+
 
 def plan(text: list[Instr]) -> list[Instr | list[Instr]]:
     """The text with each maximal run of same-operand mvms replaced by a list of them."""
     steps: list[Instr | list[Instr]] = []
     for ins in text:
         last = steps[-1] if steps else None
-        if ins.op == "mvm" and isinstance(last, list) and last[0].operands == ins.operands:
+        if (ins.op == "mvm" and isinstance(last, list) and last[0].operands == ins.operands
+                and last[0].attr("vecs") == ins.attr("vecs")):
             last.append(ins)
         elif ins.op == "mvm":
             steps.append([ins])
@@ -39,5 +42,6 @@ def execute_group(m, group: list[Instr]) -> None:
         (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
         matrix[r0 - r_lo:r1 - r_lo, c0 - c_lo:c1 - c_lo] += m.xbar(ins.attr("xb"),
                                                                    (r1 - r0, c1 - c0), ins)
-    dst, src = m.read(group[0].operands[0]), m.read(group[0].operands[1])
-    dst[..., c_lo:c_hi] += src[..., r_lo:r_hi] @ matrix
+    v0, v1 = group[0].attr("vecs")
+    dst, src = as_vectors(m.read(group[0].operands[0])), as_vectors(m.read(group[0].operands[1]))
+    dst[:, v0:v1, c_lo:c_hi] += src[:, v0:v1, r_lo:r_hi] @ matrix

@@ -33,7 +33,7 @@ def lower_bound_ns(program: Program, chip: Chip, tl: Timeline) -> float:
     for e in body:
         work[e.op if e.op in ("mvm", "write") else e.unit] += e.end - e.start
     writes = [e.end - e.start for e in body if e.op == "write"]
-    tiles = sum(1 for e in body if e.op == "mvm")
+    tiles = tl.tiles_used
     unavoidable = max(0, tiles - program.chip.xbars) * (float(np.mean(writes)) if writes else 0.0)
     bounds = [crit, (work["mvm"] + unavoidable) / program.chip.xbars,
               work["vector"], work["buffer"]]

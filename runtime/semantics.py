@@ -24,12 +24,16 @@ def write(m, ins):
     m.program_xbar(ins.attr("xb"), m.read(ins.operands[0])[r0:r1, c0:c1])
 
 
+def as_vectors(a: np.ndarray) -> np.ndarray:
+    """View [B, ..., K] as [B, V, K] (a view: buffers are contiguous)."""
+    return a.reshape(a.shape[0], -1, a.shape[-1])
+
+
 def mvm(m, ins):
-    r0, r1 = ins.attr("rows")
-    c0, c1 = ins.attr("cols")
+    (r0, r1), (c0, c1), (v0, v1) = ins.attr("rows"), ins.attr("cols"), ins.attr("vecs")
     tile = m.xbar(ins.attr("xb"), (r1 - r0, c1 - c0), ins)
-    acc = m.read(_dst(ins))
-    acc[..., c0:c1] += m.read(ins.operands[1])[..., r0:r1] @ tile
+    acc = as_vectors(m.read(_dst(ins)))
+    acc[:, v0:v1, c0:c1] += as_vectors(m.read(ins.operands[1]))[:, v0:v1, r0:r1] @ tile
 
 
 def fill(m, ins):

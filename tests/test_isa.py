@@ -14,6 +14,7 @@ from isa import OPCODES, Blob, Buffer, ChipGeometry, Instr, IsaError, Port, Prog
 
 def tiny_program() -> Program:
     window = (("xb", 0), ("rows", (0, 4)), ("cols", (0, 3)))
+    vecs = (("vecs", (0, 1)),)
     return Program(
         chip=ChipGeometry(xbars=1), batch=1, batch_free=True,
         ports=[Port("input", "in put", "x"), Port("output", "y\"quoted\"", "y")],
@@ -21,7 +22,7 @@ def tiny_program() -> Program:
                  Buffer("y", TensorType("f32", (1, 3)), 64)],
         text=[Instr("write", ("@w",), window, "fc"),
               Instr("fill", ("%y",), (("value", 0.0),)),
-              Instr("mvm", ("%y", "%x"), window, "fc / gemm"),
+              Instr("mvm", ("%y", "%x"), window + vecs, "fc / gemm"),
               Instr("clip", ("%y", "%y"), (("min", -np.inf), ("max", 6.0))),
               Instr("leakyrelu", ("%y", "%y"), (("alpha", 1e-3),)),
               Instr("halt", ())],
@@ -57,6 +58,7 @@ def test_runtime_implements_every_opcode():
     ("fill %y value=0.0", "fill %y value=0.0 colour=3", "unknown attribute colour"),
     ("fill %y value=0.0", "fill %y value=0.0 value=1.0", "attribute value given twice"),
     ("mvm %y, %x xb=0 rows=[0,4]", "mvm %y, %x xb=0 rows=[4,0]", "must be [start,stop]"),
+    ("vecs=[0,1]", "vecs=[0,2]", "vecs [0, 2] outside the 1 input vectors of %x"),
     ("mvm %y, %x", "mvm %y, %x, %x", "expected operands (dst, src), got 3"),
     ("mvm %y, %x", "mvm %y, %nothing", "%nothing is not declared"),
     ("write @w xb=0", "write @w xb=5", "crossbar 5 outside the chip's 1"),

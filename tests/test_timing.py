@@ -41,7 +41,7 @@ def _fill(buf):
 
 
 def _mvm(buf, xb):
-    return Instr("mvm", (f"%{buf}", "%x"), (("xb", xb),) + tuple(W))
+    return Instr("mvm", (f"%{buf}", "%x"), (("xb", xb),) + tuple(W) + (("vecs", (0, 1)),))
 
 
 def _write(xb, blob="w"):

@@ -1,10 +1,11 @@
 """schedule: place every weight tile on a physical crossbar, and decide when it is written.
 
 Before: lowered graph (``xbar_matmul`` ops carry ``tiles``).
-After: every ``xbar_matmul`` carries ``xbars`` (one crossbar per tile) and ``resident`` (one
-flag per tile: written once in the load phase, else rewritten every inference right before
-its mvm). With ``schedule == "naive"`` it also carries ``chunks``: the tile indices written
-and then computed together (codegen fences each chunk).
+After: every ``xbar_matmul`` carries ``placement``: for each tile, its replicas as
+(crossbar, first vector, end vector), the replicas splitting the op's input vectors between
+them; and ``resident`` (one flag per tile: written once in the load phase, else rewritten every
+inference right before its mvm). With ``schedule == "naive"`` it also carries ``chunks``: the
+tile indices written and then computed together (codegen fences each chunk).
 
 - The model fits (tiles <= crossbars): weight-stationary, every tile resident.
 - ``naive``: each layer's tiles are written when the layer runs, in chunks of the chip's
@@ -13,6 +14,9 @@ and then computed together (codegen fences each chunk).
   estimate below) stays; the other tiles rotate through the remaining crossbars. Each goes to
   the crossbar where its MVM would finish earliest (list scheduling with the chip's own cost
   model), so a write runs as soon as its crossbar is free, overlapping compute elsewhere.
+  A layer with fewer tiles than crossbars whose MVMs outlast a write is replicated: each
+  replica is written separately and processes a share of the input vectors, which shortens
+  the critical path through the long early layers.
 """
 
 from __future__ import annotations
@@ -27,11 +31,15 @@ from ..ir import Graph, Op
 SCHEDULES = ("optimized", "naive")
 
 
+def n_vectors(graph: Graph, op: Op) -> int:
+    """Input vectors per sample: the src of an xbar_matmul viewed as [B, V, K]."""
+    return int(np.prod(graph.shape(op.inputs[0])[1:-1], dtype=np.int64))
+
+
 def _costs(graph: Graph, op: Op, chip: Chip) -> tuple[list[float], list[float]]:
     """Estimated (write ns, mvm ns) of each tile of ``op``, all rows assumed to change."""
     t, a = chip.timing, chip.arch
-    shape = graph.shape(op.inputs[0])
-    vectors = int(np.prod(shape[:-1], dtype=np.int64))
+    vectors = graph.shape(op.inputs[0])[0] * n_vectors(graph, op)
     mvm = vectors * (a.input_bits + t.mvm_extra_steps) * t.mvm_step_ns
     row = t.write_phases * t.write_iterations * (t.t_pulse_ns + t.t_verify_ns)
     writes = [(r1 - r0) * row for r0, r1, _, _ in op.attrs["tiles"]]
@@ -58,10 +66,16 @@ def _residents(tiles, n_xbars: int) -> int:
     return best_r
 
 
+def _replicas(op: Op, tiles, k: int, pool: int, v: int) -> int:
+    """Replicas per tile of an op whose tiles start at ``tiles[k]``."""
+    count = len(op.attrs["tiles"])
+    w, m = max(t[2] for t in tiles[k:k + count]), tiles[k][3]
+    return max(1, min(pool // count, v, int(m // max(w, 1.0))))
+
+
 def _optimized(graph: Graph, ops: list[Op], tiles, n_xbars: int, chip: Chip) -> None:
     n_res = _residents(tiles, n_xbars)
     by_mvm = sorted(range(len(tiles)), key=lambda k: -tiles[k][3])[:n_res]
-    resident = set(by_mvm)
     free = {xb: 0.0 for xb in range(n_res, n_xbars)}
     ready: dict[str, float] = {}
     k = 0
@@ -71,27 +85,35 @@ def _optimized(graph: Graph, ops: list[Op], tiles, n_xbars: int, chip: Chip) -> 
             for o in op.outputs:
                 ready[o] = start + _vector_ns(graph, op, chip)
             continue
+        v = n_vectors(graph, op)
+        reps = _replicas(op, tiles, k, len(free), v)
+        bounds = np.linspace(0, v, reps + 1).astype(int)
         end = start
         for i in range(len(op.attrs["tiles"])):
             _, _, w, m = tiles[k]
-            if k in resident:
-                op.attrs["xbars"][i], op.attrs["resident"][i] = by_mvm.index(k), True
+            if k in by_mvm:
+                op.attrs["placement"][i] = [(by_mvm.index(k), 0, v)]
+                op.attrs["resident"][i] = True
                 end = max(end, start + m)
             else:
-                xb = min(free, key=lambda x: (max(free[x] + w, start) + m, x))
-                free[xb] = max(free[xb] + w, start) + m
-                op.attrs["xbars"][i] = xb
-                end = max(end, free[xb])
+                op.attrs["placement"][i] = []
+                for v0, v1 in zip(bounds[:-1], bounds[1:]):
+                    share = m * (v1 - v0) / v
+                    xb = min(free, key=lambda x: (max(free[x] + w, start) + share, x))
+                    free[xb] = max(free[xb] + w, start) + share
+                    op.attrs["placement"][i].append((xb, int(v0), int(v1)))
+                    end = max(end, free[xb])
             k += 1
         ready[op.outputs[0]] = end
 
 
-def _naive(ops: list[Op], n_xbars: int) -> None:
+def _naive(graph: Graph, ops: list[Op], n_xbars: int) -> None:
     for op in ops:
         if op.kind == "xbar_matmul":
             idx = list(range(len(op.attrs["tiles"])))
             op.attrs["chunks"] = [idx[s:s + n_xbars] for s in range(0, len(idx), n_xbars)]
-            op.attrs["xbars"] = [i % n_xbars for i in idx]
+            v = n_vectors(graph, op)
+            op.attrs["placement"] = [[(i % n_xbars, 0, v)] for i in idx]
 
 
 def run(graph: Graph, ctx) -> Graph:
@@ -100,7 +122,8 @@ def run(graph: Graph, ctx) -> Graph:
     tiles = []
     for op in mms:
         writes, mvms = _costs(graph, op, ctx.chip_config)
-        op.attrs["xbars"] = list(range(len(tiles), len(tiles) + len(writes)))
+        v = n_vectors(graph, op)
+        op.attrs["placement"] = [[(xb, 0, v)] for xb in range(len(tiles), len(tiles) + len(writes))]
         op.attrs["resident"] = [True] * len(writes)
         tiles += [(op, i, w, m) for i, (w, m) in enumerate(zip(writes, mvms))]
     n = max(ctx.max_xbars or len(tiles), 1)
@@ -111,7 +134,7 @@ def run(graph: Graph, ctx) -> Graph:
         for op in mms:
             op.attrs["resident"] = [False] * len(op.attrs["tiles"])
         if ctx.schedule == "naive":
-            _naive(ops, n)
+            _naive(graph, ops, n)
         else:
             _optimized(graph, ops, tiles, n, ctx.chip_config)
     ctx.stats["xbars"] = n
