@@ -26,3 +26,16 @@ def test_zoo_model_matches_onnxruntime(name, zoo_dir, tmp_path):
     assert got.argmax() == want.argmax()
     weights = sum(b.data.size for b in program.blobs if b.data.ndim == 2)
     assert program.chip.xbars >= weights / (128 * 16)  # every weight is on some crossbar
+
+
+def test_resnet50_schedules(zoo_dir):
+    """Issue 5: weight-stationary efficiency, and reprogramming on 64 crossbars."""
+    from runtime import run
+    path = make_zoo.ensure("resnet50-imagenet", zoo_dir)
+    ws = run(compile_model(path), mode="timing").stats
+    assert ws["writes_per_inference"] == 0 and ws["schedule_efficiency"] >= 0.9
+    naive = run(compile_model(path, max_xbars=64, schedule="naive"), mode="timing").stats
+    opt = run(compile_model(path, max_xbars=64), mode="timing").stats
+    assert opt["cycles_per_inference"] < naive["cycles_per_inference"]
+    assert opt["schedule_efficiency"] >= 0.8
+    assert naive["writes_per_inference"] >= ws["load"]["cells_written"] / (128 * 16 * 8)
