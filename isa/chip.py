@@ -54,22 +54,38 @@ class Energy:
 
 
 @dataclass(frozen=True)
+class Mapping:
+    """How weights become cells, and the mitigations a careful user turns on (1 = on)."""
+    per_column_scaling: int = 1  # one weight scale per crossbar column, else one per tensor
+    differential: int = 1        # signed weights as differential pairs, else an offset
+    raw_calibration: int = 1     # read-after-write: correct column gains from verify reads
+    stuck_aware: int = 1         # re-encode weights around stuck cells found by verify reads
+    slice_compensation: int = 1  # program slices MSB first; lower slices absorb the error the
+                                 # verify reads measured on the higher ones
+    adc_headroom: float = 1.0    # ADC full scale, times the column's largest possible current
+
+
+@dataclass(frozen=True)
 class Chip:
     arch: ChipGeometry = field(default_factory=ChipGeometry)
     device: Device = field(default_factory=Device)
     timing: Timing = field(default_factory=Timing)
     energy: Energy = field(default_factory=Energy)
+    mapping: Mapping = field(default_factory=Mapping)
     name: str = "default"
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}}
 
 
-SECTIONS = {"arch": ChipGeometry, "device": Device, "timing": Timing, "energy": Energy}
+SECTIONS = {"arch": ChipGeometry, "device": Device, "timing": Timing, "energy": Energy,
+            "mapping": Mapping}
 _POSITIVE_INTS = {"rows", "cols", "cell_bits", "weight_bits", "input_bits", "dac_bits",
                   "adc_bits", "xbars", "write_iterations", "write_phases", "vector_lanes",
                   "buffer_bytes_per_cycle"}
 _FRACTIONS = {"program_sigma", "read_sigma", "stuck_at_gmin", "stuck_at_gmax"}
+_FLAGS = {"per_column_scaling", "differential", "raw_calibration", "stuck_aware",
+          "slice_compensation"}
 
 
 def _coerce(section: str, key: str, value, where: str):
@@ -86,6 +102,8 @@ def _coerce(section: str, key: str, value, where: str):
     if key in _POSITIVE_INTS and value < 1 or value < 0:
         raise IsaError(f"{where}: {section}.{key} = {value} is out of range "
                        f"({'at least 1' if key in _POSITIVE_INTS else 'not negative'})")
+    if key in _FLAGS and value not in (0, 1):
+        raise IsaError(f"{where}: {section}.{key} must be 0 or 1, got {value}")
     if key in _FRACTIONS and value > 1:
         raise IsaError(f"{where}: {section}.{key} = {value} is out of range (a fraction, 0..1)")
     return value

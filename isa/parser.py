@@ -77,12 +77,15 @@ class _ToProgram(lark.Transformer):
         return ("port", Port(str(items[0]), json.loads(items[1]), str(items[2])[1:]))
 
     def buffer(self, items):
-        offset = 0
+        attrs = {"offset": 0, "range": 0.0}
         for key, value, tok in items[2:]:
-            if key != "offset" or not isinstance(value, int):
-                raise IsaError(f"buffer: unknown attribute {key}", *_line_col(tok))
-            offset = value
-        return ("buffer", Buffer(str(items[0])[1:], items[1], offset))
+            if key not in attrs or not isinstance(value, (int, float)) or \
+                    key == "offset" and not isinstance(value, int):
+                raise IsaError(f"buffer: bad attribute {key}={value!r}; expected offset=INT "
+                               "and optionally range=FLOAT", *_line_col(tok))
+            attrs[key] = value
+        return ("buffer", Buffer(str(items[0])[1:], items[1], attrs["offset"],
+                                 float(attrs["range"])))
 
     def instr(self, items):
         tok = items[0]

@@ -63,6 +63,7 @@ class Buffer:
     name: str
     type: TensorType
     offset: int = 0  # byte offset in the on-chip scratchpad (from buffer allocation)
+    range: float = 0.0  # calibrated max |value| (DAC full scale when an MVM reads it); 0: none
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ from isa import Instr, Program
 from isa.chip import Chip
 from isa.timing import Timeline
 
+from . import device
 from .errors import RunError
 from .mvm_groups import execute_group, plan
 from .report import timing_report
 from .semantics import SEMANTICS
 
-MODES = ("ideal", "timing")  # timing: the timing model only, no arithmetic
+MODES = ("ideal", "quantized", "analog", "timing")
 
 
 @dataclass
@@ -35,10 +36,22 @@ class RunResult:
 
 
 class Machine:
-    """Buffers, crossbar contents and blob data of one execution."""
+    """Buffers, crossbar contents and blob data of one execution.
 
-    def __init__(self, program: Program, scale: int):
-        self.program = program
+    In ideal mode a crossbar holds its float tile; in quantized and analog modes it holds the
+    ``device.Programmed`` cells, and stuck cells, programming and read noise come from
+    generators seeded by (seed, purpose, crossbar): same program, same seed, same result.
+    """
+
+    def __init__(self, program: Program, scale: int, mode: str = "ideal",
+                 chip: Chip | None = None, seed: int = 0):
+        self.program, self.mode, self.seed = program, mode, seed
+        self.chip = chip or dataclasses.replace(Chip(), arch=program.chip)
+        self.read_rng = np.random.default_rng([seed, 3]) if mode == "analog" else None
+        self.stuck: dict[int, np.ndarray] = {}
+        self.writes: Counter = Counter()
+        self.ranges = {b.name: b.range for b in program.buffers if b.range}
+        self._blob_max: dict[str, float] = {}
         self.blobs = {b.name: b.data for b in program.blobs}
         self.shapes = {}
         for b in program.buffers:
@@ -65,14 +78,45 @@ class Machine:
                            f"{self.shapes[ref[1:]]}")
         self.bufs[ref[1:]] = value
 
-    def program_xbar(self, xb: int, tile: np.ndarray) -> None:
-        self.xbars[xb] = tile  # a view of the (immutable) blob: no copy in ideal mode
+    def program_xbar(self, xb: int, tile: np.ndarray, tensor_max: float = 0.0) -> None:
+        if self.mode == "ideal":
+            self.xbars[xb] = tile  # a view of the (immutable) blob: no copy in ideal mode
+            return
+        self.writes[xb] += 1
+        rng = None
+        stuck = np.full((2, self.program.chip.slices) + tile.shape, -1, np.int8)
+        if self.mode == "analog":
+            stuck = self._stuck(xb)[:, :, :tile.shape[0], :tile.shape[1]]
+            rng = np.random.default_rng([self.seed, 2, xb, self.writes[xb]])
+        self.xbars[xb] = device.program(tile, self.chip, rng, stuck, tensor_max)
 
-    def xbar(self, xb: int, shape, ins: Instr) -> np.ndarray:
+    def _stuck(self, xb: int) -> np.ndarray:
+        if xb not in self.stuck:
+            a = self.program.chip
+            shape = (2, a.slices, a.rows, a.weights_per_row)
+            self.stuck[xb] = device.stuck_mask(np.random.default_rng([self.seed, 1, xb]),
+                                               shape, self.chip)
+        return self.stuck[xb]
+
+    def blob_max(self, ref: str) -> float:
+        """Largest magnitude in a blob (per-tensor weight scaling)."""
+        if ref not in self._blob_max:
+            self._blob_max[ref] = float(np.abs(self.blobs[ref[1:]]).max(initial=0.0))
+        return self._blob_max[ref]
+
+    def input_range(self, ref: str, src: np.ndarray) -> np.ndarray:
+        """The DAC's full scale: the calibrated range of the buffer, else each sample's max."""
+        if ref[1:] in self.ranges:
+            return np.full((src.shape[0], 1, 1), self.ranges[ref[1:]], np.float32)
+        peak = np.abs(src).max(axis=(1, 2), keepdims=True)
+        return np.where(peak > 0, peak, 1.0)
+
+    def xbar(self, xb: int, shape, ins: Instr):
         tile = self.xbars.get(xb)
-        if tile is None or tile.shape != shape:
+        held = None if tile is None else getattr(tile, "target", tile).shape[-2:]
+        if held != tuple(shape):
             raise RunError(f"line {ins.line}: mvm on crossbar {xb} expects a {shape} tile, "
-                           f"it holds {None if tile is None else tile.shape}")
+                           f"it holds {held}")
         return tile
 
 
@@ -85,11 +129,12 @@ def _step(m: Machine, step) -> Instr:
     return step
 
 
-def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts: Counter):
-    m = Machine(program, scale)
+def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts: Counter,
+             mode: str = "ideal", chip: Chip | None = None, seed: int = 0):
+    m = Machine(program, scale, mode, chip, seed)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
-    for step in plan(program.text):
+    for step in plan(program.text) if mode == "ideal" else program.text:
         ins = step[0] if isinstance(step, list) else step
         try:
             _step(m, step)
@@ -150,11 +195,11 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     counts: Counter = Counter()
     start = time.perf_counter()
     if groups == 1 or program.batch_free:
-        outputs = _execute(program, feeds, groups, counts)
+        outputs = _execute(program, feeds, groups, counts, mode, chip, seed)
     else:
         b = program.batch
         parts = [_execute(program, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()}, 1,
-                          counts) for i in range(groups)]
+                          counts, mode, chip, seed) for i in range(groups)]
         outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     seconds = time.perf_counter() - start
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,

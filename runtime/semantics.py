@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import windows as win
+from .analog import crossbar_mvm
 
 F32 = np.float32
 
@@ -21,7 +22,8 @@ def _dst(ins):
 def write(m, ins):
     r0, r1 = ins.attr("rows")
     c0, c1 = ins.attr("cols")
-    m.program_xbar(ins.attr("xb"), m.read(ins.operands[0])[r0:r1, c0:c1])
+    blob = m.read(ins.operands[0])
+    m.program_xbar(ins.attr("xb"), blob[r0:r1, c0:c1], m.blob_max(ins.operands[0]))
 
 
 def as_vectors(a: np.ndarray) -> np.ndarray:
@@ -33,7 +35,15 @@ def mvm(m, ins):
     (r0, r1), (c0, c1), (v0, v1) = ins.attr("rows"), ins.attr("cols"), ins.attr("vecs")
     tile = m.xbar(ins.attr("xb"), (r1 - r0, c1 - c0), ins)
     acc = as_vectors(m.read(_dst(ins)))
-    acc[:, v0:v1, c0:c1] += as_vectors(m.read(ins.operands[1]))[:, v0:v1, r0:r1] @ tile
+    src = as_vectors(m.read(ins.operands[1]))
+    if m.mode == "ideal":
+        acc[:, v0:v1, c0:c1] += src[:, v0:v1, r0:r1] @ tile
+        return
+    x = src[:, v0:v1, r0:r1]
+    x_range = m.input_range(ins.operands[1], src)  # [B, 1, 1]
+    x_range = np.broadcast_to(x_range, x.shape[:2] + (1,)).reshape(-1, 1)
+    y = crossbar_mvm(x.reshape(-1, r1 - r0), x_range, tile, m.chip, m.read_rng)
+    acc[:, v0:v1, c0:c1] += y.reshape(x.shape[0], x.shape[1], c1 - c0)
 
 
 def fill(m, ins):
