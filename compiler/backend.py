@@ -129,7 +129,9 @@ class Codegen:
 
     def buffers(self) -> list[Buffer]:
         offsets = getattr(self.g, "offsets", {})
-        return [Buffer(bname, TensorType("f32", self.g.shape(name)), offsets.get(name, 0))
+        mvm_srcs = {op.inputs[0] for op in self.g.ops() if op.kind == "xbar_matmul"}
+        return [Buffer(bname, TensorType("f32", self.g.shape(name)), offsets.get(name, 0),
+                       self.g.ranges.get(name, 0.0) if name in mvm_srcs else 0.0)
                 for name, bname in self.names.map.items()]
 
 

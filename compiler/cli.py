@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cols", type=int, default=128, help="crossbar columns in cells (default 128)")
     p.add_argument("--cell-bits", type=int, default=2, help="bits per RRAM cell (default 2)")
     p.add_argument("--weight-bits", type=int, default=8, help="bits per weight (default 8)")
+    p.add_argument("--calibrate", metavar="SAMPLES.npy",
+                   help="sample inputs whose activation ranges set each crossbar input's DAC "
+                        "full scale (default: each sample scaled by its own maximum)")
+    p.add_argument("--input-bits", type=int, default=8, help="DAC input bits (default 8)")
+    p.add_argument("--adc-bits", type=int, default=8, help="ADC bits (default 8)")
     p.add_argument("--dump-ir", metavar="DIR|-",
                    help="write the IR after every pass (NN-pass.ir and .dot) to DIR, or - for "
                         "stdout")
@@ -52,11 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _chip(args) -> ChipGeometry:
-    for name in ("rows", "cols", "cell_bits", "weight_bits"):
+    for name in ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "adc_bits"):
         if getattr(args, name) < 1:
             raise CompileError(f"--{name.replace('_', '-')} must be at least 1")
     chip = ChipGeometry(rows=args.rows, cols=args.cols, cell_bits=args.cell_bits,
-                        weight_bits=args.weight_bits)
+                        weight_bits=args.weight_bits, input_bits=args.input_bits,
+                        adc_bits=args.adc_bits)
     if args.cols < 2 * chip.slices:
         raise CompileError(f"--cols {args.cols} cannot hold one weight ({chip.slices} slices "
                            "x 2 differential cells)")
@@ -76,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.dump_ir:
             dump = dump_to_dir(args.dump_ir)
         config = load_chip(args.chip) if args.chip else None
+        samples = None
+        if args.calibrate:
+            from .calibrate import load_samples
+            samples = load_samples(args.calibrate)
         program = compile_model(args.model, chip=_chip(args), batch=args.batch,
                                 max_xbars=args.xbars, schedule=args.schedule,
-                                chip_config=config, verify_each=args.verify_each,
+                                chip_config=config, calibrate=samples,
+                                verify_each=args.verify_each,
                                 passes=[p for p in args.passes.split(",") if p], dump=dump)
         save(program, output)
     except (CompileError, IsaError) as exc:

@@ -45,10 +45,11 @@ def dump_to_stdout(stage: str, graph: Graph) -> None:
 
 def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = None,
                   batch: int = 1, max_xbars: int | None = None, schedule: str = "optimized",
-                  chip_config: Chip | None = None,
+                  chip_config: Chip | None = None, calibrate=None,
                   passes: list[str] | None = None, verify_each: bool = False,
                   dump: Dump | None = None, ctx: CompileContext | None = None) -> Program:
-    """Compile an ONNX model (path or ModelProto). Raises CompileError on user errors."""
+    """Compile an ONNX model (path or ModelProto). ``calibrate``: sample inputs (array) whose
+    activation ranges set the DAC full scales. Raises CompileError on user errors."""
     if ctx is None:
         ctx = CompileContext(chip=chip or ChipGeometry(), max_xbars=max_xbars, schedule=schedule)
         if chip_config is not None:
@@ -57,7 +58,7 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     unknown = [p for p in pipeline if p not in PASSES]
     if unknown:
         raise CompileError(f"unknown pass(es) {', '.join(unknown)}; known: {', '.join(PASSES)}")
-    graph = frontend.import_model(model, batch=batch)
+    graph = frontend.import_model(model, batch=batch, calibrate=calibrate)
     stages = [("import", None)] + [(name, PASSES[name]) for name in pipeline]
     for stage, run in stages:
         if run is not None:

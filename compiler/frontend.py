@@ -206,11 +206,16 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     raise CompileError(f"Constant node {node.name!r}: unsupported value attribute")
 
 
-def import_model(path_or_model, batch: int = 1) -> Graph:
-    """Load (if a path), check and import an ONNX model. Raises CompileError on user errors."""
+def import_model(path_or_model, batch: int = 1, calibrate=None) -> Graph:
+    """Load (if a path), check and import an ONNX model; with ``calibrate`` samples, record
+    activation ranges in ``graph.ranges``. Raises CompileError on user errors."""
     if batch < 1:
         raise CompileError(f"--batch must be at least 1, got {batch}")
     model = load_model(path_or_model) if isinstance(path_or_model, str) else path_or_model
     model = prepare(model, batch)
     check_supported(model)
-    return to_graph(model)
+    graph = to_graph(model)
+    if calibrate is not None:
+        from .calibrate import tensor_ranges
+        graph.ranges = tensor_ranges(model, calibrate)
+    return graph

@@ -42,6 +42,7 @@ class Graph:
         self.outputs: list[str] = []  # value names, parallel to output_names
         self.output_names: list[str] = []  # the ONNX names users see
         self.opset = 13
+        self.ranges: dict[str, float] = {}  # calibrated max |value| per tensor
         self.batch = batch
         self._producer: dict[str, str] = {}
         self._uses: dict[str, set[tuple[str, int]]] = {}

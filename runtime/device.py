@@ -79,7 +79,7 @@ def encode(q: np.ndarray, stuck: np.ndarray, noise: np.ndarray, chip: Chip,
     Returns (digits [2, S, R, C], cell values in level steps without Gmin).
     """
     top, base, slices = 2 ** chip.arch.cell_bits - 1, 2 ** chip.arch.cell_bits, chip.arch.slices
-    fixed = np.where(stuck >= 0, stuck * top, -1)
+    fixed = np.where(stuck >= 0, stuck.astype(np.int64) * top, -1)
     rest = q.astype(np.float64)
     digits = np.zeros(stuck.shape, np.int64)
     values = np.zeros(stuck.shape, np.float64)

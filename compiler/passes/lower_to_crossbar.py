@@ -54,6 +54,8 @@ def _lower_conv(graph: Graph, op: Op, ctx) -> None:
     patches = graph.add_value(graph.fresh(f"{op.origin or op.id}.patches"), (b, p, k))
     window = {key: op.attrs[key] for key in ("kernel", "strides", "pads", "dilations")}
     graph.add_op("im2col", [x], [patches], window, op.origin)
+    if x in graph.ranges:
+        graph.ranges[patches] = graph.ranges[x]
     cols = graph.add_value(graph.fresh(f"{op.origin or op.id}.cols"), (b, p, m))
     _xbar_matmul(graph, op, patches, conv_matrix(w, op.attrs["group"]), cols, ctx)
     graph.add_op("unpatch", [cols], [out], {}, op.origin)

@@ -1,0 +1,146 @@
+"""The device model against closed forms, and the modes on the digits models (issue 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+from conftest import DIGITS, MODELS, cli, model_path, ort_run, rel_err
+
+import isa
+from compiler import compile_model
+from isa import ChipGeometry
+from isa.chip import Chip, with_overrides
+from runtime import device, run
+from runtime.analog import crossbar_mvm
+
+
+def _chip(*sets, arch=None):
+    return with_overrides(dataclasses.replace(Chip(), arch=arch or Chip().arch), list(sets))
+
+
+def test_programming_spread_matches_sigma():
+    chip = _chip("mapping.slice_compensation=0")
+    d, top = chip.device, 3
+    step = (d.g_max_us - d.g_min_us) / top
+    g0, sigma = d.g_min_us / step, d.program_sigma * d.g_max_us / step
+    rng = np.random.default_rng(0)
+    residuals = []
+    for i in range(24):  # 24 x 16384 cells, about 1.3e5 of them at a non-zero digit
+        tile = rng.standard_normal((128, 16))
+        prog = device.program(tile, chip, np.random.default_rng(i),
+                              np.full((2, 4, 128, 16), -1, np.int8), 0.0)
+        ok = prog.target >= 1  # digit-0 cells can clip at zero conductance
+        residuals.append((prog.cells - (g0 + prog.target))[ok])
+    residuals = np.concatenate(residuals)
+    assert len(residuals) > 1e5
+    assert abs(residuals.std() / sigma - 1) < 0.05
+    assert abs(residuals.mean()) < 3 * sigma / np.sqrt(len(residuals))
+
+
+def test_stuck_rates_within_statistical_bounds():
+    chip = _chip("device.stuck_at_gmin=0.002", "device.stuck_at_gmax=0.001")
+    mask = device.stuck_mask(np.random.default_rng(3), (1000, 1000), chip)
+    for value, p in ((0, 0.002), (1, 0.001)):
+        n, k = mask.size, (mask == value).sum()
+        assert abs(k - n * p) < 5 * np.sqrt(n * p * (1 - p))
+
+
+def _hand_programmed(cells_pos, full):
+    cells = np.zeros((2, 1, len(cells_pos), 1), np.float32)
+    cells[0, 0, :, 0] = cells_pos
+    return device.Programmed(cells=cells, target=cells.astype(np.int64), scale=np.ones(1),
+                             gain=np.ones((2, 1, 1), np.float32),
+                             full_scale=np.array([[[full]], [[1.0]]], np.float32), offset=0.0,
+                             target_weight=np.zeros((len(cells_pos), 1), np.float32))
+
+
+@pytest.mark.parametrize("x,full,expected", [
+    ([1, 1], 3.0, 3.0),        # current 3 of full scale 3: top code, exact
+    ([1, 1], 2.0, 2.0),        # current 3 clipped at full scale 2
+    ([1, 0], 2.0, 4.0 / 3.0),  # current 1 of 2 with 3 codes: 1.5 rounds (to even) to 2 -> 4/3
+    ([0, 1], 3.0, 2.0),        # current 2 of 3: code 2 -> 2
+])
+def test_adc_clipping_and_rounding(x, full, expected):
+    arch = ChipGeometry(cell_bits=2, weight_bits=2, input_bits=1, adc_bits=2)
+    chip = _chip("device.g_min_us=0", arch=arch)
+    prog = _hand_programmed([1.0, 2.0], full)
+    y = crossbar_mvm(np.array([x], np.float32), np.ones((1, 1), np.float32), prog, chip, None)
+    assert y[0, 0] == pytest.approx(expected)
+
+
+def test_quantized_converges_to_ideal_with_wide_adc_and_many_levels(digits_test):
+    x = digits_test[0][:64]
+    wide = ChipGeometry(cell_bits=8, weight_bits=16, input_bits=16, adc_bits=24)
+    program = compile_model(model_path("digits_cnn"), chip=wide)
+    ideal = run(program, x, timing=False).outputs["logits"]
+    quant = run(program, x, mode="quantized", timing=False).outputs["logits"]
+    assert rel_err(quant, ideal) < 1e-3
+    default = compile_model(model_path("digits_cnn"))
+    coarse = run(default, x, mode="quantized", timing=False).outputs["logits"]
+    assert rel_err(coarse, ideal) > rel_err(quant, ideal)
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_quantized_and_analog_accuracy(name, digits_test):
+    x, y = digits_test
+    (ref,) = ort_run(model_path(name), {"image": x})
+    float_acc = (ref.argmax(1) == y).mean()
+    program = compile_model(model_path(name))
+    quant = run(program, x, mode="quantized", timing=False).outputs["logits"]
+    assert abs((quant.argmax(1) == y).mean() - float_acc) <= 0.005
+    analog = run(program, x, mode="analog", seed=1, timing=False).outputs["logits"]
+    assert abs((analog.argmax(1) == y).mean() - float_acc) <= 0.02
+
+
+def test_mitigations_are_what_keeps_the_cnn_accurate(digits_test):
+    x, y = digits_test[0][:200], digits_test[1][:200]
+    program = compile_model(model_path("digits_cnn"))
+    off = _chip(*(f"mapping.{m}=0" for m in ("stuck_aware", "slice_compensation",
+                                             "raw_calibration", "per_column_scaling")),
+                arch=program.chip)
+    bare = run(program, x, mode="analog", chip=off, timing=False).outputs["logits"]
+    assert (bare.argmax(1) == y).mean() < 0.8
+
+
+def test_analog_is_deterministic_per_seed(digits_test):
+    x = digits_test[0][:32]
+    program = compile_model(model_path("digits_mlp"))
+    a = run(program, x, mode="analog", seed=7, timing=False).outputs["logits"]
+    b = run(program, x, mode="analog", seed=7, timing=False).outputs["logits"]
+    c = run(program, x, mode="analog", seed=8, timing=False).outputs["logits"]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_offset_encoding_in_quantized_mode(digits_test):
+    x, y = digits_test
+    program = compile_model(model_path("digits_mlp"))
+    chip = _chip("mapping.differential=0", arch=program.chip)
+    out = run(program, x, mode="quantized", chip=chip, timing=False).outputs["logits"]
+    (ref,) = ort_run(model_path("digits_mlp"), {"image": x})
+    assert abs((out.argmax(1) == y).mean() - (ref.argmax(1) == y).mean()) <= 0.005
+
+
+def test_calibration_sets_input_ranges(tmp_path, digits_test):
+    np.save(tmp_path / "cal.npy", digits_test[0][:50])
+    prog = tmp_path / "p.cim"
+    r = cli("cimc", model_path("digits_cnn"), "-o", str(prog), "--calibrate",
+            str(tmp_path / "cal.npy"))
+    assert r.returncode == 0, r.stderr
+    program = isa.load(prog)
+    ranges = {b.name: b.range for b in program.buffers if b.range}
+    assert ranges["conv1.patches"] == pytest.approx(1.0)  # the images span [0, 1]
+    assert set(ranges) == {i.operands[1][1:] for i in program.text if i.op == "mvm"}
+    r = cli("cimrun", str(prog), "--input", os.path.join(MODELS, "digits_test_x.npy"),
+            "--mode", "quantized", "--labels", os.path.join(MODELS, "digits_test_y.npy"))
+    assert r.returncode == 0 and "top-1 accuracy 0.99" in r.stdout, r.stdout + r.stderr
+
+
+def test_bad_mapping_flag_is_rejected(tmp_path):
+    prog = tmp_path / "p.cim"
+    assert cli("cimc", model_path("digits_mlp"), "-o", str(prog)).returncode == 0
+    r = cli("cimrun", str(prog), "--mode", "analog", "--input",
+            os.path.join(MODELS, "digits_sample.npy"), "--set", "mapping.differential=2")
+    assert r.returncode == 2 and "must be 0 or 1" in r.stderr
