@@ -27,6 +27,9 @@ class Device:
     stuck_at_gmax: float = 0.001
     endurance_writes: float = 1e6    # writes per cell before failure
     write_voltage: float = 2.0       # V_w of a programming pulse
+    wire_ohm: float = 0.0            # IR drop: wire resistance per cell segment (0: off)
+    drift_nu: float = 0.0            # drift: G(t) = G(t0) (t / t0)^-nu (0: off)
+    drift_seconds: float = 0.0       # time from programming to inference, t0 = 1 s
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,20 @@ def crossbar_mvm(x: np.ndarray, x_range: np.ndarray, prog: Programmed, chip: Chi
         planes = _quantize_inputs(part, a.input_bits, x_range)
         current = (planes.reshape(-1, rows) @ g).reshape(a.input_bits, -1, signs, slices, cols)
         if rng is not None and d.read_sigma:  # every column read: sigma x its own current
-            current *= 1.0 + rng.normal(0.0, d.read_sigma, current.shape).astype(np.float32)
-        code = np.rint(np.clip(current / full, 0.0, 1.0) * adc_levels)
-        read = code * (full / adc_levels)
+            noise = rng.standard_normal(current.shape, dtype=np.float32)
+            noise *= d.read_sigma
+            noise += 1.0
+            current *= noise
+        current /= full  # in place from here on: these arrays are the big ones
+        np.clip(current, 0.0, 1.0, out=current)
+        current *= adc_levels
+        np.rint(current, out=current)
+        current *= full / adc_levels
+        read = current
         active = planes.sum(axis=2)[:, :, None, None, None]  # inputs at 1 this step
-        digital = (read - g0 * active) * prog.gain[None, None]
+        read -= g0 * active
+        digital = read
+        digital *= prog.gain[None, None]
         per_sign = np.einsum("bnsqc,q->bnsc", digital, slice_weight)
         value = per_sign[:, :, 0] - per_sign[:, :, 1] if signs == 2 else \
             per_sign[:, :, 0] - prog.offset * active[:, :, 0, 0]

@@ -100,6 +100,31 @@ def encode(q: np.ndarray, stuck: np.ndarray, noise: np.ndarray, chip: Chip,
     return digits, values
 
 
+def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
+    """Conductances as an inference read sees them: after drift and with IR drop.
+
+    Drift: G (1 + t)^-nu with t the seconds since programming. IR drop, first order closed
+    form: a cell's current crosses its word line from the driver and its bit line to the ADC,
+    about (column + rows - row) segments of ``wire_ohm``; with that series resistance R the
+    cell conducts G / (1 + R G). Verify reads happen before either, so mitigations do not see
+    them.
+    """
+    d = chip.device
+    step_us = (d.g_max_us - d.g_min_us) / (2 ** chip.arch.cell_bits - 1)
+    out = cells
+    if d.drift_nu and d.drift_seconds:
+        out = out * (1.0 + d.drift_seconds) ** -d.drift_nu
+    if d.wire_ohm:
+        signs, slices, rows, cols = out.shape
+        phys_col = (np.arange(cols)[None, None, :] * 2 * slices
+                    + np.arange(signs)[:, None, None] * slices
+                    + np.arange(slices)[None, :, None])  # [signs, slices, cols]
+        segments = phys_col[:, :, None, :] + 1 + (rows - np.arange(rows))[None, None, :, None]
+        g_siemens = out * step_us * 1e-6
+        out = out / (1.0 + d.wire_ohm * segments * g_siemens)
+    return out
+
+
 def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck: np.ndarray,
             tensor_max: float) -> Programmed:
     """Map ``tile`` onto cells; ``rng`` None means no programming noise (quantized mode)."""
@@ -131,5 +156,7 @@ def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck
     gain = np.where(actual > 0, ideal / np.where(actual > 0, actual, 1.0), 1.0) \
         if use_gain else np.ones_like(ideal)
     full = np.maximum(actual, 1e-9) * mp.adc_headroom
+    if rng is not None:
+        cells = read_conditions(cells, chip)
     return Programmed(cells.astype(np.float32), digits, scale, gain.astype(np.float32),
                       full.astype(np.float32), offset, (q * scale).astype(np.float32))

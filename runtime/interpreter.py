@@ -50,6 +50,9 @@ class Machine:
         self.read_rng = np.random.default_rng([seed, 3]) if mode == "analog" else None
         self.stuck: dict[int, np.ndarray] = {}
         self.writes: Counter = Counter()
+        self.cell_writes: dict[int, np.ndarray] = {}
+        self.last_digits: dict[int, np.ndarray] = {}
+        self.failed_cells = 0
         self.ranges = {b.name: b.range for b in program.buffers if b.range}
         self._blob_max: dict[str, float] = {}
         self.blobs = {b.name: b.data for b in program.blobs}
@@ -88,7 +91,27 @@ class Machine:
         if self.mode == "analog":
             stuck = self._stuck(xb)[:, :, :tile.shape[0], :tile.shape[1]]
             rng = np.random.default_rng([self.seed, 2, xb, self.writes[xb]])
-        self.xbars[xb] = device.program(tile, self.chip, rng, stuck, tensor_max)
+        prog = device.program(tile, self.chip, rng, stuck, tensor_max)
+        if self.mode == "analog":
+            self._wear(xb, prog.target)
+        self.xbars[xb] = prog
+
+    def _wear(self, xb: int, digits: np.ndarray) -> None:
+        """Count a write on every cell whose digit changed; cells past endurance stick."""
+        a = self.program.chip
+        counts = self.cell_writes.setdefault(xb, np.zeros((2, a.slices, a.rows,
+                                                           a.weights_per_row), np.int64))
+        last = self.last_digits.get(xb)
+        window = (slice(0, digits.shape[0]), slice(None), slice(0, digits.shape[2]),
+                  slice(0, digits.shape[3]))
+        changed = np.ones(digits.shape, bool) if last is None or last.shape != digits.shape \
+            else last != digits
+        counts[window] += changed
+        self.last_digits[xb] = digits
+        worn = (counts > self.chip.device.endurance_writes) & (self._stuck(xb) < 0)
+        if worn.any():
+            self.stuck[xb] = np.where(worn, 0, self.stuck[xb]).astype(np.int8)
+            self.failed_cells += int(worn.sum())
 
     def _stuck(self, xb: int) -> np.ndarray:
         if xb not in self.stuck:
@@ -145,6 +168,7 @@ def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts:
         counts[ins.op] += len(step) if isinstance(step, list) else 1
         if m.halted:
             break
+    counts["endurance_failed_cells"] += m.failed_cells
     return {p.name: m.bufs[p.buffer] for p in program.outputs}
 
 
@@ -202,7 +226,9 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
                           counts, mode, chip, seed) for i in range(groups)]
         outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     seconds = time.perf_counter() - start
+    failed = counts.pop("endurance_failed_cells", 0)
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
+             "endurance_failed_cells": failed,
              "compiled_batch": program.batch, "instructions": sum(counts.values()),
              "tile_writes": counts["write"],
              "wall_seconds": seconds, "opcode_counts": dict(sorted(counts.items())),

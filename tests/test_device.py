@@ -144,3 +144,25 @@ def test_bad_mapping_flag_is_rejected(tmp_path):
     r = cli("cimrun", str(prog), "--mode", "analog", "--input",
             os.path.join(MODELS, "digits_sample.npy"), "--set", "mapping.differential=2")
     assert r.returncode == 2 and "must be 0 or 1" in r.stderr
+
+
+def test_drift_and_ir_drop_closed_forms():
+    chip = _chip("device.drift_nu=0.1", "device.drift_seconds=1e4")
+    cells = np.full((2, 4, 3, 2), 2.0)
+    assert np.allclose(device.read_conditions(cells, chip), 2.0 * (1 + 1e4) ** -0.1)
+    chip = _chip("device.wire_ohm=2.0")
+    got = device.read_conditions(cells, chip)
+    step_s = (40.0 - 1.0) / 3 * 1e-6
+    # row 0, sign 0, slice 0, column 0: physical column 0, so 1 + 3 segments to driver and ADC
+    assert got[0, 0, 0, 0] == pytest.approx(2.0 / (1 + 2.0 * 4 * 2.0 * step_s))
+    # farther cells lose more: physical column grows with the logical column
+    assert got[0, 0, 0, 1] < got[0, 0, 0, 0] and got[0, 0, 2, 0] > got[0, 0, 0, 0]
+
+
+def test_endurance_failures_under_reprogramming(digits_test):
+    x = digits_test[0][:16]
+    program = compile_model(model_path("digits_cnn"), max_xbars=3)
+    worn = _chip("device.endurance_writes=1", arch=program.chip)
+    fresh = run(program, x, mode="analog", timing=False).stats
+    tired = run(program, x, mode="analog", chip=worn, timing=False).stats
+    assert fresh["endurance_failed_cells"] == 0 and tired["endurance_failed_cells"] > 0
