@@ -21,29 +21,56 @@ from .device import Programmed
 
 def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
     levels = 2 ** bits - 1
-    q = np.rint(np.clip(x / x_range * levels, 0, levels)).astype(np.int64)
-    planes = (q[None] >> np.arange(bits)[:, None, None]) & 1
+    q = np.rint(np.clip(x / x_range * levels, 0, levels)).astype(np.int32)
+    planes = (q[None] >> np.arange(bits, dtype=np.int32)[:, None, None]) & 1
     return planes.astype(np.float32)  # [bits, N, R]
 
 
 def crossbar_mvm(x: np.ndarray, x_range: np.ndarray, prog: Programmed, chip: Chip,
                  rng: np.random.Generator | None) -> np.ndarray:
     """x [N, R] (already the tile's rows), x_range [N, 1] -> [N, C] float."""
+    return tiles_mvm(x[None], x_range, [prog], chip, rng)[0]
+
+
+def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
+    """Tiles padded to a common [R, C]: cells 0 (no current), full scale 1, scale 0."""
+    signs, slices = progs[0].cells.shape[:2]
+    rows = max(p.cells.shape[2] for p in progs)
+    cols = max(p.cells.shape[3] for p in progs)
+    cells = np.zeros((len(progs), signs, slices, rows, cols), np.float32)
+    full = np.ones((len(progs), signs, slices, cols), np.float32)
+    gain = np.ones((len(progs), signs, slices, cols), np.float32)
+    scale = np.zeros((len(progs), cols))
+    for t, p in enumerate(progs):
+        r, c = p.cells.shape[2:]
+        cells[t, :, :, :r, :c], full[t, :, :, :c] = p.cells, p.full_scale
+        gain[t, :, :, :c], scale[t, :c] = p.gain, p.scale
+    return cells, full, gain, scale
+
+
+def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
+              rng: np.random.Generator | None) -> np.ndarray:
+    """Several tiles read by the same input vectors at once: x [T, N, R] (each tile's rows,
+    zero padded), x_range [N, 1] -> [T, N, C] (zero padded)."""
     a, d = chip.arch, chip.device
     top = 2 ** a.cell_bits - 1
     g0 = d.g_min_us / ((d.g_max_us - d.g_min_us) / top)
-    signs, slices, rows, cols = prog.cells.shape
-    g = prog.cells.transpose(2, 0, 1, 3).reshape(rows, signs * slices * cols)
+    cells, full, gain, scale = _stack(progs)
+    tiles, signs, slices, rows, cols = cells.shape
+    g = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols)
     adc_levels = 2 ** a.adc_bits - 1
-    full = prog.full_scale.reshape(1, 1, signs, slices, cols)
+    full = full.reshape(1, tiles, 1, signs, slices, cols)
     slice_weight = (2.0 ** a.cell_bits) ** np.arange(slices)
     bit_weight = 2.0 ** np.arange(a.input_bits)
-    out = np.zeros((x.shape[0], cols))
+    offsets = np.array([p.offset for p in progs])[None, :, None, None]
+    out = np.zeros((tiles, x.shape[1], cols))
     for part, sign in ((np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)):
         if not part.any():
             continue
-        planes = _quantize_inputs(part, a.input_bits, x_range)
-        current = (planes.reshape(-1, rows) @ g).reshape(a.input_bits, -1, signs, slices, cols)
+        planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits,
+                                  np.tile(x_range, (tiles, 1)))
+        planes = planes.reshape(a.input_bits, tiles, -1, rows)
+        current = (planes @ g).reshape(a.input_bits, tiles, -1, signs, slices, cols)
         if rng is not None and d.read_sigma:  # every column read: sigma x its own current
             noise = rng.standard_normal(current.shape, dtype=np.float32)
             noise *= d.read_sigma
@@ -54,14 +81,12 @@ def crossbar_mvm(x: np.ndarray, x_range: np.ndarray, prog: Programmed, chip: Chi
         current *= adc_levels
         np.rint(current, out=current)
         current *= full / adc_levels
-        read = current
-        active = planes.sum(axis=2)[:, :, None, None, None]  # inputs at 1 this step
-        read -= g0 * active
-        digital = read
-        digital *= prog.gain[None, None]
-        per_sign = np.einsum("bnsqc,q->bnsc", digital, slice_weight)
-        value = per_sign[:, :, 0] - per_sign[:, :, 1] if signs == 2 else \
-            per_sign[:, :, 0] - prog.offset * active[:, :, 0, 0]
-        out += sign * np.einsum("bnc,b->nc", value, bit_weight)
+        active = planes.sum(axis=3)[..., None, None, None]  # inputs at 1 this step
+        current -= g0 * active
+        current *= gain[None, :, None]
+        per_sign = np.einsum("btnsqc,q->btnsc", current, slice_weight)
+        value = per_sign[..., 0, :] - per_sign[..., 1, :] if signs == 2 else \
+            per_sign[..., 0, :] - offsets * active[..., 0, 0]
+        out += sign * np.einsum("btnc,b->tnc", value, bit_weight)
     levels = 2 ** a.input_bits - 1
-    return (out * (x_range / levels) * prog.scale[None, :]).astype(np.float32)
+    return (out * (x_range[None] / levels) * scale[:, None, :]).astype(np.float32)

@@ -157,7 +157,7 @@ def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts:
     m = Machine(program, scale, mode, chip, seed)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
-    for step in plan(program.text) if mode == "ideal" else program.text:
+    for step in plan(program.text):
         ins = step[0] if isinstance(step, list) else step
         try:
             _step(m, step)

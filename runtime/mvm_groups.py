@@ -5,7 +5,8 @@ Each ``mvm`` adds ``src[..., rows] @ tile`` into ``dst[..., cols]``; in float ar
 sum over a layer's tiles equals one product with the matrix those tiles form. ``plan`` groups
 the instructions once; ``execute_group`` assembles the matrix from whatever the crossbars hold
 *now* (so it stays right under reprogramming) and does one matmul. Quantized and analog modes,
-where every tile has its own ADC, do not use it.
+batch the group's tiles into one vectorised crossbar read instead (same arithmetic, each tile
+through its own ADCs).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from isa import Instr
 
+from .analog import tiles_mvm
 from .semantics import as_vectors
 
 
@@ -33,6 +35,42 @@ def plan(text: list[Instr]) -> list[Instr | list[Instr]]:
 
 
 def execute_group(m, group: list[Instr]) -> None:
+    """Run a group of mvms: one float matmul (ideal) or one batched crossbar read."""
+    if m.mode == "ideal":
+        _ideal_group(m, group)
+    else:
+        _device_group(m, group)
+
+
+BYTES_PER_CHUNK = 256 * 2 ** 20
+
+
+def _device_group(m, group: list[Instr]) -> None:
+    """Quantized/analog: the group's tiles read in batches of tiles (memory-bounded)."""
+    v0, v1 = group[0].attr("vecs")
+    dst, src = as_vectors(m.read(group[0].operands[0])), as_vectors(m.read(group[0].operands[1]))
+    x = src[:, v0:v1]
+    x_range = m.input_range(group[0].operands[1], src)
+    x_range = np.broadcast_to(x_range, x.shape[:2] + (1,)).reshape(-1, 1)
+    n = x.shape[0] * x.shape[1]
+    per_tile = m.chip.arch.input_bits * n * m.chip.arch.cols * 4 * 3
+    step = max(1, BYTES_PER_CHUNK // max(per_tile, 1))
+    for start in range(0, len(group), step):
+        chunk = group[start:start + step]
+        progs = [m.xbar(i.attr("xb"), (i.attr("rows")[1] - i.attr("rows")[0],
+                                       i.attr("cols")[1] - i.attr("cols")[0]), i) for i in chunk]
+        rows = max(i.attr("rows")[1] - i.attr("rows")[0] for i in chunk)
+        xs = np.zeros((len(chunk), n, rows), np.float32)
+        for t, ins in enumerate(chunk):
+            r0, r1 = ins.attr("rows")
+            xs[t, :, :r1 - r0] = x[..., r0:r1].reshape(n, r1 - r0)
+        ys = tiles_mvm(xs, x_range, progs, m.chip, m.read_rng)
+        for t, ins in enumerate(chunk):
+            c0, c1 = ins.attr("cols")
+            dst[:, v0:v1, c0:c1] += ys[t, :, :c1 - c0].reshape(x.shape[0], x.shape[1], c1 - c0)
+
+
+def _ideal_group(m, group: list[Instr]) -> None:
     r_lo = min(i.attr("rows")[0] for i in group)
     r_hi = max(i.attr("rows")[1] for i in group)
     c_lo = min(i.attr("cols")[0] for i in group)
