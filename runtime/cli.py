@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the leading axis may hold any multiple of the compiled batch "
                         "(required except in --mode timing)")
     p.add_argument("--mode", choices=MODES, default="ideal",
-                   help="ideal = float32 arithmetic (default); timing = the timing and energy "
-                        "model only, no arithmetic")
+                   help="ideal: float32 arithmetic (default); quantized: the chip's integer "
+                        "arithmetic (slices, bit-serial DAC, ADC), no noise; analog: quantized "
+                        "plus programming and read noise, stuck cells and wear; timing: the "
+                        "timing and energy model only, no arithmetic")
     p.add_argument("--chip", default="default",
                    help=f"chip preset ({', '.join(presets())}) or TOML file; device, timing "
                         "and energy may differ from compile time, geometry may not")
