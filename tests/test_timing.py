@@ -180,3 +180,15 @@ def test_default_preset_file_equals_built_in_defaults():
     from isa.chip import load_toml
     from runtime.chips import PRESETS
     assert load_toml(f"{PRESETS}/default.toml") == Chip()
+
+
+def test_spare_crossbars_hold_resident_replicas(digits_test):
+    x = digits_test[0][:32]
+    exact = run(compile_model(model_path("digits_cnn")), x)
+    spare = compile_model(model_path("digits_cnn"), max_xbars=18)
+    assert spare.chip.xbars == 18
+    assert sum(i.op == "write" for i in spare.text) == 18  # every crossbar loaded once
+    wide = run(spare, x)
+    assert np.allclose(wide.outputs["logits"], exact.outputs["logits"], atol=1e-5)
+    assert wide.stats["writes_per_inference"] == 0
+    assert wide.stats["latency_ns_per_inference"] < exact.stats["latency_ns_per_inference"] / 2

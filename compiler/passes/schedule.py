@@ -7,7 +7,9 @@ them; and ``resident`` (one flag per tile: written once in the load phase, else 
 inference right before its mvm). With ``schedule == "naive"`` it also carries ``chunks``: the
 tile indices written and then computed together (codegen fences each chunk).
 
-- The model fits (tiles <= crossbars): weight-stationary, every tile resident.
+- The model fits (tiles <= crossbars): weight-stationary, every tile resident. Spare
+  crossbars hold resident replicas: repeatedly, the layer with the longest per-replica MVM
+  that still fits gets one more replica of each of its tiles.
 - ``naive``: each layer's tiles are written when the layer runs, in chunks of the chip's
   crossbars starting at crossbar 0; writes and compute of a chunk do not overlap.
 - ``optimized`` (default): a resident set (the tiles with the longest MVMs, sized by the
@@ -107,6 +109,31 @@ def _optimized(graph: Graph, ops: list[Op], tiles, n_xbars: int, chip: Chip) -> 
         ready[op.outputs[0]] = end
 
 
+def _replicate_resident(graph: Graph, mms: list[Op], spare: int, chip: Chip) -> None:
+    """Spend spare crossbars on resident replicas, longest per-replica MVM first."""
+    reps = {op.id: 1 for op in mms}
+    mvm = {op.id: _costs(graph, op, chip)[1][0] for op in mms}
+    count = {op.id: len(op.attrs["tiles"]) for op in mms}
+    limit = {op.id: n_vectors(graph, op) for op in mms}
+    while True:
+        fits = [o for o in reps if count[o] <= spare and reps[o] < limit[o]]
+        if not fits:
+            break
+        best = max(fits, key=lambda o: mvm[o] / reps[o])
+        reps[best] += 1
+        spare -= count[best]
+    xb = 0
+    for op in mms:
+        v = n_vectors(graph, op)
+        bounds = np.linspace(0, v, reps[op.id] + 1).astype(int)
+        placement = []
+        for _ in op.attrs["tiles"]:
+            placement.append([(xb + r, int(a), int(b))
+                              for r, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
+            xb += reps[op.id]
+        op.attrs["placement"] = placement
+
+
 def _naive(graph: Graph, ops: list[Op], n_xbars: int) -> None:
     for op in ops:
         if op.kind == "xbar_matmul":
@@ -130,6 +157,8 @@ def run(graph: Graph, ctx) -> Graph:
     if ctx.schedule not in SCHEDULES:
         raise CompileError(f"unknown schedule {ctx.schedule!r}; choose from "
                            f"{', '.join(SCHEDULES)}")
+    if len(tiles) < n and ctx.schedule == "optimized":
+        _replicate_resident(graph, mms, n - len(tiles), ctx.chip_config)
     if len(tiles) > n:
         for op in mms:
             op.attrs["resident"] = [False] * len(op.attrs["tiles"])
