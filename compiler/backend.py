@@ -23,6 +23,10 @@ DIRECT = {"im2col", "unpatch", "add", "sub", "mul", "div", "relu", "leakyrelu", 
           "transpose", "concat", "pad", "softmax", "lrn", "copy"}
 
 
+def _barrier(label: str, note: str) -> Instr:
+    return Instr("barrier", (), (("label", label),), note)
+
+
 def _write(blob: str, xb: int, r0: int, r1: int, c0: int, c1: int, note: str) -> Instr:
     return Instr("write", (blob,), (("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1))), note)
 
@@ -66,42 +70,43 @@ class Codegen:
         self.text.append(Instr(op, tuple(operands), tuple(attrs), note))
 
     def xbar_matmul(self, op: Op) -> None:
-        x, w = op.inputs[0], op.inputs[1]
+        """Initialise (bias or zero), load resident tiles, then per chunk of tiles: writes
+        of rotating tiles and their mvms (fenced by barriers for the naive schedule), then
+        the fused activation in place."""
         dst = self.ref(op.outputs[0])
         if len(op.inputs) > 2:
             self.emit("copy", [dst, self.ref(op.inputs[2])], note=op.origin)
         else:
             self.emit("fill", [dst], [("value", 0.0)], op.origin)
-        wref, src = self.ref(w), self.ref(x)
-        for i, ((r0, r1, c0, c1), replicas) in enumerate(zip(op.attrs["tiles"],
-                                                             op.attrs["placement"])):
-            if op.attrs["resident"][i]:
-                for xb, _, _ in replicas:
-                    self.loads.append(_write(wref, xb, r0, r1, c0, c1, op.origin))
+        wref, src = self.ref(op.inputs[1]), self.ref(op.inputs[0])
+        for i in [i for i, res in enumerate(op.attrs["resident"]) if res]:
+            self.loads += self._writes(op, i, wref)
+        fenced = "chunks" in op.attrs
         for chunk in op.attrs.get("chunks") or [[i] for i in range(len(op.attrs["tiles"]))]:
-            fenced = "chunks" in op.attrs
+            writes = [w for i in chunk if not op.attrs["resident"][i]
+                      for w in self._writes(op, i, wref)]
+            mvms = [m for i in chunk for m in self._mvms(op, i, dst, src)]
             if fenced:
-                self.emit("barrier", [], [("label", "write")], op.origin)
-            for i in chunk:
-                r0, r1, c0, c1 = op.attrs["tiles"][i]
-                for xb, v0, v1 in op.attrs["placement"][i]:
-                    if not op.attrs["resident"][i]:
-                        self.text.append(_write(wref, xb, r0, r1, c0, c1, op.origin))
-                    if not fenced:
-                        self.emit("mvm", [dst, src], [("xb", xb), ("rows", (r0, r1)),
-                                                      ("cols", (c0, c1)), ("vecs", (v0, v1))],
-                                  op.origin)
-            if fenced:
-                self.emit("barrier", [], [("label", "compute")], op.origin)
-                for i in chunk:
-                    r0, r1, c0, c1 = op.attrs["tiles"][i]
-                    for xb, v0, v1 in op.attrs["placement"][i]:
-                        self.emit("mvm", [dst, src], [("xb", xb), ("rows", (r0, r1)),
-                                                      ("cols", (c0, c1)), ("vecs", (v0, v1))],
-                                  op.origin)
+                self.text += [_barrier("write", op.origin)] + writes + \
+                    [_barrier("compute", op.origin)] + mvms
+            else:  # each rotating write right before its mvm (the timing model prefetches)
+                self.text += [x for pair in zip(writes, mvms) for x in pair] if writes else mvms
         if op.attrs.get("act"):
             kind, attrs = op.attrs["act"]
             self.emit(kind, [dst, dst], sorted(attrs.items()), op.origin)
+
+    @staticmethod
+    def _writes(op: Op, i: int, wref: str) -> list[Instr]:
+        r0, r1, c0, c1 = op.attrs["tiles"][i]
+        return [_write(wref, xb, r0, r1, c0, c1, op.origin)
+                for xb, _, _ in op.attrs["placement"][i]]
+
+    @staticmethod
+    def _mvms(op: Op, i: int, dst: str, src: str) -> list[Instr]:
+        r0, r1, c0, c1 = op.attrs["tiles"][i]
+        return [Instr("mvm", (dst, src), (("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1)),
+                                          ("vecs", (v0, v1))), op.origin)
+                for xb, v0, v1 in op.attrs["placement"][i]]
 
     def op(self, op: Op) -> None:
         if op.kind == "xbar_matmul":
