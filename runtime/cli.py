@@ -16,6 +16,7 @@ import isa
 from .chips import presets, resolve
 from .errors import RunError
 from .interpreter import MODES, run
+from .reference import reference_outputs
 from .trace import write_trace
 
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: PROGRAM.out.npy / .npz)")
     p.add_argument("--labels", help=".npy of integer class labels, one per sample: the report "
                                     "then holds top-1 accuracy of the (only) output")
+    p.add_argument("--reference", metavar="MODEL.onnx",
+                   help="the float model: the report adds its accuracy (with --labels) and the "
+                        "largest output error relative to it")
     p.add_argument("--report", help="write a JSON report of the run to this file")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     return p
@@ -84,6 +88,19 @@ def top1(outputs: dict[str, np.ndarray], labels) -> float:
         raise RunError(f"--labels holds {len(labels)} labels for an output of shape "
                        f"{list(logits.shape)}; need one label per sample of a [N, classes] output")
     return float((logits.argmax(1) == labels.reshape(-1)).mean())
+
+
+def compare(path: str, program, inputs, outputs: dict, labels) -> dict:
+    """Reference accuracy and the largest output error relative to the float model."""
+    feeds = inputs if isinstance(inputs, dict) else {program.inputs[0].name: inputs}
+    feeds = {k: np.asarray(v, np.float32) for k, v in feeds.items()}
+    want = dict(zip([p.name for p in program.outputs], reference_outputs(path, feeds)))
+    errors = {k: float(np.abs(v - want[k]).max() / max(np.abs(want[k]).max(), 1e-30))
+              for k, v in outputs.items() if k in want}
+    out = {"reference": os.path.abspath(path), "reference_relative_error": errors}
+    if labels is not None:
+        out["reference_accuracy"] = top1(want, labels)
+    return out
 
 
 def write_atomic(path: str, write) -> None:
@@ -128,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise RunError(f"the program has {len(result.outputs)} outputs; -o must name "
                                "a .npz")
             save_outputs(out, result.outputs)
-        accuracy = top1(result.outputs, load_inputs(args.labels)) if args.labels else None
+        labels = load_inputs(args.labels) if args.labels else None
+        accuracy = top1(result.outputs, labels) if labels is not None else None
+        reference = compare(args.reference, program, inputs, result.outputs, labels) \
+            if args.reference and result.outputs else {}
         if args.trace:
             write_trace(result.timeline, args.trace, write_atomic)
         if args.report:
@@ -137,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                           chip=chip.to_dict())
             if accuracy is not None:
                 report["accuracy"] = accuracy
+            report.update(reference)
             text = json.dumps(report, indent=2) + "\n"
             write_atomic(args.report, lambda tmp: open(tmp, "w").write(text))
     except (RunError, isa.IsaError) as exc:

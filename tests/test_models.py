@@ -45,7 +45,7 @@ def test_cli_compile_and_run(name, tmp_path, digits_test):
     assert "crossbars" in r.stdout
     r = cli("cimrun", str(prog), "--input", os.path.join(MODELS, "digits_test_x.npy"),
             "-o", str(out), "--report", str(report), "--labels",
-            os.path.join(MODELS, "digits_test_y.npy"))
+            os.path.join(MODELS, "digits_test_y.npy"), "--reference", model_path(name))
     assert r.returncode == 0, r.stderr
     x, _ = digits_test
     (want,) = ort_run(model_path(name), {"image": x})
@@ -53,6 +53,9 @@ def test_cli_compile_and_run(name, tmp_path, digits_test):
     rep = json.loads(report.read_text())
     assert rep["samples"] == len(x) and rep["mode"] == "ideal" and rep["mvm_count"] > 0
     assert rep["accuracy"] == (want.argmax(1) == digits_test[1]).mean()
+    assert rep["reference_accuracy"] == rep["accuracy"]
+    assert rep["reference_relative_error"]["logits"] < TOL
+    assert rep["chip"]["device"]["program_sigma"] == 0.025 and rep["seed"] == 0
     assert f"top-1 accuracy {rep['accuracy']:.4f}" in r.stdout
 
 
