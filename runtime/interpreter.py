@@ -143,24 +143,19 @@ class Machine:
         return tile
 
 
-def _step(m: Machine, step) -> Instr:
-    """Execute one instruction or one ideal-mode mvm group; return the (first) instruction."""
-    if isinstance(step, list):
-        execute_group(m, step)
-        return step[0]
-    SEMANTICS[step.op](m, step)
-    return step
-
-
 def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts: Counter,
              mode: str = "ideal", chip: Chip | None = None, seed: int = 0):
+    """Run the text once; return the outputs and how many cells wore out."""
     m = Machine(program, scale, mode, chip, seed)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
     for step in plan(program.text):
         ins = step[0] if isinstance(step, list) else step
         try:
-            _step(m, step)
+            if isinstance(step, list):
+                execute_group(m, step)
+            else:
+                SEMANTICS[ins.op](m, ins)
         except RunError as exc:
             raise RunError(f"line {ins.line} ({ins.op}): {exc}") from None
         except (ValueError, IndexError, TypeError) as exc:  # a program the checks let through
@@ -168,8 +163,7 @@ def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts:
         counts[ins.op] += len(step) if isinstance(step, list) else 1
         if m.halted:
             break
-    counts["endurance_failed_cells"] += m.failed_cells
-    return {p.name: m.bufs[p.buffer] for p in program.outputs}
+    return {p.name: m.bufs[p.buffer] for p in program.outputs}, m.failed_cells
 
 
 def check_inputs(program: Program, inputs) -> tuple[dict[str, np.ndarray], int]:
@@ -219,14 +213,14 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     counts: Counter = Counter()
     start = time.perf_counter()
     if groups == 1 or program.batch_free:
-        outputs = _execute(program, feeds, groups, counts, mode, chip, seed)
+        outputs, failed = _execute(program, feeds, groups, counts, mode, chip, seed)
     else:
         b = program.batch
         parts = [_execute(program, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()}, 1,
                           counts, mode, chip, seed) for i in range(groups)]
-        outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        outputs = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+        failed = sum(f for _, f in parts)
     seconds = time.perf_counter() - start
-    failed = counts.pop("endurance_failed_cells", 0)
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
              "endurance_failed_cells": failed,
              "compiled_batch": program.batch, "instructions": sum(counts.values()),

@@ -16,7 +16,11 @@ import numpy as np
 from isa import Instr
 
 from .analog import tiles_mvm
-from .semantics import as_vectors
+
+
+def as_vectors(a: np.ndarray) -> np.ndarray:
+    """View [B, ..., K] as [B, V, K] (a view: buffers are contiguous)."""
+    return a.reshape(a.shape[0], -1, a.shape[-1])
 
 
 def plan(text: list[Instr]) -> list[Instr | list[Instr]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import windows as win
-from .analog import crossbar_mvm
+from .mvm_groups import execute_group
 
 F32 = np.float32
 
@@ -26,24 +26,9 @@ def write(m, ins):
     m.program_xbar(ins.attr("xb"), blob[r0:r1, c0:c1], m.blob_max(ins.operands[0]))
 
 
-def as_vectors(a: np.ndarray) -> np.ndarray:
-    """View [B, ..., K] as [B, V, K] (a view: buffers are contiguous)."""
-    return a.reshape(a.shape[0], -1, a.shape[-1])
-
-
 def mvm(m, ins):
-    (r0, r1), (c0, c1), (v0, v1) = ins.attr("rows"), ins.attr("cols"), ins.attr("vecs")
-    tile = m.xbar(ins.attr("xb"), (r1 - r0, c1 - c0), ins)
-    acc = as_vectors(m.read(_dst(ins)))
-    src = as_vectors(m.read(ins.operands[1]))
-    if m.mode == "ideal":
-        acc[:, v0:v1, c0:c1] += src[:, v0:v1, r0:r1] @ tile
-        return
-    x = src[:, v0:v1, r0:r1]
-    x_range = m.input_range(ins.operands[1], src)  # [B, 1, 1]
-    x_range = np.broadcast_to(x_range, x.shape[:2] + (1,)).reshape(-1, 1)
-    y = crossbar_mvm(x.reshape(-1, r1 - r0), x_range, tile, m.chip, m.read_rng)
-    acc[:, v0:v1, c0:c1] += y.reshape(x.shape[0], x.shape[1], c1 - c0)
+    """A lone mvm is a group of one: ``mvm_groups`` holds the arithmetic of every mode."""
+    execute_group(m, [ins])
 
 
 def fill(m, ins):
