@@ -3,7 +3,8 @@
 Weight matrices become blobs; every crossbar tile is written once at the start (the
 weight-stationary load), then ops are emitted in topological order, one instruction each,
 except ``xbar_matmul``: initialise (bias or zero), one ``mvm`` per tile, then the fused
-activation in place.
+activation in place. BasisN's ``basis_project`` is a zeroed buffer and one ``mvm`` per
+placement item on the shared basis tile; ``combine`` is initialise, ``combine``, activation.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Codegen:
         self.blobs: dict[str, Blob] = {}
         self.loads: list[Instr] = []
         self.text: list[Instr] = []
+        self.basis_loaded: set[int] = set()
 
     def ref(self, name: str) -> str:
         if self.g.is_const(name):
@@ -91,9 +93,7 @@ class Codegen:
                     [_barrier("compute", op.origin)] + mvms
             else:  # each rotating write right before its mvm (the timing model prefetches)
                 self.text += [x for pair in zip(writes, mvms) for x in pair] if writes else mvms
-        if op.attrs.get("act"):
-            kind, attrs = op.attrs["act"]
-            self.emit(kind, [dst, dst], sorted(attrs.items()), op.origin)
+        self._activation(op, dst)
 
     @staticmethod
     def _writes(op: Op, i: int, wref: str) -> list[Instr]:
@@ -108,9 +108,43 @@ class Codegen:
                                           ("vecs", (v0, v1))), op.origin)
                 for xb, v0, v1 in op.attrs["placement"][i]]
 
+    def basis_project(self, op: Op) -> None:
+        """Zero the projections, write the basis tile to every crossbar the first time (load
+        phase), then one mvm per (crossbar, group of units, vector range)."""
+        dst, src, tref = self.ref(op.outputs[0]), self.ref(op.inputs[0]), self.ref(op.inputs[1])
+        rows, cols = self.g.constants[op.inputs[1]].shape
+        for xb in sorted({p[0] for p in op.attrs["placement"]} - self.basis_loaded):
+            self.loads.append(_write(tref, xb, 0, rows, 0, cols, "basis"))
+            self.basis_loaded.add(xb)
+        self.emit("fill", [dst], [("value", 0.0)], op.origin)
+        for xb, g, v0, v1 in op.attrs["placement"]:
+            self.emit("mvm", [dst, src], [("xb", xb), ("rows", (g * rows, (g + 1) * rows)),
+                                          ("cols", (g * cols, (g + 1) * cols)),
+                                          ("vecs", (v0, v1))], op.origin)
+
+    def combine(self, op: Op) -> None:
+        """Initialise (bias or zero), combine the projections, then the fused activation."""
+        dst = self.ref(op.outputs[0])
+        if len(op.inputs) > 3:
+            self.emit("copy", [dst, self.ref(op.inputs[3])], note=op.origin)
+        else:
+            self.emit("fill", [dst], [("value", 0.0)], op.origin)
+        self.emit("combine", [dst] + [self.ref(i) for i in op.inputs[:3]],
+                  [("bits", op.attrs["bits"]), ("unit", op.attrs["unit"])], op.origin)
+        self._activation(op, dst)
+
+    def _activation(self, op: Op, dst: str) -> None:
+        if op.attrs.get("act"):
+            kind, attrs = op.attrs["act"]
+            self.emit(kind, [dst, dst], sorted(attrs.items()), op.origin)
+
     def op(self, op: Op) -> None:
         if op.kind == "xbar_matmul":
             self.xbar_matmul(op)
+        elif op.kind == "basis_project":
+            self.basis_project(op)
+        elif op.kind == "combine":
+            self.combine(op)
         elif op.kind in DIRECT:
             attrs = [(k, tuple(v) if isinstance(v, list) else v) for k, v in op.attrs.items()
                      if not k.startswith("_")]
@@ -134,7 +168,8 @@ class Codegen:
 
     def buffers(self) -> list[Buffer]:
         offsets = getattr(self.g, "offsets", {})
-        mvm_srcs = {op.inputs[0] for op in self.g.ops() if op.kind == "xbar_matmul"}
+        mvm_srcs = {op.inputs[0] for op in self.g.ops()
+                    if op.kind in ("xbar_matmul", "basis_project")}
         return [Buffer(bname, TensorType("f32", self.g.shape(name)), offsets.get(name, 0),
                        self.g.ranges.get(name, 0.0) if name in mvm_srcs else 0.0)
                 for name, bname in self.names.map.items()]

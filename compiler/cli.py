@@ -44,6 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="sample inputs whose activation ranges set each crossbar input's DAC "
                         "full scale (default: each sample scaled by its own maximum)")
+    b = p.add_argument_group("BasisN (reprogramming-free: one basis shared by all layers)")
+    b.add_argument("--basis", metavar="N|auto|FILE",
+                   help="decompose every crossbar layer onto a global basis of N vectors "
+                        "fitted post-training; auto: the smallest N within --accuracy-budget "
+                        "(needs --calibrate and --calibrate-labels); FILE: a .npz basis set "
+                        "(from --basis-out or tools/finetune_basis.py), used exactly")
+    b.add_argument("--basis-unit", type=int, default=9, metavar="L",
+                   help="basis vector length: L consecutive rows of each layer's unrolled "
+                        "kernels (default 9: one input channel's 3x3 window; padded where a "
+                        "layer's rows are not a multiple)")
+    b.add_argument("--coef-bits", type=int, default=4,
+                   help="coefficient bits, sign included (default 4)")
+    b.add_argument("--coef-sparsity", type=float, default=0.0, metavar="S",
+                   help="fraction of each layer's coefficients forced to zero (default 0)")
+    b.add_argument("--accuracy-budget", type=float, default=1.0, metavar="P",
+                   help="--basis auto: percentage points of float accuracy it may lose "
+                        "(default 1)")
+    b.add_argument("--calibrate-labels", metavar="LABELS.npy",
+                   help="integer labels of the --calibrate samples (for --basis auto)")
+    b.add_argument("--basis-out", metavar="FILE.npz",
+                   help="also write the basis set used, for reuse with --basis FILE")
     p.add_argument("--input-bits", type=int, default=8, help="DAC input bits (default 8)")
     p.add_argument("--adc-bits", type=int, default=8, help="ADC bits (default 8)")
     p.add_argument("--dump-ir", metavar="DIR|-",
@@ -71,6 +92,51 @@ def _chip(args) -> ChipGeometry:
     return chip
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _basis(args, samples):
+    """The BasisSet ``--basis`` asks for, or None."""
+    if args.basis is None:
+        return None
+    from .basis import BasisSet
+    from .basis_auto import choose, decomposition
+    from .frontend import load_model
+    if os.path.splitext(args.basis)[1] == ".npz":
+        basis = BasisSet.load(args.basis)
+    else:
+        model = load_model(args.model)
+        if args.basis == "auto":
+            if samples is None or not args.calibrate_labels:
+                raise CompileError("--basis auto needs --calibrate SAMPLES.npy and "
+                                   "--calibrate-labels LABELS.npy")
+            labels = _labels(args.calibrate_labels)
+            basis = choose(model, samples, labels, args.accuracy_budget, args.basis_unit,
+                           args.coef_bits, args.coef_sparsity, log=_log)
+        elif args.basis.isdigit():
+            basis = decomposition(model, int(args.basis), args.basis_unit, args.coef_bits,
+                                  args.coef_sparsity, samples)
+        else:
+            raise CompileError(f"--basis {args.basis}: expected a number of basis vectors, "
+                               "auto, or a .npz basis file")
+    if args.basis_out:
+        basis.save(args.basis_out)
+    return basis
+
+
+def _labels(path: str):
+    import numpy as np
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CompileError(f"--calibrate-labels {path}: cannot read a .npy ({exc})") from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise CompileError(f"--calibrate-labels {path}: expected a 1-D integer array, got "
+                           f"{labels.dtype} {list(labels.shape)}")
+    return labels
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = args.output or os.path.splitext(args.model)[0] + ".cim"
@@ -86,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.calibrate:
             from .calibrate import load_samples
             samples = load_samples(args.calibrate)
+        basis = _basis(args, samples)
         program = compile_model(args.model, chip=_chip(args), batch=args.batch,
                                 max_xbars=args.xbars, schedule=args.schedule,
-                                chip_config=config, calibrate=samples,
+                                chip_config=config, calibrate=samples, basis=basis,
                                 verify_each=args.verify_each,
                                 passes=[p for p in args.passes.split(",") if p], dump=dump)
         save(program, output)

@@ -15,3 +15,5 @@ class CompileContext:
     schedule: str = "optimized"  # when tiles exceed crossbars: "optimized" or "naive"
     chip_config: Chip = field(default_factory=Chip)  # timing the scheduler estimates with
     stats: dict = field(default_factory=dict)  # what passes measured, for dumps and reports
+    basis: object = None  # a compiler.basis.BasisSet: decompose every crossbar layer (BasisN)
+    basis_reference: dict = field(default_factory=dict)  # the ONNX [K, M] matrices it was made from

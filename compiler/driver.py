@@ -15,6 +15,8 @@ from isa import ChipGeometry, Program
 from isa.chip import Chip
 
 from . import backend, frontend
+from .basis import BasisSet
+from .basis_fit import layer_matrices
 from .context import CompileContext
 from .errors import CompileError
 from .ir import Graph
@@ -47,13 +49,19 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
                   batch: int = 1, max_xbars: int | None = None, schedule: str = "optimized",
                   chip_config: Chip | None = None, calibrate=None,
                   passes: list[str] | None = None, verify_each: bool = False,
-                  dump: Dump | None = None, ctx: CompileContext | None = None) -> Program:
+                  dump: Dump | None = None, ctx: CompileContext | None = None,
+                  basis: BasisSet | None = None) -> Program:
     """Compile an ONNX model (path or ModelProto). ``calibrate``: sample inputs (array) whose
-    activation ranges set the DAC full scales. Raises CompileError on user errors."""
+    activation ranges set the DAC full scales. ``basis``: a BasisN decomposition
+    (``compiler.basis_fit.fit`` or ``BasisSet.load``) every crossbar layer is mapped onto.
+    Raises CompileError on user errors."""
     if ctx is None:
         ctx = CompileContext(chip=chip or ChipGeometry(), max_xbars=max_xbars, schedule=schedule)
         if chip_config is not None:
             ctx.chip_config = chip_config
+    if basis is not None:
+        model = frontend.load_model(model) if isinstance(model, str) else model
+        ctx.basis, ctx.basis_reference = basis, layer_matrices(model)
     pipeline = PIPELINE if passes is None else passes
     unknown = [p for p in pipeline if p not in PASSES]
     if unknown:

@@ -44,6 +44,7 @@ class Graph:
         self.opset = 13
         self.ranges: dict[str, float] = {}  # calibrated max |value| per tensor
         self.batch = batch
+        self.notes: list[str] = []  # summary lines a pass leaves for the IR printer
         self._producer: dict[str, str] = {}
         self._uses: dict[str, set[tuple[str, int]]] = {}
         self._order = itertools.count()

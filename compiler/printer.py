@@ -30,6 +30,7 @@ def _attr(value) -> str:
 
 def format_graph(graph: Graph, title: str = "") -> str:
     lines = [f"# {title}"] if title else []
+    lines += [f"# {note}" for note in getattr(graph, "notes", [])]
     lines.append(f"graph(batch={graph.batch}) {{")
     for name in graph.inputs:
         lines.append(f"  input %{name}: {_type(graph, name)}")

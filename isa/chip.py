@@ -44,6 +44,7 @@ class Timing:
     write_drivers: int = 0           # crossbars written at once; 0 = one driver per crossbar
     vector_lanes: int = 64           # elements per cycle of the vector unit
     buffer_bytes_per_cycle: int = 64  # scratchpad port bandwidth
+    combiner_lanes: int = 64         # BasisN combiner: (unit, plane) merges in flight per cycle
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Energy:
     verify_row_pj: float = 1.0       # one verify read of a row
     vector_pj_per_elem: float = 1.0  # 16-bit add/mul class op (Horowitz 45 nm)
     buffer_pj_per_byte: float = 1.25  # SRAM scratchpad access (Horowitz: 10 pJ / 64 bit)
+    combiner_read_pj: float = 0.1    # BasisN: one merged read of a projection register
+    combiner_add_pj: float = 0.05    # one 16-bit integer add (Horowitz 45 nm: 8b 0.03, 32b 0.1)
+    combiner_acc_pj: float = 0.1     # one shift-add into a 24-bit accumulator
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ SECTIONS = {"arch": ChipGeometry, "device": Device, "timing": Timing, "energy": 
             "mapping": Mapping}
 _POSITIVE_INTS = {"rows", "cols", "cell_bits", "weight_bits", "input_bits", "dac_bits",
                   "adc_bits", "xbars", "write_iterations", "write_phases", "vector_lanes",
+                  "combiner_lanes",
                   "buffer_bytes_per_cycle"}
 _FRACTIONS = {"program_sigma", "read_sigma", "stuck_at_gmin", "stuck_at_gmax"}
 _FLAGS = {"per_column_scaling", "differential", "raw_calibration", "stuck_aware",

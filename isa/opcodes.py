@@ -14,7 +14,8 @@ Operand kinds:
 Attribute types: ``int``, ``float``, ``ints`` (a list of ints), ``str`` (a quoted string).
 
 Units: ``xbar`` (the crossbar named by ``xb``), ``write`` (that crossbar and a write driver),
-``vector`` (the vector unit), ``buffer`` (the scratchpad port: data movement), ``control``.
+``vector`` (the vector unit), ``buffer`` (the scratchpad port: data movement), ``combiner``
+(BasisN's coefficient unit beside the crossbars), ``control``.
 What each costs, in time and energy, is ``isa.timing.COSTS``.
 """
 
@@ -45,6 +46,11 @@ _TABLE = [
            "xbar", "with src viewed as [B, V, K] and dst as [B, V, N]: dst[:, vecs, cols] += "
            "src[:, vecs, rows] @ tile(xb); rows/cols are the tile's window, vecs the input "
            "vectors this crossbar processes (replicas of a tile split them)"),
+    Opcode("combine", ("dst", "src", "blob", "blob"), {"bits": "int", "unit": "int"},
+           "combiner", "BasisN: with proj viewed as [B, V, J] and dst as [B, V, M]: dst += "
+           "proj @ (levels * scale), levels [J, M] integers within 2**(bits-1)-1, scale [M]; "
+           "J is units x unit basis columns. The combiner adds each unit's selected "
+           "projections one coefficient bit-plane at a time (cost: isa.timing)"),
     Opcode("fill", ("dst",), {"value": "float"}, "buffer", "dst[...] = value"),
     Opcode("im2col", ("dst", "src"), dict(_WINDOW), "buffer",
            "src [B,C,*S] -> patches [B, prod(out S), C*prod(kernel)], zero padded"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chip import Chip
+from .combiner import CombineWork, combine_work
 from .opcodes import OPCODES
 from .program import Instr, Program
 
@@ -52,6 +53,7 @@ class _Ctx:
         self.content: dict[int, tuple] = {}  # which blob window each crossbar holds
         self.tiles_used: set = set()  # distinct tiles the inference body multiplies with
         self.last_write = WriteCost()
+        self.combine: dict[str, CombineWork] = {}  # per coefficient blob
 
     def elems(self, ref: str) -> int:
         if ref[0] == "@":
@@ -111,13 +113,34 @@ def _buffer(c: _Ctx, ins: Instr):
     return cycles / c.chip.timing.clock_ghz, nbytes * c.chip.energy.buffer_pj_per_byte
 
 
+def _combine(c: _Ctx, ins: Instr):
+    """BasisN combiner (``isa.combiner``): merged reads on ``combiner_lanes`` lanes."""
+    t, e = c.chip.timing, c.chip.energy
+    name = ins.operands[2][1:]
+    if name not in c.combine:
+        levels = c.blobs[name].data
+        n = ins.attr("unit")
+        c.combine[name] = combine_work(levels.reshape(-1, n, levels.shape[-1]),
+                                       ins.attr("bits"))
+    work = c.combine[name]
+    shape = c.shapes[ins.operands[0][1:]]
+    vectors = int(np.prod(shape[:-1], dtype=np.int64))
+    cycles = -(-vectors * work.merged_reads // t.combiner_lanes)
+    energy = vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
+                        + work.accumulations * e.combiner_acc_pj)
+    return cycles / t.clock_ghz, energy
+
+
 def _free(c: _Ctx, ins: Instr):
     return 0.0, 0.0
 
 
 _BY_UNIT = {"vector": _vector, "buffer": _buffer, "control": _free}
 COSTS = {m: _BY_UNIT.get(op.unit) for m, op in OPCODES.items()}
-COSTS.update({"mvm": _mvm, "write": _write, "reshape": _free})
+COSTS.update({"mvm": _mvm, "write": _write, "reshape": _free, "combine": _combine})
+
+
+ACCUMULATE = ("mvm", "combine")  # ops that add into dst: they wait for its initialisation only
 
 
 @dataclass
@@ -173,7 +196,7 @@ def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -
         srcs = ins.operands[1:] if OPCODES[ins.op].operands[:1] == ("dst",) else ins.operands
         start = max([floor] + [ready.get(r[1:], 0.0) for r in srcs if r[0] == "%"])
         dst = ins.operands[0][1:] if OPCODES[ins.op].operands[:1] == ("dst",) else None
-        if ins.op == "mvm":
+        if ins.op in ACCUMULATE:
             start = max(start, init.get(dst, 0.0))
         if units:
             start = max(start, free.get(unit, 0.0))
@@ -184,8 +207,8 @@ def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -
         end = start + duration
         free[unit] = end
         if dst is not None:
-            ready[dst] = max(ready.get(dst, 0.0), end) if ins.op == "mvm" else end
-            if ins.op != "mvm":
+            ready[dst] = max(ready.get(dst, 0.0), end) if ins.op in ACCUMULATE else end
+            if ins.op not in ACCUMULATE:
                 init[dst] = end
         latest = max(latest, end)
         events.append(Event(i, ins.op, unit, start, end, energy, phase))

@@ -36,7 +36,7 @@ def lower_bound_ns(program: Program, chip: Chip, tl: Timeline) -> float:
     tiles = tl.tiles_used
     unavoidable = max(0, tiles - program.chip.xbars) * (float(np.mean(writes)) if writes else 0.0)
     bounds = [crit, (work["mvm"] + unavoidable) / program.chip.xbars,
-              work["vector"], work["buffer"]]
+              work["vector"], work["buffer"], work["combiner"]]
     if chip.timing.write_drivers:
         bounds.append(unavoidable / chip.timing.write_drivers)
     return max(bounds)
@@ -76,7 +76,8 @@ def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
             "xbar_mean": float(np.mean(xbar_util)) if xbar_util else 0.0,
             "xbar_max": float(np.max(xbar_util)) if xbar_util else 0.0,
             "vector": busy.get("vector", 0.0) / body_ns if body_ns else 0.0,
-            "buffer": busy.get("buffer", 0.0) / body_ns if body_ns else 0.0},
+            "buffer": busy.get("buffer", 0.0) / body_ns if body_ns else 0.0,
+            "combiner": busy.get("combiner", 0.0) / body_ns if body_ns else 0.0},
         "unit_busy_ns": dict(sorted(busy.items())),
         "compiled_batch": per,
     }

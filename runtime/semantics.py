@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import windows as win
+from isa import windows as win
+
 from .mvm_groups import execute_group
 
 F32 = np.float32
@@ -29,6 +30,14 @@ def write(m, ins):
 def mvm(m, ins):
     """A lone mvm is a group of one: ``mvm_groups`` holds the arithmetic of every mode."""
     execute_group(m, [ins])
+
+
+def combine(m, ins):
+    """BasisN: dst += proj @ (levels * scale), exact digital arithmetic in every mode."""
+    dst, proj = m.read(ins.operands[0]), m.read(ins.operands[1])
+    coef = m.read(ins.operands[2]) * m.read(ins.operands[3])
+    y = proj.reshape(proj.shape[0], -1, proj.shape[-1]) @ coef
+    m.store(_dst(ins), (dst + y.reshape(dst.shape)).astype(F32))
 
 
 def fill(m, ins):
@@ -161,7 +170,7 @@ def _sigmoid(x, ins):
 
 
 SEMANTICS = {
-    "write": write, "mvm": mvm, "fill": fill, "copy": copy, "im2col": im2col,
+    "write": write, "mvm": mvm, "combine": combine, "fill": fill, "copy": copy, "im2col": im2col,
     "unpatch": unpatch, "maxpool": maxpool, "avgpool": avgpool,
     "gavgpool": _global(np.mean), "gmaxpool": _global(np.max),
     "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),

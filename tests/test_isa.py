@@ -39,7 +39,8 @@ def test_round_trip_hand_program():
 
 
 def test_every_opcode_has_a_documented_unit():
-    assert {op.unit for op in OPCODES.values()} <= {"write", "xbar", "vector", "buffer", "control"}
+    assert {op.unit for op in OPCODES.values()} <= {"write", "xbar", "vector", "buffer", "control",
+                                                 "combiner"}
     assert all(op.doc for op in OPCODES.values())
 
 

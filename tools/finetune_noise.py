@@ -92,10 +92,15 @@ class OnnxModule:
                        for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
         self.noisy = {n.input[NOISY[n.op_type]] for n in model.graph.node if n.op_type in NOISY}
 
-    def __call__(self, x, noise: float = 0.0, generator=None):
+    def __call__(self, x, noise: float = 0.0, generator=None, replace=None):
+        """Run the graph on ``x``; ``replace``: {initializer name: tensor} used instead of the
+        parameters (BasisN fine-tuning builds weights from basis and coefficients)."""
         import torch.nn.functional as F
         env = {self.model.graph.input[0].name: x}
         for name, p in self.params.items():
+            if replace and name in replace:
+                env[name] = replace[name]
+                continue
             if noise and name in self.noisy:
                 peak = p.detach().abs().flatten(1).amax(1) if p.dim() > 1 else p.detach().abs()
                 shape = (-1,) + (1,) * (p.dim() - 1)
@@ -107,12 +112,13 @@ class OnnxModule:
             env[node.output[0]] = OPS[node.op_type](F, *ins, **_attrs(node))
         return env[self.model.graph.output[0].name]
 
-    def export(self) -> onnx.ModelProto:
+    def export(self, replace=None) -> onnx.ModelProto:
         out = onnx.ModelProto()
         out.CopyFrom(self.model)
+        values = {**self.params, **(replace or {})}
         for init in out.graph.initializer:
-            if init.name in self.params:
-                init.CopyFrom(numpy_helper.from_array(self.params[init.name].detach().numpy(),
+            if init.name in values:
+                init.CopyFrom(numpy_helper.from_array(values[init.name].detach().numpy(),
                                                       init.name))
         return out
 

@@ -4,9 +4,11 @@
 
 Writes models/digits_mlp.onnx, models/digits_cnn.onnx, models/digits_test_x.npy (float32
 [N,1,8,8], pixel values scaled to [0,1]), models/digits_test_y.npy (int64 labels) and
-models/digits_sample.npy (one image). The data is scikit-learn's bundled digits set, split
-70/30 with seed 0. Graphs are built node by node with onnx.helper so that they keep explicit
-BatchNormalization nodes (the compiler's fold-batchnorm pass is what removes them).
+models/digits_sample.npy (one image), and a labelled calibration set from the training split,
+models/digits_calib_x.npy / digits_calib_y.npy (``write_calibration``: the first 300 training
+images, for ``cimc --calibrate ... --calibrate-labels``). The data is scikit-learn's bundled
+digits set, split 70/30 with seed 0. Graphs are built node by node with onnx.helper so that
+they keep explicit BatchNormalization nodes (the compiler's fold-batchnorm pass removes them).
 """
 
 from __future__ import annotations
@@ -137,6 +139,17 @@ def _accuracy(model, x, y) -> float:
     return float((sess.run(None, {"image": x})[0].argmax(1) == y).mean())
 
 
+CALIBRATION = 300
+
+
+def write_calibration() -> None:
+    """The labelled calibration split (no training needed: ``python -c 'from
+    tools.make_digits_models import write_calibration; write_calibration()'``)."""
+    xtr, _, ytr, _ = digits_split()
+    np.save(os.path.join(MODELS, "digits_calib_x.npy"), xtr[:CALIBRATION])
+    np.save(os.path.join(MODELS, "digits_calib_y.npy"), ytr[:CALIBRATION])
+
+
 def main() -> None:
     import torch
     xtr, xte, ytr, yte = digits_split()
@@ -154,6 +167,7 @@ def main() -> None:
     np.save(os.path.join(MODELS, "digits_test_x.npy"), xte)
     np.save(os.path.join(MODELS, "digits_test_y.npy"), yte)
     np.save(os.path.join(MODELS, "digits_sample.npy"), xte[:1])
+    write_calibration()
 
 
 if __name__ == "__main__":

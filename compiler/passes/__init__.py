@@ -2,6 +2,7 @@
 
 from . import (
                allocate_buffers,
+               basis_decompose,
                canonicalize,
                fold_batchnorm,
                fuse_activation,
@@ -14,6 +15,7 @@ PASSES = {
     "fold-batchnorm": fold_batchnorm.run,
     "fuse-activation": fuse_activation.run,
     "lower-to-crossbar": lower_to_crossbar.run,
+    "basis-decompose": basis_decompose.run,
     "schedule": schedule.run,
     "allocate-buffers": allocate_buffers.run,
 }

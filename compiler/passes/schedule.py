@@ -10,6 +10,10 @@ tile indices written and then computed together (codegen fences each chunk).
 - The model fits (tiles <= crossbars): weight-stationary, every tile resident. Spare
   crossbars hold resident replicas: repeatedly, the layer with the longest per-replica MVM
   that still fits gets one more replica of each of its tiles.
+- BasisN (``basis_project`` ops, after ``basis_decompose``): every crossbar holds the basis
+  tile, written once in the load phase. Each op's (group of h units, vector range) items go
+  round-robin over the crossbars, a layer with fewer groups than crossbars splitting its
+  vectors so that every crossbar works; the counter runs on across layers.
 - ``naive``: each layer's tiles are written when the layer runs, in chunks of the chip's
   crossbars starting at crossbar 0; writes and compute of a chunk do not overlap.
 - ``optimized`` (default): a resident set (the tiles with the longest MVMs, sized by the
@@ -18,10 +22,14 @@ tile indices written and then computed together (codegen fences each chunk).
   model), so a write runs as soon as its crossbar is free, overlapping compute elsewhere.
   A layer with fewer tiles than crossbars whose MVMs outlast a write is replicated: each
   replica is written separately and processes a share of the input vectors, which shortens
-  the critical path through the long early layers.
+  the critical path through the long early layers. Costs are the chip config's
+  (``cimc --chip``); with shared write drivers (``timing.write_drivers``) a write also waits
+  for the earliest free driver, and replicas must pay for that wait.
 """
 
 from __future__ import annotations
+
+import heapq
 
 import numpy as np
 
@@ -68,17 +76,27 @@ def _residents(tiles, n_xbars: int) -> int:
     return best_r
 
 
-def _replicas(op: Op, tiles, k: int, pool: int, v: int) -> int:
-    """Replicas per tile of an op whose tiles start at ``tiles[k]``."""
+def _replicas(op: Op, tiles, k: int, pool: int, v: int, drivers: int) -> int:
+    """Replicas per tile of an op whose tiles start at ``tiles[k]``: worth it while a write
+    is shorter than the MVM share it saves. With ``drivers`` shared write drivers, a write
+    effectively costs pool / drivers times longer (the pool waits on them)."""
     count = len(op.attrs["tiles"])
     w, m = max(t[2] for t in tiles[k:k + count]), tiles[k][3]
+    if drivers:
+        w *= max(1.0, pool / drivers)
     return max(1, min(pool // count, v, int(m // max(w, 1.0))))
+
+
+def _written(xb_free: float, w: float, drivers: list[float]) -> float:
+    """When a write of ``w`` ns on a crossbar free at ``xb_free`` ends (earliest driver)."""
+    return max(xb_free, drivers[0] if drivers else 0.0) + w
 
 
 def _optimized(graph: Graph, ops: list[Op], tiles, n_xbars: int, chip: Chip) -> None:
     n_res = _residents(tiles, n_xbars)
     by_mvm = sorted(range(len(tiles)), key=lambda k: -tiles[k][3])[:n_res]
     free = {xb: 0.0 for xb in range(n_res, n_xbars)}
+    drivers = [0.0] * chip.timing.write_drivers  # a heap of shared write drivers' free times
     ready: dict[str, float] = {}
     k = 0
     for op in ops:
@@ -88,7 +106,7 @@ def _optimized(graph: Graph, ops: list[Op], tiles, n_xbars: int, chip: Chip) -> 
                 ready[o] = start + _vector_ns(graph, op, chip)
             continue
         v = n_vectors(graph, op)
-        reps = _replicas(op, tiles, k, len(free), v)
+        reps = _replicas(op, tiles, k, len(free), v, chip.timing.write_drivers)
         bounds = np.linspace(0, v, reps + 1).astype(int)
         end = start
         for i in range(len(op.attrs["tiles"])):
@@ -101,8 +119,12 @@ def _optimized(graph: Graph, ops: list[Op], tiles, n_xbars: int, chip: Chip) -> 
                 op.attrs["placement"][i] = []
                 for v0, v1 in zip(bounds[:-1], bounds[1:]):
                     share = m * (v1 - v0) / v
-                    xb = min(free, key=lambda x: (max(free[x] + w, start) + share, x))
-                    free[xb] = max(free[xb] + w, start) + share
+                    xb = min(free, key=lambda x: (max(_written(free[x], w, drivers),
+                                                      start) + share, x))
+                    done = _written(free[xb], w, drivers)
+                    if drivers:
+                        heapq.heapreplace(drivers, done)
+                    free[xb] = max(done, start) + share
                     op.attrs["placement"][i].append((xb, int(v0), int(v1)))
                     end = max(end, free[xb])
             k += 1
@@ -143,8 +165,30 @@ def _naive(graph: Graph, ops: list[Op], n_xbars: int) -> None:
             op.attrs["placement"] = [[(i % n_xbars, 0, v)] for i in idx]
 
 
+def _basis(graph: Graph, ops: list[Op], n_xbars: int) -> None:
+    """placement: (crossbar, group, first vector, end vector) items of each basis_project."""
+    turn = 0
+    for op in ops:
+        if op.kind != "basis_project":
+            continue
+        v, groups = n_vectors(graph, op), op.attrs["groups"]
+        reps = min(v, -(-n_xbars // groups))
+        bounds = np.linspace(0, v, reps + 1).astype(int)
+        op.attrs["placement"] = []
+        for v0, v1 in zip(bounds[:-1], bounds[1:]):
+            for g in range(groups):
+                op.attrs["placement"].append(((turn + len(op.attrs["placement"])) % n_xbars, g,
+                                              int(v0), int(v1)))
+        turn += len(op.attrs["placement"])
+
+
 def run(graph: Graph, ctx) -> Graph:
     ops = graph.ops()
+    if any(op.kind == "basis_project" for op in ops):
+        n = max(ctx.max_xbars or 1, 1)
+        _basis(graph, ops, n)
+        ctx.stats["xbars"], ctx.stats["tiles"] = n, 1
+        return graph
     mms = [op for op in ops if op.kind == "xbar_matmul"]
     tiles = []
     for op in mms:
