@@ -100,18 +100,23 @@ def fit(matrices: dict[str, np.ndarray], n: int, unit: int = 9, bits: int = 4,
     rms = [float(np.sqrt(np.mean(matrices[k] ** 2))) or 1.0 for k in names]
     data = [units(matrices[k], unit).astype(np.float64) / r for k, r in zip(names, rms)]
     basis = _init_basis(data, n, seed)
-    for _ in range(iters):
+    best, best_err = basis, np.inf
+    for _ in range(iters + 1):
         quant = []
         for u in data:
             levels, scales = quantize(_coefficients(basis, u), bits, sparsity)
             quant.append(levels * scales)
+        err = sum(float(((u - np.einsum("ln,unm->ulm", basis, c)) ** 2).sum())
+                  for u, c in zip(data, quant))
+        if err < best_err:  # quantization can make a step worse: keep the best basis seen
+            best, best_err = basis, err
         # basis step: min sum ||u - B c||^2 over every unit column -> B = (U C^T)(C C^T)^-1
         ucT = sum(np.einsum("ulm,unm->ln", u, c) for u, c in zip(data, quant))
         ccT = sum(np.einsum("unm,ukm->nk", c, c) for c in quant)
         basis = ucT @ np.linalg.pinv(ccT)
         norms = np.linalg.norm(basis, axis=0)
         basis /= np.where(norms > 0, norms, 1)
-    basis = basis.astype(np.float32)
+    basis = best.astype(np.float32)
     layers = {}
     for k in names:
         levels, _ = quantize(_coefficients(basis, units(matrices[k], unit)), bits, sparsity)
