@@ -13,23 +13,19 @@ from onnx.reference import ReferenceEvaluator
 
 from isa import windows as win
 
-from .basis_fit import node_name
+from .frontend import node_attrs, node_name
 
 MAX_ROWS = 20000  # input vectors kept per layer (a least-squares problem per layer)
 
 
 def _patches(x: np.ndarray, node: onnx.NodeProto, w_shape) -> np.ndarray:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attrs(node)
     k = list(w_shape[2:])
     n = len(k)
-    s = list(attrs.get("strides", [1] * n))
-    d = list(attrs.get("dilations", [1] * n))
-    p = list(attrs.get("pads", [0] * 2 * n))
-    out = win.out_size(x.shape[2:], k, s, p, d)
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[n + i]) for i in range(n)])
-    v = win.windows(xp, k, s, d, out)  # [B, C, *out, *k]
-    order = (0,) + tuple(range(2, 2 + n)) + (1,) + tuple(range(2 + n, 2 + 2 * n))
-    return v.transpose(order).reshape(-1, x.shape[1] * int(np.prod(k)))
+    patches = win.im2col(x, k, list(attrs.get("strides", [1] * n)),
+                         list(attrs.get("pads", [0] * 2 * n)),
+                         list(attrs.get("dilations", [1] * n)))
+    return patches.reshape(-1, patches.shape[-1])
 
 
 def layer_inputs(model: onnx.ModelProto, samples: np.ndarray, names: list[str],
@@ -54,8 +50,7 @@ def layer_inputs(model: onnx.ModelProto, samples: np.ndarray, names: list[str],
         if node.op_type == "Conv":
             x = _patches(x, node, inits[node.input[1]].dims)
         else:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            x = x.T if attrs.get("transA", 0) else x.reshape(-1, x.shape[-1])
+            x = x.T if node_attrs(node).get("transA", 0) else x.reshape(-1, x.shape[-1])
         if len(x) > MAX_ROWS:
             x = x[rng.choice(len(x), MAX_ROWS, replace=False)]
         result[name] = x.astype(np.float32)

@@ -19,12 +19,8 @@ from onnx import numpy_helper
 
 from .basis import BasisLayer, BasisSet, fit_scales, qmax, units
 from .errors import CompileError
+from .frontend import node_attrs, node_name
 from .passes.lower_to_crossbar import conv_matrix
-
-
-def node_name(node: onnx.NodeProto) -> str:
-    """The name the compiler gives a node (an op's ``origin``)."""
-    return node.name or f"{node.op_type}({', '.join(node.output)})"
 
 
 def _weight(node, inits):
@@ -36,7 +32,7 @@ def _weight(node, inits):
 
 def lower(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray | None:
     """A Conv/Gemm/MatMul weight as the [K, M] matrix the crossbars hold (None: not 2-D)."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attrs(node)
     if node.op_type == "Conv":
         return conv_matrix(w, int(attrs.get("group", 1)))
     if node.op_type == "Gemm" and attrs.get("transB", 0):
@@ -176,7 +172,7 @@ def apply(model: onnx.ModelProto, basis: BasisSet) -> onnx.ModelProto:
 
 def unlower(node: onnx.NodeProto, mat: np.ndarray, old: np.ndarray) -> np.ndarray:
     """Inverse of ``_weight``: a [K, M] matrix back into the node's weight layout."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attrs(node)
     if node.op_type == "Conv":
         group = int(attrs.get("group", 1))
         m, cg = old.shape[:2]

@@ -124,7 +124,7 @@ def check_supported(model: onnx.ModelProto) -> None:
     const = _constants(model, shapes)
     problems = []
     for node in model.graph.node:
-        name = node.name or f"{node.op_type}({', '.join(node.output)})"
+        name = node_name(node)
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{name}: operator {node.domain}.{node.op_type} is not supported")
             continue
@@ -149,7 +149,13 @@ def check_supported(model: onnx.ModelProto) -> None:
         raise CompileError(f"{len(unique)} problem(s) in the model: " + "; ".join(unique))
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
+def node_name(node: onnx.NodeProto) -> str:
+    """A node's name in messages and as its ops' ``origin`` (unnamed: op type and outputs)."""
+    return node.name or f"{node.op_type}({', '.join(node.output)})"
+
+
+def node_attrs(node: onnx.NodeProto) -> dict:
+    """A node's attributes as Python values (strings decoded, tensors as arrays)."""
     out = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
@@ -189,16 +195,16 @@ def to_graph(model: onnx.ModelProto) -> Graph:
         for o in outs:
             if o in shapes:
                 graph.add_value(o, shapes[o][0])
-        attrs = _attrs(node)
+        attrs = node_attrs(node)
         attrs["_proto"] = node
-        graph.add_op(node.op_type, [i for i in node.input], outs, attrs, node.name)
+        graph.add_op(node.op_type, [i for i in node.input], outs, attrs, node_name(node))
     graph.outputs = [o.name for o in g.output]
     graph.output_names = list(graph.outputs)
     return graph
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    a = _attrs(node)
+    a = node_attrs(node)
     for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
         if key in a:
             dtype = np.float32 if "float" in key else np.int64

@@ -37,3 +37,13 @@ def pad_for(spatial, out, kernel, strides, pads, dilations) -> list[tuple[int, i
         end = max(pads[n + i], need - spatial[i] - pads[i])
         result.append((pads[i], end))
     return result
+
+
+def im2col(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
+    """[B, C, *S] -> patches [B, prod(out S), C*prod(kernel)], channel-major, zero padded."""
+    n = len(kernel)
+    out = out_size(x.shape[2:], kernel, strides, pads, dilations)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[n + i]) for i in range(n)])
+    v = windows(xp, kernel, strides, dilations, out)  # [B, C, *out, *kernel]
+    order = (0,) + tuple(range(2, 2 + n)) + (1,) + tuple(range(2 + n, 2 + 2 * n))
+    return v.transpose(order).reshape(x.shape[0], -1, x.shape[1] * int(np.prod(kernel)))

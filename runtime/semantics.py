@@ -51,12 +51,7 @@ def copy(m, ins):
 def im2col(m, ins):
     x = m.read(ins.operands[1])
     k, s, p, d = (ins.attr(a) for a in ("kernel", "strides", "pads", "dilations"))
-    n = len(k)
-    out = win.out_size(x.shape[2:], k, s, p, d)
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[n + i]) for i in range(n)])
-    v = win.windows(xp, k, s, d, out)  # [B, C, *out, *k]
-    order = (0,) + tuple(range(2, 2 + n)) + (1,) + tuple(range(2 + n, 2 + 2 * n))
-    m.store(_dst(ins), v.transpose(order).reshape(m.shape(_dst(ins))))
+    m.store(_dst(ins), win.im2col(x, k, s, p, d).reshape(m.shape(_dst(ins))))
 
 
 def unpatch(m, ins):

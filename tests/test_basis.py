@@ -205,3 +205,16 @@ def test_reconstruct_pads_and_trims():
     basis = np.eye(3, dtype=np.float32)
     coef = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
     np.testing.assert_array_equal(reconstruct(basis, coef, 5), coef.reshape(6, 2)[:5])
+
+
+def test_unnamed_nodes_are_decomposed_too():
+    """Basis sets and compiled ops name an unnamed node the same way (op type and outputs)."""
+    model, _ = _known_basis_model()
+    for node in model.graph.node:
+        node.name = ""
+    basis = fit(layer_matrices(model), 3, bits=8)
+    assert set(basis.layers) == {"Conv(c)", "Gemm(y)"}
+    x = RNG.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    program = compile_model(model, basis=basis, max_xbars=2)
+    got = run(program, {"x": x}, mode="ideal", timing=False).outputs["y"]
+    assert rel_err(got, ort_run(apply(model, basis), {"x": x})[0]) < 1e-5

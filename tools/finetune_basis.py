@@ -30,8 +30,9 @@ import onnx
 from onnx import numpy_helper
 
 from compiler.basis import BasisLayer, BasisSet, qmax
-from compiler.basis_fit import fit, layer_matrices, lower, node_name
-from tools.finetune_noise import OnnxModule
+from compiler.basis_fit import fit, layer_matrices, lower
+from compiler.frontend import node_name
+from tools.finetune_noise import OnnxModule, save_model, training_data
 
 
 class BasisLayers:
@@ -177,17 +178,11 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="Adam step size (default 3e-3)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.data:
-        x, y = np.load(args.data, allow_pickle=False), np.load(args.labels, allow_pickle=False)
-    else:
-        from tools.make_digits_models import digits_split
-        x, _, y, _ = digits_split()
+    x, y = training_data(args.data, args.labels)
     model, basis = finetune(onnx.load(args.model), x, y, args.basis, args.unit, args.coef_bits,
                             args.epochs, args.contest, args.seed, args.lr, args.shift,
                             args.distill)
-    tmp = args.output + ".tmp"
-    onnx.save(model, tmp)
-    os.replace(tmp, args.output)
+    save_model(model, args.output)
     basis_out = args.basis_out or os.path.splitext(args.output)[0] + ".basis.npz"
     basis.save(basis_out)
     print(f"wrote {args.output} and {basis_out}")

@@ -141,6 +141,22 @@ def finetune(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, noise: float,
     return net.export()
 
 
+def training_data(data: str | None, labels: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and labels from .npy files, or the digits training split."""
+    if data:
+        return np.load(data, allow_pickle=False), np.load(labels, allow_pickle=False)
+    from tools.make_digits_models import digits_split
+    x, _, y, _ = digits_split()
+    return x, y
+
+
+def save_model(model: onnx.ModelProto, path: str) -> None:
+    """Write atomically: a crash never leaves a half-written model at ``path``."""
+    tmp = path + ".tmp"
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
@@ -152,15 +168,9 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.data:
-        x, y = np.load(args.data, allow_pickle=False), np.load(args.labels, allow_pickle=False)
-    else:
-        from tools.make_digits_models import digits_split
-        x, _, y, _ = digits_split()
-    tuned = finetune(onnx.load(args.model), x, y, args.noise, args.epochs, args.seed)
-    tmp = args.output + ".tmp"
-    onnx.save(tuned, tmp)
-    os.replace(tmp, args.output)
+    x, y = training_data(args.data, args.labels)
+    save_model(finetune(onnx.load(args.model), x, y, args.noise, args.epochs, args.seed),
+               args.output)
     print(f"wrote {args.output}")
 
 
