@@ -2,14 +2,17 @@
 
 A ``Chip`` is a frozen value loaded from TOML (stdlib ``tomllib``) and passed down explicitly.
 The defaults below are the sourced numbers of ``shared/design.md`` section 6; presets in
-``runtime/chips/`` restate them or describe other corners. ``with_overrides`` applies
+``isa/chips/`` (package data, read with ``importlib.resources``) restate them or describe other
+corners; ``load_chip`` takes a preset name or a TOML path. ``with_overrides`` applies
 ``section.key=value`` strings and rejects unknown keys and out-of-range values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from importlib import resources
 
 import tomllib
 
@@ -162,3 +165,25 @@ def with_overrides(chip: Chip, assignments: list[str]) -> Chip:
             raise IsaError(f"--set {text!r}: {value!r} is not a number") from None
         data.setdefault(section, {})[name] = number
     return from_dict(data, "--set", chip)
+
+
+def presets() -> list[str]:
+    """Names of the bundled chip presets (``isa/chips/NAME.toml``)."""
+    return sorted(f.name[:-5] for f in resources.files("isa").joinpath("chips").iterdir()
+                  if f.name.endswith(".toml"))
+
+
+def load_chip(spec: str | None = None, overrides: list[str] | None = None) -> Chip:
+    """A preset name or a TOML path (default: the ``default`` preset), then ``--set``
+    overrides. Raises IsaError naming the spec when it is neither."""
+    spec = spec or "default"
+    if spec in presets():
+        with resources.as_file(resources.files("isa").joinpath("chips", f"{spec}.toml")) as path:
+            chip = load_toml(path)
+    elif os.path.isfile(spec):
+        chip = load_toml(spec)
+    elif os.path.isdir(spec):
+        raise IsaError(f"chip {spec}: is a directory, not a TOML chip config")
+    else:
+        raise IsaError(f"chip {spec!r}: neither a preset ({', '.join(presets())}) nor a file")
+    return with_overrides(chip, overrides or [])

@@ -177,9 +177,8 @@ def test_chip_presets_and_overrides(tmp_path):
 
 
 def test_default_preset_file_equals_built_in_defaults():
-    from isa.chip import load_toml
-    from runtime.chips import PRESETS
-    assert load_toml(f"{PRESETS}/default.toml") == Chip()
+    from isa.chip import load_chip
+    assert load_chip("default") == Chip()
 
 
 def test_spare_crossbars_hold_resident_replicas(digits_test):
