@@ -12,17 +12,7 @@ __all__ = ["IsaError", "OPCODES", "Opcode", "load", "parse", "format_instr", "pr
 
 
 def save(program: Program, path) -> None:
-    """Write a program atomically (temporary file, then rename)."""
-    import os
-    import tempfile
+    """Write a program atomically (temporary file, then rename), readable as the umask says."""
+    from .files import write_text_atomic
 
-    text = print_program(program)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".cim")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomic(str(path), print_program(program))

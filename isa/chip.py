@@ -10,13 +10,14 @@ corners; ``load_chip`` takes a preset name or a TOML path. ``with_overrides`` ap
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 
-import tomllib
-
 from .errors import IsaError
+from .limits import GEOMETRY, check_geometry
 from .program import ChipGeometry
 
 
@@ -90,13 +91,33 @@ class Chip:
 
 SECTIONS = {"arch": ChipGeometry, "device": Device, "timing": Timing, "energy": Energy,
             "mapping": Mapping}
-_POSITIVE_INTS = {"rows", "cols", "cell_bits", "weight_bits", "input_bits", "dac_bits",
-                  "adc_bits", "xbars", "write_iterations", "write_phases", "vector_lanes",
-                  "combiner_lanes",
-                  "buffer_bytes_per_cycle"}
-_FRACTIONS = {"program_sigma", "read_sigma", "stuck_at_gmin", "stuck_at_gmax"}
-_FLAGS = {"per_column_scaling", "differential", "raw_calibration", "stuck_aware",
-          "slice_compensation"}
+INF = float("inf")
+# key -> (lowest, highest, lowest excluded): the range in which a value means something
+# physically. Keys not listed must be finite and not negative; arch keys use isa.limits.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    **{k: (float(lo), float(hi), False) for k, (lo, hi) in GEOMETRY.items()},
+    "program_sigma": (0, 1, False), "read_sigma": (0, 1, False),
+    "stuck_at_gmin": (0, 1, False), "stuck_at_gmax": (0, 1, False),
+    "g_max_us": (0, INF, True), "write_voltage": (0, INF, True),
+    "endurance_writes": (1, INF, False),
+    "clock_ghz": (0, INF, True), "mvm_step_ns": (0, INF, True),
+    "write_iterations": (1, INF, False), "write_phases": (1, INF, False),
+    "vector_lanes": (1, INF, False), "buffer_bytes_per_cycle": (1, INF, False),
+    "combiner_lanes": (1, INF, False),
+    **{k: (0, 1, False) for k in ("per_column_scaling", "differential", "raw_calibration",
+                                  "stuck_aware", "slice_compensation")},
+    "adc_headroom": (0, 16, True),
+}
+
+
+def _in_range(key: str, value) -> str | None:
+    """None if ``value`` is allowed for ``key``, else the allowed range as text."""
+    low, high, open_low = RANGES.get(key, (0, INF, False))
+    ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
+    if ok:
+        return None
+    return f"{'above' if open_low else 'at least'} {low:g}" + \
+        (f" and at most {high:g}" if high < INF else "")
 
 
 def _coerce(section: str, key: str, value, where: str):
@@ -107,16 +128,15 @@ def _coerce(section: str, key: str, value, where: str):
     typ = type(fields[key].default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise IsaError(f"{where}: {section}.{key} must be a number, got {value!r}")
-    if typ is int and float(value) != int(value):
+    if typ is int and (not math.isfinite(value) or float(value) != int(value)):
         raise IsaError(f"{where}: {section}.{key} must be an integer, got {value!r}")
     value = typ(value)
-    if key in _POSITIVE_INTS and value < 1 or value < 0:
-        raise IsaError(f"{where}: {section}.{key} = {value} is out of range "
-                       f"({'at least 1' if key in _POSITIVE_INTS else 'not negative'})")
-    if key in _FLAGS and value not in (0, 1):
+    allowed = _in_range(key, value)
+    if allowed and typ is int and RANGES.get(key) == (0, 1, False):
         raise IsaError(f"{where}: {section}.{key} must be 0 or 1, got {value}")
-    if key in _FRACTIONS and value > 1:
-        raise IsaError(f"{where}: {section}.{key} = {value} is out of range (a fraction, 0..1)")
+    if allowed:
+        raise IsaError(f"{where}: {section}.{key} = {value} is out of range (must be "
+                       f"{allowed})")
     return value
 
 
@@ -135,6 +155,7 @@ def from_dict(data: dict, where: str = "chip config", base: Chip | None = None) 
     if unknown:
         raise IsaError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: "
                        f"{', '.join(SECTIONS)}")
+    check_geometry(parts["arch"], where)
     if parts["device"].g_min_us >= parts["device"].g_max_us:
         raise IsaError(f"{where}: device.g_min_us must be below device.g_max_us")
     return Chip(name=str(name), **parts)

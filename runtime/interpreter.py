@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from isa import Instr, Program
 from isa.chip import Chip
@@ -144,8 +145,9 @@ class Machine:
 
 
 def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts: Counter,
-             mode: str = "ideal", chip: Chip | None = None, seed: int = 0):
-    """Run the text once; return the outputs and how many cells wore out."""
+             mode: str = "ideal", chip: Chip | None = None, seed: int = 0, bar=None):
+    """Run the text once; return the outputs and how many cells wore out. ``bar``: a progress
+    bar advanced once per step of the plan."""
     m = Machine(program, scale, mode, chip, seed)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
@@ -161,13 +163,24 @@ def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts:
         except (ValueError, IndexError, TypeError) as exc:  # a program the checks let through
             raise RunError(f"line {ins.line} ({ins.op}): cannot execute: {exc}") from None
         counts[ins.op] += len(step) if isinstance(step, list) else 1
+        if bar is not None:
+            bar.update()
         if m.halted:
             break
     return {p.name: m.bufs[p.buffer] for p in program.outputs}, m.failed_cells
 
 
-def check_inputs(program: Program, inputs) -> tuple[dict[str, np.ndarray], int]:
-    """Validate user inputs; return them as float32 arrays and the number of samples."""
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
+    """A progress bar on stderr, shown only on a terminal and only for runs longer than 2 s."""
+    return tqdm(total=total, desc=desc, unit="step", delay=2.0, leave=False,
+                disable=None if enabled else True)
+
+
+def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
+                 source: str = "") -> tuple[dict[str, np.ndarray], int]:
+    """Validate user inputs (``source``: their file, for messages); return them as float32
+    arrays and the number of compiled batches they hold. NaN or Inf is an error unless
+    ``allow_nonfinite``."""
     ports = program.inputs
     if isinstance(inputs, np.ndarray):
         if len(ports) != 1:
@@ -195,36 +208,48 @@ def check_inputs(program: Program, inputs) -> tuple[dict[str, np.ndarray], int]:
         if samples is not None and n != samples:
             raise RunError("inputs disagree on the number of batches")
         samples, feeds[p.name] = n, x.astype(np.float32)
+        bad = 0 if allow_nonfinite else int(np.size(x) - np.isfinite(feeds[p.name]).sum())
+        if bad:
+            where = f" ({source})" if source else ""
+            raise RunError(f"input {p.name!r}{where} holds {bad} NaN or infinite value(s) "
+                           "(after conversion to float32); pass --allow-nonfinite to run "
+                           "them anyway")
     return feeds, samples or 1
 
 
 def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
-        chip: Chip | None = None, timing: bool = True) -> RunResult:
+        chip: Chip | None = None, timing: bool = True, allow_nonfinite: bool = False,
+        progress: bool = False) -> RunResult:
     """Run ``program`` on ``inputs`` (an array, or a dict by input name) and, with ``timing``,
     simulate its timing and energy on ``chip`` (default: the default chip with the program's
-    geometry). Mode ``timing`` skips the arithmetic. Raises RunError."""
+    geometry). Mode ``timing`` skips the arithmetic. NaN/Inf inputs are an error unless
+    ``allow_nonfinite``. ``progress``: a progress bar on a terminal for long runs.
+    Raises RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
     chip = chip or dataclasses.replace(Chip(), arch=program.chip)
+    if mode != "timing":
+        feeds, groups = check_inputs(program, inputs, allow_nonfinite)
     timing_stats, timeline = timing_report(program, chip) if timing else ({}, None)
     if mode == "timing":
-        return RunResult({}, {"mode": mode, "seed": seed, **timing_stats}, timeline)
-    feeds, groups = check_inputs(program, inputs)
+        return RunResult({}, {"mode": mode, "seed": seed, **timing_stats,
+                              "chip": chip.to_dict()}, timeline)
     counts: Counter = Counter()
     start = time.perf_counter()
-    if groups == 1 or program.batch_free:
-        outputs, failed = _execute(program, feeds, groups, counts, mode, chip, seed)
-    else:
-        b = program.batch
-        parts = [_execute(program, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()}, 1,
-                          counts, mode, chip, seed) for i in range(groups)]
-        outputs = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
-        failed = sum(f for _, f in parts)
+    passes = 1 if groups == 1 or program.batch_free else groups
+    with _progress(passes * len(plan(program.text)), f"cimrun {mode}", progress) as bar:
+        if passes == 1:
+            outputs, failed = _execute(program, feeds, groups, counts, mode, chip, seed, bar)
+        else:
+            b = program.batch
+            parts = [_execute(program, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()}, 1,
+                              counts, mode, chip, seed, bar) for i in range(groups)]
+            outputs = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+            failed = sum(f for _, f in parts)
     seconds = time.perf_counter() - start
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
              "endurance_failed_cells": failed,
              "compiled_batch": program.batch, "instructions": sum(counts.values()),
-             "tile_writes": counts["write"],
              "wall_seconds": seconds, "opcode_counts": dict(sorted(counts.items())),
              **timing_stats, "chip": chip.to_dict()}
     return RunResult(outputs, stats, timeline)

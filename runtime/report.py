@@ -70,6 +70,8 @@ def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
         "lower_bound_cycles": bound / per * chip.timing.clock_ghz,
         "schedule_efficiency": bound / body_ns if body_ns else 1.0,
         "load": {"latency_ns": tl.load_ns, "energy_pj": load_energy,
+                 "tile_writes": sum(1 for e in tl.events
+                                    if e.op == "write" and e.phase == "load"),
                  "cells_written": tl.cells_written - tl.body_cells_written,
                  "rows_written": tl.rows_written - tl.body_rows_written},
         "utilization": {

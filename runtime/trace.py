@@ -32,6 +32,6 @@ def trace_events(tl: Timeline) -> dict:
     return {"traceEvents": out, "displayTimeUnit": "ns"}
 
 
-def write_trace(tl: Timeline, path: str, write_atomic) -> None:
-    text = json.dumps(trace_events(tl))
-    write_atomic(path, lambda tmp: open(tmp, "w").write(text))
+def trace_json(tl: Timeline) -> str:
+    """The trace of ``tl`` as the JSON text Perfetto opens."""
+    return json.dumps(trace_events(tl))

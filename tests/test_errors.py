@@ -195,3 +195,145 @@ def test_npz_input_by_name(cnn_program, tmp_path):
     np.savez(tmp_path / "y.npz", picture=x)
     _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "y.npz")),
            "missing input(s): image")
+
+
+# --- cimrun: every flag validated before the run, outputs only after it (issue 10) ---------
+SAMPLE = os.path.join(MODELS, "digits_sample.npy")
+
+
+def _existing_output(tmp_path):
+    out = tmp_path / "out.npy"
+    np.save(out, np.arange(3))
+    return out
+
+
+def _untouched(out):
+    assert np.array_equal(np.load(out), np.arange(3))
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_usage_errors_are_one_line(cnn_program):
+    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--seed", "-1"),
+           "argument --seed: must be a non-negative integer, got -1")
+    _fails(cli("cimrun", str(cnn_program), "--mode", "fast"), "argument --mode")
+
+
+def test_timing_mode_refuses_labels_and_reference(cnn_program, tmp_path):
+    np.save(tmp_path / "y.npy", np.arange(3))
+    _fails(cli("cimrun", str(cnn_program), "--mode", "timing", "--labels",
+               str(tmp_path / "y.npy")), "--labels needs outputs; --mode timing computes none")
+    _fails(cli("cimrun", str(cnn_program), "--mode", "timing", "--reference",
+               model_path("digits_cnn")), "--reference needs outputs")
+
+
+def test_timing_mode_says_it_ignores_output(cnn_program, tmp_path):
+    r = cli("cimrun", str(cnn_program), "--mode", "timing", "-o", str(tmp_path / "o.npy"))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "cimrun: warning: -o is ignored: --mode timing computes no outputs"
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("timing.clock_ghz=0", "timing.clock_ghz = 0.0 is out of range (must be above 0)"),
+    ("mapping.adc_headroom=0", "mapping.adc_headroom = 0.0 is out of range"),
+    ("device.read_sigma=1.5", "device.read_sigma = 1.5 is out of range"),
+    ("timing.mvm_step_ns=-1", "timing.mvm_step_ns = -1.0 is out of range"),
+    ("mapping.stuck_aware=2", "mapping.stuck_aware = 2 is out of range"),
+])
+def test_chip_parameters_have_physical_ranges(cnn_program, tmp_path, setting, message):
+    out = _existing_output(tmp_path)
+    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--set", setting, "-o", str(out)),
+           message)
+    _untouched(out)
+
+
+def test_chip_toml_with_out_of_range_geometry(tmp_path):
+    (tmp_path / "chip.toml").write_text("[arch]\nweight_bits = 64\n")
+    from isa import IsaError
+    from isa.chip import load_chip
+    with pytest.raises(IsaError, match="weight_bits = 64 is out of range"):
+        load_chip(str(tmp_path / "chip.toml"))
+
+
+def test_nonfinite_inputs_are_an_error_unless_allowed(cnn_program, tmp_path):
+    x = np.load(SAMPLE).copy()
+    x[0, 0, 0, :2] = [np.nan, np.inf]
+    np.save(tmp_path / "x.npy", x)
+    out = _existing_output(tmp_path)
+    for mode in ("ideal", "quantized"):
+        _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy"), "--mode",
+                   mode, "-o", str(out)), "input 'image'", "holds 2 NaN or infinite value(s)",
+               "--allow-nonfinite")
+        _untouched(out)
+    r = cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy"), "--allow-nonfinite",
+            "-o", str(tmp_path / "nan.npy"))
+    assert r.returncode == 0, r.stderr
+    assert np.isnan(np.load(tmp_path / "nan.npy")).any()  # ideal mode propagates NaN
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([-1], "1 label(s) outside the output's 10 classes 0..9 (first: -1)"),
+    ([100], "outside the output's 10 classes 0..9 (first: 100)"),
+    ([1, 2], "2 labels for 1 input samples"),
+    ([0.5], "dtype float64; expected a .npy of integer class labels"),
+])
+def test_labels_checked_against_samples_and_classes(cnn_program, tmp_path, labels, message):
+    np.save(tmp_path / "y.npy", np.array(labels))
+    out = _existing_output(tmp_path)
+    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--labels",
+               str(tmp_path / "y.npy"), "-o", str(out)), f"--labels {tmp_path / 'y.npy'}",
+           message)
+    _untouched(out)
+
+
+@pytest.mark.parametrize("flag, target, message", [
+    ("--report", "missing/r.json", "does not exist"),
+    ("--trace", "missing/t.json", "does not exist"),
+    ("--report", ".", "is a directory"),
+    ("--reference", "nope.onnx", "--reference nope.onnx: no such file"),
+    ("--labels", "nope.npy", "--labels nope.npy: no such file"),
+])
+def test_late_flags_fail_before_the_run_and_keep_outputs(cnn_program, tmp_path, flag, target,
+                                                         message):
+    out = _existing_output(tmp_path)
+    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(out), flag, target,
+               cwd=tmp_path), message)
+    _untouched(out)
+
+
+def test_same_file_for_two_outputs(cnn_program, tmp_path):
+    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(tmp_path / "a"),
+               "--report", str(tmp_path / "a")), "must name different files")
+
+
+def test_directory_as_program_or_input(cnn_program, tmp_path):
+    _fails(cli("cimrun", str(tmp_path)), "is a directory, not a .cim program")
+    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path)),
+           f"--input {tmp_path}: is a directory")
+
+
+def test_outputs_follow_the_umask(cnn_program, tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(cnn_program), "--input", SAMPLE,
+                        "-o", "o.npy", "--report", "r.json", "--trace", "t.json", "-q"],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       preexec_fn=lambda: os.umask(0o022))
+    assert r.returncode == 0, r.stderr
+    for name in ("o.npy", "r.json", "t.json"):
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == "0o644", name
+
+
+def test_summary_and_report_agree_on_writes(cnn_program, tmp_path):
+    r = cli("cimrun", str(cnn_program), "--input", SAMPLE, "--report", str(tmp_path / "r.json"),
+            "-o", str(tmp_path / "o.npy"))
+    assert r.returncode == 0, r.stderr
+    import json
+
+    import isa
+    text = isa.load(str(cnn_program)).text
+    loads = sum(i.op == "write" for i in text[:[i.op for i in text].index("barrier")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["writes_per_inference"] == 0 and report["load"]["tile_writes"] == loads > 0
+    assert f"0 crossbar writes (load phase: {loads})" in r.stdout
+    assert "tile_writes" not in report  # the old, ambiguous total is gone

@@ -1,0 +1,61 @@
+"""Labels and the float reference: checked before a run, scored after it.
+
+``check_labels`` validates labels against the program before any simulation (integer, one per
+sample, every value a class of the program's only output); ``top1`` scores outputs against
+them; ``reference_report`` compares outputs with the float model's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from isa import Program
+
+from .errors import RunError
+
+
+def classes(program: Program) -> int:
+    """The class count of a program whose only output is [batch, classes]; RunError if not."""
+    outs = program.outputs
+    shapes = program.buffer_map()
+    shape = shapes[outs[0].buffer].type.shape if len(outs) == 1 else ()
+    if len(shape) != 2:
+        got = ", ".join(f"{p.name} {list(shapes[p.buffer].type.shape)}" for p in outs)
+        raise RunError(f"--labels needs a program with one [N, classes] output; it has {got}")
+    return shape[1]
+
+
+def check_labels(labels, samples: int, n_classes: int, path: str) -> np.ndarray:
+    """``labels`` as a 1-D int64 array, or RunError naming ``path`` and what is wrong."""
+    if isinstance(labels, dict) or not np.issubdtype(labels.dtype, np.integer):
+        kind = "an .npz archive" if isinstance(labels, dict) else f"dtype {labels.dtype}"
+        raise RunError(f"--labels {path}: {kind}; expected a .npy of integer class labels")
+    labels = labels.reshape(-1).astype(np.int64)
+    if len(labels) != samples:
+        raise RunError(f"--labels {path}: {len(labels)} labels for {samples} input samples")
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        raise RunError(f"--labels {path}: {int(bad.sum())} label(s) outside the output's "
+                       f"{n_classes} classes 0..{n_classes - 1} (first: {labels[bad][0]})")
+    return labels
+
+
+def top1(outputs: dict[str, np.ndarray], labels: np.ndarray) -> float:
+    """Top-1 accuracy of the only output [N, classes] against checked labels."""
+    (logits,) = outputs.values()
+    return float((logits.argmax(1) == labels).mean())
+
+
+def reference_report(path: str, want: list[np.ndarray], program: Program,
+                     outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> dict:
+    """The float model's accuracy and each output's largest error relative to it."""
+    want_by_name = dict(zip([p.name for p in program.outputs], want))
+    errors = {k: float(np.abs(v - want_by_name[k]).max()
+                       / max(np.abs(want_by_name[k]).max(), 1e-30))
+              for k, v in outputs.items() if k in want_by_name}
+    out = {"reference": os.path.abspath(path), "reference_relative_error": errors}
+    if labels is not None:
+        out["reference_accuracy"] = top1({"y": want[0]}, labels)
+    return out
