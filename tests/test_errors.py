@@ -238,7 +238,7 @@ def test_timing_mode_says_it_ignores_output(cnn_program, tmp_path):
     ("mapping.adc_headroom=0", "mapping.adc_headroom = 0.0 is out of range"),
     ("device.read_sigma=1.5", "device.read_sigma = 1.5 is out of range"),
     ("timing.mvm_step_ns=-1", "timing.mvm_step_ns = -1.0 is out of range"),
-    ("mapping.stuck_aware=2", "mapping.stuck_aware = 2 is out of range"),
+    ("mapping.stuck_aware=2", "mapping.stuck_aware must be 0 or 1, got 2"),
 ])
 def test_chip_parameters_have_physical_ranges(cnn_program, tmp_path, setting, message):
     out = _existing_output(tmp_path)
