@@ -2,18 +2,24 @@
 
 Every failure raises ``IsaError`` with line:column and what was expected: lark's syntax
 errors, unknown opcodes, wrong operand kinds or attribute types, a missing or wrong file
-checksum (a truncated or corrupted file), a corrupt blob. Nothing in the file is evaluated.
+checksum (a truncated or corrupted file), a corrupt blob, a header value outside
+``isa.limits``. Nothing in the file is evaluated, and nothing is sized by it before it is
+checked: the header (geometry, batch, buffer and blob types, their total size, the memory the
+blobs need) is checked before any blob is decompressed, and each blob inflates to at most its
+declared size.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import zlib
+from dataclasses import dataclass
 from importlib import resources
 
 import lark
 
-from . import blobs
+from . import blobs, limits
 from .errors import IsaError
 from .opcodes import OPCODES
 from .program import FORMAT_VERSION, Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
@@ -26,6 +32,15 @@ def _line_col(meta_or_token) -> tuple[int, int]:
     return getattr(meta_or_token, "line", 0), getattr(meta_or_token, "column", 0)
 
 
+def _int(token) -> int:
+    """An INT token's value; IsaError at the token for one too long to be a number."""
+    try:
+        return int(token)
+    except ValueError:
+        raise IsaError(f"number {str(token)[:20]}... has too many digits",
+                       *_line_col(token)) from None
+
+
 def _check_attr(op: str, key: str, value, typ: str, token) -> object:
     ok = {"int": isinstance(value, int), "float": isinstance(value, (int, float)),
           "ints": isinstance(value, list), "str": isinstance(value, str)}[typ]
@@ -34,11 +49,26 @@ def _check_attr(op: str, key: str, value, typ: str, token) -> object:
     return float(value) if typ == "float" else tuple(value) if typ == "ints" else value
 
 
+@dataclass(frozen=True)
+class _PendingBlob:
+    """A blob line as declared: decoded only once the whole header is known to be sane."""
+
+    name: lark.Token
+    crc: str
+    type: TensorType
+    payload: str
+
+    @property
+    def where(self) -> str:
+        return f"line {self.name.line}: blob {self.name!s}"
+
+
 class _ToProgram(lark.Transformer):
-    """Tree -> dataclasses, validating instructions against the opcode table."""
+    """Tree -> dataclasses, validating instructions against the opcode table and every
+    header value against ``isa.limits``."""
 
     def int(self, items):
-        return int(items[0])
+        return _int(items[0])
 
     def float(self, items):
         return float(items[0])
@@ -47,45 +77,57 @@ class _ToProgram(lark.Transformer):
         return json.loads(items[0])
 
     def ints(self, items):
-        return [int(t) for t in items if t is not None]
+        return [_int(t) for t in items if t is not None]
 
     def kv(self, items):
         return (str(items[0]), items[1], items[0])
 
     def ttype(self, items):
-        return TensorType(str(items[0]), tuple(int(t) for t in items[1:] if t is not None))
+        return TensorType(str(items[0]), tuple(_int(t) for t in items[1:] if t is not None))
 
     def version(self, items):
-        if int(items[0]) != FORMAT_VERSION:
+        if _int(items[0]) != FORMAT_VERSION:
             raise IsaError(f"format version {items[0]} is not supported (this build reads "
                            f"version {FORMAT_VERSION})", *_line_col(items[0]))
         return ("version", int(items[0]))
 
     def chip(self, items):
         fields = ChipGeometry.__dataclass_fields__
-        values = {}
+        values, tokens = {}, {}
         for key, value, tok in items:
             if key not in fields or not isinstance(value, int):
                 raise IsaError(f"chip: unknown or non-integer field {key}", *_line_col(tok))
-            values[key] = value
-        return ("chip", ChipGeometry(**values))
+            if key in values:
+                raise IsaError(f"chip: field {key} given twice", *_line_col(tok))
+            values[key], tokens[key] = value, tok
+        chip = ChipGeometry(**values)
+        problem = limits.geometry_problem(chip)
+        if problem:
+            field, message = problem
+            raise IsaError(f"chip: {message}", *_line_col(tokens.get(field, items[0][2])))
+        return ("chip", chip)
 
     def batch(self, items):
-        return ("batch", (int(items[0]), str(items[1]) == "free"))
+        batch = _int(items[0])
+        problem = limits.batch_problem(batch)
+        if problem:
+            raise IsaError(problem, *_line_col(items[0]))
+        return ("batch", (batch, str(items[1]) == "free"))
 
     def port(self, items):
         return ("port", Port(str(items[0]), json.loads(items[1]), str(items[2])[1:]))
 
     def buffer(self, items):
+        name, ttype = items[0], items[1]
+        _check_type(ttype, f"buffer {name!s}", name)
         attrs = {"offset": 0, "range": 0.0}
         for key, value, tok in items[2:]:
-            if key not in attrs or not isinstance(value, (int, float)) or \
-                    key == "offset" and not isinstance(value, int):
-                raise IsaError(f"buffer: bad attribute {key}={value!r}; expected offset=INT "
-                               "and optionally range=FLOAT", *_line_col(tok))
+            if key not in attrs or not _buffer_attr_ok(key, value):
+                raise IsaError(f"buffer {name!s}: bad attribute {key}={value!r}; expected "
+                               f"offset=INT in 0..{limits.MAX_OFFSET} and optionally "
+                               "range=FLOAT, finite and >= 0", *_line_col(tok))
             attrs[key] = value
-        return ("buffer", Buffer(str(items[0])[1:], items[1], attrs["offset"],
-                                 float(attrs["range"])))
+        return ("buffer", Buffer(str(name)[1:], ttype, attrs["offset"], float(attrs["range"])))
 
     def instr(self, items):
         tok = items[0]
@@ -115,18 +157,51 @@ class _ToProgram(lark.Transformer):
 
     def blob(self, items):
         name, _, crc, ttype, payload = items
-        data = blobs.decode(str(payload)[5:], ttype.dtype, ttype.shape, str(crc),
-                            f"line {name.line}: blob {name!s}")
-        return ("blob", Blob(str(name)[1:], data))
+        _check_type(ttype, f"blob {name!s}", name)
+        return ("blob", _PendingBlob(name, str(crc), ttype, str(payload)[5:]))
 
     def start(self, items):
         parts: dict[str, list] = {}
         for kind, value, *_ in items:
             parts.setdefault(kind, []).append(value)
         batch, free = parts["batch"][0]
+        buffers, pending = parts.get("buffer", []), parts.get("blob", [])
+        _check_sizes(buffers, pending)
         return Program(chip=parts["chip"][0], batch=batch, batch_free=free,
-                       ports=parts.get("port", []), buffers=parts.get("buffer", []),
-                       text=parts.get("instr", []), blobs=parts.get("blob", []))
+                       ports=parts.get("port", []), buffers=buffers,
+                       text=parts.get("instr", []), blobs=[_decode(b) for b in pending])
+
+
+def _buffer_attr_ok(key: str, value) -> bool:
+    """offset: an int within limits; range: a finite number >= 0."""
+    if key == "offset":
+        return isinstance(value, int) and 0 <= value <= limits.MAX_OFFSET
+    return isinstance(value, (int, float)) and 0 <= value < float("inf")
+
+
+def _check_type(ttype: TensorType, what: str, token) -> None:
+    problem = limits.tensor_problem(ttype)
+    if problem:
+        raise IsaError(f"{what}: {problem}", *_line_col(token))
+
+
+def _check_sizes(buffers: list[Buffer], pending: list[_PendingBlob]) -> None:
+    """The declared total within ``limits.MAX_DECLARED_BYTES``, and the blobs within the
+    memory this process may still allocate (errors name the largest blob)."""
+    blob_bytes = sum(limits.tensor_bytes(b.type) for b in pending)
+    total = sum(limits.tensor_bytes(b.type) for b in buffers) + blob_bytes
+    largest = max(pending, key=lambda b: limits.tensor_bytes(b.type), default=None)
+    where = f"; the largest is {largest.where} {largest.type}" if largest else ""
+    if total > limits.MAX_DECLARED_BYTES:
+        raise IsaError(f"the program declares {limits.size_text(total)} of buffers and blobs "
+                       f"(at most {limits.size_text(limits.MAX_DECLARED_BYTES)}){where}")
+    problem = limits.memory_problem(blob_bytes, f"decoding the program's {len(pending)} blob(s)")
+    if problem:
+        raise IsaError(problem + where)
+
+
+def _decode(b: _PendingBlob) -> Blob:
+    return Blob(str(b.name)[1:], blobs.decode(b.payload, b.type, b.crc, b.where))
 
 
 def _check_operands(spec, refs, tok) -> None:
@@ -188,11 +263,26 @@ def parse(text: str, check_sum: bool = True) -> Program:
     return program
 
 
+def _check_file_size(path) -> None:
+    """A file larger than ``limits.MAX_FILE_BYTES`` or than reading it needs memory for is an
+    error before it is read."""
+    size = os.path.getsize(path)
+    if size > limits.MAX_FILE_BYTES:
+        raise IsaError(f"{path}: {limits.size_text(size)} is larger than any program "
+                       f"({limits.size_text(limits.MAX_FILE_BYTES)} at most)")
+    problem = limits.memory_problem(limits.READ_FACTOR * size, f"reading {path}")
+    if problem:
+        raise IsaError(problem)
+
+
 def load(path) -> Program:
-    """Read and parse a ``.cim`` file."""
+    """Read and parse a ``.cim`` file (its size checked first)."""
     try:
+        _check_file_size(path)
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError:
         raise IsaError(f"{path}: not a .cim program (not UTF-8 text)") from None
+    except OSError as exc:
+        raise IsaError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return parse(text)

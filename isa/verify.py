@@ -1,16 +1,56 @@
 """Whole-program checks that the grammar cannot express.
 
-After ``verify(p)``: every operand names a declared buffer or blob, names are unique, ports
-bind declared buffers, crossbar indices are within the chip, write windows lie inside their
-blob and fit the crossbar, and the text ends with ``halt``.
+After ``verify(p)`` the header is within ``isa.limits``; names are unique; ports bind declared
+buffers and every output is written; the text ends with its only ``halt``; a ``batch free``
+header is true (every buffer leads with the batch, no instruction mixes samples); and every
+instruction passes the check of its opcode in ``CHECKS``: operands declared and of the rank
+the opcode needs, attributes in range, windows inside their blob, crossbar and buffers, and the
+destination shape the one the opcode computes from its sources (at the compiled batch).
+
+A verified program runs through ``isa.timing`` without error, and the runtime's semantics
+see only shapes they accept: what is left (a buffer read before it is written, a crossbar that
+holds a different tile than an mvm expects) is the runtime's to report.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable, NoReturn
+
 import numpy as np
 
+from . import limits
 from .errors import IsaError
-from .program import Program
+from .opcodes import OPCODES
+from .program import Instr, Program
+
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+COMBINE_BITS = (2, 25)  # levels are float32: integers are exact up to 2**24
+
+
+def _fail(ins: Instr, message: str) -> NoReturn:
+    """IsaError at the instruction's line (none for programs built in memory)."""
+    raise IsaError(f"{ins.op}: {message}", ins.line or None, 1 if ins.line else None)
+
+
+class _Ctx:
+    """The program's geometry and the declared shape of every buffer and blob."""
+
+    def __init__(self, p: Program):
+        self.chip = p.chip
+        self.buffers = {b.name: tuple(b.type.shape) for b in p.buffers}
+        self.blobs = p.blob_map()
+        self.blob_shapes = {b.name: tuple(b.data.shape) for b in p.blobs}
+        self.finite: set[str] = set()  # blobs already found finite
+
+    def shape(self, ref: str) -> tuple[int, ...]:
+        return (self.buffers if ref[0] == "%" else self.blob_shapes)[ref[1:]]
+
+    def dst(self, ins: Instr) -> tuple[int, ...]:
+        return self.shape(ins.operands[0])
+
+    def src(self, ins: Instr, i: int = 1) -> tuple[int, ...]:
+        return self.shape(ins.operands[i])
 
 
 def _dupes(names: list[str]) -> set[str]:
@@ -18,44 +58,385 @@ def _dupes(names: list[str]) -> set[str]:
     return {n for n in names if n in seen or seen.add(n)}
 
 
-def verify(p: Program) -> None:
-    buffers, blobs = p.buffer_map(), p.blob_map()
+def _expect_shape(ins: Instr, got: tuple, want: tuple) -> None:
+    """The destination's declared shape ``got`` is the ``want`` the operation computes."""
+    if tuple(got) != tuple(want):
+        _fail(ins, f"{ins.operands[0]} has shape {list(got)}; the operation gives {list(want)}")
+
+
+def _expect_rank(ins: Instr, ref: str, shape: tuple, ranks: range) -> None:
+    """``ref``'s rank is one of ``ranks`` (one rank, or a rank and all above it)."""
+    if len(shape) not in ranks:
+        want = f"{ranks.start}" if len(ranks) == 1 else f"at least {ranks.start}"
+        _fail(ins, f"{ref} has rank {len(shape)}; the operation needs rank {want}")
+
+
+def _window(ins: Instr, key: str, limit: int, what: str) -> tuple[int, int]:
+    """An attribute [start, stop] with 0 <= start < stop <= limit."""
+    w = ins.attr(key)
+    if len(w) != 2 or w[0] >= w[1]:
+        _fail(ins, f"{key} {list(w)}: rows and cols must be [start,stop] windows")
+    if not 0 <= w[0] < w[1] <= limit:
+        _fail(ins, f"{key} {list(w)} outside the {limit} {what}")
+    return w
+
+
+def _axis(ins: Instr, rank: int) -> int:
+    """The ``axis`` attribute, in -rank..rank-1, as a non-negative axis."""
+    axis = ins.attr("axis")
+    if not -rank <= axis < rank:
+        _fail(ins, f"axis {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def _broadcast(ins: Instr, shapes: list[tuple], dst: tuple) -> None:
+    """The sources broadcast to exactly ``dst`` (never to anything larger)."""
+    try:
+        result = np.broadcast_shapes(*shapes, dst)
+    except ValueError:
+        result = None
+    if result != tuple(dst):
+        _fail(ins, f"source shapes {', '.join(str(list(s)) for s in shapes)} do not broadcast "
+                   f"to {ins.operands[0]} {list(dst)}")
+
+
+def _finite_blob(c: _Ctx, ins: Instr, ref: str) -> np.ndarray:
+    """The blob's data, which must be finite (checked once per blob)."""
+    data = c.blobs[ref[1:]].data
+    if ref not in c.finite and not np.isfinite(data).all():
+        _fail(ins, f"{ref} holds NaN or infinite values")
+    c.finite.add(ref)
+    return data
+
+
+# --- crossbars -------------------------------------------------------------------------------
+
+def _crossbar(c: _Ctx, ins: Instr, rows: tuple, cols: tuple) -> None:
+    """``xb`` names a crossbar of the chip and the rows x cols tile fits it."""
+    xb = ins.attr("xb")
+    if not 0 <= xb < c.chip.xbars:
+        _fail(ins, f"crossbar {xb} outside the chip's {c.chip.xbars}")
+    if rows[1] - rows[0] > c.chip.rows or cols[1] - cols[0] > c.chip.weights_per_row:
+        _fail(ins, f"tile {rows[1] - rows[0]}x{cols[1] - cols[0]} exceeds the crossbar "
+                   f"({c.chip.rows}x{c.chip.weights_per_row} weights)")
+
+
+def _write(c: _Ctx, ins: Instr) -> None:
+    ref = ins.operands[0]
+    shape = c.shape(ref)
+    if len(shape) != 2:
+        _fail(ins, f"window outside blob {ref} of shape {shape}: a tile needs a 2-D blob")
+    rows = _window(ins, "rows", shape[0], f"rows of blob {ref}")
+    cols = _window(ins, "cols", shape[1], f"columns of blob {ref}")
+    _crossbar(c, ins, rows, cols)
+    _finite_blob(c, ins, ref)
+
+
+def _mvm(c: _Ctx, ins: Instr) -> None:
+    dst_ref, src_ref = ins.operands
+    if src_ref[0] != "%":
+        _fail(ins, f"source {src_ref} must be a buffer")
+    src, dst = c.src(ins), c.dst(ins)
+    n_vec = math.prod(src[1:-1]) if len(src) >= 2 else 0
+    vecs = ins.attr("vecs")
+    if len(vecs) != 2 or not 0 <= vecs[0] < vecs[1] <= n_vec:
+        _fail(ins, f"vecs {list(vecs)} outside the {n_vec} input vectors of {src_ref}")
+    _expect_rank(ins, dst_ref, dst, range(2, limits.MAX_RANK + 1))
+    if dst[0] != src[0] or math.prod(dst[1:-1]) != n_vec:
+        _fail(ins, f"{dst_ref} {list(dst)} does not hold the {src[0]}x{n_vec} vectors of "
+                   f"{src_ref} {list(src)}")
+    rows = _window(ins, "rows", src[-1], f"inputs of {src_ref}")
+    cols = _window(ins, "cols", dst[-1], f"outputs of {dst_ref}")
+    _crossbar(c, ins, rows, cols)
+
+
+def _combine(c: _Ctx, ins: Instr) -> None:
+    dst, proj = c.dst(ins), c.src(ins)
+    levels_ref, scale_ref = ins.operands[2:]
+    levels, scale = c.shape(levels_ref), c.shape(scale_ref)
+    if len(levels) != 2 or min(levels) < 1 or scale != levels[1:]:
+        _fail(ins, f"levels {levels_ref} {list(levels)} and scale {scale_ref} {list(scale)} "
+                   "are not [J, M] and [M]")
+    j, m = levels
+    _expect_rank(ins, ins.operands[1], proj, range(1, limits.MAX_RANK + 1))
+    _expect_rank(ins, ins.operands[0], dst, range(1, limits.MAX_RANK + 1))
+    if proj[-1] != j or dst[-1] != m or math.prod(proj) // j != math.prod(dst) // m:
+        _fail(ins, f"{ins.operands[1]} {list(proj)} @ {levels_ref} {list(levels)} does not "
+                   f"give {ins.operands[0]} {list(dst)}")
+    unit, bits = ins.attr("unit"), ins.attr("bits")
+    if unit < 1 or j % unit:
+        _fail(ins, f"unit {unit} does not divide the {j} rows of {levels_ref}")
+    low, high = COMBINE_BITS
+    if not low <= bits <= high:
+        _fail(ins, f"bits {bits} is out of range ({low}..{high})")
+    data, qmax = _finite_blob(c, ins, levels_ref), 2 ** (bits - 1) - 1
+    if (np.rint(data) != data).any() or (np.abs(data) > qmax).any():
+        _fail(ins, f"levels {levels_ref} must be integers within +-{qmax} ({bits} bits)")
+
+
+# --- sliding windows -------------------------------------------------------------------------
+
+def _window_attrs(c: _Ctx, ins: Instr) -> tuple[list, list, list, list, tuple]:
+    """kernel, strides, pads, dilations (checked against each other and the source's rank)
+    and the source's shape."""
+    k, s, p, d = (list(ins.attr(a)) for a in ("kernel", "strides", "pads", "dilations"))
+    n, src = len(k), c.src(ins)
+    if n < 1 or len(s) != n or len(d) != n or len(p) != 2 * n:
+        _fail(ins, f"kernel, strides, dilations need one value per spatial axis and pads two; "
+                   f"got {len(k)}, {len(s)}, {len(d)} and {len(p)}")
+    if min(k + s + d) < 1 or min(p) < 0:
+        _fail(ins, "kernel, strides and dilations must be >= 1 and pads >= 0")
+    _expect_rank(ins, ins.operands[1], src, range(n + 2, n + 3))
+    extent = [(k[i] - 1) * d[i] + 1 for i in range(n)]
+    for i in range(n):
+        if src[2 + i] + p[i] + p[n + i] < extent[i]:
+            _fail(ins, f"the window ({extent[i]}) is larger than the padded axis {i + 2} "
+                       f"({src[2 + i] + p[i] + p[n + i]})")
+    return k, s, p, d, src
+
+
+def _padded_within_limits(ins: Instr, src: tuple, widths: list[tuple[int, int]]) -> None:
+    """The runtime's padded copy of ``src`` [B, C, *S] stays within ``limits.MAX_ELEMENTS``."""
+    padded = math.prod(src[:2]) * math.prod(a + b + e for a, (b, e) in zip(src[2:], widths))
+    if padded > limits.MAX_ELEMENTS:
+        _fail(ins, f"the padded source would hold {padded} elements (at most "
+                   f"{limits.MAX_ELEMENTS})")
+
+
+def _im2col(c: _Ctx, ins: Instr) -> None:
+    k, s, p, d, src = _window_attrs(c, ins)
+    n = len(k)
+    out = [(src[2 + i] + p[i] + p[n + i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(n)]
+    _expect_shape(ins, c.dst(ins), (src[0], math.prod(out), src[1] * math.prod(k)))
+    _padded_within_limits(ins, src, [(p[i], p[n + i]) for i in range(n)])
+
+
+def _pool(c: _Ctx, ins: Instr) -> None:
+    k, s, p, d, src = _window_attrs(c, ins)
+    n, dst = len(k), c.dst(ins)
+    flags = [key for key in ("ceil", "count_pad") if key in OPCODES[ins.op].attrs]
+    if any(ins.attr(key) not in (0, 1) for key in flags):
+        _fail(ins, f"{' and '.join(flags)} must be 0 or 1")
+    _expect_rank(ins, ins.operands[0], dst, range(n + 2, n + 3))
+    spans = [src[2 + i] + p[i] + p[n + i] - (k[i] - 1) * d[i] - 1 for i in range(n)]
+    low = [span // s[i] + 1 for i, span in enumerate(spans)]
+    high = [-(-span // s[i]) + 1 for i, span in enumerate(spans)] if ins.attr("ceil") else low
+    if dst[:2] != src[:2] or not all(lo <= o <= hi for lo, o, hi in zip(low, dst[2:], high)):
+        want = list(src[:2]) + [f"{lo}..{hi}" if lo != hi else lo for lo, hi in zip(low, high)]
+        _fail(ins, f"{ins.operands[0]} has shape {list(dst)}; the pooling gives {want}")
+    ends = [max(p[n + i], (dst[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - src[2 + i] - p[i])
+            for i in range(n)]
+    _padded_within_limits(ins, src, [(p[i], ends[i]) for i in range(n)])
+
+
+# --- data movement and vector ops ------------------------------------------------------------
+
+def _unpatch(c: _Ctx, ins: Instr) -> None:
+    src, dst = c.src(ins), c.dst(ins)
+    _expect_rank(ins, ins.operands[1], src, range(3, 4))
+    _expect_rank(ins, ins.operands[0], dst, range(2, limits.MAX_RANK + 1))
+    if dst[:2] != (src[0], src[2]) or math.prod(dst[2:]) != src[1]:
+        _fail(ins, f"{ins.operands[0]} {list(dst)} is not [B, M, *S] of {ins.operands[1]} "
+                   f"{list(src)} = [B, P, M] with prod(S) = P")
+
+
+def _reshape(c: _Ctx, ins: Instr) -> None:
+    src, dst = c.src(ins), c.dst(ins)
+    if math.prod(src) != math.prod(dst):
+        _fail(ins, f"{ins.operands[1]} {list(src)} and {ins.operands[0]} {list(dst)} hold "
+                   "different numbers of elements")
+
+
+def _transpose(c: _Ctx, ins: Instr) -> None:
+    src, perm = c.src(ins), ins.attr("perm")
+    if sorted(perm) != list(range(len(src))):
+        _fail(ins, f"perm {list(perm)} is not a permutation of the {len(src)} axes of "
+                   f"{ins.operands[1]}")
+    _expect_shape(ins, c.dst(ins), tuple(src[i] for i in perm))
+
+
+def _concat(c: _Ctx, ins: Instr) -> None:
+    dst = c.dst(ins)
+    axis = _axis(ins, len(dst))
+    srcs = [c.shape(r) for r in ins.operands[1:]]
+    if any(len(s) != len(dst) or s[:axis] + s[axis + 1:] != dst[:axis] + dst[axis + 1:]
+           for s in srcs) or sum(s[axis] for s in srcs) != dst[axis]:
+        _fail(ins, f"sources {', '.join(str(list(s)) for s in srcs)} do not join along axis "
+                   f"{axis} into {ins.operands[0]} {list(dst)}")
+
+
+def _pad(c: _Ctx, ins: Instr) -> None:
+    src, dst, pads, mode = c.src(ins), c.dst(ins), ins.attr("pads"), ins.attr("mode")
+    n = len(src)
+    if mode not in PAD_MODES:
+        _fail(ins, f"mode {mode!r}; expected one of {', '.join(PAD_MODES)}")
+    if len(pads) != 2 * n:
+        _fail(ins, f"pads has {len(pads)} values; {ins.operands[1]} of rank {n} needs {2 * n}")
+    for i in range(n):
+        begin, end = pads[i], pads[n + i]
+        kept = src[i] - max(-begin, 0) - max(-end, 0)  # negative pads crop
+        if kept < (1 if mode != "constant" and max(begin, end) > 0 else 0):
+            _fail(ins, f"pads crop axis {i} of size {src[i]} to {kept}")
+    _expect_shape(ins, dst, tuple(src[i] + pads[i] + pads[n + i] for i in range(n)))
+
+
+def _same_shape(c: _Ctx, ins: Instr) -> None:
+    _expect_shape(ins, c.dst(ins), c.src(ins))
+
+
+def _softmax(c: _Ctx, ins: Instr) -> None:
+    _same_shape(c, ins)
+    _axis(ins, len(c.src(ins)))
+
+
+def _lrn(c: _Ctx, ins: Instr) -> None:
+    _same_shape(c, ins)
+    src, size = c.src(ins), ins.attr("size")
+    _expect_rank(ins, ins.operands[1], src, range(2, limits.MAX_RANK + 1))
+    if size < 1 or math.prod(src[:1] + src[2:]) * (src[1] + size - 1) > limits.MAX_ELEMENTS:
+        _fail(ins, f"size {size} must be >= 1 and pad the channels within "
+                   f"{limits.MAX_ELEMENTS} elements")
+
+
+def _global_pool(c: _Ctx, ins: Instr) -> None:
+    src = c.src(ins)
+    _expect_shape(ins, c.dst(ins), src[:2] + (1,) * (len(src) - 2))
+
+
+def _copy(c: _Ctx, ins: Instr) -> None:
+    _broadcast(ins, [c.src(ins)], c.dst(ins))
+
+
+def _binary(c: _Ctx, ins: Instr) -> None:
+    _broadcast(ins, [c.src(ins, 1), c.src(ins, 2)], c.dst(ins))
+
+
+def _nothing(c: _Ctx, ins: Instr) -> None:
+    """fill, barrier, halt: no operand shapes or attribute ranges to check."""
+
+
+CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
+    "write": _write, "mvm": _mvm, "combine": _combine, "fill": _nothing,
+    "im2col": _im2col, "unpatch": _unpatch, "maxpool": _pool, "avgpool": _pool,
+    "gavgpool": _global_pool, "gmaxpool": _global_pool,
+    "add": _binary, "sub": _binary, "mul": _binary, "div": _binary,
+    "relu": _same_shape, "leakyrelu": _same_shape, "clip": _same_shape,
+    "sigmoid": _same_shape, "tanh": _same_shape, "softmax": _softmax, "lrn": _lrn,
+    "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
+    "copy": _copy, "barrier": _nothing, "halt": _nothing,
+}
+
+
+# --- the whole program -----------------------------------------------------------------------
+
+def _buffer_problem(b) -> str | None:
+    problem = limits.tensor_problem(b.type)
+    if not problem and not (0 <= b.offset <= limits.MAX_OFFSET and 0 <= b.range < np.inf):
+        problem = f"offset {b.offset} or range {b.range} is out of range"
+    return problem and f"buffer %{b.name}: {problem}"
+
+
+def _check_header(p: Program) -> None:
+    """What the parser checks line by line, for programs built in memory."""
+    geometry = limits.geometry_problem(p.chip)
+    problems = [geometry[1] if geometry else None, limits.batch_problem(p.batch)]
+    problems += [_buffer_problem(b) for b in p.buffers]
+    problem = next((x for x in problems if x), None)
+    if problem:
+        raise IsaError(problem)
+
+
+def _check_names(p: Program) -> None:
     for kind, names in (("buffer", [b.name for b in p.buffers]),
-                        ("blob", [b.name for b in p.blobs])):
+                        ("blob", [b.name for b in p.blobs]),
+                        ("input", [q.name for q in p.inputs]),
+                        ("output", [q.name for q in p.outputs])):
         if dup := _dupes(names):
             raise IsaError(f"duplicate {kind} name(s): {', '.join(sorted(dup))}")
+
+
+def _check_ports(p: Program) -> None:
+    buffers = p.buffer_map()
     for port in p.ports:
         if port.buffer not in buffers:
             raise IsaError(f"{port.kind} {port.name!r} binds undeclared buffer %{port.buffer}")
+    if not p.outputs:
+        raise IsaError("the program has no output")
+    written = {ins.operands[0] for ins in p.text if OPCODES[ins.op].operands[:1] == ("dst",)}
+    written |= {"%" + q.buffer for q in p.inputs}
+    for port in p.outputs:
+        if "%" + port.buffer not in written:
+            raise IsaError(f"output {port.name!r}: no instruction writes %{port.buffer}")
+
+
+def _check_halt(p: Program) -> None:
+    halts = [ins for ins in p.text if ins.op == "halt"]
     if not p.text or p.text[-1].op != "halt":
         raise IsaError("the text section must end with halt")
+    if len(halts) > 1:
+        _fail(halts[0], "halt must be the last instruction (it ends the program)")
+
+
+_REF_KIND = {"dst": "%", "blob": "@"}  # operand kinds that take only buffers or only blobs
+
+
+def _check_form(c: _Ctx, ins: Instr) -> None:
+    """Operands (count, kind, declared) and attribute names as the opcode table says (the
+    parser checks this as it reads; programs built in memory are checked here)."""
+    spec = OPCODES[ins.op]
+    kinds = spec.operands
+    count_ok = len(ins.operands) >= len(kinds) if spec.variadic else \
+        len(ins.operands) == len(kinds)
+    if not count_ok or {k for k, _ in ins.attrs} != set(spec.attrs):
+        _fail(ins, f"expected operands ({', '.join(kinds)}) and attributes "
+                   f"({', '.join(spec.attrs)})")
+    for i, ref in enumerate(ins.operands):
+        if ref[1:] not in (c.buffers if ref[0] == "%" else c.blob_shapes):
+            _fail(ins, f"{ref} is not declared")
+        need = _REF_KIND.get(kinds[min(i, len(kinds) - 1)])
+        if need and ref[0] != need:
+            _fail(ins, f"operand {i + 1} ({ref}) must be a {'buffer' if need == '%' else 'blob'}")
+
+
+def _blob_along_batch(c: _Ctx, ins: Instr, rank: int) -> bool:
+    """A blob source with the destination's rank and more than one row along the batch."""
+    return any(r[0] == "@" and len(c.shape(r)) == rank and c.shape(r)[0] != 1
+               for r in ins.operands[1:])
+
+
+# opcode -> does this (verified) instruction mix samples, given the destination's rank
+_MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
+    "transpose": lambda c, ins, rank: ins.attr("perm")[0] != 0,
+    "concat": lambda c, ins, rank: ins.attr("axis") % rank == 0,
+    "softmax": lambda c, ins, rank: ins.attr("axis") % rank == 0,
+    "pad": lambda c, ins, rank: ins.attr("pads")[0] != 0 or ins.attr("pads")[rank] != 0,
+    **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "copy")},
+}
+
+
+def batch_mixing(p: Program) -> str | None:
+    """Why the verified ``p`` cannot run any multiple of its batch in one pass (a buffer that
+    does not lead with the batch, an instruction that mixes samples), or None."""
+    c = _Ctx(p)
+    for name, shape in c.buffers.items():
+        if not shape or shape[0] != p.batch:
+            return f"buffer %{name} {list(shape)} does not lead with the batch {p.batch}"
     for ins in p.text:
-        for ref in ins.operands:
-            table, name = (buffers, ref[1:]) if ref[0] == "%" else (blobs, ref[1:])
-            if name not in table:
-                raise IsaError(f"{ins.op}: {ref} is not declared", ins.line, 1)
-        if ins.op in ("write", "mvm"):
-            _check_window(p, ins, blobs)
+        mixes = _MIXES.get(ins.op)
+        if mixes and mixes(c, ins, len(c.dst(ins))):
+            return f"line {ins.line}: {ins.op} mixes samples of the batch"
+    return None
 
 
-def _check_window(p: Program, ins, blobs) -> None:
-    xb, rows, cols = ins.attr("xb"), ins.attr("rows"), ins.attr("cols")
-    if not 0 <= xb < p.chip.xbars:
-        raise IsaError(f"{ins.op}: crossbar {xb} outside the chip's {p.chip.xbars}", ins.line, 1)
-    if len(rows) != 2 or len(cols) != 2 or rows[0] >= rows[1] or cols[0] >= cols[1]:
-        raise IsaError(f"{ins.op}: rows and cols must be [start,stop] windows", ins.line, 1)
-    if rows[1] - rows[0] > p.chip.rows or cols[1] - cols[0] > p.chip.weights_per_row:
-        raise IsaError(f"{ins.op}: tile {rows[1] - rows[0]}x{cols[1] - cols[0]} exceeds the "
-                       f"crossbar ({p.chip.rows}x{p.chip.weights_per_row} weights)", ins.line, 1)
-    if ins.op == "mvm":
-        src = p.buffer_map()[ins.operands[1][1:]].type.shape
-        vecs = ins.attr("vecs")
-        n_vec = int(np.prod(src[1:-1], dtype=np.int64)) if len(src) >= 2 else 0
-        if len(vecs) != 2 or not 0 <= vecs[0] < vecs[1] <= n_vec:
-            raise IsaError(f"mvm: vecs {list(vecs)} outside the {n_vec} input vectors of "
-                           f"{ins.operands[1]}", ins.line, 1)
-    if ins.op == "write":
-        shape = blobs[ins.operands[0][1:]].data.shape
-        if len(shape) != 2 or rows[1] > shape[0] or cols[1] > shape[1]:
-            raise IsaError(f"write: window outside blob {ins.operands[0]} of shape {shape}",
-                           ins.line, 1)
+def verify(p: Program) -> None:
+    """Raise IsaError (with the line where there is one) unless ``p`` is consistent."""
+    _check_header(p)
+    _check_names(p)
+    _check_halt(p)
+    c = _Ctx(p)
+    for ins in p.text:
+        _check_form(c, ins)
+        CHECKS[ins.op](c, ins)
+    _check_ports(p)
+    if p.batch_free and (why := batch_mixing(p)):
+        raise IsaError(f"the header says 'batch {p.batch} free' but {why}")

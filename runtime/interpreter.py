@@ -22,6 +22,7 @@ from isa.timing import Timeline
 
 from . import device
 from .errors import RunError
+from .memory import check_memory, estimate_bytes
 from .mvm_groups import execute_group, plan
 from .report import timing_report
 from .semantics import SEMANTICS
@@ -176,6 +177,14 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
                 disable=None if enabled else True)
 
 
+def _join(parts: list[np.ndarray], name: str) -> np.ndarray:
+    """Outputs of successive passes of the compiled batch, along the batch axis."""
+    if parts[0].ndim == 0:
+        raise RunError(f"output {name!r} is a scalar, so its samples cannot be joined: run "
+                       "one compiled batch at a time")
+    return np.concatenate(parts)
+
+
 def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
                  source: str = "") -> tuple[dict[str, np.ndarray], int]:
     """Validate user inputs (``source``: their file, for messages); return them as float32
@@ -199,7 +208,8 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
         if not np.issubdtype(x.dtype, np.floating):
             raise RunError(f"input {p.name!r} has dtype {x.dtype}; expected float32")
         ok = x.shape == want or (len(want) >= 1 and x.ndim == len(want)
-                                 and x.shape[1:] == want[1:] and x.shape[0] % want[0] == 0)
+                                 and x.shape[1:] == want[1:] and want[0] > 0
+                                 and x.shape[0] % want[0] == 0)
         if not ok:
             raise RunError(f"input {p.name!r} has shape {list(x.shape)}; the program was compiled "
                            f"for {list(want)} (a multiple of the leading batch "
@@ -230,6 +240,9 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     chip = chip or dataclasses.replace(Chip(), arch=program.chip)
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
+        samples = groups * program.batch
+        check_memory(estimate_bytes(program, samples, mode),
+                     f"--mode {mode} on {samples} sample(s)")
     timing_stats, timeline = timing_report(program, chip) if timing else ({}, None)
     if mode == "timing":
         return RunResult({}, {"mode": mode, "seed": seed, **timing_stats,
@@ -244,7 +257,7 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
             b = program.batch
             parts = [_execute(program, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()}, 1,
                               counts, mode, chip, seed, bar) for i in range(groups)]
-            outputs = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+            outputs = {k: _join([p[k] for p, _ in parts], k) for k in parts[0][0]}
             failed = sum(f for _, f in parts)
     seconds = time.perf_counter() - start
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,

@@ -49,8 +49,7 @@ def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
     energy = sum(e.energy for e in tl.events if e.phase == "inference")
     load_energy = sum(e.energy for e in tl.events if e.phase == "load")
     busy = _busy(tl)
-    xbar_util = [busy.get(f"xbar{i}", 0.0) / body_ns if body_ns else 0.0
-                 for i in range(program.chip.xbars)]
+    used = [t for unit, t in busy.items() if unit.startswith("xbar")]  # idle ones count 0
     bound = lower_bound_ns(program, chip, tl)
     max_writes = max(tl.writes_per_xbar.values(), default=0) / per
     latency = body_ns / per
@@ -75,8 +74,8 @@ def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
                  "cells_written": tl.cells_written - tl.body_cells_written,
                  "rows_written": tl.rows_written - tl.body_rows_written},
         "utilization": {
-            "xbar_mean": float(np.mean(xbar_util)) if xbar_util else 0.0,
-            "xbar_max": float(np.max(xbar_util)) if xbar_util else 0.0,
+            "xbar_mean": sum(used) / (body_ns * program.chip.xbars) if body_ns else 0.0,
+            "xbar_max": max(used, default=0.0) / body_ns if body_ns else 0.0,
             "vector": busy.get("vector", 0.0) / body_ns if body_ns else 0.0,
             "buffer": busy.get("buffer", 0.0) / body_ns if body_ns else 0.0,
             "combiner": busy.get("combiner", 0.0) / body_ns if body_ns else 0.0},

@@ -73,7 +73,7 @@ def test_adc_clipping_and_rounding(x, full, expected):
 
 def test_quantized_converges_to_ideal_with_wide_adc_and_many_levels(digits_test):
     x = digits_test[0][:64]
-    wide = ChipGeometry(cell_bits=8, weight_bits=16, input_bits=16, adc_bits=24)
+    wide = ChipGeometry(cell_bits=8, weight_bits=16, input_bits=16, adc_bits=16)
     program = compile_model(model_path("digits_cnn"), chip=wide)
     ideal = run(program, x, timing=False).outputs["logits"]
     quant = run(program, x, mode="quantized", timing=False).outputs["logits"]

@@ -1,7 +1,11 @@
 """The .cim format: exact round trip, located errors, corruption detection, and a fuzzer that
-must only ever see the parser's own error type (issue 3, point 4)."""
+must only ever see the parser's own error type (issue 3, point 4); header limits, bounded blob
+decoding and a verifier that rejects every out-of-range operand or attribute (issue 10)."""
 
 from __future__ import annotations
+
+import base64
+import zlib
 
 import numpy as np
 import pytest
@@ -142,3 +146,317 @@ def test_fuzz_mutated_programs(edits):
 @given(st.lists(st.integers(0, len(_LINES) - 1), min_size=1, max_size=len(_LINES)))
 def test_fuzz_line_shuffles(order):
     _assert_only_isa_errors("".join(_LINES[i] for i in order))
+
+
+# --- issue 10: every opcode verified ---------------------------------------------------------
+
+def _ins(op: str, *operands: str, **attrs) -> Instr:
+    return Instr(op, operands, tuple((k, tuple(v) if isinstance(v, list) else v)
+                                     for k, v in attrs.items()))
+
+
+def every_opcode_program() -> Program:
+    """A small, valid, batch-free program that uses every opcode at least once."""
+    shapes = {"x": (1, 2, 4, 4), "p": (1, 16, 18), "c": (1, 16, 3), "u": (1, 3, 4, 4),
+              "m": (1, 3, 2, 2), "a": (1, 3, 2, 2), "g": (1, 3, 1, 1), "s": (1, 3, 2, 2),
+              "f": (1, 12), "t": (1, 2, 2, 3), "cc": (1, 6, 2, 2), "pd": (1, 3, 4, 4),
+              "sm": (1, 12), "pj": (1, 2, 6), "cb": (1, 2, 2)}
+    conv = dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
+    pool = dict(kernel=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1], ceil=0)
+    tile = dict(xb=1, rows=[0, 18], cols=[0, 3])
+    text = [_ins("write", "@w", **tile), _ins("barrier", label="inference"),
+            _ins("im2col", "%p", "%x", **conv), _ins("fill", "%c", value=0.0),
+            _ins("mvm", "%c", "%p", **tile, vecs=[0, 16]), _ins("unpatch", "%u", "%c"),
+            _ins("maxpool", "%m", "%u", **pool),
+            _ins("avgpool", "%a", "%u", **pool, count_pad=0),
+            _ins("gavgpool", "%g", "%u"), _ins("gmaxpool", "%g", "%u"),
+            _ins("add", "%s", "%m", "%a"), _ins("sub", "%s", "%s", "%g"),
+            _ins("mul", "%s", "%s", "@k"), _ins("div", "%s", "%s", "@k"),
+            _ins("relu", "%s", "%s"), _ins("leakyrelu", "%s", "%s", alpha=0.1),
+            _ins("clip", "%s", "%s", min=-1.0, max=6.0), _ins("sigmoid", "%s", "%s"),
+            _ins("tanh", "%s", "%s"),
+            _ins("lrn", "%s", "%s", size=3, alpha=1e-4, beta=0.75, bias=1.0),
+            _ins("reshape", "%f", "%s"), _ins("transpose", "%t", "%s", perm=[0, 2, 3, 1]),
+            _ins("concat", "%cc", "%m", "%a", axis=1),
+            _ins("pad", "%pd", "%m", pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="reflect", value=0.0),
+            _ins("copy", "%sm", "@b"), _ins("add", "%sm", "%sm", "%f"),
+            _ins("softmax", "%sm", "%sm", axis=1), _ins("reshape", "%pj", "%f"),
+            _ins("fill", "%cb", value=0.0),
+            _ins("combine", "%cb", "%pj", "@lv", "@sc", bits=4, unit=3), _ins("halt")]
+    rng = np.random.default_rng(0)
+    blobs = [Blob("w", rng.standard_normal((18, 3)).astype(np.float32)),
+             Blob("k", np.array([1.0, 2.0, 4.0], np.float32).reshape(3, 1, 1)),
+             Blob("b", np.linspace(0, 1, 12, dtype=np.float32)),
+             Blob("lv", rng.integers(-7, 8, (6, 2)).astype(np.float32)),
+             Blob("sc", np.array([0.5, 0.25], np.float32))]
+    return Program(chip=ChipGeometry(xbars=2), batch=1, batch_free=True,
+                   ports=[Port("input", "x", "x"), Port("output", "y", "sm"),
+                          Port("output", "z", "cb"), Port("output", "t", "t"),
+                          Port("output", "cc", "cc"), Port("output", "pd", "pd")],
+                   buffers=[Buffer(k, TensorType("f32", v)) for k, v in shapes.items()],
+                   text=text, blobs=blobs)
+
+
+EVERY = isa.print_program(every_opcode_program())
+
+
+def test_every_opcode_program_verifies_and_runs_in_every_mode():
+    from isa.verify import CHECKS
+    from runtime import run
+    program = isa.parse(EVERY)
+    assert {ins.op for ins in program.text} == set(OPCODES) == set(CHECKS)
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(np.float32)
+    for mode in ("ideal", "quantized", "analog"):
+        outputs = run(program, x, mode=mode).outputs
+        assert outputs["y"].shape == (3, 12) and outputs["pd"].shape == (3, 3, 4, 4)
+    assert run(program, mode="timing").stats["latency_ns_per_inference"] > 0
+
+
+# (old text, new text, what the error says): each an out-of-range operand or attribute
+VERIFIER_CASES = [
+    ("write @w xb=1", "write @w xb=2", "write: crossbar 2 outside the chip's 2"),
+    ("write @w xb=1 rows=[0,18]", "write @w xb=1 rows=[-1,18]",
+     "rows [-1, 18] outside the 18 rows of blob @w"),
+    ("write @w xb=1 rows=[0,18] cols=[0,3]", "write @w xb=1 rows=[0,18] cols=[0,4]",
+     "cols [0, 4] outside the 3 columns of blob @w"),
+    ("write @w xb=1 rows=[0,18] cols=[0,3]", "write @w xb=1 rows=[0,18] cols=[3,3]",
+     "must be [start,stop] windows"),
+    ("write @w", "write @k", "a tile needs a 2-D blob"),
+    ("rows=128", "rows=16", "tile 18x3 exceeds the crossbar (16x16 weights)"),
+    ("mvm %c, %p", "mvm %c, @w", "mvm: source @w must be a buffer"),
+    ("vecs=[0,16]", "vecs=[0,17]", "vecs [0, 17] outside the 16 input vectors of %p"),
+    ("vecs=[0,16]", "vecs=[-1,16]", "vecs [-1, 16] outside"),
+    ("mvm %c, %p xb=1 rows=[0,18]", "mvm %c, %p xb=1 rows=[0,19]",
+     "rows [0, 19] outside the 18 inputs of %p"),
+    ("mvm %c, %p xb=1 rows=[0,18] cols=[0,3]", "mvm %c, %p xb=1 rows=[0,18] cols=[1,4]",
+     "cols [1, 4] outside the 3 outputs of %c"),
+    ("mvm %c, %p xb=1", "mvm %c, %p xb=-1", "mvm: crossbar -1 outside the chip's 2"),
+    ("mvm %c, %p", "mvm %u, %p", "%u [1, 3, 4, 4] does not hold the 1x16 vectors of %p"),
+    ("bits=4", "bits=1", "combine: bits 1 is out of range (2..25)"),
+    ("bits=4", "bits=2", "levels @lv must be integers within +-1 (2 bits)"),
+    ("unit=3", "unit=4", "unit 4 does not divide the 6 rows of @lv"),
+    ("unit=3", "unit=0", "unit 0 does not divide"),
+    ("@lv, @sc", "@sc, @lv", "levels @sc [2] and scale @lv [6, 2] are not [J, M] and [M]"),
+    ("combine %cb, %pj", "combine %cb, %f", "%f [1, 12] @ @lv [6, 2] does not give %cb"),
+    ("pads=[1,1,1,1]", "pads=[1,1,1]", "need one value per spatial axis and pads two"),
+    ("kernel=[3,3] strides=[1,1]", "kernel=[3,3] strides=[0,1]", "strides and dilations must"),
+    ("pads=[1,1,1,1]", "pads=[-1,1,1,1]", "pads >= 0"),
+    ("pads=[1,1,1,1]", "pads=[0,0,0,0]", "%p has shape [1, 16, 18]; the operation gives "
+                                         "[1, 4, 18]"),
+    ("kernel=[3,3] strides=[1,1] pads=[1,1,1,1] dilations=[1,1]",
+     "kernel=[3,3] strides=[1,1] pads=[1,1,1,1] dilations=[1,9]",
+     "the window (19) is larger than the padded axis 3 (6)"),
+    ("im2col %p, %x", "im2col %p, %f", "%f has rank 2; the operation needs rank 4"),
+    ("unpatch %u, %c", "unpatch %u, %p", "%u [1, 3, 4, 4] is not [B, M, *S] of %p"),
+    ("unpatch %u, %c", "unpatch %u, %x", "%x has rank 4; the operation needs rank 3"),
+    ("dilations=[1,1] ceil=0", "dilations=[1,1] ceil=2", "ceil must be 0 or 1"),
+    ("count_pad=0", "count_pad=7", "ceil and count_pad must be 0 or 1"),
+    ("maxpool %m, %u kernel=[2,2] strides=[2,2]", "maxpool %m, %u kernel=[2,2] strides=[1,1]",
+     "%m has shape [1, 3, 2, 2]; the pooling gives [1, 3, 3, 3]"),
+    ("avgpool %a, %u", "avgpool %a, %x", "%a has shape [1, 3, 2, 2]; the pooling gives "
+                                         "[1, 2, 2, 2]"),
+    ("gavgpool %g, %u", "gavgpool %m, %u", "%m has shape [1, 3, 2, 2]; the operation gives "
+                                           "[1, 3, 1, 1]"),
+    ("gmaxpool %g, %u", "gmaxpool %g, %f", "%g has shape [1, 3, 1, 1]; the operation gives "
+                                           "[1, 12]"),
+    ("add %s, %m, %a", "add %s, %m, %x", "source shapes [1, 3, 2, 2], [1, 2, 4, 4] do not "
+                                         "broadcast to %s"),
+    ("sub %s, %s, %g", "sub %s, %s, %u", "do not broadcast to %s [1, 3, 2, 2]"),
+    ("mul %s, %s, @k", "mul %s, %s, @b", "do not broadcast"),
+    ("div %s, %s, @k", "div %s, %s, %f", "do not broadcast"),
+    ("relu %s, %s", "relu %s, %u", "%s has shape [1, 3, 2, 2]; the operation gives [1, 3, 4, 4]"),
+    ("tanh %s, %s", "tanh %s, @w", "the operation gives [18, 3]"),
+    ("size=3", "size=0", "lrn: size 0 must be >= 1"),
+    ("lrn %s, %s", "lrn %s, %u", "%s has shape [1, 3, 2, 2]; the operation gives"),
+    ("reshape %f, %s", "reshape %f, %u", "%u [1, 3, 4, 4] and %f [1, 12] hold different "
+                                         "numbers of elements"),
+    ("perm=[0,2,3,1]", "perm=[0,2,3,3]", "perm [0, 2, 3, 3] is not a permutation of the 4 axes"),
+    ("perm=[0,2,3,1]", "perm=[0,1,2]", "is not a permutation of the 4 axes"),
+    ("perm=[0,2,3,1]", "perm=[0,1,2,3]", "%t has shape [1, 2, 2, 3]; the operation gives "
+                                         "[1, 3, 2, 2]"),
+    ("concat %cc, %m, %a axis=1", "concat %cc, %m, %a axis=4", "axis 4 is out of range for "
+                                                               "rank 4"),
+    ("concat %cc, %m, %a axis=1", "concat %cc, %m, %a axis=2", "do not join along axis 2"),
+    ("concat %cc, %m, %a", "concat %cc, %m, %a, %a", "do not join along axis 1"),
+    ('mode="reflect"', 'mode="mirror"', "pad: mode 'mirror'; expected one of"),
+    ("pads=[0,0,1,1,0,0,1,1]", "pads=[0,0,1,1,0,0,1]", "pads has 7 values; %m of rank 4 needs 8"),
+    ("pads=[0,0,1,1,0,0,1,1]", "pads=[0,0,-3,1,0,0,1,1]", "pads crop axis 2 of size 2 to -1"),
+    ("pads=[0,0,1,1,0,0,1,1]", "pads=[0,0,2,1,0,0,1,1]", "%pd has shape [1, 3, 4, 4]; the "
+                                                         "operation gives [1, 3, 5, 4]"),
+    ("softmax %sm, %sm axis=1", "softmax %sm, %sm axis=2", "axis 2 is out of range for rank 2"),
+    ("softmax %sm, %sm axis=1", "softmax %sm, %sm axis=-3", "axis -3 is out of range"),
+    ("copy %sm, @b", "copy %sm, @w", "source shapes [18, 3] do not broadcast to %sm [1, 12]"),
+    ("  barrier", "  halt\n  barrier", "halt must be the last instruction"),
+    ("  halt\n", "", "the text section must end with halt"),
+    # the header
+    ("xbars=2", "xbars=999999999", "chip: xbars = 999999999 is out of range (1..1048576)"),
+    ("cell_bits=2", "cell_bits=0", "chip: cell_bits = 0 is out of range"),
+    ("xbars=2", "xbars=2 xbars=3", "chip: field xbars given twice"),
+    ("batch 1 free", "batch 0 free", "batch 0 is out of range (1..65536)"),
+    ("batch 1 free", "batch 70000 fixed", "batch 70000 is out of range"),
+    ("batch 1 free", "batch 2 free", "the header says 'batch 2 free' but buffer %x [1, 2, 4, 4] "
+                                     "does not lead with the batch 2"),
+    ("softmax %sm, %sm axis=1", "softmax %sm, %sm axis=0", "mixes samples of the batch"),
+    ("buffer %x f32[1,2,4,4]", "buffer %x f32[1,1,1,1,1,1,1,2,4,4]", "has rank 10; at most 8"),
+    ("buffer %x f32[1,2,4,4]", "buffer %x f32[1,-2,4,4]", "has a negative dimension"),
+    ("buffer %x f32[1,2,4,4]", "buffer %x f32[65536,65536,4,4]", "has more than 2147483648 "
+                                                                 "elements"),
+    ("buffer %x f32[1,2,4,4] offset=0", "buffer %x f32[1,2,4,4] offset=-1",
+     "buffer %x: bad attribute offset=-1"),
+    ("buffer %x f32[1,2,4,4] offset=0", "buffer %x f32[1,2,4,4] offset=0 range=-1.0",
+     "bad attribute range=-1.0"),
+    ("buffer %x f32[1,2,4,4] offset=0", "buffer %x f32[1,2,4,4] offset=0 range=nan",
+     "bad attribute range=nan"),
+    ("buffer %x f32[1,2,4,4] offset=0", "buffer %x f32[1,2,4,4] offset=0 range=inf",
+     "bad attribute range=inf"),
+    ("f32[18,3]", "f32[65536,65536]", "blob @w: type f32[65536,65536] has more than"),
+    ('output "z" %cb', 'output "y" %cb', "duplicate output name(s): y"),
+    ("  copy %sm, @b\n  add %sm, %sm, %f\n  softmax %sm, %sm axis=1\n", "",
+     "output 'y': no instruction writes %sm"),
+    ("xbars=2", "xbars=" + "9" * 5000, "has too many digits"),
+]
+
+
+@pytest.mark.parametrize("old,new,message", VERIFIER_CASES)
+def test_verifier_rejects_out_of_range(old, new, message):
+    text = EVERY.replace(old, new, 1)
+    assert text != EVERY
+    with pytest.raises(IsaError) as err:
+        isa.parse(text, check_sum=False)
+    assert message in str(err.value)
+
+
+def test_verifier_errors_name_the_line():
+    text = EVERY.replace("vecs=[0,16]", "vecs=[0,17]")
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "vecs=[0,17]" in s)
+    with pytest.raises(IsaError) as err:
+        isa.parse(text, check_sum=False)
+    assert err.value.line == line and str(err.value).startswith(f"line {line}:1: mvm:")
+
+
+def test_header_limit_names_line_and_column():
+    with pytest.raises(IsaError) as err:
+        isa.parse(EVERY.replace("xbars=2", "xbars=999999999"), check_sum=False)
+    assert (err.value.line, err.value.column) == (2, 6)
+
+
+def test_verifier_checks_programs_built_in_memory():
+    from isa.verify import verify
+    p = every_opcode_program()
+    p.blobs[0] = Blob("w", np.full((18, 3), np.nan, np.float32))
+    with pytest.raises(IsaError, match="write: @w holds NaN or infinite values"):
+        verify(p)
+    p = every_opcode_program()
+    p.text[4] = Instr("mvm", ("%c",), p.text[4].attrs)
+    with pytest.raises(IsaError, match=r"mvm: expected operands \(dst, src\)"):
+        verify(p)
+    p = every_opcode_program()
+    p.text[3] = Instr("fill", ("@w",), (("value", 0.0),))
+    with pytest.raises(IsaError, match=r"operand 1 \(@w\) must be a buffer"):
+        verify(p)
+    p = every_opcode_program()
+    p.chip = ChipGeometry(xbars=0)
+    with pytest.raises(IsaError, match="xbars = 0 is out of range"):
+        verify(p)
+
+
+# --- issue 10: blobs decode within their declared size ---------------------------------------
+
+def zero_bomb(nbytes: int, chunk: int = 1 << 20) -> bytes:
+    """A valid zlib stream of ``nbytes`` zeros (a multiple of ``chunk``), built in
+    milliseconds: one sync-flushed deflate block of ``chunk`` zeros repeats (it refers only
+    to earlier zeros), then the final block and the Adler-32 of all ``nbytes`` zeros."""
+    c = zlib.compressobj(9)
+    head = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
+    block = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
+    tail = c.flush()[:-4]
+    adler = (nbytes % 65521) << 16 | 1
+    return head + block * (nbytes // chunk - 1) + tail + adler.to_bytes(4, "big")
+
+
+def _with_blob_line(text: str, name: str, ttype: str, payload: bytes, crc: str = "") -> str:
+    lines = text.splitlines(keepends=True)
+    i = next(i for i, s in enumerate(lines) if s.startswith(f"blob @{name} "))
+    crc = crc or lines[i].split("crc32=")[1][:8]
+    lines[i] = f"blob @{name} crc32={crc} {ttype} zlib:{base64.b64encode(payload).decode()}\n"
+    return "".join(lines)
+
+
+def test_zero_bomb_is_a_valid_stream():
+    stream = zlib.decompressobj()
+    total, data = 0, zero_bomb(64 << 20)
+    while not stream.eof:
+        total += len(stream.decompress(data, 1 << 24))
+        data = stream.unconsumed_tail
+    assert total == 64 << 20 and not stream.unused_data
+
+
+def test_blob_that_inflates_past_its_declared_size_is_refused():
+    text = _with_blob_line(TINY, "w", "f32[4,3]", zero_bomb(64 << 20))
+    with pytest.raises(IsaError, match=r"blob @w: blob payload of \d+ characters is longer"):
+        isa.parse(text, check_sum=False)
+    # a payload short enough to pass the length bound still stops one byte past the declared size
+    text = _with_blob_line(TINY, "w", "f32[4096,3]", zero_bomb(1 << 20))
+    with pytest.raises(IsaError, match="blob @w: blob payload inflates to more than its "
+                                       "declared 49152 bytes"):
+        isa.parse(text, check_sum=False)
+
+
+def test_blob_payload_too_short_for_its_type_is_refused_before_allocating():
+    text = _with_blob_line(TINY, "w", "f32[16384,16384]", zlib.compress(bytes(48)))
+    with pytest.raises(IsaError, match=r"blob @w: blob payload of \d+ bytes is too short for "
+                                       r"any zlib stream of its declared f32\[16384,16384\]"):
+        isa.parse(text, check_sum=False)
+
+
+@pytest.mark.parametrize("payload,message", [
+    (zlib.compress(bytes(40)), "blob holds 40 bytes, its type needs 48"),
+    (zlib.compress(bytes(48))[:-3], "the zlib stream is truncated"),
+    (zlib.compress(bytes(48)) + b"tail", "followed by extra data"),
+    (b"not zlib at all", "blob payload is corrupt"),
+])
+def test_blob_stream_must_match_its_type_exactly(payload, message):
+    with pytest.raises(IsaError, match=message):
+        isa.parse(_with_blob_line(TINY, "w", "f32[4,3]", payload), check_sum=False)
+
+
+def test_blobs_must_fit_in_available_memory(monkeypatch):
+    from isa import limits
+    monkeypatch.setattr(limits, "available_bytes", lambda: 40)
+    with pytest.raises(IsaError) as err:
+        isa.parse(TINY)
+    line = TINY.splitlines().index(next(s for s in TINY.splitlines() if s.startswith("blob")))
+    assert str(err.value) == ("decoding the program's 1 blob(s) needs 48 bytes, this machine has "
+                              f"40 bytes available; the largest is line {line + 1}: blob @w "
+                              "f32[4,3]")
+
+
+def test_file_size_is_checked_before_reading(tmp_path, monkeypatch):
+    from isa import limits
+    path = tmp_path / "p.cim"
+    path.write_text(TINY)
+    monkeypatch.setattr(limits, "MAX_FILE_BYTES", 100)
+    with pytest.raises(IsaError, match=r"p.cim: \d+ bytes is larger than any program "
+                                       r"\(100 bytes at most\)"):
+        isa.load(path)
+
+
+def test_declared_total_is_bounded(monkeypatch):
+    from isa import limits
+    monkeypatch.setattr(limits, "MAX_DECLARED_BYTES", 64)
+    with pytest.raises(IsaError, match=r"declares 76 bytes of buffers and blobs "
+                                       r"\(at most 64 bytes\)"):
+        isa.parse(TINY)
+
+
+def test_available_bytes_respects_the_address_space_limit():
+    import resource
+    import subprocess
+    import sys
+    code = ("import resource; from isa.limits import available_bytes; "
+            "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY)); "
+            "print(available_bytes())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert 0 < int(out) < 3 << 30
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY

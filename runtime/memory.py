@@ -1,0 +1,98 @@
+"""The memory a run needs, estimated from the program before anything is allocated, and the
+check against what this machine (and the process's address-space limit) still has.
+
+``estimate_bytes`` is deliberately an upper estimate: every buffer at the run's batch, the
+largest of them twice more for one instruction's temporaries, a copy of the blobs (the ideal
+mode's group matrices, the device modes' quantized tiles), and in quantized and analog modes
+the cells of every crossbar the program writes plus the bounded working set of a batched
+crossbar read (``mvm_groups.BYTES_PER_CHUNK``, or one tile's read if that is larger). Analog
+mode also keeps a stuck mask and wear counts of every cell of each crossbar it writes.
+"""
+
+from __future__ import annotations
+
+from isa import Program
+from isa.limits import memory_problem, tensor_bytes
+
+from .errors import RunError
+from .mvm_groups import BYTES_PER_CHUNK
+
+TEMPORARIES = 2         # an instruction's temporaries, in units of the largest buffer
+EVENT_BYTES = 400       # one timeline event (two timelines: the schedule and its bound)
+# Bytes per physical cell (2 signs x slices per weight) of the tile each written crossbar
+# holds: Programmed.cells float32 and .target int64; analog also keeps the last digits int64.
+TILE_CELL_BYTES = {"quantized": 4 + 8, "analog": 4 + 8 + 8}
+# Bytes per physical cell of the whole crossbar: analog's stuck mask int8 and wear counts int64.
+CROSSBAR_CELL_BYTES = {"quantized": 0, "analog": 1 + 8}
+PROGRAMMING_BYTES = 48  # per cell of the tile being programmed: encode's temporaries
+READ_BYTES = 4 * 3      # per input bit, vector and physical column of a crossbar read
+
+
+def _groups(program: Program, samples: int) -> int:
+    """Passes of the compiled batch that ``samples`` samples need."""
+    return max(1, -(-samples // program.batch))
+
+
+def _buffers(program: Program, scale: int, groups: int) -> int:
+    """Every buffer with its leading axis scaled, temporaries, and (when the run goes in
+    chunks) the outputs of every chunk and their concatenation."""
+    sizes = [tensor_bytes(b.type) * (scale if b.type.shape else 1) for b in program.buffers]
+    need = sum(sizes) + TEMPORARIES * max(sizes, default=0)
+    if scale == 1 and groups > 1:
+        outputs = {p.buffer for p in program.outputs}
+        need += 2 * groups * sum(tensor_bytes(b.type) for b in program.buffers
+                                 if b.name in outputs)
+    return need
+
+
+def _crossbar_state(program: Program, mode: str) -> int:
+    """The cells of every crossbar the program writes (its largest tile; analog: the whole
+    crossbar too) and the temporaries of programming the largest tile."""
+    a = program.chip
+    tiles: dict[int, int] = {}
+    for ins in program.text:
+        if ins.op == "write":
+            (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
+            tiles[ins.attr("xb")] = max(tiles.get(ins.attr("xb"), 0), (r1 - r0) * (c1 - c0))
+    per_weight = 2 * a.slices  # physical cells
+    crossbar = per_weight * a.rows * a.weights_per_row
+    state = sum(per_weight * t * TILE_CELL_BYTES[mode] + crossbar * CROSSBAR_CELL_BYTES[mode]
+                for t in tiles.values())
+    return state + PROGRAMMING_BYTES * per_weight * max(tiles.values(), default=0)
+
+
+def _device_read(program: Program, scale: int) -> int:
+    """The batched crossbar read's working set (as ``mvm_groups._device_group`` sizes its
+    chunks): at least one tile's read, at most ``BYTES_PER_CHUNK`` otherwise."""
+    shapes = program.buffer_map()
+    largest = 0
+    for ins in program.text:
+        if ins.op == "mvm":
+            v0, v1 = ins.attr("vecs")
+            vectors = shapes[ins.operands[1][1:]].type.shape[0] * scale * (v1 - v0)
+            largest = max(largest, program.chip.input_bits * vectors * program.chip.cols
+                          * READ_BYTES)
+    return max(largest, BYTES_PER_CHUNK) if largest else 0
+
+
+def estimate_bytes(program: Program, samples: int, mode: str) -> int:
+    """Bytes a run of ``samples`` samples (the inputs' leading axis: a multiple of the
+    compiled batch) in ``mode`` is expected to allocate, beyond the loaded program."""
+    groups = _groups(program, samples)
+    need = EVENT_BYTES * 2 * len(program.text)
+    if mode == "timing":
+        return need
+    scale = groups if program.batch_free else 1
+    need += _buffers(program, scale, groups) + sum(b.data.nbytes for b in program.blobs)
+    if mode in TILE_CELL_BYTES:
+        need += _crossbar_state(program, mode) + _device_read(program, scale)
+    return need
+
+
+def check_memory(need: int, what: str) -> None:
+    """Raise RunError when ``need`` bytes exceed what this process may still allocate (the
+    machine's available memory, and the soft RLIMIT_AS less what is in use)."""
+    problem = memory_problem(need, what)
+    if problem:
+        raise RunError(f"{problem}; run fewer samples at a time (split --input)")
+
