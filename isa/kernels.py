@@ -1,0 +1,128 @@
+"""What the vector-unit, window and combiner opcodes compute, as pure numpy functions.
+
+One definition shared by the runtime's ideal semantics (``runtime.semantics``, which reads the
+operands of an instruction and stores the result) and the compiler's IR evaluator
+(``compiler.evaluate``, which runs the same kinds on graph values). Each kernel takes arrays
+and attribute values (never a machine or an instruction) and returns a float32 array. Where a
+result's shape is not implied by the inputs (pooling with ``ceil``, ``unpatch``), the caller
+passes the declared output shape. im2col and the sliding windows are ``isa.windows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from . import windows as win
+
+F32 = np.float32
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow for large -x."""
+    return np.exp(-np.logaddexp(0, -x))
+
+
+# Elementwise activations, fn(x, attrs) with the opcode's attributes by name; call ``activation``.
+ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
+    "relu": lambda x, a: np.maximum(x, 0),
+    "leakyrelu": lambda x, a: np.where(x >= 0, x, x * a["alpha"]),
+    "clip": lambda x, a: np.clip(x, a["min"], a["max"]),
+    "sigmoid": lambda x, a: _sigmoid(x),
+    "tanh": lambda x, a: np.tanh(x),
+}
+
+# Broadcasting binary ops; call ``binary``.
+BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+}
+
+
+def activation(kind: str, x: np.ndarray, attrs: Mapping) -> np.ndarray:
+    """The activation ``kind`` (a key of ACTIVATIONS) of x with its attributes."""
+    return ACTIVATIONS[kind](x, attrs).astype(F32)
+
+
+def binary(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The binary op ``kind`` (a key of BINARY) of a and b, broadcast."""
+    return BINARY[kind](a, b).astype(F32)
+
+
+def unpatch(cols: np.ndarray, shape) -> np.ndarray:
+    """Per-patch outputs [B, P, M] -> [B, M, *S] of ``shape`` (P = prod(S))."""
+    return cols.transpose(0, 2, 1).reshape(shape)
+
+
+def maxpool(x: np.ndarray, kernel, strides, pads, dilations, out) -> np.ndarray:
+    """Max over windows of [B, C, *S] into spatial size ``out``; padding never wins (-inf),
+    and ``out`` beyond the explicit padding (ceil mode) reads more -inf."""
+    widths = win.pad_for(x.shape[2:], out, kernel, strides, pads, dilations)
+    xp = np.pad(x, [(0, 0), (0, 0)] + widths, constant_values=-np.inf)
+    return win.windows(xp, kernel, strides, dilations, out).max(
+        axis=tuple(range(-len(kernel), 0)))
+
+
+def avgpool(x: np.ndarray, kernel, strides, pads, dilations, out, count_pad) -> np.ndarray:
+    """Mean over windows of [B, C, *S] into spatial size ``out``. The divisor counts the input
+    elements a window covers, plus the explicit padding when ``count_pad`` (never the extra
+    padding ceil mode adds)."""
+    n = len(kernel)
+    widths = win.pad_for(x.shape[2:], out, kernel, strides, pads, dilations)
+    xp = np.pad(x, [(0, 0), (0, 0)] + widths)
+    total = win.windows(xp, kernel, strides, dilations, out).sum(axis=tuple(range(-n, 0)))
+    mask = np.zeros([1, 1] + [a + b + c for a, (b, c) in zip(x.shape[2:], widths)], F32)
+    inner = tuple(slice(b, b + a) for a, (b, _) in zip(x.shape[2:], widths))
+    if count_pad:
+        inner = tuple(slice(0, b + a + pads[n + i])
+                      for i, (a, (b, _)) in enumerate(zip(x.shape[2:], widths)))
+    mask[(0, 0) + inner] = 1
+    count = win.windows(mask, kernel, strides, dilations, out).sum(axis=tuple(range(-n, 0)))
+    return (total / np.maximum(count, 1)).astype(F32)
+
+
+def gavgpool(x: np.ndarray) -> np.ndarray:
+    """Mean over all spatial axes of [B, C, *S], kept as size-1 axes."""
+    return np.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(F32)
+
+
+def gmaxpool(x: np.ndarray) -> np.ndarray:
+    """Max over all spatial axes of [B, C, *S], kept as size-1 axes."""
+    return np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(F32)
+
+
+def pad(x: np.ndarray, pads, mode: str, value: float) -> np.ndarray:
+    """ONNX Pad: ``pads`` = begins then ends per axis (negative crops); mode constant (with
+    ``value``), edge, reflect or wrap."""
+    n = x.ndim
+    crop = tuple(slice(max(-pads[i], 0), x.shape[i] - max(-pads[n + i], 0)) for i in range(n))
+    widths = [(max(pads[i], 0), max(pads[n + i], 0)) for i in range(n)]
+    x = x[crop]
+    if mode == "constant":
+        y = np.pad(x, widths, constant_values=value)
+    else:
+        y = np.pad(x, widths, mode={"edge": "edge", "reflect": "reflect", "wrap": "wrap"}[mode])
+    return y.astype(F32)
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """exp(x) / sum exp(x) along ``axis``, shifted by the max for range."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(F32)
+
+
+def lrn(x: np.ndarray, size: int, alpha: float, beta: float, bias: float) -> np.ndarray:
+    """ONNX LRN over the channel axis of [B, C, ...]: x / (bias + alpha / size * sum of x^2
+    over the ``size`` channels around each one) ** beta; the sum in float64."""
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = np.pad(x.astype(np.float64) ** 2, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
+    csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
+    window = csum[:, size:] - csum[:, :-size]
+    return (x / (bias + alpha / size * window) ** beta).astype(F32)
+
+
+def combine(proj: np.ndarray, levels: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """BasisN's combiner: projections [B, ..., J] times coefficients levels [J, M] * scale [M]
+    -> [B, ..., M] (the bias, if any, is the caller's)."""
+    y = proj.reshape(proj.shape[0], -1, proj.shape[-1]) @ (levels * scale)
+    return y.reshape(proj.shape[:-1] + y.shape[-1:])
