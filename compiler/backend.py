@@ -18,6 +18,13 @@ from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 
 from .ir import Graph, Op
 
+# The passes codegen needs, in the sense of ``compiler.passes.check_pipeline``: canonical op
+# kinds (canonicalize), no batchnorm kind (fold-batchnorm), crossbar ops instead of conv and
+# matmul (lower-to-crossbar), a placement for every crossbar op (schedule), and scratchpad
+# offsets of the final values (allocate-buffers).
+REQUIRES = ("canonicalize", "fold-batchnorm", "lower-to-crossbar", "schedule",
+            "allocate-buffers")
+
 # Canonical IR kinds that map one-to-one onto an ISA opcode with the same attributes.
 DIRECT = {"im2col", "unpatch", "add", "sub", "mul", "div", "relu", "leakyrelu", "clip",
           "sigmoid", "tanh", "maxpool", "avgpool", "gavgpool", "gmaxpool", "reshape",
@@ -167,7 +174,7 @@ class Codegen:
         return ports
 
     def buffers(self) -> list[Buffer]:
-        offsets = getattr(self.g, "offsets", {})
+        offsets = self.g.offsets
         mvm_srcs = {op.inputs[0] for op in self.g.ops()
                     if op.kind in ("xbar_matmul", "basis_project")}
         return [Buffer(bname, TensorType("f32", self.g.shape(name)), offsets.get(name, 0),

@@ -15,10 +15,11 @@ it is keyed by ONNX node name and saved as ``.npz``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from isa.files import load_array, write_atomic
 
 from .errors import CompileError
 
@@ -64,21 +65,29 @@ class BasisSet:
             arrays[f"levels_{i}"] = layer.levels.astype(np.int8)
             arrays[f"scales_{i}"] = layer.scales.astype(np.float32)
             arrays[f"rows_{i}"] = np.int64(layer.rows)
-        tmp = path + ".tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        write_atomic(path, write)
 
     @classmethod
     def load(cls, path: str) -> "BasisSet":
+        """Read a basis file; raise CompileError (or isa.IsaError: missing, a directory, not
+        an array file) naming ``path``."""
+        f = load_array(path, "--basis")
+        if not isinstance(f, dict):
+            raise CompileError(f"--basis {path}: one .npy array, not a basis file (a .npz from "
+                               "--basis-out or tools/finetune_basis.py)")
         try:
-            with np.load(path, allow_pickle=False) as f:
-                basis, bits = f["basis"].astype(np.float32), int(f["bits"])
-                layers = {str(name): BasisLayer(f[f"levels_{i}"].astype(np.int32),
-                                                f[f"scales_{i}"].astype(np.float32),
-                                                int(f[f"rows_{i}"]))
-                          for i, name in enumerate(f["names"])}
-        except (OSError, ValueError, KeyError) as exc:
-            raise CompileError(f"--basis {path}: not a basis file ({exc})") from None
+            basis, bits = f["basis"].astype(np.float32), int(f["bits"])
+            layers = {str(name): BasisLayer(f[f"levels_{i}"].astype(np.int32),
+                                            f[f"scales_{i}"].astype(np.float32),
+                                            int(f[f"rows_{i}"]))
+                      for i, name in enumerate(f["names"])}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CompileError(f"--basis {path}: not a basis file (missing or bad {exc})") \
+                from None
         result = cls(basis, bits, layers)
         result.check()
         return result

@@ -3,7 +3,8 @@
 Accuracy is measured in float with onnxruntime on the labelled calibration samples, for the
 model with every crossbar weight replaced by its decomposition (``basis_fit.apply``), against
 the original model on the same samples. N runs from 1 up to the unit length (a complete
-basis); the first N within ``budget`` percentage points wins.
+basis) or ``max_n`` (the most a crossbar holds), whichever is smaller; the first N within
+``budget`` percentage points wins.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import onnxruntime as ort
 from .basis import BasisSet
 from .basis_fit import apply, fit, layer_matrices, refine_on_data
 from .errors import CompileError
+from .progress import bar
 
 
 def accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:
@@ -32,29 +34,37 @@ def accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float
 
 
 def decomposition(model: onnx.ModelProto, n: int, unit: int, bits: int, sparsity: float,
-                  samples: np.ndarray | None = None, seed: int = 0) -> BasisSet:
-    """Post-training fit of ``n`` basis vectors, data-aware when ``samples`` are given."""
-    basis = fit(layer_matrices(model), n, unit, bits, sparsity, seed=seed)
-    return refine_on_data(basis, model, samples, sparsity) if samples is not None else basis
+                  samples: np.ndarray | None = None, seed: int = 0,
+                  progress: bool = False) -> BasisSet:
+    """Post-training fit of ``n`` basis vectors, data-aware when ``samples`` are given.
+    ``progress``: progress bars on stderr."""
+    basis = fit(layer_matrices(model), n, unit, bits, sparsity, seed=seed, progress=progress)
+    if samples is None:
+        return basis
+    return refine_on_data(basis, model, samples, sparsity, progress=progress)
 
 
 def choose(model: onnx.ModelProto, samples: np.ndarray, labels: np.ndarray, budget: float,
            unit: int, bits: int, sparsity: float, refine: bool = True,
-           log: Callable[[str], None] = lambda s: None) -> BasisSet:
-    """The decomposition with the smallest N within ``budget`` points of float accuracy."""
+           log: Callable[[str], None] = lambda s: None, max_n: int | None = None,
+           progress: bool = False) -> BasisSet:
+    """The decomposition with the smallest N (at most ``max_n``) within ``budget`` points of
+    float accuracy; ``log`` receives a line per N tried."""
     if len(labels) != len(samples):
         raise CompileError(f"--calibrate-labels has {len(labels)} labels for "
                            f"{len(samples)} --calibrate samples")
     base = accuracy(model, samples, labels)
     log(f"basis auto: float accuracy {base:.2f} % on {len(samples)} samples, budget "
         f"{budget:g} points")
-    for n in range(1, unit + 1):
-        basis = decomposition(model, n, unit, bits, sparsity, samples if refine else None)
+    top = min(unit, max_n or unit)
+    for n in bar(range(1, top + 1), progress, "basis auto", "N"):
+        basis = decomposition(model, n, unit, bits, sparsity, samples if refine else None,
+                              progress=progress)
         acc = accuracy(apply(model, basis), samples, labels)
         log(f"basis auto: N={n}: {acc:.2f} %")
         if acc >= base - budget:
             return basis
-    raise CompileError(f"--basis auto: no basis of up to {unit} vectors stays within "
+    raise CompileError(f"--basis auto: no basis of up to {top} vectors stays within "
                        f"{budget:g} points of float ({base:.2f} %) with {bits}-bit "
                        "coefficients; try more --coef-bits, less --coef-sparsity, or a basis "
                        "trained by tools/finetune_basis.py")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx.reference import ReferenceEvaluator
 
 from isa import windows as win
 
 from .frontend import node_attrs, node_name
+from .onnx_reference import reference_evaluator
 
 MAX_ROWS = 20000  # input vectors kept per layer (a least-squares problem per layer)
 
@@ -40,7 +40,7 @@ def layer_inputs(model: onnx.ModelProto, samples: np.ndarray, names: list[str],
     inits = {i.name: i for i in model.graph.initializer}
     first = next(i for i in model.graph.input if i.name not in inits)
     outs = [o.name for o in exposed.graph.output]
-    values = dict(zip(outs, ReferenceEvaluator(exposed).run(
+    values = dict(zip(outs, reference_evaluator(exposed).run(
         None, {first.name: samples.astype(np.float32)})))
     values[first.name] = samples.astype(np.float32)
     rng = np.random.default_rng(seed)

@@ -21,6 +21,7 @@ from .basis import BasisLayer, BasisSet, fit_scales, qmax, units
 from .errors import CompileError
 from .frontend import node_attrs, node_name
 from .passes.lower_to_crossbar import conv_matrix
+from .progress import bar
 
 
 def _weight(node, inits):
@@ -83,8 +84,10 @@ def _init_basis(data: list[np.ndarray], n: int, seed: int) -> np.ndarray:
 
 
 def fit(matrices: dict[str, np.ndarray], n: int, unit: int = 9, bits: int = 4,
-        sparsity: float = 0.0, iters: int = 6, seed: int = 0) -> BasisSet:
-    """One basis [unit, n] for all ``matrices``, with quantized coefficients (see module doc)."""
+        sparsity: float = 0.0, iters: int = 6, seed: int = 0,
+        progress: bool = False) -> BasisSet:
+    """One basis [unit, n] for all ``matrices``, with quantized coefficients (see module doc).
+    ``progress``: a progress bar over the alternating least-squares iterations."""
     if not matrices:
         raise CompileError("--basis: the model has no Conv/Gemm/MatMul layer with a constant "
                            "weight to decompose")
@@ -97,7 +100,7 @@ def fit(matrices: dict[str, np.ndarray], n: int, unit: int = 9, bits: int = 4,
     data = [units(matrices[k], unit).astype(np.float64) / r for k, r in zip(names, rms)]
     basis = _init_basis(data, n, seed)
     best, best_err = basis, np.inf
-    for _ in range(iters + 1):
+    for _ in bar(range(iters + 1), progress, f"basis fit N={n}", "iter"):
         quant = []
         for u in data:
             levels, scales = quantize(_coefficients(basis, u), bits, sparsity)
@@ -128,16 +131,17 @@ def relative_errors(basis: BasisSet, matrices: dict[str, np.ndarray]) -> dict[st
 
 
 def refine_on_data(basis: BasisSet, model: onnx.ModelProto, samples: np.ndarray,
-                   sparsity: float = 0.0, ridge: float = 0.1) -> BasisSet:
+                   sparsity: float = 0.0, ridge: float = 0.1,
+                   progress: bool = False) -> BasisSet:
     """Data-aware coefficients: per layer, the coefficients that make B-projected sample
     inputs reproduce the float layer's outputs, pulled towards the weight-fitted ones
     (ridge, relative to the projections' mean energy: inputs the samples never excite keep
-    their weight fit), then re-quantized."""
+    their weight fit), then re-quantized. ``progress``: a progress bar over the layers."""
     from .basis_data import layer_inputs
     inputs = layer_inputs(model, samples, list(basis.layers))
     matrices = layer_matrices(model)
     out = BasisSet(basis.basis, basis.bits, dict(basis.layers))
-    for name, x in inputs.items():
+    for name, x in bar(inputs.items(), progress, "basis refine", "layer"):
         layer, w = basis.layers[name], matrices[name]
         u, n = layer.levels.shape[:2]
         xp = np.zeros((len(x), u * basis.unit), np.float64)

@@ -1,4 +1,11 @@
-"""``cimc``: compile an ONNX model to a crossbar program (.cim)."""
+"""``cimc``: compile an ONNX model to a crossbar program (.cim).
+
+Every flag, input file and output path is checked before any long work (basis fitting,
+calibration, compiling), and outputs are written only after the compile succeeded, each
+atomically: a run that fails leaves existing files untouched. User errors print one line
+``cimc: error: ...`` and exit with status 2; warnings print one line ``cimc: warning: ...`` on
+stderr, with or without ``-q``.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +14,89 @@ import os
 import sys
 import time
 
-from isa import ChipGeometry, IsaError, save
-from isa.chip import load_toml
+import numpy as np
+import onnx
 
+from isa import IsaError, Program, save
+from isa.chip import Chip, presets
+from isa.cli import Parser, quiet_broken_pipe
+
+from . import flags, progress
+from .basis import BasisSet
+from .calibrate import check_samples, finite_samples, load_labels, load_samples, output_classes
 from .driver import compile_model, dump_to_dir, dump_to_stdout
 from .errors import CompileError
+from .frontend import accept, load_model
+from .limits import Limits
 from .passes import PIPELINE
+from .passes.basis_decompose import check_fits
 from .passes.schedule import SCHEDULES
 
-
-def load_chip(path: str):
-    return load_toml(path)
+SIGPIPE_STATUS = 141  # what a shell reports for a Unix tool whose reader went away
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cimc", description="Compile an ONNX model into a crossbar ISA program (.cim).")
-    p.add_argument("model", help="ONNX model file (opset 9 or newer)")
+def _geometry_flags(p: argparse.ArgumentParser) -> None:
+    arch = Chip().arch
+    for name, text in [("rows", "crossbar rows"), ("cols", "crossbar columns in cells"),
+                       ("cell_bits", "bits per RRAM cell"), ("weight_bits", "bits per weight"),
+                       ("input_bits", "DAC input bits"), ("adc_bits", "ADC bits")]:
+        low, high = flags.RANGES[name].low, flags.RANGES[name].high
+        p.add_argument(flags.flag(name), type=int, metavar="N",
+                       help=f"{text}, {low:.0f}..{high:.0f} (default: the chip's; "
+                            f"{getattr(arch, name)} on the default chip)")
+
+
+def _basis_flags(p: argparse.ArgumentParser) -> None:
+    b = p.add_argument_group("BasisN (reprogramming-free: one basis shared by all layers)")
+    b.add_argument("--basis", metavar="N|auto|FILE",
+                   help="decompose every crossbar layer onto a global basis of N vectors "
+                        "fitted post-training (N at most the weights a crossbar row holds: 16 "
+                        "on the default chip); auto: the smallest N within --accuracy-budget "
+                        "(needs --calibrate and --calibrate-labels); FILE: a .npz basis set "
+                        "(from --basis-out or tools/finetune_basis.py), used exactly. A fit "
+                        "that reconstructs some layer poorly prints a warning")
+    b.add_argument("--basis-unit", type=int, default=9, metavar="L",
+                   help="basis vector length: L consecutive rows of each layer's unrolled "
+                        "kernels, 1..rows (default 9: one input channel's 3x3 window; padded "
+                        "where a layer's rows are not a multiple)")
+    b.add_argument("--coef-bits", type=int, default=4, metavar="B",
+                   help="coefficient bits, sign included, 2..8 (default 4)")
+    b.add_argument("--coef-sparsity", type=float, default=0.0, metavar="S",
+                   help="fraction of each layer's coefficients forced to zero, 0 <= S < 1 "
+                        "(default 0)")
+    b.add_argument("--accuracy-budget", type=float, default=1.0, metavar="P",
+                   help="--basis auto: percentage points of float accuracy it may lose, "
+                        "0..100 (default 1)")
+    b.add_argument("--calibrate-labels", metavar="LABELS.npy",
+                   help="integer labels of the --calibrate samples, one each, within the "
+                        "model's classes (for --basis auto)")
+    b.add_argument("--basis-out", metavar="FILE.npz",
+                   help="also write the basis set used, for reuse with --basis FILE")
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    limits = Limits()
+    p.add_argument("--max-scratchpad-mb", type=float, default=limits.scratchpad_mb, metavar="MB",
+                   help="refuse a model whose scratchpad (the program's on-chip buffers, which "
+                        "cimrun holds in host memory) would exceed MB, checked from shapes "
+                        f"before anything is allocated (default {limits.scratchpad_mb:g}: "
+                        "ResNet-50 on 224x224 images needs 11.5 MB a sample, so batch 64 fits; "
+                        "a real chip has a few MB)")
+    p.add_argument("--max-weights-mb", type=float, default=limits.weights_mb, metavar="MB",
+                   help="refuse a model whose float32 weights (initializers, then crossbar "
+                        f"matrices) exceed MB (default {limits.weights_mb:g}: 7x VGG-16's 528 MB; "
+                        "the compiler holds a few copies of them in memory)")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="cimc",
+               description="Compile an ONNX model into a crossbar ISA program (.cim).")
+    p.add_argument("model", help="ONNX model file; models older than opset 13 are upgraded by "
+                                 "onnx's version converter, which handles opset 7 and newer and "
+                                 "older models whose every op it has an adapter for")
     p.add_argument("-o", "--output", help="program file to write (default: MODEL with .cim)")
     p.add_argument("--batch", type=int, default=1,
-                   help="value for a symbolic batch dimension (default 1)")
+                   help="value for a symbolic batch dimension, 1..65536 (default 1)")
     p.add_argument("--xbars", type=int, default=None,
                    help="crossbars on the chip (default: as many as the model needs); with "
                         "fewer crossbars than weight tiles the program reprograms them")
@@ -34,107 +104,108 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reprogramming schedule when tiles exceed crossbars: optimized "
                         "(default: overlap writes with compute, list-scheduled) or naive "
                         "(write each layer's tiles, then compute them)")
-    p.add_argument("--chip", metavar="TOML",
-                   help="chip config whose timing the scheduler estimates with (default: the "
-                        "built-in default chip; runtime/chips/ has presets)")
-    p.add_argument("--rows", type=int, default=128, help="crossbar rows (default 128)")
-    p.add_argument("--cols", type=int, default=128, help="crossbar columns in cells (default 128)")
-    p.add_argument("--cell-bits", type=int, default=2, help="bits per RRAM cell (default 2)")
-    p.add_argument("--weight-bits", type=int, default=8, help="bits per weight (default 8)")
+    p.add_argument("--chip", metavar="NAME|FILE",
+                   help=f"chip preset ({', '.join(presets())}) or TOML file, as for cimrun: "
+                        "its [arch] is the compiled geometry (the flags below override single "
+                        "values) and its timing drives the scheduler (default: default)")
+    _geometry_flags(p)
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="sample inputs whose activation ranges set each crossbar input's DAC "
                         "full scale (default: each sample scaled by its own maximum)")
-    b = p.add_argument_group("BasisN (reprogramming-free: one basis shared by all layers)")
-    b.add_argument("--basis", metavar="N|auto|FILE",
-                   help="decompose every crossbar layer onto a global basis of N vectors "
-                        "fitted post-training; auto: the smallest N within --accuracy-budget "
-                        "(needs --calibrate and --calibrate-labels); FILE: a .npz basis set "
-                        "(from --basis-out or tools/finetune_basis.py), used exactly")
-    b.add_argument("--basis-unit", type=int, default=9, metavar="L",
-                   help="basis vector length: L consecutive rows of each layer's unrolled "
-                        "kernels (default 9: one input channel's 3x3 window; padded where a "
-                        "layer's rows are not a multiple)")
-    b.add_argument("--coef-bits", type=int, default=4,
-                   help="coefficient bits, sign included (default 4)")
-    b.add_argument("--coef-sparsity", type=float, default=0.0, metavar="S",
-                   help="fraction of each layer's coefficients forced to zero (default 0)")
-    b.add_argument("--accuracy-budget", type=float, default=1.0, metavar="P",
-                   help="--basis auto: percentage points of float accuracy it may lose "
-                        "(default 1)")
-    b.add_argument("--calibrate-labels", metavar="LABELS.npy",
-                   help="integer labels of the --calibrate samples (for --basis auto)")
-    b.add_argument("--basis-out", metavar="FILE.npz",
-                   help="also write the basis set used, for reuse with --basis FILE")
-    p.add_argument("--input-bits", type=int, default=8, help="DAC input bits (default 8)")
-    p.add_argument("--adc-bits", type=int, default=8, help="ADC bits (default 8)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept NaN and Inf in the --calibrate samples: such values are left out "
+                        "of the ranges, such samples out of basis fitting (default: an error)")
+    _basis_flags(p)
+    _limit_flags(p)
     p.add_argument("--dump-ir", metavar="DIR|-",
-                   help="write the IR after every pass (NN-pass.ir and .dot) to DIR, or - for "
-                        "stdout")
+                   help="write the IR after import and after every pass into DIR "
+                        "(NN-pass.ir and NN-pass.dot), or print the IR text only (no DOT) to "
+                        "stdout with -")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
     p.add_argument("--passes", default=",".join(PIPELINE),
-                   help=f"comma-separated pass pipeline (default: {','.join(PIPELINE)})")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+                   help="comma-separated pass pipeline, checked before anything runs: each "
+                        "pass's prerequisites must run before it, and codegen needs "
+                        "canonicalize, fold-batchnorm, lower-to-crossbar, schedule and "
+                        f"allocate-buffers (default: {','.join(PIPELINE)})")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing on success: no summary, no progress bars, no --basis "
+                        "auto log (warnings are still printed, on stderr)")
     return p
 
 
-def _chip(args) -> ChipGeometry:
-    for name in ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "adc_bits"):
-        if getattr(args, name) < 1:
-            raise CompileError(f"--{name.replace('_', '-')} must be at least 1")
-    chip = ChipGeometry(rows=args.rows, cols=args.cols, cell_bits=args.cell_bits,
-                        weight_bits=args.weight_bits, input_bits=args.input_bits,
-                        adc_bits=args.adc_bits)
-    if args.cols < 2 * chip.slices:
-        raise CompileError(f"--cols {args.cols} cannot hold one weight ({chip.slices} slices "
-                           "x 2 differential cells)")
-    if args.xbars is not None and args.xbars < 1:
-        raise CompileError("--xbars must be at least 1")
-    return chip
+def _warn(message: str) -> None:
+    progress.write(f"cimc: warning: {message}")
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _samples(args, model: onnx.ModelProto) -> np.ndarray | None:
+    """The --calibrate samples, checked against the model and the batch."""
+    if not args.calibrate:
+        return None
+    samples = load_samples(args.calibrate, args.allow_nonfinite)
+    check_samples(model, samples, f"--calibrate {args.calibrate}")
+    if len(samples) < args.batch:
+        raise CompileError(f"--calibrate {args.calibrate}: {len(samples)} samples, fewer than "
+                           f"one --batch of {args.batch}")
+    finite = finite_samples(samples)
+    if not finite.all():
+        if args.basis is not None and not finite.any():
+            raise CompileError(f"--calibrate {args.calibrate}: no sample is free of NaN and Inf "
+                               "to fit the basis on")
+        _warn(f"--calibrate {args.calibrate}: {int((~finite).sum())} sample(s) hold NaN or "
+              "Inf; their non-finite values are left out of the ranges"
+              + (" and the samples out of basis fitting" if args.basis else ""))
+    return samples
 
 
-def _basis(args, samples):
-    """The BasisSet ``--basis`` asks for, or None."""
+def _basis(args, model: onnx.ModelProto, samples, chip: Chip, bars: bool) -> BasisSet | None:
+    """The BasisSet ``--basis`` asks for, or None; labels are checked before any fitting, and
+    samples holding NaN or Inf are left out of it."""
+    from .basis_auto import choose, decomposition  # onnxruntime: only when fitting
     if args.basis is None:
         return None
-    from .basis import BasisSet
-    from .basis_auto import choose, decomposition
-    from .frontend import load_model
-    if os.path.splitext(args.basis)[1] == ".npz":
+    if args.basis != "auto" and not args.basis.isdigit():
         basis = BasisSet.load(args.basis)
-    else:
-        model = load_model(args.model)
-        if args.basis == "auto":
-            if samples is None or not args.calibrate_labels:
-                raise CompileError("--basis auto needs --calibrate SAMPLES.npy and "
-                                   "--calibrate-labels LABELS.npy")
-            labels = _labels(args.calibrate_labels)
-            basis = choose(model, samples, labels, args.accuracy_budget, args.basis_unit,
-                           args.coef_bits, args.coef_sparsity, log=_log)
-        elif args.basis.isdigit():
-            basis = decomposition(model, int(args.basis), args.basis_unit, args.coef_bits,
-                                  args.coef_sparsity, samples)
-        else:
-            raise CompileError(f"--basis {args.basis}: expected a number of basis vectors, "
-                               "auto, or a .npz basis file")
+        check_fits(basis.unit, basis.n, chip.arch, f"--basis {args.basis}")
+        return basis
+    labels = None
+    if args.basis == "auto":
+        labels = load_labels(args.calibrate_labels, len(samples), output_classes(model))
+    if samples is not None:
+        keep = finite_samples(samples)
+        samples, labels = samples[keep], None if labels is None else labels[keep]
+    if labels is None:
+        return decomposition(model, int(args.basis), args.basis_unit, args.coef_bits,
+                             args.coef_sparsity, samples, progress=bars)
+    return choose(model, samples, labels, args.accuracy_budget, args.basis_unit, args.coef_bits,
+                  args.coef_sparsity, log=(lambda line: None) if args.quiet else progress.write,
+                  max_n=chip.arch.weights_per_row, progress=bars)
+
+
+def _compile(args, output: str) -> Program:
+    """Check everything, then fit, compile and write; the program written."""
+    flags.check_ranges(args)
+    pipeline = flags.passes(args)
+    chip = flags.chip(args)
+    flags.check_basis(args, chip)
+    flags.check_outputs(args, output)
+    dump = dump_to_stdout if args.dump_ir == "-" else \
+        dump_to_dir(args.dump_ir) if args.dump_ir else None
+    bars = sys.stderr.isatty() and not args.quiet
+    limits = Limits(args.max_scratchpad_mb, args.max_weights_mb)
+    model = load_model(args.model, limits)
+    if args.calibrate or args.basis:  # long work comes before compile_model's own checks
+        accept(model, args.batch, limits)
+    samples = _samples(args, model)
+    basis = _basis(args, model, samples, chip, bars)
+    program = compile_model(model, chip=chip.arch, chip_config=chip, batch=args.batch,
+                            max_xbars=args.xbars, schedule=args.schedule, calibrate=samples,
+                            basis=basis, limits=limits, verify_each=args.verify_each,
+                            passes=pipeline, dump=dump, progress=bars, warn=_warn)
+    save(program, output)
     if args.basis_out:
         basis.save(args.basis_out)
-    return basis
-
-
-def _labels(path: str):
-    import numpy as np
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CompileError(f"--calibrate-labels {path}: cannot read a .npy ({exc})") from None
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise CompileError(f"--calibrate-labels {path}: expected a 1-D integer array, got "
-                           f"{labels.dtype} {list(labels.shape)}")
-    return labels
+    sys.stdout.flush()
+    return program
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,34 +213,25 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or os.path.splitext(args.model)[0] + ".cim"
     start = time.perf_counter()
     try:
-        dump = None
-        if args.dump_ir == "-":
-            dump = dump_to_stdout
-        elif args.dump_ir:
-            dump = dump_to_dir(args.dump_ir)
-        config = load_chip(args.chip) if args.chip else None
-        samples = None
-        if args.calibrate:
-            from .calibrate import load_samples
-            samples = load_samples(args.calibrate)
-        basis = _basis(args, samples)
-        program = compile_model(args.model, chip=_chip(args), batch=args.batch,
-                                max_xbars=args.xbars, schedule=args.schedule,
-                                chip_config=config, calibrate=samples, basis=basis,
-                                verify_each=args.verify_each,
-                                passes=[p for p in args.passes.split(",") if p], dump=dump)
-        save(program, output)
+        program = _compile(args, output)
+        if not args.quiet and args.dump_ir != "-":
+            mvms = sum(1 for i in program.text if i.op == "mvm")
+            print(f"cimc: wrote {output}: {len(program.text)} instructions, {mvms} mvm, "
+                  f"{program.chip.xbars} crossbars, {len(program.blobs)} blobs "
+                  f"({time.perf_counter() - start:.1f} s)", flush=True)
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return SIGPIPE_STATUS
     except (CompileError, IsaError) as exc:
         print(f"cimc: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"cimc: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+    except MemoryError:
+        print(f"cimc: error: out of memory compiling {args.model}; lower --batch, "
+              "--max-scratchpad-mb or --max-weights-mb", file=sys.stderr)
         return 2
-    if not args.quiet and args.dump_ir != "-":
-        mvms = sum(1 for i in program.text if i.op == "mvm")
-        print(f"cimc: wrote {output}: {len(program.text)} instructions, {mvms} mvm, "
-              f"{program.chip.xbars} crossbars, {len(program.blobs)} blobs "
-              f"({time.perf_counter() - start:.1f} s)")
+    except OSError as exc:
+        print(f"cimc: error: {exc.filename or args.model}: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from isa import ChipGeometry
 from isa.chip import Chip
 
+from .limits import Limits
+
 
 @dataclass
 class CompileContext:
@@ -17,3 +19,5 @@ class CompileContext:
     stats: dict = field(default_factory=dict)  # what passes measured, for dumps and reports
     basis: object = None  # a compiler.basis.BasisSet: decompose every crossbar layer (BasisN)
     basis_reference: dict = field(default_factory=dict)  # the ONNX [K, M] matrices it was made from
+    limits: Limits = field(default_factory=Limits)  # scratchpad and weight budgets
+    progress: bool = False  # progress bars (on stderr) in passes that loop over many layers

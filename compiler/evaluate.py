@@ -24,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
 
 from isa import kernels
 from isa import windows as win
 
 from .errors import CompileError
 from .ir import Graph, Op
+from .onnx_reference import reference_evaluator
 
 F32 = np.float32
 
@@ -180,21 +179,12 @@ KINDS: dict[str, Kind] = {
 }
 
 
-class LRN(OpRun):
-    """ONNX's reference LRN (onnx 1.23) sums the squares over the batch axis instead of the
-    channels (onnx/onnx#7805, fixed after that release by onnx/onnx#8331): the spec's LRN."""
-
-    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
-        return (kernels.lrn(x, size, alpha, beta, bias).astype(x.dtype),)
-
-
 def _onnx(graph: Graph, op: Op, ins: list) -> list[np.ndarray]:
     """An ONNX node on ONNX's reference evaluator; its outputs in ``op.outputs`` order."""
     proto = op.attrs["_proto"]
     feeds = {name: x for name, x in zip(proto.input, ins) if name}
     try:
-        results = ReferenceEvaluator(proto, opsets={"": graph.opset},
-                                     new_ops=[LRN]).run(None, feeds)
+        results = reference_evaluator(proto, opsets={"": graph.opset}).run(None, feeds)
     except Exception as exc:
         raise CompileError(f"{_name(op)}: ONNX's reference evaluator failed: {exc}") from None
     by_name = dict(zip(proto.output, results))

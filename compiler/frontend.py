@@ -2,13 +2,22 @@
 
 After ``import_model``: every non-constant tensor is float32 with a static shape (symbolic
 batch dimensions fixed to ``batch``), initializers and Constant nodes are ``graph.constants``,
-every remaining node is an op of its ONNX type (attributes decoded, NodeProto kept for folding),
-and every operator that is neither supported nor foldable has been reported, all at once.
+every remaining node is an op of its ONNX type (attributes decoded, NodeProto kept for folding,
+trailing outputs nobody reads dropped), and every operator that is neither supported nor
+foldable (``compiler.support``) has been reported, all at once. The caller's ModelProto is
+never modified.
+
+Opsets: a model older than ``CANONICAL_OPSET`` is upgraded by onnx's version converter. It
+converts opset 7 and newer (onnxruntime's own floor), and older models when it has an adapter
+for every op on the way (it has none for e.g. opset-1 Pad); a model it cannot convert is an
+error.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -16,9 +25,18 @@ from onnx import external_data_helper, numpy_helper, shape_inference, version_co
 
 from .errors import CompileError
 from .ir import Graph
-from .support import NOT_FOLDABLE, SUPPORTED
+from .limits import Limits, check_model, initializer_bytes
+from .onnx_fold import fold_constants
+from .support import (
+    DOMAINS,
+    DTYPES,
+    RESTRICTIONS,
+    SUPPORTED,
+    constant_tensors,
+    constant_values,
+    used_tensors,
+)
 
-MIN_OPSET = 9
 CANONICAL_OPSET = 13  # older models are converted up to this (Clip, Pad, Squeeze inputs...)
 
 
@@ -29,12 +47,17 @@ def _opset(model: onnx.ModelProto) -> int:
     raise CompileError("model imports no default-domain (ai.onnx) opset")
 
 
-def load_model(path: str) -> onnx.ModelProto:
-    """Read an ONNX file (with external data) or raise one clear CompileError."""
+def load_model(path: str, limits: Limits | None = None) -> onnx.ModelProto:
+    """Read an ONNX file (with external data) or raise one clear CompileError; with
+    ``limits``, the initializers' size is checked before external data is read."""
+    if os.path.isdir(path):
+        raise CompileError(f"{path}: is a directory, not an ONNX model file")
     if not os.path.isfile(path):
         raise CompileError(f"{path}: no such file")
     try:
         model = onnx.load(path, load_external_data=False)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise CompileError(f"{path}: not a valid ONNX model (truncated or not ONNX: "
                            f"{type(exc).__name__})") from None
@@ -47,8 +70,12 @@ def load_model(path: str) -> onnx.ModelProto:
             if not os.path.isfile(os.path.join(base, location)):
                 raise CompileError(f"{path}: external data file is missing ({location}, needed "
                                    f"by tensor {tensor.name!r}); keep it beside the model")
+    if limits is not None:
+        limits.check_weights(initializer_bytes(model), "the model (its initializers)")
     try:
         onnx.load_external_data_for_model(model, base)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise CompileError(f"{path}: external data cannot be read: {exc}") from None
     return model
@@ -71,31 +98,64 @@ def _fix_batch(model: onnx.ModelProto, batch: int) -> None:
             d.dim_value = batch
 
 
-def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """Check, convert old opsets, fix the batch dimension, and infer all shapes."""
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise CompileError(f"invalid ONNX model: {str(exc).splitlines()[0]}") from None
+def _convert(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model upgraded to ``CANONICAL_OPSET`` (a new ModelProto), or one CompileError."""
     opset = _opset(model)
-    if opset < CANONICAL_OPSET:
-        try:
-            model = version_converter.convert_version(model, CANONICAL_OPSET)
-        except Exception as exc:
-            raise CompileError(f"cannot convert opset {opset} to {CANONICAL_OPSET} "
-                               f"(opsets from {MIN_OPSET} are supported, older ones when onnx's "
-                               f"version converter can convert them): "
-                               f"{str(exc).splitlines()[0]}") from None
-    _fix_batch(model, batch)
+    try:
+        return version_converter.convert_version(model, CANONICAL_OPSET)
+    except Exception as exc:
+        reason = re.sub(r"^.*Assertion `.*` failed: ", "", str(exc).splitlines()[0])
+        raise CompileError(f"onnx's version converter cannot upgrade this opset-{opset} model "
+                           f"to opset {CANONICAL_OPSET} ({reason}); export it at opset 7 or "
+                           "newer") from None
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise CompileError(f"shape inference failed: {str(exc).splitlines()[0]}") from None
 
 
+def _unknown_shapes(model: onnx.ModelProto, dims: dict) -> bool:
+    """True when a tensor the chip would compute has no static shape."""
+    computed = used_tensors(model) - constant_tensors(model, dims)
+    return any(name not in dims for name in computed)
+
+
+def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """Check, convert old opsets, fix the batch dimension, and infer all shapes (folding
+    constant subgraphs first where shape inference alone leaves shapes unknown), in a copy
+    (``model`` itself is left as it was)."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise CompileError(f"invalid ONNX model: {str(exc).splitlines()[0]}") from None
+    if _opset(model) < CANONICAL_OPSET:
+        model = _convert(model)
+    else:
+        model = _copy(model)
+    _fix_batch(model, batch)
+    model = _infer(model)
+    dims = {k: v[0] for k, v in _static_shapes(model).items()}
+    if _unknown_shapes(model, dims):
+        model = _infer(fold_constants(model, dims, _opset(model)))
+    return model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], int]]:
-    out = {}
+    """Tensor name -> (static shape, ONNX element type): initializers, and every value whose
+    shape is fully known."""
     g = model.graph
+    out = {i.name: (tuple(i.dims), i.data_type) for i in g.initializer}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
@@ -106,44 +166,56 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], i
     return out
 
 
-def _constants(model: onnx.ModelProto, shapes) -> set[str]:
-    """Names of tensors that are compile-time constants (initializers and what folds from them)."""
-    const = {i.name for i in model.graph.initializer} | {""}
-    for node in model.graph.node:
-        foldable = node.op_type not in NOT_FOLDABLE and all(i in const for i in node.input)
-        if node.op_type in ("Shape", "Size") and node.input[0] in shapes:
-            foldable = True
-        if foldable:
-            const.update(node.output)
-    return const
+class _Facts(NamedTuple):
+    """What ``check_supported`` knows about a model, computed once."""
+    shapes: dict  # name -> (static shape, element type)
+    dims: dict    # name -> static shape
+    const: set    # compile-time constants
+    used: set     # tensors some node reads or the graph returns
+    values: dict  # initializers and Constant outputs as arrays
+
+
+def _dtype_problems(name: str, tensors: list[str], shapes: dict) -> list[str]:
+    problems = []
+    for t in tensors:
+        if t not in shapes:
+            problems.append(f"{name}: tensor {t!r} has an unknown or dynamic shape")
+        elif shapes[t][1] not in DTYPES:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(shapes[t][1])
+            problems.append(f"{name}: tensor {t!r} is {dtype}; the chip computes float32 "
+                            "tensors only")
+    return problems
+
+
+def _node_problems(node: onnx.NodeProto, facts: _Facts) -> list[str]:
+    """What keeps ``node`` (not folded away) from compiling, as message parts."""
+    name = node_name(node)
+    if node.domain not in DOMAINS:
+        return [f"{name}: operator {node.domain}.{node.op_type} is not supported"]
+    if node.op_type not in SUPPORTED:
+        return [f"{name}: operator {node.op_type} is not supported"]
+    problems = [f"{name}: input {pos} ({node.input[pos]}) of {node.op_type} must be a "
+                "constant (crossbars hold static weights)"
+                for pos in sorted(SUPPORTED[node.op_type])
+                if pos < len(node.input) and node.input[pos] not in facts.const]
+    restriction = RESTRICTIONS.get(node.op_type)
+    why = restriction(node, facts.dims, facts.values) if restriction else None
+    if why:
+        problems.append(f"{name}: {why}")
+    tensors = [i for i in node.input if i not in facts.const]
+    tensors += [o for o in node.output if o in facts.used and o not in facts.const]
+    return problems + _dtype_problems(name, tensors, facts.shapes)
 
 
 def check_supported(model: onnx.ModelProto) -> None:
-    """Raise one CompileError listing every problem: unsupported ops, dtypes, dynamic shapes."""
+    """Raise one CompileError listing every problem: unsupported ops, restrictions, dtypes,
+    dynamic shapes. Nodes that fold to constants, and outputs nobody reads, are not checked."""
     shapes = _static_shapes(model)
-    const = _constants(model, shapes)
-    problems = []
-    for node in model.graph.node:
-        name = node_name(node)
-        if node.domain not in ("", "ai.onnx"):
-            problems.append(f"{name}: operator {node.domain}.{node.op_type} is not supported")
-            continue
-        if all(o in const for o in node.output):
-            continue
-        if node.op_type not in SUPPORTED:
-            problems.append(f"{name}: operator {node.op_type} is not supported")
-            continue
-        for pos in SUPPORTED[node.op_type]:
-            if pos < len(node.input) and node.input[pos] not in const:
-                problems.append(f"{name}: input {pos} ({node.input[pos]}) of {node.op_type} "
-                                "must be a constant (crossbars hold static weights)")
-        for t in [i for i in node.input if i not in const] + [o for o in node.output if o]:
-            if t not in shapes:
-                problems.append(f"{name}: tensor {t!r} has an unknown or dynamic shape")
-            elif shapes[t][1] != onnx.TensorProto.FLOAT:
-                dtype = onnx.helper.tensor_dtype_to_np_dtype(shapes[t][1])
-                problems.append(f"{name}: tensor {t!r} is {dtype}; the chip computes float32 "
-                                "tensors only")
+    dims = {k: v[0] for k, v in shapes.items()}
+    facts = _Facts(shapes, dims, constant_tensors(model, dims), used_tensors(model),
+                   constant_values(model))
+    problems = [p for node in model.graph.node if not all(o in facts.const for o in node.output)
+                for p in _node_problems(node, facts)]
     if problems:
         unique = list(dict.fromkeys(problems))
         raise CompileError(f"{len(unique)} problem(s) in the model: " + "; ".join(unique))
@@ -169,8 +241,18 @@ def node_attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
+def _read_outputs(node: onnx.NodeProto, used: set[str]) -> list[str]:
+    """A node's outputs without the trailing ones nobody reads (e.g. an unused Dropout mask)."""
+    outs = list(node.output)
+    while len(outs) > 1 and outs[-1] not in used:
+        outs.pop()
+    return [o for o in outs if o]
+
+
 def to_graph(model: onnx.ModelProto) -> Graph:
+    """The IR of a prepared, checked model (see the module docstring)."""
     shapes = _static_shapes(model)
+    used = used_tensors(model)
     g = model.graph
     inits = {i.name for i in g.initializer}
     first = next((i for i in g.input if i.name not in inits), None)
@@ -188,7 +270,7 @@ def to_graph(model: onnx.ModelProto) -> Graph:
             graph.add_value(inp.name, shapes[inp.name][0])
             graph.inputs.append(inp.name)
     for node in g.node:
-        outs = [o for o in node.output if o]
+        outs = _read_outputs(node, used)
         if node.op_type == "Constant":
             graph.add_constant(outs[0], _constant_value(node))
             continue
@@ -212,14 +294,24 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     raise CompileError(f"Constant node {node.name!r}: unsupported value attribute")
 
 
-def import_model(path_or_model, batch: int = 1, calibrate=None) -> Graph:
-    """Load (if a path), check and import an ONNX model; with ``calibrate`` samples, record
-    activation ranges in ``graph.ranges``. Raises CompileError on user errors."""
+def accept(path_or_model, batch: int = 1, limits: Limits | None = None) -> onnx.ModelProto:
+    """Load (if a path), prepare and check a model: supported, and within ``limits`` (default
+    ``Limits()``) before anything is allocated for it. Returns the prepared copy; raises
+    CompileError on user errors."""
     if batch < 1:
         raise CompileError(f"--batch must be at least 1, got {batch}")
     model = load_model(path_or_model) if isinstance(path_or_model, str) else path_or_model
     model = prepare(model, batch)
     check_supported(model)
+    check_model(model, {k: v[0] for k, v in _static_shapes(model).items()}, limits or Limits())
+    return model
+
+
+def import_model(path_or_model, batch: int = 1, calibrate=None,
+                 limits: Limits | None = None) -> Graph:
+    """``accept`` a model and import it; with ``calibrate`` samples, record activation ranges
+    in ``graph.ranges``. Raises CompileError on user errors."""
+    model = accept(path_or_model, batch, limits)
     graph = to_graph(model)
     if calibrate is not None:
         from .calibrate import tensor_ranges

@@ -45,6 +45,7 @@ class Graph:
         self.ranges: dict[str, float] = {}  # calibrated max |value| per tensor
         self.batch = batch
         self.notes: list[str] = []  # summary lines a pass leaves for the IR printer
+        self.offsets: dict[str, int] = {}  # scratchpad byte offset per value (allocate-buffers)
         self._producer: dict[str, str] = {}
         self._uses: dict[str, set[tuple[str, int]]] = {}
         self._order = itertools.count()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CompileError
 from .ir import Graph, Op
 
 
@@ -68,16 +67,12 @@ def gemm(graph, op):
 
 
 def matmul(graph, op):
-    w = graph.constants[op.inputs[1]]
-    if w.ndim != 2 or len(graph.shape(op.inputs[0])) < 2:
-        raise CompileError(f"{op.origin}: MatMul needs an input of rank >= 2 and a 2-D constant "
-                           f"weight, got {graph.shape(op.inputs[0])} x {w.shape}")
+    """A 2-D constant weight and an input of rank >= 2 (``support.RESTRICTIONS``)."""
     return "matmul", op.inputs[:2], {}
 
 
 def batchnorm(graph, op):
-    if op.attrs.get("training_mode", 0):
-        raise CompileError(f"{op.origin}: BatchNormalization in training mode is not supported")
+    """Inference mode only (``support.RESTRICTIONS``)."""
     return "batchnorm", op.inputs[:5], {"epsilon": float(op.attrs.get("epsilon", 1e-5))}
 
 
@@ -110,9 +105,7 @@ def pad(graph, op):
 
 def pool(kind):
     def normalise(graph, op):
-        a = op.attrs
-        if a.get("storage_order", 0):
-            raise CompileError(f"{op.origin}: MaxPool storage_order=1 is not supported")
+        a = op.attrs  # storage_order only orders the Indices output, which is never computed
         attrs = _window(graph, op, a["kernel_shape"])
         attrs["ceil"] = int(a.get("ceil_mode", 0))
         if kind == "avgpool":

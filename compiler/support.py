@@ -1,10 +1,18 @@
-"""Which ONNX operators the compiler accepts, and which of their inputs must be constants.
+"""Which ONNX models the compiler accepts: operators, their constant inputs, restrictions, dtypes.
 
 Crossbars hold static weights, so e.g. a Conv's weight must be an initializer (or fold to one).
-Any operator whose inputs are all constants is folded at compile time, whatever its type.
+Any operator whose inputs are all constants is folded at compile time, whatever its type
+(``constant_tensors``), and outputs nobody reads do not matter. The frontend enforces these
+declarations; ``tools/conformance.py`` calls a test case unsupported only by them.
 """
 
 from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
 
 # ONNX op type -> input positions that must be compile-time constants.
 SUPPORTED: dict[str, frozenset[int]] = {k: frozenset(v) for k, v in {
@@ -18,6 +26,88 @@ SUPPORTED: dict[str, frozenset[int]] = {k: frozenset(v) for k, v in {
     "Identity": (), "Dropout": {1, 2}, "Shape": (), "Constant": (), "ConstantOfShape": {0},
 }.items()}
 
+# Operator domains the compiler knows (ONNX's default domain, under both its names).
+DOMAINS = frozenset({"", "ai.onnx"})
+
+# The element types the chip computes (every tensor that is not a compile-time constant).
+DTYPES = frozenset({onnx.TensorProto.FLOAT})
+
 # Ops never folded even when their inputs are constant (they are random or have effects).
 NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike",
                           "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"})
+
+# Ops whose output is a constant as soon as their input's shape is static.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+
+Shapes = dict[str, tuple[int, ...]]
+Values = dict[str, np.ndarray]
+
+
+def dropout_is_random(ratio: float, training: bool) -> bool:
+    """Dropout drops (randomly) only in training mode with a ratio above zero."""
+    return training and ratio > 0
+
+
+def _dropout(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    ins = list(node.input) + ["", ""]
+    attr = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    ratio = float(values[ins[1]]) if ins[1] in values else attr.get("ratio", 0.5)
+    training = bool(values[ins[2]]) if ins[2] in values else False
+    if dropout_is_random(ratio, training):
+        return "Dropout in training mode is not supported (inference only)"
+    return None
+
+
+def _batchnorm(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    if any(a.name == "training_mode" and a.i for a in node.attribute):
+        return "BatchNormalization in training mode is not supported (inference only)"
+    return None
+
+
+def _matmul(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+    if x is not None and w is not None and (len(w) != 2 or len(x) < 2):
+        return (f"MatMul needs an input of rank >= 2 and a 2-D constant weight, got "
+                f"{tuple(x)} x {tuple(w)}")
+    return None
+
+
+# Supported ops that are supported only in part: op -> check(node, shapes, values) giving what
+# is not supported (None: fine). ``values`` holds initializers and Constant outputs.
+RESTRICTIONS: dict[str, Callable[[onnx.NodeProto, Shapes, Values], str | None]] = {
+    "Dropout": _dropout, "BatchNormalization": _batchnorm, "MatMul": _matmul,
+}
+
+
+def constant_tensors(model: onnx.ModelProto, shapes: Shapes) -> set[str]:
+    """Names of the tensors that are compile-time constants: initializers, what folds from them
+    (``SHAPE_OPS`` of a tensor in ``shapes`` too; never an op of another domain), and the mask
+    of an inference-mode Dropout (all ones; training mode is refused by ``RESTRICTIONS``)."""
+    const = {i.name for i in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        folds = node.domain in DOMAINS and node.op_type not in NOT_FOLDABLE and \
+            all(i in const for i in node.input)
+        if folds or (node.op_type in SHAPE_OPS and node.input[0] in shapes):
+            const.update(node.output)
+        elif node.op_type == "Dropout" and len(node.output) > 1:
+            const.add(node.output[1])
+    return const
+
+
+def used_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors some node reads or the graph returns (an output nobody reads does not matter)."""
+    used = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        used.update(i for i in node.input if i)
+    return used
+
+
+def constant_values(model: onnx.ModelProto) -> Values:
+    """Initializers and the outputs of Constant nodes that hold a tensor, as arrays."""
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(a.t)
+    return values

@@ -181,9 +181,9 @@ def test_basis_auto_finds_an_n_within_budget(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--basis", "auto"], "--basis auto needs --calibrate"),
     (["--basis", "many"], "expected a number of basis vectors"),
-    (["--basis", "missing.npz"], "not a basis file"),
+    (["--basis", "missing.npz"], "--basis missing.npz: no such file"),
     (["--basis", "20"], "does not fit a crossbar"),
-    (["--basis", "4", "--coef-bits", "1"], "bits >= 2"),
+    (["--basis", "4", "--coef-bits", "1"], "--coef-bits must be at least 2 and at most 8"),
 ])
 def test_basis_errors(tmp_path, args, message):
     res = cli("cimc", model_path("digits_cnn"), "-o", str(tmp_path / "x.cim"), *args)

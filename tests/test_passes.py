@@ -36,7 +36,7 @@ def _model(nodes, x_shape, y_shape, inits, opset=13):
 def _run_passes(model, upto: str):
     graph, ctx = import_model(model), CompileContext()
     for name in PIPELINE[: PIPELINE.index(upto) + 1]:
-        graph = PASSES[name](graph, ctx)
+        graph = PASSES[name].run(graph, ctx)
         verify(graph, after=name)
     return graph
 

@@ -4,8 +4,10 @@ Sources: the node test cases that ship inside the onnx package (``onnx.backend.t
 with their inputs and expected outputs; or the pre-generated ``data/node`` folder where an onnx
 release ships it) and the ``data/pytorch-converted`` models. Inputs that the compiler needs as
 constants (a Conv's weight, a Reshape's shape; see ``compiler.support.SUPPORTED``) are bound as
-initializers from the test's own data. A test whose model the compiler rejects with a
-CompileError is *unsupported*; a crash or a wrong number is *failed*.
+initializers from the test's own data. A test is *unsupported* only when one of its operators,
+operator restrictions or tensor types is outside what ``compiler.support`` declares
+(``declared_unsupported``, decided from the model before compiling); any other CompileError,
+a crash or a wrong number is *failed*.
 
     python -m tools.conformance [--filter SUBSTRING] [--show unsupported|failed|all]
 """
@@ -24,7 +26,15 @@ import onnx
 from onnx import numpy_helper
 
 from compiler import CompileError, compile_model
-from compiler.support import SUPPORTED
+from compiler.support import (
+    DOMAINS,
+    DTYPES,
+    RESTRICTIONS,
+    SUPPORTED,
+    constant_tensors,
+    constant_values,
+    used_tensors,
+)
 from runtime import run
 
 DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
@@ -109,14 +119,70 @@ def bind_constants(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return model, {k: v for k, v in data.items() if k not in bind}
 
 
+def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    g = model.graph
+    return {vi.name: vi.type for vi in list(g.input) + list(g.value_info) + list(g.output)}
+
+
+def _static(tt: onnx.TypeProto) -> tuple[int, ...] | None:
+    """The static shape of a tensor type, or None."""
+    if not tt.HasField("tensor_type") or not tt.tensor_type.HasField("shape"):
+        return None
+    dims = tt.tensor_type.shape.dim
+    return tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) \
+        else None
+
+
+def _unsupported_type(name: str, tt: onnx.TypeProto | None) -> str | None:
+    if tt is None:
+        return None
+    if not tt.HasField("tensor_type"):
+        return f"tensor {name!r} is a {tt.WhichOneof('value')}, not a tensor"
+    if tt.tensor_type.elem_type not in DTYPES:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.tensor_type.elem_type)
+        return f"tensor {name!r} is {dtype}"
+    return None
+
+
+def declared_unsupported(model: onnx.ModelProto) -> str | None:
+    """Why ``model`` is outside what ``compiler.support`` declares (an operator that does not
+    fold away, a restriction of a supported one, the type of a tensor the chip would compute),
+    or None. Outputs nobody reads do not count."""
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # the compiler reports it; operators are still checked
+        pass
+    types = _types(model)
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    shapes.update({k: s for k, t in types.items() if (s := _static(t)) is not None})
+    const, values = constant_tensors(model, shapes), constant_values(model)
+    for node in model.graph.node:
+        if all(o in const for o in node.output):
+            continue
+        if node.domain not in DOMAINS or node.op_type not in SUPPORTED:
+            return f"operator {'.'.join(filter(None, [node.domain, node.op_type]))}"
+        why = RESTRICTIONS[node.op_type](node, shapes, values) \
+            if node.op_type in RESTRICTIONS else None
+        if why:
+            return why
+    for name in sorted(used_tensors(model) - const):
+        why = _unsupported_type(name, types.get(name))
+        if why:
+            return why
+    return None
+
+
 def run_case(case: Case) -> Outcome:
     if not all(isinstance(v, (np.ndarray, np.generic)) for v in case.inputs + case.outputs):
         return Outcome(case.name, "unsupported", "sequence or optional tensors")
     model, feeds = bind_constants(case)
+    reason = declared_unsupported(model)
+    if reason:
+        return Outcome(case.name, "unsupported", reason)
     try:
         program = compile_model(model)
     except CompileError as exc:
-        return Outcome(case.name, "unsupported", str(exc))
+        return Outcome(case.name, "failed", f"compiler refused a supported model: {exc}")
     except Exception as exc:  # a compiler crash is a failure, never "unsupported"
         return Outcome(case.name, "failed", f"compiler crashed: {type(exc).__name__}: {exc}")
     try:

@@ -1,5 +1,18 @@
-"""The pass registry and the default pipeline (an ordered list of pass names)."""
+"""The pass registry, each pass's contract, and the default pipeline (an ordered list of names).
 
+A contract is data: the passes that must have run before a pass (``requires``), and the
+earlier passes whose results it makes stale because it rewrites the graph (``invalidates``:
+a schedule or a buffer allocation describes the ops and values that existed when it ran).
+``check_pipeline`` walks a pipeline with these contracts, and codegen's own requirements,
+before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import CompileError
 from . import (
                allocate_buffers,
                basis_decompose,
@@ -10,14 +23,62 @@ from . import (
                schedule,
 )
 
-PASSES = {
-    "canonicalize": canonicalize.run,
-    "fold-batchnorm": fold_batchnorm.run,
-    "fuse-activation": fuse_activation.run,
-    "lower-to-crossbar": lower_to_crossbar.run,
-    "basis-decompose": basis_decompose.run,
-    "schedule": schedule.run,
-    "allocate-buffers": allocate_buffers.run,
-}
 
-PIPELINE = list(PASSES)
+@dataclass(frozen=True)
+class Pass:
+    """A pass: ``run(graph, ctx) -> graph``, and its contract (see the module docstring)."""
+    name: str
+    run: Callable
+    requires: tuple[str, ...] = ()
+    invalidates: tuple[str, ...] = ()
+
+
+ANALYSES = ("schedule", "allocate-buffers")  # results a graph rewrite makes stale
+CODEGEN = "codegen"  # what consumes the pipeline's result, in messages
+
+PASSES: dict[str, Pass] = {p.name: p for p in [
+    Pass("canonicalize", canonicalize.run, (), ANALYSES),
+    Pass("fold-batchnorm", fold_batchnorm.run, ("canonicalize",), ANALYSES),
+    Pass("fuse-activation", fuse_activation.run, ("canonicalize",), ANALYSES),
+    Pass("lower-to-crossbar", lower_to_crossbar.run, ("canonicalize",), ANALYSES),
+    Pass("basis-decompose", basis_decompose.run, ("lower-to-crossbar",), ANALYSES),
+    Pass("schedule", schedule.run, ("lower-to-crossbar",)),
+    Pass("allocate-buffers", allocate_buffers.run),
+]}
+
+PIPELINE = ["canonicalize", "fold-batchnorm", "fuse-activation", "lower-to-crossbar",
+            "basis-decompose", "schedule", "allocate-buffers"]
+
+
+def _require(who: str, needs: tuple[str, ...], valid: set[str], stale: dict[str, str],
+             later: list[str]) -> None:
+    for need in needs:
+        if need in valid:
+            continue
+        if need in stale:
+            raise CompileError(f"--passes: {who} needs {need} after {stale[need]}, which "
+                               f"rewrites the graph; run {need} again after {stale[need]}")
+        if need in later:
+            raise CompileError(f"--passes: {who} needs {need} to run before it; move {need} "
+                               f"ahead of {who}")
+        where = "" if who == CODEGEN else f", before {who}"
+        raise CompileError(f"--passes: {who} needs {need}; add {need} to --passes{where}")
+
+
+def check_pipeline(names: list[str], then: tuple[str, ...] = ()) -> None:
+    """Raise one CompileError naming the first unknown pass or unmet requirement of ``names``,
+    followed by a consumer (codegen) that requires the passes ``then``."""
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        raise CompileError(f"--passes: unknown pass(es) {', '.join(unknown)}; known: "
+                           f"{', '.join(PIPELINE)}")
+    valid: set[str] = set()
+    stale: dict[str, str] = {}
+    for i, name in enumerate(names):
+        _require(name, PASSES[name].requires, valid, stale, names[i + 1:])
+        for old in set(PASSES[name].invalidates) & valid:
+            valid.discard(old)
+            stale[old] = name
+        valid.add(name)
+        stale.pop(name, None)
+    _require(CODEGEN, then, valid, stale, [])

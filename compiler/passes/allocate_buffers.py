@@ -2,7 +2,8 @@
 
 Before: a scheduled graph. After: ``graph.offsets`` maps every non-constant value to an offset
 (64-byte aligned) such that two values live at the same time never overlap, found by a
-first-fit linear scan over the topological order; ``ctx.stats['scratchpad_bytes']`` is the peak.
+first-fit linear scan over the topological order; ``ctx.stats['scratchpad_bytes']`` is the peak,
+which must be within ``ctx.limits`` (else CompileError).
 """
 
 from __future__ import annotations
@@ -53,4 +54,5 @@ def run(graph: Graph, ctx) -> Graph:
     graph.offsets = offsets
     ends = [offsets[n] + _size(graph, n) for n in offsets]
     ctx.stats["scratchpad_bytes"] = max(ends, default=0)
+    ctx.limits.check_scratchpad(ctx.stats["scratchpad_bytes"], "the program")
     return graph

@@ -18,26 +18,54 @@ Coefficient scales: the basis set was made from the ONNX weights; folding batchn
 alpha scale each kernel, so each scale is multiplied by its kernel's gain (IR weight over ONNX
 weight). Where the IR weight is not a per-kernel scaling of the ONNX one, the scales are
 re-fitted to the IR weight and the note says so.
+
+``reconstruction_warning`` turns the measured errors into the warning ``cimc`` prints when a
+fit is poor (``WARN_REL_ERR``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from isa import ChipGeometry
 from isa.combiner import combine_work
 
 from ..basis import BasisSet, fit_scales, reconstruct
 from ..errors import CompileError
 from ..ir import Graph, Op
+from ..progress import bar
+
+# Warn when a layer's weights are reconstructed with a larger relative error than this. On the
+# digits CNN, post-training fits whose worst layer stayed under it lost at most 2.3 points of
+# accuracy (a complete basis with 4-bit coefficients: 0.21); every fit above it lost 5 points
+# or more (N = 8: 0.35), and N = 4 (0.7) fell to about 20 %.
+WARN_REL_ERR = 0.25
 
 
-def basis_tile(basis: BasisSet, rows: int, cols: int) -> tuple[np.ndarray, int]:
+def copies(unit: int, n: int, chip: ChipGeometry) -> int:
+    """Basis copies h one crossbar holds: h * unit <= rows and h * n <= weight columns."""
+    return min(chip.rows // unit, chip.weights_per_row // n)
+
+
+def check_fits(unit: int, n: int, chip: ChipGeometry, source: str) -> None:
+    """Raise CompileError (naming ``source``, e.g. "--basis 20") unless one copy of a basis of
+    ``n`` vectors of ``unit`` weights fits a crossbar of ``chip``."""
+    if copies(unit, n, chip) >= 1:
+        return
+    if unit > chip.rows:
+        raise CompileError(f"{source}: a basis vector of {unit} weights does not fit a crossbar "
+                           f"of {chip.rows} rows; use --basis-unit {chip.rows} or less")
+    raise CompileError(f"{source}: a basis of {n} vectors does not fit a crossbar of "
+                       f"{chip.weights_per_row} weight columns ({chip.cols} cells / (2 x "
+                       f"{chip.slices} slices)); the largest N that fits is "
+                       f"{chip.weights_per_row}")
+
+
+def basis_tile(basis: BasisSet, chip: ChipGeometry) -> tuple[np.ndarray, int]:
     """The block-diagonal crossbar tile and its copy count h."""
     unit, n = basis.basis.shape
-    h = min(rows // unit, cols // n)
-    if h < 1:
-        raise CompileError(f"a basis of {unit} x {n} does not fit a crossbar of {rows} rows and "
-                           f"{cols} weight columns; use a smaller --basis or --basis-unit")
+    check_fits(unit, n, chip, f"basis set of {n} x {unit}")
+    h = copies(unit, n, chip)
     tile = np.zeros((h * unit, h * n), np.float32)
     for i in range(h):
         tile[i * unit:(i + 1) * unit, i * n:(i + 1) * n] = basis.basis
@@ -106,14 +134,28 @@ def _decompose(graph: Graph, op: Op, ctx, tile_name: str, h: int) -> dict:
             "sparsity": float(np.mean(layer.levels == 0))}
 
 
+def reconstruction_warning(rows: list[dict], n: int) -> str | None:
+    """A one-line warning naming the worst-reconstructed layer of a basis of ``n`` vectors, or
+    None when every layer's relative error (``ctx.stats['basis']``) is within WARN_REL_ERR."""
+    worst = max(rows, key=lambda r: r["rel_err"], default=None)
+    if worst is None or worst["rel_err"] <= WARN_REL_ERR:
+        return None
+    return (f"the basis of N={n} reconstructs layer {worst['layer']!r} with a relative weight "
+            f"error of {worst['rel_err']:.2f} (above {WARN_REL_ERR}, where post-training fits "
+            "start to lose accuracy): expect a large accuracy loss; use a larger N, --basis "
+            "auto with --calibrate and --calibrate-labels, or train the basis with "
+            "tools/finetune_basis.py")
+
+
 def run(graph: Graph, ctx) -> Graph:
     basis: BasisSet | None = getattr(ctx, "basis", None)
-    if basis is None:
+    ops = [o for o in graph.ops() if o.kind == "xbar_matmul"]
+    if basis is None or not ops:
         return graph
-    tile, h = basis_tile(basis, ctx.chip.rows, ctx.chip.weights_per_row)
+    tile, h = basis_tile(basis, ctx.chip)
     tile_name = graph.add_constant(graph.fresh("basis.tile"), tile)
     rows = []
-    for op in [o for o in graph.ops() if o.kind == "xbar_matmul"]:
+    for op in bar(ops, ctx.progress, "basis-decompose", "layer"):
         graph.remove_op(op)
         rows.append(_decompose(graph, op, ctx, tile_name, h))
     graph.drop_dead()

@@ -1,35 +1,41 @@
 """canonicalize: fold constants, drop no-ops, rewrite ONNX ops into canonical IR ops.
 
 Before: a graph straight from the frontend (ops are ONNX types).
-After: no op has only constant inputs (all folded with ONNX's reference evaluator; Shape of a
-static tensor folds too); Identity and Dropout are gone (a graph output that was an Identity
-becomes ``copy``); every op is a canonical kind from ``compiler.normalize`` (conv, matmul,
-batchnorm, relu, add, reshape, maxpool, ...) with explicit numeric attributes.
+After: no op has only constant inputs (all folded with ONNX's reference evaluator; Shape and
+Size of a static tensor fold too); Identity and Dropout are gone (a graph output that was one
+becomes ``copy``; a Dropout mask someone reads is a constant of ones); every op is a canonical
+kind from ``compiler.normalize`` (conv, matmul, batchnorm, relu, add, reshape, maxpool, ...)
+with explicit numeric attributes.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from onnx.reference import ReferenceEvaluator
 
 from ..errors import CompileError
 from ..ir import Graph, Op
 from ..normalize import NORMALIZERS
-from ..support import NOT_FOLDABLE
+from ..onnx_reference import reference_evaluator
+from ..support import NOT_FOLDABLE, SHAPE_OPS, dropout_is_random
 
 DROPPED = {"Identity", "Dropout"}
 
 
+def _shape_op(graph: Graph, op: Op) -> np.ndarray:
+    shape = np.array(graph.shape(op.inputs[0]), dtype=np.int64)
+    if op.kind == "Size":
+        return np.int64(np.prod(shape, dtype=np.int64))
+    return shape[op.attrs.get("start", 0):op.attrs.get("end", len(shape))]
+
+
 def _fold(graph: Graph, op: Op) -> bool:
-    if op.kind == "Shape" and op.inputs[0] in graph.values:
-        shape = np.array(graph.shape(op.inputs[0]), dtype=np.int64)
-        start, end = op.attrs.get("start", 0), op.attrs.get("end", len(shape))
-        results = [shape[start:end]]
+    if op.kind in SHAPE_OPS and op.inputs[0] in graph.values:
+        results = [_shape_op(graph, op)]
     elif op.kind not in NOT_FOLDABLE and "_proto" in op.attrs and \
             all(not i or graph.is_const(i) for i in op.inputs):
         feeds = {i: graph.constants[i] for i in op.inputs if i}
         try:
-            results = ReferenceEvaluator(op.attrs["_proto"], opsets={"": graph.opset}).run(
+            results = reference_evaluator(op.attrs["_proto"], opsets={"": graph.opset}).run(
                 None, feeds)
         except Exception as exc:
             raise CompileError(f"{op.origin}: constant folding of {op.kind} failed: {exc}") \
@@ -47,13 +53,17 @@ def _training_dropout(graph: Graph, op: Op) -> bool:
     ins = op.inputs + ["", ""]
     ratio = float(graph.constants[ins[1]]) if ins[1] else op.attrs.get("ratio", 0.5)
     training = bool(graph.constants[ins[2]]) if ins[2] else False
-    return training and ratio > 0
+    return dropout_is_random(ratio, training)
 
 
 def _drop(graph: Graph, op: Op) -> None:
     if op.kind == "Dropout" and _training_dropout(graph, op):
         raise CompileError(f"{op.origin}: Dropout in training mode is not supported "
                            "(inference only)")
+    for mask in op.outputs[1:]:  # what an inference-mode Dropout keeps: everything
+        shape = graph.shape(mask)
+        graph.values.pop(mask, None)
+        graph.add_constant(mask, np.ones(shape, dtype=bool))
     src, out = op.inputs[0], op.outputs[0]
     if out in graph.outputs:
         graph.remove_op(op)

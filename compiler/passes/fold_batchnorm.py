@@ -2,8 +2,9 @@
 
 Before: canonical ops (after canonicalize).
 After: no ``batchnorm`` op remains. A batchnorm whose input is the only use of a conv (or a
-2-D matmul) output is folded into that op's weight and bias; any other becomes a per-channel
-``mul`` then ``add`` with constants on the vector unit.
+2-D matmul) output without a fused activation is folded into that op's weight and bias; any
+other becomes a per-channel ``mul`` then ``add`` with constants on the vector unit. (Run after
+fuse-activation, it folds less but stays exact.)
 """
 
 from __future__ import annotations
@@ -55,12 +56,18 @@ def _to_scale_shift(graph: Graph, bn: Op, scale, shift) -> None:
     graph.add_op("add", [mid, t], bn.outputs, {}, bn.origin)
 
 
+def _foldable(graph: Graph, prod: Op | None, bn: Op) -> bool:
+    """True when ``bn`` can become part of its producer's weight and bias."""
+    return (prod is not None and prod.kind in FOLDABLE and not prod.attrs.get("act")
+            and _single_use(graph, bn.inputs[0])
+            and (prod.kind == "conv" or len(graph.shape(bn.inputs[0])) == 2))
+
+
 def run(graph: Graph, ctx) -> Graph:
     for bn in [op for op in graph.ops() if op.kind == "batchnorm"]:
         scale, shift = _coefficients(graph, bn)
         prod = graph.producer(bn.inputs[0])
-        if (prod is not None and prod.kind in FOLDABLE and _single_use(graph, bn.inputs[0])
-                and (prod.kind == "conv" or len(graph.shape(bn.inputs[0])) == 2)):
+        if _foldable(graph, prod, bn):
             _fold_into(graph, prod, bn, scale, shift)
         else:
             _to_scale_shift(graph, bn, scale, shift)

@@ -7,6 +7,8 @@ depthwise and grouped convs share one matrix), then ``unpatch`` back to [B, M, *
 A matmul is an ``xbar_matmul`` directly. Every ``xbar_matmul`` has ``tiles``: the
 (row0, row1, col0, col1) windows of its weight that hold any non-zero weight, each at most
 chip.rows x chip.weights_per_row; an all-zero tile is never mapped (its product is zero).
+The matrices' total size, predicted from shapes, must be within ``ctx.limits`` before any is
+built (grouped convolutions become block-diagonal matrices larger than their kernels).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Op
+from ..limits import F32
+from ..progress import bar
 
 
 def conv_matrix(w: np.ndarray, group: int) -> np.ndarray:
@@ -61,8 +65,19 @@ def _lower_conv(graph: Graph, op: Op, ctx) -> None:
     graph.add_op("unpatch", [cols], [out], {}, op.origin)
 
 
+def matrix_bytes(graph: Graph, op: Op) -> int:
+    """Bytes of the [K, M] crossbar matrix of a conv or matmul, from shapes alone."""
+    w = graph.shape(op.inputs[1])
+    if op.kind == "conv":
+        return graph.shape(op.inputs[0])[1] * int(np.prod(w[2:], dtype=np.int64)) * w[0] * F32
+    return int(np.prod(w, dtype=np.int64)) * F32
+
+
 def run(graph: Graph, ctx) -> Graph:
-    for op in [o for o in graph.ops() if o.kind in ("conv", "matmul")]:
+    ops = [o for o in graph.ops() if o.kind in ("conv", "matmul")]
+    ctx.limits.check_weights(sum(matrix_bytes(graph, op) for op in ops),
+                             "the model (its crossbar weight matrices)")
+    for op in bar(ops, ctx.progress, "lower-to-crossbar", "layer"):
         graph.remove_op(op)
         if op.kind == "conv":
             _lower_conv(graph, op, ctx)

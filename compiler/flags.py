@@ -1,0 +1,133 @@
+"""``cimc``'s flags, checked before any work: numeric ranges (one table), the chip (``--chip``
+with the geometry flags that were given), BasisN sizes against that chip's crossbars, and the
+output paths. Every check raises CompileError (or isa.IsaError) naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+
+from isa.chip import Chip, load_chip
+from isa.files import check_writable
+from isa.limits import BATCH, GEOMETRY, check_geometry
+
+from .backend import REQUIRES
+from .errors import CompileError
+from .passes import check_pipeline
+from .passes.basis_decompose import check_fits
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Range:
+    """Accepted values: from ``low`` to ``high``, each end included unless marked open."""
+    low: float
+    high: float = INF
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below and math.isfinite(value)
+
+    def __str__(self) -> str:
+        low = f"{'above' if self.low_open else 'at least'} {_number(self.low)}"
+        if self.high == INF:
+            return low
+        return f"{low} and {'below' if self.high_open else 'at most'} {_number(self.high)}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+GEOMETRY_FLAGS = ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "adc_bits")
+
+# flag (argparse dest) -> accepted values. Geometry bounds are isa.limits' (physical arrays).
+RANGES: dict[str, Range] = {
+    **{name: Range(*GEOMETRY[name]) for name in GEOMETRY_FLAGS + ("xbars",)},
+    "batch": Range(*BATCH),                        # what a .cim header may declare
+    "coef_bits": Range(2, 8),                      # a sign and a magnitude bit; stored as int8
+    "coef_sparsity": Range(0, 1, high_open=True),  # a fraction; 1 would zero every coefficient
+    "accuracy_budget": Range(0, 100),              # percentage points
+    "basis_unit": Range(1, GEOMETRY["rows"][1]),   # and at most the chip's rows (check_basis)
+    "max_scratchpad_mb": Range(0, low_open=True),
+    "max_weights_mb": Range(0, low_open=True),
+}
+
+
+def flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """Raise CompileError for the first flag in ``RANGES`` whose value is out of range."""
+    for dest, accepted in RANGES.items():
+        value = getattr(args, dest)
+        if value is not None and value not in accepted:
+            raise CompileError(f"{flag(dest)} must be {accepted} (got {value})")
+
+
+def passes(args: argparse.Namespace) -> list[str]:
+    """The --passes pipeline, checked against the passes' contracts and codegen's needs."""
+    pipeline = [name for name in args.passes.split(",") if name]
+    check_pipeline(pipeline, then=REQUIRES)
+    if args.basis is not None and "basis-decompose" not in pipeline:
+        raise CompileError("--basis needs the basis-decompose pass in --passes")
+    return pipeline
+
+
+def chip(args: argparse.Namespace) -> Chip:
+    """The chip of ``--chip`` (a preset or TOML; default: the default chip) whose [arch] is
+    replaced field by field by the geometry flags that were given, checked as a whole."""
+    config = load_chip(args.chip)
+    given = {name: getattr(args, name) for name in GEOMETRY_FLAGS
+             if getattr(args, name) is not None}
+    where = f"chip {args.chip or 'default'}" + "".join(
+        f" {flag(name)} {value}" for name, value in given.items())
+    geometry = check_geometry(dataclasses.replace(config.arch, **given), where)
+    return dataclasses.replace(config, arch=geometry)
+
+
+def check_basis(args: argparse.Namespace, chip: Chip) -> None:
+    """--basis N|auto|FILE and its companions, against ``chip``'s crossbars (a FILE's own
+    sizes are checked once it is read)."""
+    if args.basis is None:
+        if args.basis_out:
+            raise CompileError("--basis-out needs --basis")
+        return
+    if args.basis_unit > chip.arch.rows:
+        raise CompileError(f"--basis-unit must be at most the crossbar's {chip.arch.rows} rows "
+                           f"(got {args.basis_unit})")
+    if args.basis.isdigit():
+        if int(args.basis) < 1:
+            raise CompileError(f"--basis must be at least 1 (got {args.basis})")
+        check_fits(args.basis_unit, int(args.basis), chip.arch, f"--basis {args.basis}")
+    elif args.basis == "auto":
+        if not args.calibrate or not args.calibrate_labels:
+            raise CompileError("--basis auto needs --calibrate SAMPLES.npy and "
+                               "--calibrate-labels LABELS.npy")
+    elif os.path.splitext(args.basis)[1] != ".npz":
+        raise CompileError(f"--basis {args.basis}: expected a number of basis vectors, auto, "
+                           "or a .npz basis file")
+
+
+def check_outputs(args: argparse.Namespace, output: str) -> None:
+    """-o and --basis-out can be written, are different files, and are not the model."""
+    check_writable(output, "-o")
+    named = {"-o": output}
+    if args.basis_out:
+        check_writable(args.basis_out, "--basis-out")
+        named["--basis-out"] = args.basis_out
+    paths = [os.path.realpath(p) for p in named.values()]
+    if len(set(paths)) < len(paths):
+        raise CompileError(f"-o and --basis-out must name different files (both {output})")
+    for name, path in named.items():
+        if os.path.realpath(path) == os.path.realpath(args.model):
+            raise CompileError(f"{name} {path} is the model itself; write somewhere else")

@@ -1,0 +1,567 @@
+"""cimc checks everything before long work, says what is wrong on one line, exits with status 2,
+and never replaces an existing output on failure (issue 10); plus issue 11's Dropout mask and
+conformance classification."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, ROOT, cli, model_path, ort_run, rel_err
+from onnx import TensorProto, helper, numpy_helper
+
+import isa
+from compiler import CompileError, compile_model
+from compiler import cli as cimc
+from compiler.backend import REQUIRES
+from compiler.basis_fit import fit, layer_matrices
+from compiler.passes import PIPELINE
+from runtime import run
+from tools.conformance import declared_unsupported
+
+RNG = np.random.default_rng(11)
+CNN = model_path("digits_cnn")
+CALIB_X = os.path.join(MODELS, "digits_calib_x.npy")
+CALIB_Y = os.path.join(MODELS, "digits_calib_y.npy")
+SAMPLE = os.path.join(MODELS, "digits_sample.npy")
+OLD = b"an existing program\n"
+
+
+def _fails(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def _existing(tmp_path):
+    out = tmp_path / "old.cim"
+    out.write_bytes(OLD)
+    return out
+
+
+def _untouched(out):
+    assert out.read_bytes() == OLD
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def _fails_keeping_output(tmp_path, model, *args_and_needles):
+    """cimc MODEL -o <existing file> ARGS fails with every needle; the file is untouched."""
+    args = [a for a in args_and_needles if not isinstance(a, tuple)]
+    needles = [n for a in args_and_needles if isinstance(a, tuple) for n in a]
+    out = _existing(tmp_path)
+    _fails(cli("cimc", str(model), "-o", str(out), *args), *needles)
+    _untouched(out)
+
+
+def _f32(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _model(nodes, x_shape, y_shape, inits=None, opset=13, outputs=None):
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _save(model, path):
+    onnx.save(model, str(path))
+    return path
+
+
+def _ideal_matches_onnxruntime(program, model, x):
+    got = run(program, x, timing=False).outputs
+    want = ort_run(model, {"x": x})
+    for port, expected in zip(program.outputs, want):
+        assert rel_err(got[port.name], np.asarray(expected, np.float32)) < 1e-4, port.name
+
+
+# --- 1. pass contracts ------------------------------------------------------------------------
+def _bn(prefix, c):
+    return {f"{prefix}.s": RNG.uniform(0.5, 1.5, c).astype(np.float32), f"{prefix}.b": _f32(c),
+            f"{prefix}.m": _f32(c), f"{prefix}.v": RNG.uniform(0.5, 1.5, c).astype(np.float32)}
+
+
+def _pipeline_model():
+    """conv -> relu -> batchnorm (after the activation) -> conv -> batchnorm -> relu -> gemm."""
+    n = helper.make_node
+    bn = ["s", "b", "m", "v"]
+    nodes = [n("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             n("Relu", ["c1"], ["r1"], name="r1"),
+             n("BatchNormalization", ["r1"] + [f"bn1.{k}" for k in bn], ["b1"], name="bn1"),
+             n("Conv", ["b1", "w2", "cb2"], ["c2"], name="c2"),
+             n("BatchNormalization", ["c2"] + [f"bn2.{k}" for k in bn], ["b2"], name="bn2"),
+             n("Relu", ["b2"], ["r2"], name="r2"),
+             n("Flatten", ["r2"], ["f"], name="flat"),
+             n("Gemm", ["f", "g", "gb"], ["y"], name="fc", transB=1)]
+    inits = {"w1": _f32(4, 3, 3, 3), "w2": _f32(5, 4, 3, 3), "cb2": _f32(5),
+             "g": _f32(7, 5 * 4 * 4), "gb": _f32(7), **_bn("bn1", 4), **_bn("bn2", 5)}
+    return _model(nodes, [2, 3, 6, 6], [2, 7], inits)
+
+
+@pytest.mark.parametrize("k", range(len(PIPELINE) + 1))
+def test_every_prefix_of_the_default_pipeline(k):
+    """Each prefix compiles a correct program or names the first pass codegen misses."""
+    model, passes = _pipeline_model(), PIPELINE[:k]
+    missing = [p for p in REQUIRES if p not in passes]
+    if missing:
+        with pytest.raises(CompileError) as err:
+            compile_model(model, passes=passes)
+        assert str(err.value) == f"--passes: codegen needs {missing[0]}; add {missing[0]} " \
+                                 "to --passes"
+    else:
+        _ideal_matches_onnxruntime(compile_model(model, passes=passes), model, _f32(2, 3, 6, 6))
+
+
+@pytest.mark.parametrize("passes", [
+    ["canonicalize", "lower-to-crossbar", "fold-batchnorm", "schedule", "allocate-buffers"],
+    ["canonicalize", "fuse-activation", "fold-batchnorm", "lower-to-crossbar", "schedule",
+     "allocate-buffers"],
+    ["canonicalize", "canonicalize", "fold-batchnorm", "lower-to-crossbar", "schedule",
+     "allocate-buffers", "schedule", "allocate-buffers"],
+    ["canonicalize", "fold-batchnorm", "lower-to-crossbar", "allocate-buffers", "schedule"],
+])
+def test_other_valid_orders_compile_correct_programs(passes):
+    model = _pipeline_model()
+    _ideal_matches_onnxruntime(compile_model(model, passes=passes), model, _f32(2, 3, 6, 6))
+
+
+@pytest.mark.parametrize("passes, message", [
+    ("canonicalize", "--passes: codegen needs fold-batchnorm; add fold-batchnorm to --passes"),
+    ("fold-batchnorm,canonicalize,lower-to-crossbar,schedule,allocate-buffers",
+     "fold-batchnorm needs canonicalize to run before it; move canonicalize ahead of "
+     "fold-batchnorm"),
+    ("canonicalize,fold-batchnorm,schedule,lower-to-crossbar,allocate-buffers",
+     "schedule needs lower-to-crossbar to run before it"),
+    ("canonicalize,fold-batchnorm,lower-to-crossbar,schedule,allocate-buffers,basis-decompose",
+     "codegen needs schedule after basis-decompose, which rewrites the graph"),
+    ("canonicalize,fold-batchnorm,lower-to-crossbar,allocate-buffers",
+     "codegen needs schedule; add schedule to --passes"),
+    ("canonicalize,basis-decompose", "basis-decompose needs lower-to-crossbar"),
+    ("canonicalize,fuse-activation,lower-to-crossbar,schedule,allocate-buffers",
+     "codegen needs fold-batchnorm"),
+    ("canonicalize,lower-to-crosbar", "unknown pass(es) lower-to-crosbar"),
+])
+def test_pipelines_missing_a_prerequisite(tmp_path, passes, message):
+    _fails_keeping_output(tmp_path, CNN, "--passes", passes, (message,))
+
+
+def test_basis_without_its_pass_is_refused(tmp_path):
+    _fails_keeping_output(tmp_path, CNN, "--basis", "4", "--passes",
+                          "canonicalize,fold-batchnorm,lower-to-crossbar,schedule,"
+                          "allocate-buffers", ("--basis needs the basis-decompose pass",))
+
+
+# --- 2. size limits ---------------------------------------------------------------------------
+def test_huge_conv_is_refused_from_its_shapes(tmp_path):
+    """A 3x3 conv over a 30000 x 30000 image: 32 GB of im2col patches, refused at once."""
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="big", pads=[1, 1, 1, 1])
+    path = _save(_model([conv], [1, 1, 30000, 30000], [1, 1, 30000, 30000],
+                        {"w": _f32(1, 1, 3, 3)}), tmp_path / "big.onnx")
+    _fails_keeping_output(tmp_path, path, ("Conv 'big' (its im2col patches) needs 30899 MB of "
+                                           "scratchpad (limit 1024 MB; raise it with "
+                                           "--max-scratchpad-mb)",))
+
+
+def test_program_peak_is_checked_after_allocation(tmp_path):
+    """Two live 1 MB tensors: each fits a 1.5 MB limit, the program's peak of 2 MB does not."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["a"], ["y"])]
+    path = _save(_model(nodes, [1, 256, 1024], [1, 256, 1024]), tmp_path / "m.onnx")
+    _fails_keeping_output(tmp_path, path, "--max-scratchpad-mb", "1.5",
+                          ("the program needs 2 MB of scratchpad (limit 1.5 MB; raise it with "
+                           "--max-scratchpad-mb)",))
+    assert cli("cimc", str(path), "-o", str(tmp_path / "ok.cim"), "--max-scratchpad-mb",
+               "2").returncode == 0
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_large_gemm_weights_are_refused(tmp_path, external):
+    """Checked from the initializers' dims, before external data is read."""
+    gemm = helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")
+    model = _model([gemm], [1, 2048], [1, 1024], {"w": _f32(2048, 1024)})
+    path = tmp_path / "gemm.onnx"
+    onnx.save(model, str(path), save_as_external_data=external, location="gemm.bin")
+    _fails_keeping_output(tmp_path, path, "--max-weights-mb", "4",
+                          ("the model (its initializers) needs 8 MB of weights (limit 4 MB; "
+                           "raise it with --max-weights-mb)",))
+
+
+def test_grouped_conv_matrices_are_checked_before_they_are_built(tmp_path):
+    """A depthwise conv of 512 channels: 18 KB of kernels, a 9 MB block-diagonal matrix."""
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=512)
+    path = _save(_model([conv], [1, 512, 3, 3], [1, 512, 1, 1], {"w": _f32(512, 1, 3, 3)}),
+                 tmp_path / "dw.onnx")
+    _fails_keeping_output(tmp_path, path, "--max-weights-mb", "1",
+                          ("the model (its crossbar weight matrices) needs 9 MB of weights",))
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(cimc, "compile_model", exhausted)
+    assert cimc.main([CNN, "-o", str(tmp_path / "p.cim")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cimc: error: out of memory compiling") and err.count("\n") == 1
+    assert not (tmp_path / "p.cim").exists()
+
+
+# --- 3. non-finite and unreadable inputs ------------------------------------------------------
+@pytest.fixture
+def nan_samples(tmp_path):
+    x = np.load(CALIB_X)[:40].copy()
+    x[0, 0, 0, 0], x[1, 0, 3, 3], x[1, 0, 4, 4] = np.nan, np.inf, -np.inf
+    np.save(tmp_path / "nan.npy", x)
+    return tmp_path / "nan.npy"
+
+
+def test_nonfinite_calibration_samples_are_an_error(tmp_path, nan_samples):
+    _fails_keeping_output(tmp_path, CNN, "--calibrate", str(nan_samples),
+                          (f"--calibrate {nan_samples}: 3 of 2560 values are NaN or infinite",
+                           "--allow-nonfinite"))
+
+
+def test_allowed_nonfinite_values_are_left_out_of_the_ranges(tmp_path, nan_samples):
+    r = cli("cimc", CNN, "-o", str(tmp_path / "p.cim"), "--calibrate", str(nan_samples),
+            "--allow-nonfinite")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("cimc: warning: ") and "2 sample(s) hold NaN or Inf" in r.stderr
+    ranges = {b.name: b.range for b in isa.load(str(tmp_path / "p.cim")).buffers if b.range}
+    assert len(ranges) == 5 and all(np.isfinite(v) and v > 0 for v in ranges.values())
+    x = np.load(nan_samples)
+    assert ranges["conv1.patches"] == pytest.approx(float(np.abs(x[np.isfinite(x)]).max()))
+
+
+@pytest.mark.parametrize("flag", ["--calibrate", "--calibrate-labels"])
+def test_calibration_files_are_read_safely(tmp_path, flag):
+    files = {"--calibrate": CALIB_X, "--calibrate-labels": CALIB_Y}
+    (tmp_path / "text.npy").write_text("0.1 0.2 0.3\n")
+    for bad, needle in [(tmp_path / "text.npy", "not a .npy"), (tmp_path, "is a directory")]:
+        args = [a for name, path in files.items() for a in (name, str(bad) if name == flag
+                                                            else path)]
+        _fails_keeping_output(tmp_path, CNN, "--basis", "auto", *args, (f"{flag} {bad}: {needle}",))
+
+
+def test_model_directory_is_named_as_such(tmp_path):
+    _fails(cli("cimc", str(tmp_path), "-o", str(tmp_path / "p.cim")),
+           f"{tmp_path}: is a directory, not an ONNX model file")
+
+
+# --- 4. every flag has a range, checked before the model is read ------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--weight-bits", "64"], "--weight-bits must be at least 2 and at most 16 (got 64)"),
+    (["--adc-bits", "0"], "--adc-bits must be at least 1 and at most 16 (got 0)"),
+    (["--input-bits", "17"], "--input-bits must be at least 1 and at most 16 (got 17)"),
+    (["--cell-bits", "9"], "--cell-bits must be at least 1 and at most 8 (got 9)"),
+    (["--rows", "0"], "--rows must be at least 1 and at most 8192 (got 0)"),
+    (["--cols", "100000"], "--cols must be at least 2 and at most 8192 (got 100000)"),
+    (["--xbars", "0"], "--xbars must be at least 1 and at most 1048576 (got 0)"),
+    (["--batch", "0"], "--batch must be at least 1 and at most 65536 (got 0)"),
+    (["--batch", "100000"], "--batch must be at least 1 and at most 65536 (got 100000)"),
+    (["--coef-bits", "9"], "--coef-bits must be at least 2 and at most 8 (got 9)"),
+    (["--coef-sparsity", "1"], "--coef-sparsity must be at least 0 and below 1 (got 1.0)"),
+    (["--coef-sparsity", "-0.1"], "--coef-sparsity must be at least 0 and below 1"),
+    (["--accuracy-budget", "-1"], "--accuracy-budget must be at least 0 and at most 100"),
+    (["--basis-unit", "0"], "--basis-unit must be at least 1 and at most 8192 (got 0)"),
+    (["--basis", "4", "--basis-unit", "200"],
+     "--basis-unit must be at most the crossbar's 128 rows (got 200)"),
+    (["--max-scratchpad-mb", "0"], "--max-scratchpad-mb must be above 0 (got 0.0)"),
+    (["--max-weights-mb", "nan"], "--max-weights-mb must be above 0 (got nan)"),
+    (["--cols", "4"], "chip default --cols 4: cols = 4 cannot hold one 8-bit weight"),
+    (["--weight-bits", "16", "--cols", "8"], "cols = 8 cannot hold one 16-bit weight"),
+])
+def test_flag_ranges_are_checked_before_the_model_is_read(tmp_path, args, message):
+    _fails_keeping_output(tmp_path, tmp_path / "no-such-model.onnx", *args, (message,))
+
+
+def test_wide_weights_are_no_longer_accepted_silently(tmp_path):
+    _fails_keeping_output(tmp_path, CNN, "--weight-bits", "64", ("--weight-bits must be",))
+
+
+# --- 5. BasisN sizes and --basis auto's data, checked before fitting --------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--basis", "10000"], "--basis 10000: a basis of 10000 vectors does not fit a crossbar of "
+                           "16 weight columns (128 cells / (2 x 4 slices)); the largest N that "
+                           "fits is 16"),
+    (["--basis", "5", "--cols", "32"], "the largest N that fits is 4"),
+    (["--basis", "0"], "--basis must be at least 1 (got 0)"),
+    (["--basis", "auto", "--calibrate", CALIB_X], "--basis auto needs --calibrate SAMPLES.npy "
+                                                  "and --calibrate-labels LABELS.npy"),
+    (["--basis-out", "b.npz"], "--basis-out needs --basis"),
+])
+def test_basis_geometry_is_checked_before_the_model_is_read(tmp_path, args, message):
+    _fails_keeping_output(tmp_path, tmp_path / "no-such-model.onnx", *args, (message,))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (lambda y: y[:-1], "{m} labels for {n} --calibrate samples"),
+    (lambda y: y.astype(np.float32), "expected a 1-D integer .npy array, got float32 [{n}]"),
+    (lambda y: y.reshape(-1, 1), "expected a 1-D integer .npy array, got int64 [{n}, 1]"),
+    (lambda y: np.where(np.arange(len(y)) == 5, 10, y), "1 label(s) outside the model's 10 "
+                                                       "classes 0..9 (first: 10)"),
+])
+def test_basis_auto_checks_its_labels_before_fitting(tmp_path, labels, message):
+    y = np.load(CALIB_Y).astype(np.int64)
+    np.save(tmp_path / "y.npy", labels(y))
+    message = message.format(n=len(y), m=len(y) - 1)
+    _fails_keeping_output(tmp_path, CNN, "--basis", "auto", "--calibrate", CALIB_X,
+                          "--calibrate-labels", str(tmp_path / "y.npy"),
+                          (f"--calibrate-labels {tmp_path / 'y.npy'}: {message}",))
+
+
+def test_calibration_samples_must_match_the_input(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 1, 9, 9), np.float32))
+    _fails_keeping_output(tmp_path, CNN, "--basis", "auto", "--calibrate",
+                          str(tmp_path / "x.npy"), "--calibrate-labels", CALIB_Y,
+                          (f"--calibrate {tmp_path / 'x.npy'}: samples of shape [4, 1, 9, 9]; "
+                           "the model's input 'image' takes [N, 1, 8, 8]",))
+
+
+def test_basis_file_with_wrong_contents(tmp_path):
+    np.savez(tmp_path / "b.npz", something=np.zeros(3))
+    _fails_keeping_output(tmp_path, CNN, "--basis", str(tmp_path / "b.npz"),
+                          (f"--basis {tmp_path / 'b.npz'}: not a basis file",))
+
+
+# --- 6. a poor basis fit is a warning ---------------------------------------------------------
+def _warnings(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("cimc: warning: ")]
+
+
+def test_poor_post_training_fit_warns_even_with_q(tmp_path):
+    r = cli("cimc", CNN, "--basis", "4", "-q", "-o", str(tmp_path / "p.cim"))
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    (line,) = _warnings(r.stderr)
+    assert r.stderr == line + "\n"
+    assert "the basis of N=4 reconstructs layer" in line
+    assert "relative weight error of" in line and "above 0.25" in line
+    assert "larger N" in line and "--basis auto" in line and "tools/finetune_basis.py" in line
+
+
+def test_poor_basis_file_warns(tmp_path):
+    fit(layer_matrices(onnx.load(CNN)), 2).save(str(tmp_path / "b2.npz"))
+    r = cli("cimc", CNN, "--basis", str(tmp_path / "b2.npz"), "-o", str(tmp_path / "p.cim"))
+    assert r.returncode == 0 and len(_warnings(r.stderr)) == 1, r.stderr
+
+
+def test_exact_basis_file_does_not_warn(tmp_path):
+    tuned = os.path.join(MODELS, "digits_cnn_basis4")
+    r = cli("cimc", tuned + ".onnx", "--basis", tuned + ".basis.npz", "-o",
+            str(tmp_path / "p.cim"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_library_warning_goes_to_the_callback():
+    model, seen = onnx.load(CNN), []
+    compile_model(model, basis=fit(layer_matrices(model), 3), warn=seen.append)
+    assert len(seen) == 1 and "N=3" in seen[0]
+
+
+def test_failure_after_fitting_keeps_outputs(tmp_path):
+    """The program's peak fails after the basis is fitted: -o and --basis-out stay as they
+    were."""
+    basis_out = tmp_path / "b.npz"
+    basis_out.write_bytes(b"an old basis")
+    _fails_keeping_output(tmp_path, CNN, "--basis", "4", "--basis-out", str(basis_out),
+                          "--max-scratchpad-mb", "0.04", ("the program needs",))
+    assert basis_out.read_bytes() == b"an old basis"
+
+
+def test_basis_out_and_dump_ir_are_written_on_success(tmp_path):
+    r = cli("cimc", CNN, "--basis", "9", "--coef-bits", "8", "--basis-out",
+            str(tmp_path / "b.npz"), "--dump-ir", str(tmp_path / "ir"), "-o",
+            str(tmp_path / "p.cim"))
+    assert r.returncode == 0 and _warnings(r.stderr) == [], r.stderr
+    assert (tmp_path / "b.npz").is_file() and len(list((tmp_path / "ir").iterdir())) == 16
+    assert [p.name for p in tmp_path.rglob(".tmp*")] == []
+
+
+# --- 7. valid ONNX with outputs nobody reads, and the Dropout mask ----------------------------
+def _dropout_model(mask_use):
+    """x -> Dropout (inference) -> y, its mask unused, read by a Cast and Mul, or returned."""
+    n = helper.make_node
+    drop = n("Dropout", ["x"], ["d", "mask"], name="drop")
+    nodes = [drop, n("Relu", ["d"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])]
+    if mask_use == "read":
+        nodes[1:] = [n("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+                     n("Mul", ["d", "mf"], ["y"])]
+    elif mask_use == "returned":
+        outputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, [2, 6]))
+    return _model(nodes, [2, 6], None, outputs=outputs)
+
+
+@pytest.mark.parametrize("mask_use", ["unused", "read", "returned"])
+def test_dropout_mask_output_compiles(mask_use):
+    model, x = _dropout_model(mask_use), _f32(2, 6)
+    program = compile_model(model)
+    got = run(program, x, timing=False).outputs
+    for port, want in zip(program.outputs, ort_run(model, {"x": x})):
+        np.testing.assert_allclose(got[port.name], np.asarray(want, np.float32), rtol=1e-6)
+
+
+def test_unused_maxpool_indices_do_not_matter():
+    pool = helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2])
+    model, x = _model([pool], [1, 2, 4, 4], [1, 2, 3, 3]), _f32(1, 2, 4, 4)
+    _ideal_matches_onnxruntime(compile_model(model), model, x)
+
+
+def test_shape_computed_reshape_target_is_folded():
+    """Reshape to [N, C*H*W / 2, 2] computed from Shape(x) through Slice, Div and Concat, as
+    ONNX function expansions write it: shape inference alone leaves it unknown."""
+    n = helper.make_node
+    c = {"zero": np.array([0]), "one": np.array([1]), "four": np.array([4]),
+         "two": np.array([2]), "big": np.array([1 << 30])}
+    nodes = [n("Shape", ["x"], ["s"]), n("Slice", ["s", "zero", "one"], ["nb"]),
+             n("Slice", ["s", "one", "big"], ["rest"]),
+             n("ReduceProd", ["rest"], ["total"], keepdims=1),
+             n("Div", ["total", "two"], ["half"]), n("Concat", ["nb", "half", "two"], ["t"],
+                                                    axis=0),
+             n("Reshape", ["x", "t"], ["r"]), n("Relu", ["r"], ["y"])]
+    model = _model(nodes, [3, 2, 2, 4], [3, 8, 2], {k: v.astype(np.int64) for k, v in c.items()})
+    _ideal_matches_onnxruntime(compile_model(model), model, _f32(3, 2, 2, 4))
+
+
+def test_conformance_calls_unsupported_only_what_support_declares():
+    exp = _model([helper.make_node("Exp", ["x"], ["y"])], [2, 6], [2, 6])
+    assert declared_unsupported(exp) == "operator Exp"
+    ints = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.INT32, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [2])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    assert declared_unsupported(ints) == "tensor 'x' is int32"
+    training = _model([helper.make_node("Dropout", ["x", "r", "t"], ["y"])], [2, 6], [2, 6],
+                      {"r": np.float32(0.5), "t": np.bool_(True)})
+    assert "training mode" in declared_unsupported(training)
+    for use in ("unused", "read", "returned"):
+        assert declared_unsupported(_dropout_model(use)) is None
+
+
+# --- 8. progress bars -------------------------------------------------------------------------
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
+    r = cli("cimc", CNN, "--basis", "auto", "--calibrate", CALIB_X, "--calibrate-labels",
+            CALIB_Y, "-q", "-o", str(tmp_path / "p.cim"))
+    assert r.returncode == 0 and r.stdout == ""
+    assert "\r" not in r.stderr and "basis auto" not in r.stderr, r.stderr
+
+
+def _on_a_terminal(code: str) -> bytes:
+    """What ``python -c code`` writes to stderr when stderr is an 80-column terminal."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, stderr=follower, check=True)
+    os.close(follower)
+    text = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        text += chunk
+    os.close(leader)
+    return text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_bar_shows_on_a_terminal_only_when_enabled(enabled):
+    """A bar appears once the work has taken 2 s, on a terminal, when enabled."""
+    text = _on_a_terminal("import time; from compiler.progress import bar\n"
+                          f"for _ in bar(range(3), {enabled}, 'fitting', 'iter'): "
+                          "time.sleep(1.1)")
+    assert (b"fitting" in text) == enabled, text
+
+
+# --- 9. broken pipes, the --dump-ir - help, and opsets ----------------------------------------
+def test_broken_pipe_is_quiet(tmp_path):
+    """A long IR dump into a reader that stops after one line: no message, status 141."""
+    nodes = [helper.make_node("Relu", [f"t{i}" if i else "x"], [f"t{i + 1}" if i < 599 else "y"])
+             for i in range(600)]
+    path = _save(_model(nodes, [1, 4], [1, 4]), tmp_path / "long.onnx")
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", str(path), "--dump-ir", "-",
+                             "-o", str(tmp_path / "p.cim")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"# import")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err
+
+
+def test_dump_ir_stdout_is_the_ir_text_only(tmp_path):
+    r = cli("cimc", CNN, "--dump-ir", "-", "-o", str(tmp_path / "p.cim"))
+    assert r.returncode == 0 and r.stdout.count("graph(batch=1)") == len(PIPELINE) + 1
+    assert "digraph" not in r.stdout
+    assert "the IR text only (no DOT)" in " ".join(cli("cimc", "--help").stdout.split())
+
+
+def _conv_relu_model(opset):
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+             n("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             n("Flatten", ["p"], ["f"]), n("Gemm", ["f", "g", "gb"], ["y"], transB=1)]
+    return _model(nodes, [2, 3, 6, 6], [2, 5], {"w": _f32(4, 3, 3, 3), "b": _f32(4),
+                                                "g": _f32(5, 36), "gb": _f32(5)}, opset=opset)
+
+
+def test_opset_7_model_compiles_correctly(tmp_path):
+    model = _conv_relu_model(7)
+    _ideal_matches_onnxruntime(compile_model(model), model, _f32(2, 3, 6, 6))
+
+
+def test_opset_the_converter_cannot_upgrade(tmp_path):
+    pad = helper.make_node("Pad", ["x"], ["y"], paddings=[0, 1, 0, 1])
+    path = _save(_model([pad], [2, 3], [2, 5], opset=1), tmp_path / "old.onnx")
+    _fails_keeping_output(tmp_path, path, ("onnx's version converter cannot upgrade this opset-1 "
+                                           "model to opset 13", "No Adapter From Version $1 for "
+                                           "Pad", "export it at opset 7 or newer"))
+
+
+# --- 10. --chip: presets and [arch] -----------------------------------------------------------
+def test_chip_file_arch_is_the_compiled_geometry(tmp_path):
+    chip = tmp_path / "chip.toml"
+    chip.write_text("[arch]\nrows = 64\n")
+    prog = tmp_path / "p.cim"
+    r = cli("cimc", CNN, "--chip", str(chip), "-o", str(prog))
+    assert r.returncode == 0, r.stderr
+    assert isa.load(str(prog)).chip.rows == 64
+    r = cli("cimrun", str(prog), "--chip", str(chip), "--input", SAMPLE, "-o",
+            str(tmp_path / "o.npy"))
+    assert r.returncode == 0, r.stderr
+    want = ort_run(CNN, {"image": np.load(SAMPLE)})[0]
+    assert rel_err(np.load(tmp_path / "o.npy"), want) < 1e-4
+
+
+def test_geometry_flags_override_the_chip(tmp_path):
+    chip = tmp_path / "chip.toml"
+    chip.write_text("[arch]\nrows = 64\ncols = 64\n")
+    prog = tmp_path / "p.cim"
+    assert cli("cimc", CNN, "--chip", str(chip), "--rows", "32", "-o", str(prog)).returncode == 0
+    geometry = isa.load(str(prog)).chip
+    assert (geometry.rows, geometry.cols) == (32, 64)
+
+
+def test_chip_preset_by_name(tmp_path):
+    r = cli("cimc", CNN, "--chip", "puma-optimistic", "-o", str(tmp_path / "p.cim"))
+    assert r.returncode == 0, r.stderr
+    _fails_keeping_output(tmp_path, CNN, "--chip", "no-such-chip",
+                          ("chip 'no-such-chip': neither a preset",))
+
+
+# --- 11. compile_model leaves its caller's model alone ----------------------------------------
+def test_compile_model_does_not_mutate_the_model():
+    model = onnx.load(CNN)
+    before = model.SerializeToString()
+    assert (compile_model(model, batch=4).batch, compile_model(model, batch=8).batch) == (4, 8)
+    assert model.SerializeToString() == before
