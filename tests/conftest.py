@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import onnxruntime as ort
@@ -33,6 +34,28 @@ def cli(tool: str, *args: str, cwd: str | None = None) -> subprocess.CompletedPr
     module = {"cimc": "compiler.cli", "cimrun": "runtime.cli"}[tool]
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=cwd)
+
+
+def fails(result, *needles) -> None:
+    """A CLI run that failed as a user error should: status 2, one line on stderr with every
+    needle, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def zero_bomb(nbytes: int, chunk: int = 1 << 20) -> bytes:
+    """A valid zlib stream of ``nbytes`` zeros (a multiple of ``chunk``), built in
+    milliseconds: one sync-flushed deflate block of ``chunk`` zeros repeats (it refers only
+    to earlier zeros), then the final block and the Adler-32 of all ``nbytes`` zeros."""
+    c = zlib.compressobj(9)
+    head = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
+    block = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
+    tail = c.flush()[:-4]
+    adler = (nbytes % 65521) << 16 | 1
+    return head + block * (nbytes // chunk - 1) + tail + adler.to_bytes(4, "big")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, ROOT, cli, model_path, ort_run, rel_err
+from conftest import MODELS, ROOT, cli, fails, model_path, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 import isa
@@ -31,14 +31,6 @@ SAMPLE = os.path.join(MODELS, "digits_sample.npy")
 OLD = b"an existing program\n"
 
 
-def _fails(result, *needles):
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
-
-
 def _existing(tmp_path):
     out = tmp_path / "old.cim"
     out.write_bytes(OLD)
@@ -55,7 +47,7 @@ def _fails_keeping_output(tmp_path, model, *args_and_needles):
     args = [a for a in args_and_needles if not isinstance(a, tuple)]
     needles = [n for a in args_and_needles if isinstance(a, tuple) for n in a]
     out = _existing(tmp_path)
-    _fails(cli("cimc", str(model), "-o", str(out), *args), *needles)
+    fails(cli("cimc", str(model), "-o", str(out), *args), *needles)
     _untouched(out)
 
 
@@ -249,7 +241,7 @@ def test_calibration_files_are_read_safely(tmp_path, flag):
 
 
 def test_model_directory_is_named_as_such(tmp_path):
-    _fails(cli("cimc", str(tmp_path), "-o", str(tmp_path / "p.cim")),
+    fails(cli("cimc", str(tmp_path), "-o", str(tmp_path / "p.cim")),
            f"{tmp_path}: is a directory, not an ONNX model file")
 
 

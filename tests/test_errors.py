@@ -7,16 +7,8 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, cli, model_path
+from conftest import MODELS, cli, fails, model_path
 from onnx import TensorProto, helper
-
-
-def _fails(result, *needles):
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
 
 
 def _save(model, path):
@@ -38,18 +30,18 @@ def cnn_program(tmp_path_factory):
 
 # --- cimc -------------------------------------------------------------------------------
 def test_missing_model_file(tmp_path):
-    _fails(cli("cimc", str(tmp_path / "nope.onnx")), "nope.onnx: no such file")
+    fails(cli("cimc", str(tmp_path / "nope.onnx")), "nope.onnx: no such file")
 
 
 def test_truncated_model(tmp_path):
     data = open(model_path("digits_cnn"), "rb").read()
     (tmp_path / "t.onnx").write_bytes(data[: len(data) // 3])
-    _fails(cli("cimc", str(tmp_path / "t.onnx")), "not a valid ONNX model")
+    fails(cli("cimc", str(tmp_path / "t.onnx")), "not a valid ONNX model")
 
 
 def test_not_onnx(tmp_path):
     (tmp_path / "x.onnx").write_text("this is a text file, not a model\n" * 10)
-    _fails(cli("cimc", str(tmp_path / "x.onnx")), "not a valid ONNX model")
+    fails(cli("cimc", str(tmp_path / "x.onnx")), "not a valid ONNX model")
 
 
 def test_missing_external_data(tmp_path):
@@ -57,7 +49,7 @@ def test_missing_external_data(tmp_path):
     onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
               all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
     os.remove(tmp_path / "weights.bin")
-    _fails(cli("cimc", str(tmp_path / "ext.onnx")), "external data file is missing",
+    fails(cli("cimc", str(tmp_path / "ext.onnx")), "external data file is missing",
            "weights.bin")
 
 
@@ -76,7 +68,7 @@ def test_unsupported_ops_listed_all_at_once(tmp_path):
              helper.make_node("Relu", ["a"], ["b"], name="ok_relu"),
              helper.make_node("Erf", ["b"], ["y"], name="second_erf")]
     path = _save(_graph_model(nodes, [x], [y]), tmp_path / "u.onnx")
-    _fails(cli("cimc", path), "2 problem(s)", "first_exp: operator Exp is not supported",
+    fails(cli("cimc", path), "2 problem(s)", "first_exp: operator Exp is not supported",
            "second_erf: operator Erf is not supported")
 
 
@@ -85,7 +77,7 @@ def test_dynamic_non_batch_dimension(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "width"])
     path = _save(_graph_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]),
                  tmp_path / "d.onnx")
-    _fails(cli("cimc", path), "dynamic dimension 1 (width)")
+    fails(cli("cimc", path), "dynamic dimension 1 (width)")
 
 
 def test_dynamic_weight_rejected(tmp_path):
@@ -94,7 +86,7 @@ def test_dynamic_weight_rejected(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
     path = _save(_graph_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
                               [x, w], [y]), tmp_path / "w.onnx")
-    _fails(cli("cimc", path), "mm: input 1 (w) of MatMul must be a constant")
+    fails(cli("cimc", path), "mm: input 1 (w) of MatMul must be a constant")
 
 
 def test_integer_tensors_rejected(tmp_path):
@@ -102,78 +94,78 @@ def test_integer_tensors_rejected(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4])
     path = _save(_graph_model([helper.make_node("Relu", ["x"], ["y"], name="r")], [x], [y]),
                  tmp_path / "i.onnx")
-    _fails(cli("cimc", path), "tensor 'x' is int32")
+    fails(cli("cimc", path), "tensor 'x' is int32")
 
 
 def test_bad_option_value(tmp_path):
-    _fails(cli("cimc", model_path("digits_mlp"), "--batch", "0"), "--batch must be at least 1")
-    _fails(cli("cimc", model_path("digits_mlp"), "--passes", "canonicalize,nonsense"),
+    fails(cli("cimc", model_path("digits_mlp"), "--batch", "0"), "--batch must be at least 1")
+    fails(cli("cimc", model_path("digits_mlp"), "--passes", "canonicalize,nonsense"),
            "unknown pass(es) nonsense")
 
 
 def test_bad_chip_options(tmp_path):
-    _fails(cli("cimc", model_path("digits_cnn"), "--xbars", "0", "-o", str(tmp_path / "p.cim")),
+    fails(cli("cimc", model_path("digits_cnn"), "--xbars", "0", "-o", str(tmp_path / "p.cim")),
            "--xbars must be at least 1")
     assert not (tmp_path / "p.cim").exists()
     (tmp_path / "chip.toml").write_text("[timing]\nt_pulse_ns = -5\n")
-    _fails(cli("cimc", model_path("digits_cnn"), "--chip", str(tmp_path / "chip.toml")),
+    fails(cli("cimc", model_path("digits_cnn"), "--chip", str(tmp_path / "chip.toml")),
            "timing.t_pulse_ns = -5.0 is out of range")
     (tmp_path / "chip.toml").write_text("[timing\n")
-    _fails(cli("cimc", model_path("digits_cnn"), "--chip", str(tmp_path / "chip.toml")),
+    fails(cli("cimc", model_path("digits_cnn"), "--chip", str(tmp_path / "chip.toml")),
            "not valid TOML")
 
 
 # --- cimrun -----------------------------------------------------------------------------
 def test_missing_program(tmp_path):
-    _fails(cli("cimrun", str(tmp_path / "p.cim"), "--input", "x.npy"), "p.cim: no such file")
+    fails(cli("cimrun", str(tmp_path / "p.cim"), "--input", "x.npy"), "p.cim: no such file")
 
 
 def test_missing_input_file(cnn_program, tmp_path):
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "none.npy")),
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "none.npy")),
            "none.npy: no such file")
 
 
 def test_wrong_input_shape(cnn_program, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 9, 9), np.float32))
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
            "input 'image' has shape [1, 1, 9, 9]", "compiled for [1, 1, 8, 8]")
 
 
 def test_wrong_input_dtype(cnn_program, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.int64))
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
            "dtype int64; expected float32")
 
 
 def test_pickled_input_refused(cnn_program, tmp_path):
     np.save(tmp_path / "x.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
            "pickled Python objects")
 
 
 def test_not_an_array_file(cnn_program, tmp_path):
     (tmp_path / "x.npy").write_text("hello")
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy")),
            "x.npy: not a")
 
 
 def test_corrupted_program(cnn_program, tmp_path):
     text = cnn_program.read_text().replace("mvm %conv1", "mvm %conv2", 1)
     (tmp_path / "bad.cim").write_text(text)
-    _fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
+    fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
                os.path.join(MODELS, "digits_sample.npy")), "checksum mismatch")
 
 
 def test_truncated_program(cnn_program, tmp_path):
     text = cnn_program.read_text()
     (tmp_path / "bad.cim").write_text(text[: len(text) // 2])
-    _fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
+    fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
                os.path.join(MODELS, "digits_sample.npy")), "truncated program")
 
 
 def test_binary_garbage_program(tmp_path):
     (tmp_path / "bad.cim").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff" * 50)
-    _fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
+    fails(cli("cimrun", str(tmp_path / "bad.cim"), "--input",
                os.path.join(MODELS, "digits_sample.npy")), "bad.cim")
 
 
@@ -181,7 +173,7 @@ def test_failed_run_keeps_existing_output(cnn_program, tmp_path):
     out = tmp_path / "out.npy"
     np.save(out, np.arange(3))
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 9, 9), np.float32))
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy"), "-o", str(out)))
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy"), "-o", str(out)))
     assert np.array_equal(np.load(out), np.arange(3))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
@@ -193,7 +185,7 @@ def test_npz_input_by_name(cnn_program, tmp_path):
             str(tmp_path / "o.npy"))
     assert r.returncode == 0, r.stderr
     np.savez(tmp_path / "y.npz", picture=x)
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "y.npz")),
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "y.npz")),
            "missing input(s): image")
 
 
@@ -213,16 +205,16 @@ def _untouched(out):
 
 
 def test_usage_errors_are_one_line(cnn_program):
-    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--seed", "-1"),
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--seed", "-1"),
            "argument --seed: must be a non-negative integer, got -1")
-    _fails(cli("cimrun", str(cnn_program), "--mode", "fast"), "argument --mode")
+    fails(cli("cimrun", str(cnn_program), "--mode", "fast"), "argument --mode")
 
 
 def test_timing_mode_refuses_labels_and_reference(cnn_program, tmp_path):
     np.save(tmp_path / "y.npy", np.arange(3))
-    _fails(cli("cimrun", str(cnn_program), "--mode", "timing", "--labels",
+    fails(cli("cimrun", str(cnn_program), "--mode", "timing", "--labels",
                str(tmp_path / "y.npy")), "--labels needs outputs; --mode timing computes none")
-    _fails(cli("cimrun", str(cnn_program), "--mode", "timing", "--reference",
+    fails(cli("cimrun", str(cnn_program), "--mode", "timing", "--reference",
                model_path("digits_cnn")), "--reference needs outputs")
 
 
@@ -242,7 +234,7 @@ def test_timing_mode_says_it_ignores_output(cnn_program, tmp_path):
 ])
 def test_chip_parameters_have_physical_ranges(cnn_program, tmp_path, setting, message):
     out = _existing_output(tmp_path)
-    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--set", setting, "-o", str(out)),
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--set", setting, "-o", str(out)),
            message)
     _untouched(out)
 
@@ -261,7 +253,7 @@ def test_nonfinite_inputs_are_an_error_unless_allowed(cnn_program, tmp_path):
     np.save(tmp_path / "x.npy", x)
     out = _existing_output(tmp_path)
     for mode in ("ideal", "quantized"):
-        _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy"), "--mode",
+        fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npy"), "--mode",
                    mode, "-o", str(out)), "input 'image'", "holds 2 NaN or infinite value(s)",
                "--allow-nonfinite")
         _untouched(out)
@@ -280,7 +272,7 @@ def test_nonfinite_inputs_are_an_error_unless_allowed(cnn_program, tmp_path):
 def test_labels_checked_against_samples_and_classes(cnn_program, tmp_path, labels, message):
     np.save(tmp_path / "y.npy", np.array(labels))
     out = _existing_output(tmp_path)
-    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--labels",
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--labels",
                str(tmp_path / "y.npy"), "-o", str(out)), f"--labels {tmp_path / 'y.npy'}",
            message)
     _untouched(out)
@@ -296,19 +288,19 @@ def test_labels_checked_against_samples_and_classes(cnn_program, tmp_path, label
 def test_late_flags_fail_before_the_run_and_keep_outputs(cnn_program, tmp_path, flag, target,
                                                          message):
     out = _existing_output(tmp_path)
-    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(out), flag, target,
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(out), flag, target,
                cwd=tmp_path), message)
     _untouched(out)
 
 
 def test_same_file_for_two_outputs(cnn_program, tmp_path):
-    _fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(tmp_path / "a"),
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(tmp_path / "a"),
                "--report", str(tmp_path / "a")), "must name different files")
 
 
 def test_directory_as_program_or_input(cnn_program, tmp_path):
-    _fails(cli("cimrun", str(tmp_path)), "is a directory, not a .cim program")
-    _fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path)),
+    fails(cli("cimrun", str(tmp_path)), "is a directory, not a .cim program")
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path)),
            f"--input {tmp_path}: is a directory")
 
 

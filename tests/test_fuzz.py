@@ -27,30 +27,16 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import MODELS, ROOT, zero_bomb  # the tests folder is on sys.path, as a script too
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-MODELS = os.path.join(ROOT, "models")
 LIMIT_AS = 3 << 30
 EXAMPLES = 200
 MODES = ("ideal", "quantized", "timing")
 
 
 # --- building and re-sealing programs --------------------------------------------------------
-
-def zero_bomb(nbytes: int, chunk: int = 1 << 20) -> bytes:
-    """A valid zlib stream of ``nbytes`` zeros (a multiple of ``chunk``) in milliseconds: a
-    sync-flushed deflate block of ``chunk`` zeros repeats (it refers only to earlier zeros),
-    then the final block and the Adler-32 of all the zeros."""
-    c = zlib.compressobj(9)
-    head = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
-    block = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
-    tail = c.flush()[:-4]
-    adler = (nbytes % 65521) << 16 | 1
-    return head + block * (nbytes // chunk - 1) + tail + adler.to_bytes(4, "big")
-
 
 def _blob_crc(payload: str) -> str | None:
     """CRC-32 of what a blob payload inflates to (at most 64 MB of it), or None if it does

@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import zero_bomb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -361,18 +362,6 @@ def test_verifier_checks_programs_built_in_memory():
 
 
 # --- issue 10: blobs decode within their declared size ---------------------------------------
-
-def zero_bomb(nbytes: int, chunk: int = 1 << 20) -> bytes:
-    """A valid zlib stream of ``nbytes`` zeros (a multiple of ``chunk``), built in
-    milliseconds: one sync-flushed deflate block of ``chunk`` zeros repeats (it refers only
-    to earlier zeros), then the final block and the Adler-32 of all ``nbytes`` zeros."""
-    c = zlib.compressobj(9)
-    head = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
-    block = c.compress(bytes(chunk)) + c.flush(zlib.Z_SYNC_FLUSH)
-    tail = c.flush()[:-4]
-    adler = (nbytes % 65521) << 16 | 1
-    return head + block * (nbytes // chunk - 1) + tail + adler.to_bytes(4, "big")
-
 
 def _with_blob_line(text: str, name: str, ttype: str, payload: bytes, crc: str = "") -> str:
     lines = text.splitlines(keepends=True)
