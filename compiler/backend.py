@@ -1,10 +1,14 @@
 """Codegen: a scheduled, allocated graph -> ``isa.Program``.
 
-Weight matrices become blobs; every crossbar tile is written once at the start (the
-weight-stationary load), then ops are emitted in topological order, one instruction each,
-except ``xbar_matmul``: initialise (bias or zero), one ``mvm`` per tile, then the fused
-activation in place. BasisN's ``basis_project`` is a zeroed buffer and one ``mvm`` per
-placement item on the shared basis tile; ``combine`` is initialise, ``combine``, activation.
+Weight matrices become blobs; resident crossbar tiles are written in the load phase, then ops
+are emitted in topological order. A kind whose row in ``compiler.ops`` names an ISA opcode is
+that one instruction (the op's result, then its operands; its attributes); the others have a
+rule here (``RULES``): ``xbar_matmul`` is initialise (bias or zero), the writes of rotating
+tiles and one ``mvm`` per tile replica, then the fused activation in place; BasisN's
+``basis_project`` is a zeroed buffer and one ``mvm`` per placement item on the shared basis
+tile; ``combine`` is initialise, ``combine``, activation. Every buffer sits at the scratchpad
+offset allocate-buffers gave its value (``Graph.offsets``); each output port binds the buffer
+of the op that computes it (canonicalize gives every graph output an op of its own).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from dataclasses import replace
 import numpy as np
 
 from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
+from isa.verify import batch_mixing
 
 from .ir import Graph, Op
+from .ops import OPS
 
 # The passes codegen needs, in the sense of ``compiler.passes.check_pipeline``: canonical op
 # kinds (canonicalize), no batchnorm kind (fold-batchnorm), crossbar ops instead of conv and
@@ -25,10 +31,9 @@ from .ir import Graph, Op
 REQUIRES = ("canonicalize", "fold-batchnorm", "lower-to-crossbar", "schedule",
             "allocate-buffers")
 
-# Canonical IR kinds that map one-to-one onto an ISA opcode with the same attributes.
-DIRECT = {"im2col", "unpatch", "add", "sub", "mul", "div", "relu", "leakyrelu", "clip",
-          "sigmoid", "tanh", "maxpool", "avgpool", "gavgpool", "gmaxpool", "reshape",
-          "transpose", "concat", "pad", "softmax", "lrn", "copy"}
+# IR kinds that map one-to-one onto an ISA opcode with the same attributes: the op table's
+# rows that name one.
+DIRECT = frozenset(kind for kind, row in OPS.items() if row.opcode)
 
 
 def _barrier(label: str, note: str) -> Instr:
@@ -143,69 +148,39 @@ class Codegen:
     def _activation(self, op: Op, dst: str) -> None:
         if op.attrs.get("act"):
             kind, attrs = op.attrs["act"]
-            self.emit(kind, [dst, dst], sorted(attrs.items()), op.origin)
+            self.emit(OPS[kind].opcode, [dst, dst], sorted(attrs.items()), op.origin)
+
+    def direct(self, op: Op) -> None:
+        """One instruction: the op's opcode, its result then operands, its attributes."""
+        attrs = [(k, tuple(v) if isinstance(v, list) else v) for k, v in op.attrs.items()
+                 if not k.startswith("_")]
+        self.emit(OPS[op.kind].opcode, [self.ref(o) for o in op.outputs] +
+                  [self.ref(i) for i in op.inputs], attrs, op.origin)
 
     def op(self, op: Op) -> None:
-        if op.kind == "xbar_matmul":
-            self.xbar_matmul(op)
-        elif op.kind == "basis_project":
-            self.basis_project(op)
-        elif op.kind == "combine":
-            self.combine(op)
+        if op.kind in RULES:
+            RULES[op.kind](self, op)
         elif op.kind in DIRECT:
-            attrs = [(k, tuple(v) if isinstance(v, list) else v) for k, v in op.attrs.items()
-                     if not k.startswith("_")]
-            self.emit(op.kind, [self.ref(o) for o in op.outputs] +
-                      [self.ref(i) for i in op.inputs], attrs, op.origin)
+            self.direct(op)
         else:
             raise NotImplementedError(f"codegen has no rule for IR op {op.kind}")
 
     def ports(self) -> list[Port]:
-        ports = [Port("input", n, self.names(n)) for n in self.g.inputs]
-        for value, name in zip(self.g.outputs, self.g.output_names):
-            produced = value in self.g.values and value not in self.g.inputs
-            if produced and self.names(value) not in [p.buffer for p in ports]:
-                ports.append(Port("output", name, self.names(value)))
-                continue
-            copy = self.g.fresh("out")
-            self.g.add_value(copy, self.g.shape(value))
-            self.emit("copy", [self.ref(copy), self.ref(value)], note="output " + name)
-            ports.append(Port("output", name, self.names(copy)))
-        return ports
+        return [Port("input", n, self.names(n)) for n in self.g.inputs] + \
+            [Port("output", name, self.names(value))
+             for value, name in zip(self.g.outputs, self.g.output_names)]
 
     def buffers(self) -> list[Buffer]:
-        offsets = self.g.offsets
         mvm_srcs = {op.inputs[0] for op in self.g.ops()
                     if op.kind in ("xbar_matmul", "basis_project")}
-        return [Buffer(bname, TensorType("f32", self.g.shape(name)), offsets.get(name, 0),
+        return [Buffer(bname, TensorType("f32", self.g.shape(name)), self.g.offsets[name],
                        self.g.ranges.get(name, 0.0) if name in mvm_srcs else 0.0)
                 for name, bname in self.names.map.items()]
 
 
-def batch_free(program: Program) -> bool:
-    """True when the leading axis of every buffer is the batch and no op mixes samples."""
-    b = program.batch
-    bufs = program.buffer_map()
-    if any(not buf.type.shape or buf.type.shape[0] != b for buf in bufs.values()):
-        return False
-    blobs = program.blob_map()
-    for ins in program.text:
-        if ins.op == "transpose" and ins.attr("perm")[0] != 0:
-            return False
-        if ins.op in ("concat", "softmax") and ins.attr("axis") == 0:
-            return False
-        if ins.op == "pad":
-            pads = ins.attr("pads")
-            if pads[0] or pads[len(pads) // 2]:
-                return False
-        if ins.op in ("add", "sub", "mul", "div", "copy"):
-            rank = len(bufs[ins.operands[0][1:]].type.shape)
-            for ref in ins.operands[1:]:
-                if ref[0] == "@":
-                    shape = blobs[ref[1:]].data.shape
-                    if len(shape) == rank and shape[0] != 1:
-                        return False
-    return True
+# IR kinds codegen lowers itself (their rows name no opcode).
+RULES = {"xbar_matmul": Codegen.xbar_matmul, "basis_project": Codegen.basis_project,
+         "combine": Codegen.combine}
 
 
 def generate(graph: Graph, chip: ChipGeometry, xbars: int) -> Program:
@@ -220,5 +195,5 @@ def generate(graph: Graph, chip: ChipGeometry, xbars: int) -> Program:
     program = Program(chip=replace(chip, xbars=xbars), batch=graph.batch, batch_free=False,
                       ports=ports, buffers=cg.buffers(), text=cg.loads + [start] + cg.text,
                       blobs=list(cg.blobs.values()))
-    program.batch_free = batch_free(program)
+    program.batch_free = batch_mixing(program) is None
     return program

@@ -7,11 +7,12 @@ after a pass must equal those before it (and onnxruntime's).
 - Straight after import an op is an ONNX node (its NodeProto in ``attrs["_proto"]``): it runs
   on ONNX's reference evaluator, alone, at the graph's opset (with LRN corrected, see ``LRN``).
 - Every other op is looked up by kind in ``KINDS``: one small function per canonical or
-  crossbar-level kind stating its semantics in numpy, in float32 like the chip's ideal mode.
+  crossbar-level kind of the op table (``compiler.ops``; tests/test_ops.py checks both have
+  the same kinds) stating its semantics in numpy, in float32 like the chip's ideal mode.
   Where the runtime computes the same thing (windows, pooling, pad, softmax, LRN, activations,
   unpatch, the BasisN combiner), both call ``isa.kernels`` / ``isa.windows``.
-- An op with ``attrs["act"] = (kind, attrs)`` (a fused epilogue: conv, matmul, xbar_matmul,
-  combine) applies that activation to its result.
+- An op with ``attrs["act"] = Act(kind, attrs)`` (a fused epilogue: conv, matmul,
+  xbar_matmul, combine) applies that activation to its result.
 
 Crossbar ops compute with the whole weight; ``xbar_matmul`` first checks that its ``tiles``
 lie inside the weight, do not overlap and cover every non-zero weight (the chip multiplies by

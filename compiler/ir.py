@@ -2,7 +2,10 @@
 
 Ops are the graph's nodes (attribute ``op``); an edge producer -> consumer carries the tensor
 name and the consumer's operand position as its key. Constants (initializers) are numpy arrays
-in ``Graph.constants`` and are not ops. Graph inputs and constants have no producer node.
+in ``Graph.constants`` and are not ops. Graph inputs and constants have no producer node. What
+an op of each kind takes and gives is the op table's (``compiler.ops``); ``Graph.level`` is
+the dialect the graph is in (the frontend makes ``onnx``, canonicalize ``canonical``,
+lower-to-crossbar ``crossbar``), which the verifier holds it to.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
+
+from .ops import ONNX
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Graph:
         self.batch = batch
         self.notes: list[str] = []  # summary lines a pass leaves for the IR printer
         self.offsets: dict[str, int] = {}  # scratchpad byte offset per value (allocate-buffers)
+        self.level = ONNX  # the dialect (``compiler.ops.LEVELS``) the passes have reached
         self._producer: dict[str, str] = {}
         self._uses: dict[str, set[tuple[str, int]]] = {}
         self._order = itertools.count()
@@ -68,6 +74,13 @@ class Graph:
     def add_constant(self, name: str, array: np.ndarray) -> str:
         self.constants[name] = np.asarray(array)
         return name
+
+    def remove_value(self, name: str) -> None:
+        """Forget the type of ``name``, which no op produces any more (it may become a
+        constant next, or be gone)."""
+        if name in self._producer:
+            raise ValueError(f"%{name} is still produced by {self._producer[name]}")
+        self.values.pop(name, None)
 
     def add_op(self, kind: str, inputs, outputs, attrs=None, origin: str = "") -> Op:
         order = next(self._order)

@@ -1,4 +1,5 @@
-"""ONNX op -> canonical IR op: one small function per ONNX type, found through ``NORMALIZERS``.
+"""ONNX op -> canonical IR op: one small function per ONNX type, found through ``NORMALIZERS``
+(the ONNX rows of ``compiler.ops`` whose ``rewrite`` is ``normalize``).
 
 Each takes (graph, op) and returns (kind, inputs, attrs) of the canonical op with every
 attribute explicit and numeric (auto_pad resolved to pads, negative axes made positive,
@@ -164,6 +165,7 @@ NORMALIZERS = {
     "Sum": sum_, "Transpose": transpose, "LRN": lrn,
     "Relu": simple("relu"), "Sigmoid": simple("sigmoid"), "Tanh": simple("tanh"),
     "LeakyRelu": simple("leakyrelu", alpha=0.01),
+    "HardSigmoid": simple("hardsigmoid", alpha=0.2, beta=0.5),
     "Add": simple("add"), "Sub": simple("sub"), "Mul": simple("mul"), "Div": simple("div"),
     "GlobalAveragePool": simple("gavgpool"), "GlobalMaxPool": simple("gmaxpool"),
     "Concat": axis_op("concat", 0), "Softmax": axis_op("softmax", -1),

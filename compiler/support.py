@@ -1,5 +1,9 @@
 """Which ONNX models the compiler accepts: operators, their constant inputs, restrictions, dtypes.
 
+The operators and their constant inputs are the ONNX rows of the op table (``compiler.ops``);
+this module adds what the table cannot say: restrictions of supported operators, dtypes,
+domains, and what folds.
+
 Crossbars hold static weights, so e.g. a Conv's weight must be an initializer (or fold to one).
 Any operator whose inputs are all constants is folded at compile time, whatever its type
 (``constant_tensors``), and outputs nobody reads do not matter. The frontend enforces these
@@ -14,17 +18,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-# ONNX op type -> input positions that must be compile-time constants.
-SUPPORTED: dict[str, frozenset[int]] = {k: frozenset(v) for k, v in {
-    "Conv": {1, 2}, "Gemm": {1, 2}, "MatMul": {1},
-    "BatchNormalization": {1, 2, 3, 4},
-    "Relu": (), "LeakyRelu": (), "Clip": {1, 2}, "Sigmoid": (), "Tanh": (),
-    "Add": (), "Sub": (), "Mul": (), "Div": (), "Sum": (), "Concat": (),
-    "MaxPool": (), "AveragePool": (), "GlobalAveragePool": (), "GlobalMaxPool": (),
-    "Flatten": (), "Reshape": {1}, "Transpose": (), "Squeeze": {1}, "Unsqueeze": {1},
-    "Pad": {1, 2, 3}, "Softmax": (), "LRN": (),
-    "Identity": (), "Dropout": {1, 2}, "Shape": (), "Constant": (), "ConstantOfShape": {0},
-}.items()}
+from .ops import ONNX, OPS
+
+# ONNX op type -> input positions that must be compile-time constants: the ONNX rows of the
+# op table and their ``const`` operands.
+SUPPORTED: dict[str, frozenset[int]] = {
+    name: frozenset(i for i, o in enumerate(row.operands) if o.role == "const")
+    for name, row in OPS.items() if row.level == ONNX}
 
 # Operator domains the compiler knows (ONNX's default domain, under both its names).
 DOMAINS = frozenset({"", "ai.onnx"})

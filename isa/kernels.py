@@ -31,6 +31,7 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "clip": lambda x, a: np.clip(x, a["min"], a["max"]),
     "sigmoid": lambda x, a: _sigmoid(x),
     "tanh": lambda x, a: np.tanh(x),
+    "hardsigmoid": lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1),
 }
 
 # Broadcasting binary ops; call ``binary``.

@@ -64,6 +64,8 @@ _TABLE = [
     Opcode("clip", ("dst", "src"), {"min": "float", "max": "float"}, "vector", "clamp"),
     Opcode("sigmoid", ("dst", "src"), {}, "vector", "1 / (1 + exp(-x))"),
     Opcode("tanh", ("dst", "src"), {}, "vector", "tanh(x)"),
+    Opcode("hardsigmoid", ("dst", "src"), {"alpha": "float", "beta": "float"}, "vector",
+           "max(0, min(1, alpha x + beta))"),
     Opcode("maxpool", ("dst", "src"), {**_WINDOW, "ceil": "int"}, "vector",
            "max over windows; pads are -inf"),
     Opcode("avgpool", ("dst", "src"), {**_WINDOW, "ceil": "int", "count_pad": "int"}, "vector",

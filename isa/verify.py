@@ -321,7 +321,8 @@ CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
     "gavgpool": _global_pool, "gmaxpool": _global_pool,
     "add": _binary, "sub": _binary, "mul": _binary, "div": _binary,
     "relu": _same_shape, "leakyrelu": _same_shape, "clip": _same_shape,
-    "sigmoid": _same_shape, "tanh": _same_shape, "softmax": _softmax, "lrn": _lrn,
+    "sigmoid": _same_shape, "tanh": _same_shape, "hardsigmoid": _same_shape,
+    "softmax": _softmax, "lrn": _lrn,
     "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
     "copy": _copy, "barrier": _nothing, "halt": _nothing,
 }

@@ -175,7 +175,7 @@ def every_opcode_program() -> Program:
             _ins("mul", "%s", "%s", "@k"), _ins("div", "%s", "%s", "@k"),
             _ins("relu", "%s", "%s"), _ins("leakyrelu", "%s", "%s", alpha=0.1),
             _ins("clip", "%s", "%s", min=-1.0, max=6.0), _ins("sigmoid", "%s", "%s"),
-            _ins("tanh", "%s", "%s"),
+            _ins("tanh", "%s", "%s"), _ins("hardsigmoid", "%s", "%s", alpha=0.2, beta=0.5),
             _ins("lrn", "%s", "%s", size=3, alpha=1e-4, beta=0.75, bias=1.0),
             _ins("reshape", "%f", "%s"), _ins("transpose", "%t", "%s", perm=[0, 2, 3, 1]),
             _ins("concat", "%cc", "%m", "%a", axis=1),

@@ -173,12 +173,20 @@ def test_old_opset_is_converted():
     _check_numbers(model, _f32(1, 2, 3, 3))
 
 
-def test_ir_printer_shows_types_and_provenance():
+def test_ir_printer_shows_types_attributes_and_provenance():
     graph = _run_passes(onnx.load(model_path("digits_cnn")), "lower-to-crossbar")
     text = format_graph(graph, "lower-to-crossbar")
+    assert "graph(batch=1) level=crossbar {" in text
     assert "%r1: f32[1,16,8,8] = unpatch(%conv1.cols)  # onnx: conv1" in text
-    assert "xbar_matmul(%conv1.patches, @conv1.matrix, @conv1.b) {tiles=[(0,9,0,16)] " \
-           "act=('relu',{})}" in text
+    assert "%conv1.patches: f32[1,64,9] = im2col(%image) {kernel=3x3 strides=1x1 " \
+           "pads=[1,1,1,1] dilations=1x1}  # onnx: conv1" in text
+    assert "xbar_matmul(%conv1.patches, @conv1.matrix, @conv1.b) {tiles=1:[0:9,0:16] " \
+           "act=relu}" in text
+    assert "{tiles=4:[0:128,0:16],[128:144,0:16],[0:128,16:32],... act=relu}" in text
+    graph = PASSES["allocate-buffers"].run(PASSES["schedule"].run(graph, CompileContext()),
+                                           CompileContext())
+    text = format_graph(graph)
+    assert "placement=2:xb1@0:64,xb2@0:64 resident=2/2}  # onnx: dw; offset " in text
 
 
 def test_dump_ir_writes_every_stage(tmp_path):

@@ -7,7 +7,8 @@ constants (a Conv's weight, a Reshape's shape; see ``compiler.support.SUPPORTED`
 initializers from the test's own data. A test is *unsupported* only when one of its operators,
 operator restrictions or tensor types is outside what ``compiler.support`` declares
 (``declared_unsupported``, decided from the model before compiling); any other CompileError,
-a crash or a wrong number is *failed*.
+a crash (a VerifyError included: the IR is verified against the op table after every pass) or
+a wrong number is *failed*.
 
     python -m tools.conformance [--filter SUBSTRING] [--show unsupported|failed|all]
 """
@@ -180,7 +181,7 @@ def run_case(case: Case) -> Outcome:
     if reason:
         return Outcome(case.name, "unsupported", reason)
     try:
-        program = compile_model(model)
+        program = compile_model(model, verify_each=True)
     except CompileError as exc:
         return Outcome(case.name, "failed", f"compiler refused a supported model: {exc}")
     except Exception as exc:  # a compiler crash is a failure, never "unsupported"

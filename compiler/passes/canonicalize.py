@@ -1,11 +1,14 @@
 """canonicalize: fold constants, drop no-ops, rewrite ONNX ops into canonical IR ops.
 
-Before: a graph straight from the frontend (ops are ONNX types).
-After: no op has only constant inputs (all folded with ONNX's reference evaluator; Shape and
-Size of a static tensor fold too); Identity and Dropout are gone (a graph output that was one
-becomes ``copy``; a Dropout mask someone reads is a constant of ones); every op is a canonical
-kind from ``compiler.normalize`` (conv, matmul, batchnorm, relu, add, reshape, maxpool, ...)
-with explicit numeric attributes.
+Before: a graph straight from the frontend (level ``onnx``: ops are ONNX types).
+After (level ``canonical``): no op has only constant inputs (all folded with ONNX's reference
+evaluator; Shape and Size of a static tensor fold too); the ONNX ops whose row in
+``compiler.ops`` says ``drop`` (Identity, Dropout) are gone (a graph output that was one
+becomes ``copy``; a Dropout mask someone reads is a constant of ones); the others are canonical
+kinds from ``compiler.normalize`` (conv, matmul, batchnorm, relu, add, reshape, maxpool, ...)
+with explicit numeric attributes and no omitted ("") operands; and every graph output is the
+result of its own op (an output that is a graph input, a constant or another output's value
+gets a ``copy``), so that codegen binds each output port to a buffer of its own.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from ..errors import CompileError
 from ..ir import Graph, Op
 from ..normalize import NORMALIZERS
 from ..onnx_reference import reference_evaluator
+from ..ops import CANONICAL, ONNX, level_of, lookup
 from ..support import NOT_FOLDABLE, SHAPE_OPS, dropout_is_random
-
-DROPPED = {"Identity", "Dropout"}
 
 
 def _shape_op(graph: Graph, op: Op) -> np.ndarray:
@@ -44,7 +46,7 @@ def _fold(graph: Graph, op: Op) -> bool:
         return False
     graph.remove_op(op)
     for name, value in zip(op.outputs, results):
-        graph.values.pop(name, None)
+        graph.remove_value(name)
         graph.add_constant(name, np.asarray(value))
     return True
 
@@ -60,18 +62,17 @@ def _drop(graph: Graph, op: Op) -> None:
     if op.kind == "Dropout" and _training_dropout(graph, op):
         raise CompileError(f"{op.origin}: Dropout in training mode is not supported "
                            "(inference only)")
+    graph.remove_op(op)
     for mask in op.outputs[1:]:  # what an inference-mode Dropout keeps: everything
         shape = graph.shape(mask)
-        graph.values.pop(mask, None)
+        graph.remove_value(mask)
         graph.add_constant(mask, np.ones(shape, dtype=bool))
     src, out = op.inputs[0], op.outputs[0]
     if out in graph.outputs:
-        graph.remove_op(op)
         graph.add_op("copy", [src], [out], {}, op.origin)
         return
-    graph.remove_op(op)
     graph.replace_uses(out, src)
-    graph.values.pop(out, None)
+    graph.remove_value(out)
 
 
 def _normalise(graph: Graph, op: Op) -> None:
@@ -79,18 +80,36 @@ def _normalise(graph: Graph, op: Op) -> None:
     result = NORMALIZERS[op.kind](graph, op)
     if result is not None:
         kind, inputs, attrs = result
+        inputs = list(inputs)
+        while inputs and not inputs[-1]:  # an omitted optional operand at the end
+            inputs.pop()
         graph.add_op(kind, inputs, op.outputs, attrs, op.origin)
+
+
+def _own_outputs(graph: Graph) -> None:
+    """Give every graph output that is not the result of its own op a ``copy``."""
+    seen: set[str] = set()
+    for i, name in enumerate(graph.outputs):
+        if graph.producer(name) is None or name in seen:
+            copy = graph.add_value(graph.fresh(f"{graph.output_names[i]}.out"),
+                                   graph.shape(name))
+            graph.add_op("copy", [name], [copy])
+            graph.outputs[i] = name = copy
+        seen.add(name)
+
+
+_REWRITES = {"drop": _drop, "normalize": _normalise}
 
 
 def run(graph: Graph, ctx) -> Graph:
     for op in graph.ops():
-        if _fold(graph, op):
+        if _fold(graph, op) or level_of(op) != ONNX:
             continue
-        if op.kind in DROPPED:
-            _drop(graph, op)
-        elif op.kind in NORMALIZERS:
-            _normalise(graph, op)
-        elif op.kind[0].isupper():
+        rewrite = _REWRITES.get(lookup(op).rewrite)
+        if rewrite is None:
             raise CompileError(f"{op.origin}: operator {op.kind} is not supported")
+        rewrite(graph, op)
+    _own_outputs(graph)
     graph.drop_dead()
+    graph.level = CANONICAL
     return graph

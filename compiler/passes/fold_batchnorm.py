@@ -1,10 +1,11 @@
-"""fold_batchnorm: fold inference-mode BatchNormalization into the producing conv/matmul.
+"""fold_batchnorm: fold inference-mode BatchNormalization into the op that produces its input.
 
 Before: canonical ops (after canonicalize).
-After: no ``batchnorm`` op remains. A batchnorm whose input is the only use of a conv (or a
-2-D matmul) output without a fused activation is folded into that op's weight and bias; any
-other becomes a per-channel ``mul`` then ``add`` with constants on the vector unit. (Run after
-fuse-activation, it folds less but stays exact.)
+After: no ``batchnorm`` op remains. A batchnorm folds into its producer's weight and bias when
+the producer's row in ``compiler.ops`` has ``bn_fold`` (conv, matmul), its result's channel
+axis is the batchnorm's (axis 1: any conv, a 2-D matmul), it has no fused activation, and the
+batchnorm is its result's only use; any other becomes a per-channel ``mul`` then ``add`` with
+constants on the vector unit. (Run after fuse-activation, it folds less but stays exact.)
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Op
-
-FOLDABLE = {"conv": 0, "matmul": 1}  # producer kind -> axis of its weight that is the channel
+from ..ops import OPS
 
 
 def _single_use(graph: Graph, name: str) -> bool:
@@ -28,7 +28,7 @@ def _coefficients(graph: Graph, op: Op) -> tuple[np.ndarray, np.ndarray]:
 
 def _fold_into(graph: Graph, prod: Op, bn: Op, scale, shift) -> None:
     w = graph.constants[prod.inputs[1]].astype(np.float64)
-    axis = FOLDABLE[prod.kind]
+    axis = OPS[prod.kind].bn_fold[0]
     shape = [1] * w.ndim
     shape[axis] = -1
     new_w = (w * scale.reshape(shape)).astype(np.float32)
@@ -40,7 +40,7 @@ def _fold_into(graph: Graph, prod: Op, bn: Op, scale, shift) -> None:
     stem = prod.origin or prod.id
     ins = [prod.inputs[0], graph.add_constant(graph.fresh(f"{stem}.w"), new_w),
            graph.add_constant(graph.fresh(f"{stem}.b"), new_b)]
-    graph.values.pop(prod.outputs[0], None)
+    graph.remove_value(prod.outputs[0])
     graph.add_op(prod.kind, ins, bn.outputs, prod.attrs, prod.origin)
 
 
@@ -58,9 +58,10 @@ def _to_scale_shift(graph: Graph, bn: Op, scale, shift) -> None:
 
 def _foldable(graph: Graph, prod: Op | None, bn: Op) -> bool:
     """True when ``bn`` can become part of its producer's weight and bias."""
-    return (prod is not None and prod.kind in FOLDABLE and not prod.attrs.get("act")
-            and _single_use(graph, bn.inputs[0])
-            and (prod.kind == "conv" or len(graph.shape(bn.inputs[0])) == 2))
+    fold = OPS[prod.kind].bn_fold if prod is not None and prod.kind in OPS else None
+    rank = len(graph.shape(bn.inputs[0]))
+    return (fold is not None and fold[1] % rank == 1 and not prod.attrs.get("act")
+            and _single_use(graph, bn.inputs[0]))
 
 
 def run(graph: Graph, ctx) -> Graph:

@@ -1,28 +1,29 @@
-"""fuse_activation: fold an activation into the epilogue of the conv/matmul that feeds it.
+"""fuse_activation: fold an activation into the epilogue of the op that produces its input.
 
 Before: canonical ops, batchnorm folded.
-After: a relu/leakyrelu/clip/sigmoid/tanh whose input is the only use of a conv or matmul
-output is gone; that producer carries ``act=(kind, attrs)`` and writes the activation's output.
+After: an activation (a kind whose row in ``compiler.ops`` is ``fusable``: relu, leakyrelu,
+clip, sigmoid, tanh, hardsigmoid) whose input is the only use of the result of an op that can
+carry an epilogue (its row has an ``act`` attribute: conv, matmul; after lowering also
+xbar_matmul, combine) and carries none yet, is gone; that producer carries
+``act=Act(kind, attrs)`` and writes the activation's output.
 """
 
 from __future__ import annotations
 
 from ..ir import Graph
-
-ACTIVATIONS = {"relu", "leakyrelu", "clip", "sigmoid", "tanh"}
-PRODUCERS = {"conv", "matmul"}
+from ..ops import FUSABLE, OPS, Act
 
 
 def run(graph: Graph, ctx) -> Graph:
-    for act in [op for op in graph.ops() if op.kind in ACTIVATIONS]:
+    for act in [op for op in graph.ops() if op.kind in FUSABLE]:
         prod = graph.producer(act.inputs[0])
         mid = act.inputs[0]
-        if (prod is None or prod.kind not in PRODUCERS or prod.attrs.get("act")
-                or len(graph.users(mid)) != 1 or mid in graph.outputs):
+        if (prod is None or prod.kind not in OPS or not OPS[prod.kind].epilogue
+                or prod.attrs.get("act") or len(graph.users(mid)) != 1 or mid in graph.outputs):
             continue
         graph.remove_op(act)
         graph.remove_op(prod)
-        attrs = dict(prod.attrs, act=(act.kind, dict(act.attrs)))
+        attrs = dict(prod.attrs, act=Act(act.kind, dict(act.attrs)))
         graph.add_op(prod.kind, prod.inputs, act.outputs, attrs, prod.origin)
-        graph.values.pop(mid, None)
+        graph.remove_value(mid)
     return graph
