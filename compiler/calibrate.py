@@ -2,10 +2,11 @@
 those samples and of their labels (``--calibrate-labels``).
 
 Runs the prepared ONNX model with ONNX's reference evaluator on the samples, every
-intermediate tensor exposed, and records each float tensor's largest finite magnitude. After
-``lower_to_crossbar`` the range of a crossbar's input patches is that of the tensor they were
-cut from; codegen writes it on the buffer, where the runtime takes it as the DAC full scale.
-Without calibration the runtime scales each sample by its own maximum.
+intermediate float tensor exposed (``onnx_reference.run_exposed``), and records each one's
+largest finite magnitude. After ``lower_to_crossbar`` the range of a crossbar's input patches
+is that of the tensor they were cut from; codegen writes it on the buffer, where the runtime
+takes it as the DAC full scale. Without calibration the runtime scales each sample by its
+own maximum.
 
 Samples holding NaN or Inf are an error unless the caller allows them; allowed, they are left
 out of every range (non-finite values never count) and of basis fitting (``finite_samples``).
@@ -19,13 +20,12 @@ import onnx
 from isa.files import load_array
 
 from .errors import CompileError
-from .onnx_reference import reference_evaluator
+from .onnx_reference import first_input, run_exposed
 
 
-def _first_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
+def _input_dims(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
     """Name and dims (None where symbolic) of the model's first non-initializer input."""
-    inits = {i.name for i in model.graph.initializer}
-    first = next(i for i in model.graph.input if i.name not in inits)
+    first = first_input(model)
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in first.type.tensor_type.shape.dim]
     return first.name, dims
@@ -34,7 +34,7 @@ def _first_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
 def check_samples(model: onnx.ModelProto, samples: np.ndarray, where: str) -> None:
     """Raise CompileError (starting with ``where``, e.g. "--calibrate x.npy") unless
     ``samples`` are [N >= 1, ...] of the model's input shape."""
-    name, dims = _first_input(model)
+    name, dims = _input_dims(model)
     want = ", ".join("?" if d is None else str(d) for d in dims[1:])
     fits = samples.ndim == len(dims) and all(
         d is None or d == s for d, s in zip(dims[1:], samples.shape[1:]))
@@ -100,25 +100,18 @@ def _peak(value: np.ndarray) -> float:
 def tensor_ranges(model: onnx.ModelProto, samples: np.ndarray) -> dict[str, float]:
     """Largest finite |value| of every float tensor over ``samples`` (fed to the first input
     of the prepared ``model``, one compiled batch at a time)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    known = {o.name for o in exposed.graph.output}
-    for vi in exposed.graph.value_info:
-        if vi.name not in known and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            exposed.graph.output.append(vi)
-    name, dims = _first_input(model)
+    name, dims = _input_dims(model)
     check_samples(model, samples, "calibration samples")
     batch = max(dims[0] or 1, 1)
     if len(samples) < batch:
         raise CompileError(f"--calibrate: {len(samples)} samples, fewer than one compiled batch "
                            f"of {batch}")
-    names = [o.name for o in exposed.graph.output]
-    session = reference_evaluator(exposed)
+    floats = [vi.name for vi in model.graph.value_info
+              if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     peaks: dict[str, float] = {}
     with np.errstate(all="ignore"):
-        for start in range(0, len(samples) - len(samples) % batch, batch):
-            feed = {name: samples[start:start + batch].astype(np.float32)}
-            for out, value in zip(names, session.run(None, feed)):
+        for values in run_exposed(model, samples, floats, batch):
+            for out, value in values.items():
                 peaks[out] = max(peaks.get(out, 0.0), _peak(value))
-    peaks[name] = _peak(samples)
+    peaks[name] = _peak(samples)  # every sample, a last partial batch included
     return peaks

@@ -160,7 +160,7 @@ def _samples(args, model: onnx.ModelProto) -> np.ndarray | None:
 def _basis(args, model: onnx.ModelProto, samples, chip: Chip, bars: bool) -> BasisSet | None:
     """The BasisSet ``--basis`` asks for, or None; labels are checked before any fitting, and
     samples holding NaN or Inf are left out of it."""
-    from .basis_auto import choose, decomposition  # onnxruntime: only when fitting
+    from .basis.auto import choose, decomposition  # onnxruntime: only when fitting
     if args.basis is None:
         return None
     if args.basis != "auto" and not args.basis.isdigit():

@@ -21,7 +21,7 @@ from isa.limits import check_geometry
 
 from . import backend, frontend
 from .basis import BasisSet
-from .basis_fit import layer_matrices
+from .basis.layers import layer_matrices
 from .context import CompileContext
 from .errors import CompileError
 from .ir import Graph
@@ -83,7 +83,7 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     ``chip``: the compiled geometry (default: ``chip_config.arch``); ``chip_config``: the chip
     whose timing the scheduler estimates with. ``calibrate``: sample inputs (array) whose
     activation ranges set the DAC full scales. ``basis``: a BasisN decomposition
-    (``compiler.basis_fit.fit`` or ``BasisSet.load``) every crossbar layer is mapped onto.
+    (``compiler.basis.fit.fit`` or ``BasisSet.load``) every crossbar layer is mapped onto.
     ``passes``: the pipeline (default ``PIPELINE``), checked before anything runs.
     ``limits``: scratchpad and weight budgets. ``progress``: progress bars on stderr.
     ``warn``: receives one line per warning (a poorly reconstructing basis).

@@ -1,9 +1,14 @@
 """ONNX's reference evaluator, with our fixes: every whole-model or single-node evaluation of
 ONNX in the compiler (constant folding, calibration, data-aware BasisN, the IR evaluator)
-goes through ``reference_evaluator``."""
+goes through ``reference_evaluator``; ``run_exposed`` runs a model on sample inputs with any
+intermediate tensors exposed (calibration's activation ranges, BasisN's layer inputs)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
@@ -21,3 +26,29 @@ class LRN(OpRun):
 def reference_evaluator(proto, **options) -> ReferenceEvaluator:
     """``ReferenceEvaluator(proto, **options)`` with the fixed operators above."""
     return ReferenceEvaluator(proto, new_ops=[LRN], **options)
+
+
+def first_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The model's first graph input that is not an initializer (what samples feed)."""
+    inits = {i.name for i in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in inits)
+
+
+def run_exposed(model: onnx.ModelProto, samples: np.ndarray, names: Iterable[str],
+                batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``model`` on ``samples`` (float32, fed to ``first_input``) ``batch`` at a time
+    (default: all at once; a last partial batch is left out), with the tensors ``names``
+    exposed as extra outputs. Yields, per batch, {name: value} of the model's outputs, those
+    tensors and the input."""
+    feed = first_input(model).name
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    known = {o.name for o in exposed.graph.output} | {feed}
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n)
+                                for n in dict.fromkeys(names) if n not in known)
+    outs = [o.name for o in exposed.graph.output]
+    session = reference_evaluator(exposed)
+    batch = batch or max(len(samples), 1)
+    for start in range(0, len(samples) - len(samples) % batch, batch):
+        x = samples[start:start + batch].astype(np.float32)
+        yield {feed: x, **dict(zip(outs, session.run(None, {feed: x})))}

@@ -1,19 +1,25 @@
 """Event-driven timing and energy of a program on a chip, at cycle resolution.
 
-Every instruction occupies one unit (``isa.opcodes``) from a start to an end time. Each unit
-runs its instructions in program order; an instruction starts when its operands are ready and
-its unit is free (a write also needs a free write driver when ``timing.write_drivers`` > 0), so
-a write on one crossbar overlaps compute on another. ``barrier`` waits for everything before
-it. An ``mvm`` accumulates, so mvms into one buffer wait only for its initialisation, and
-readers wait for all of them. Instructions before ``barrier label="inference"`` are the load
-phase; the rest is one pass over the compiled batch.
+Every instruction occupies one unit (``isa.opcodes``) from a start to an end time, by the
+issue rules of ``Machine``: each unit runs its instructions in program order; an instruction
+starts when its operands are ready and its unit is free (a write also needs a free write
+driver when ``timing.write_drivers`` > 0), so a write on one crossbar overlaps compute on
+another. ``barrier`` waits for everything before it. An ``mvm`` accumulates, so mvms into one
+buffer wait only for its initialisation, and readers wait for all of them. Instructions before
+``barrier label="inference"`` are the load phase; the rest is one pass over the compiled batch.
 
-``COSTS`` holds one cost function per opcode: (duration ns, energy pJ) from the chip config,
-the operand shapes and, for writes, how many rows and cells really change.
+Costs are small pure functions of the chip and sizes, (duration ns, energy pJ) each:
+``mvm_cost`` (a tile over some input vectors), ``write_cost`` (rows and cells that change;
+``tile_write_cost`` when all of them do), ``vector_cost``, ``buffer_cost``, ``combine_cost``
+and ``digital_cost`` (any vector, buffer or control opcode by the size of its destination).
+``COSTS`` holds one function per opcode that reads those sizes off an instruction of a
+program and calls them; the compiler's scheduler calls the same functions, and drives a
+``Machine`` with the instructions it plans, so its estimate is the simulator's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +28,9 @@ from .chip import Chip
 from .combiner import CombineWork, combine_work
 from .opcodes import OPCODES
 from .program import Instr, Program
+
+Cost = tuple[float, float]  # (duration ns, energy pJ)
+F32_BYTES = 4  # buffers hold float32
 
 
 @dataclass
@@ -35,24 +44,114 @@ class Event:
     phase: str  # "load" | "inference"
 
 
+# -- costs: pure functions of the chip and sizes ------------------------------------------
+
+def cells_per_weight(chip: Chip) -> int:
+    """Cells one weight occupies: its slices, twice (differential pair or offset column)."""
+    return 2 * chip.arch.slices
+
+
+def mvm_cost(chip: Chip, rows: int, cols: int, vectors: int) -> Cost:
+    """``vectors`` input vectors through a tile of ``rows`` x ``cols`` weights: input_bits +
+    mvm_extra_steps steps each; per step the array read and one DAC per row, per input bit
+    one ADC conversion per physical column."""
+    t, e, a = chip.timing, chip.energy, chip.arch
+    steps = a.input_bits + t.mvm_extra_steps
+    phys_cols = cols * cells_per_weight(chip)
+    energy = vectors * (steps * (e.xbar_step_pj + rows * e.dac_pj)
+                        + a.input_bits * phys_cols * e.adc_pj)
+    return vectors * steps * t.mvm_step_ns, energy
+
+
+def write_cost(chip: Chip, rows: int, cells: int) -> Cost:
+    """Program-and-verify changing ``rows`` rows and ``cells`` cells: each row, in each of
+    write_phases phases, takes write_iterations x (pulse + verify); energy per pulse V_w^2 x
+    mean G x t_pulse on every changed cell, plus a verify read per row, phase and iteration."""
+    t, d, e = chip.timing, chip.device, chip.energy
+    row_phase = t.write_iterations * (t.t_pulse_ns + t.t_verify_ns)
+    g_avg = (d.g_min_us + d.g_max_us) / 2 * 1e-6
+    pulse_pj = d.write_voltage ** 2 * g_avg * t.t_pulse_ns * 1e-9 * 1e12
+    energy = (cells * t.write_iterations * pulse_pj
+              + rows * t.write_phases * t.write_iterations * e.verify_row_pj)
+    return rows * t.write_phases * row_phase, energy
+
+
+def tile_write_cost(chip: Chip, rows: int, cols: int) -> Cost:
+    """A write of a ``rows`` x ``cols`` weight tile whose every row and cell changes."""
+    return write_cost(chip, rows, rows * cols * cells_per_weight(chip))
+
+
+def vector_cost(chip: Chip, elems: int) -> Cost:
+    """``elems`` elements through the vector unit, ``vector_lanes`` a cycle."""
+    cycles = -(-elems // chip.timing.vector_lanes)
+    return cycles / chip.timing.clock_ghz, elems * chip.energy.vector_pj_per_elem
+
+
+def buffer_cost(chip: Chip, nbytes: int) -> Cost:
+    """``nbytes`` bytes through the scratchpad port, ``buffer_bytes_per_cycle`` a cycle."""
+    cycles = -(-nbytes // chip.timing.buffer_bytes_per_cycle)
+    return cycles / chip.timing.clock_ghz, nbytes * chip.energy.buffer_pj_per_byte
+
+
+def combine_cost(chip: Chip, vectors: int, work: CombineWork) -> Cost:
+    """BasisN's combiner (``isa.combiner``) on ``vectors`` vectors: their merged reads on
+    ``combiner_lanes`` lanes."""
+    t, e = chip.timing, chip.energy
+    cycles = -(-vectors * work.merged_reads // t.combiner_lanes)
+    energy = vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
+                        + work.accumulations * e.combiner_acc_pj)
+    return cycles / t.clock_ghz, energy
+
+
+def _free(chip: Chip, elems: int) -> Cost:
+    return 0.0, 0.0
+
+
+_BY_UNIT = {"vector": vector_cost, "control": _free,
+            "buffer": lambda chip, elems: buffer_cost(chip, F32_BYTES * elems)}
+_DIGITAL = {m: _BY_UNIT[op.unit] for m, op in OPCODES.items() if op.unit in _BY_UNIT}
+_DIGITAL["reshape"] = _free  # a view: the data stays where it is
+
+
+def digital_cost(chip: Chip, mnemonic: str, elems: int) -> Cost:
+    """A vector, buffer or control instruction whose destination (for a control
+    instruction: first operand) holds ``elems`` elements: vector ops by elements, buffer ops
+    by their bytes; ``reshape`` and control instructions are free."""
+    return _DIGITAL[mnemonic](chip, elems)
+
+
+# -- COSTS: the cost of one instruction of a program -------------------------------------
+
 @dataclass
-class WriteCost:
+class WriteChange:
     rows: int = 0
     cells: int = 0
 
 
+def write_change(old: np.ndarray | None, new: np.ndarray, cells_per_weight: int) -> WriteChange:
+    """Rows and cells a write really changes (program-and-verify skips unchanged rows)."""
+    if old is None or old.shape[1] != new.shape[1]:
+        return WriteChange(new.shape[0], new.size * cells_per_weight)
+    n = min(len(old), len(new))
+    diff = np.zeros(new.shape, bool)
+    diff[:n] = old[:n] != new[:n]
+    diff[n:] = True
+    return WriteChange(int(diff.any(axis=1).sum()), int(diff.sum()) * cells_per_weight)
+
+
 class _Ctx:
-    """Shapes, crossbar contents and the chip, as the cost functions see them."""
+    """Shapes, crossbar contents and the chip (with the program's geometry), as the cost
+    functions of ``COSTS`` see them."""
 
     def __init__(self, program: Program, chip: Chip, scale: int):
-        self.chip, self.arch = chip, program.chip
+        self.chip = dataclasses.replace(chip, arch=program.chip)
         self.blobs = program.blob_map()
         self.shapes = {b.name: (b.type.shape[0] * scale,) + b.type.shape[1:] if b.type.shape
                        else () for b in program.buffers}
         self.xbar: dict[int, np.ndarray] = {}
         self.content: dict[int, tuple] = {}  # which blob window each crossbar holds
         self.tiles_used: set = set()  # distinct tiles the inference body multiplies with
-        self.last_write = WriteCost()
+        self.last_write = WriteChange()
         self.combine: dict[str, CombineWork] = {}  # per coefficient blob
 
     def elems(self, ref: str) -> int:
@@ -61,86 +160,95 @@ class _Ctx:
         return int(np.prod(self.shapes[ref[1:]], dtype=np.int64))
 
 
-def _mvm(c: _Ctx, ins: Instr):
-    t, e, a = c.chip.timing, c.chip.energy, c.arch
+def _mvm(c: _Ctx, ins: Instr) -> Cost:
     (r0, r1), (c0, c1), (v0, v1) = ins.attr("rows"), ins.attr("cols"), ins.attr("vecs")
-    vectors = c.shapes[ins.operands[1][1:]][0] * (v1 - v0)
     c.tiles_used.add(c.content.get(ins.attr("xb")))
-    steps = a.input_bits + t.mvm_extra_steps
-    phys_cols = (c1 - c0) * 2 * a.slices
-    energy = vectors * (steps * (e.xbar_step_pj + (r1 - r0) * e.dac_pj)
-                        + a.input_bits * phys_cols * e.adc_pj)
-    return vectors * steps * t.mvm_step_ns, energy
+    vectors = c.shapes[ins.operands[1][1:]][0] * (v1 - v0)
+    return mvm_cost(c.chip, r1 - r0, c1 - c0, vectors)
 
 
-def write_cost(old: np.ndarray | None, new: np.ndarray, cells_per_weight: int) -> WriteCost:
-    """Rows and cells a write really changes (program-and-verify skips unchanged rows)."""
-    if old is None or old.shape[1] != new.shape[1]:
-        return WriteCost(new.shape[0], new.size * cells_per_weight)
-    n = min(len(old), len(new))
-    diff = np.zeros(new.shape, bool)
-    diff[:n] = old[:n] != new[:n]
-    diff[n:] = True
-    return WriteCost(int(diff.any(axis=1).sum()), int(diff.sum()) * cells_per_weight)
-
-
-def _write(c: _Ctx, ins: Instr):
-    t, d, e = c.chip.timing, c.chip.device, c.chip.energy
+def _write(c: _Ctx, ins: Instr) -> Cost:
     (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
     new = c.blobs[ins.operands[0][1:]].data[r0:r1, c0:c1]
-    cost = write_cost(c.xbar.get(ins.attr("xb")), new, 2 * c.arch.slices)
+    c.last_write = write_change(c.xbar.get(ins.attr("xb")), new, cells_per_weight(c.chip))
     c.xbar[ins.attr("xb")] = new
     c.content[ins.attr("xb")] = (ins.operands[0], r0, r1, c0, c1)
-    c.last_write = cost
-    row_phase = t.write_iterations * (t.t_pulse_ns + t.t_verify_ns)
-    duration = cost.rows * t.write_phases * row_phase
-    g_avg = (d.g_min_us + d.g_max_us) / 2 * 1e-6
-    pulse_pj = d.write_voltage ** 2 * g_avg * t.t_pulse_ns * 1e-9 * 1e12
-    energy = (cost.cells * t.write_iterations * pulse_pj
-              + cost.rows * t.write_phases * t.write_iterations * e.verify_row_pj)
-    return duration, energy
+    return write_cost(c.chip, c.last_write.rows, c.last_write.cells)
 
 
-def _vector(c: _Ctx, ins: Instr):
-    n = c.elems(ins.operands[0])
-    cycles = -(-n // c.chip.timing.vector_lanes)
-    return cycles / c.chip.timing.clock_ghz, n * c.chip.energy.vector_pj_per_elem
-
-
-def _buffer(c: _Ctx, ins: Instr):
-    nbytes = 4 * c.elems(ins.operands[0])
-    cycles = -(-nbytes // c.chip.timing.buffer_bytes_per_cycle)
-    return cycles / c.chip.timing.clock_ghz, nbytes * c.chip.energy.buffer_pj_per_byte
-
-
-def _combine(c: _Ctx, ins: Instr):
-    """BasisN combiner (``isa.combiner``): merged reads on ``combiner_lanes`` lanes."""
-    t, e = c.chip.timing, c.chip.energy
+def _combine(c: _Ctx, ins: Instr) -> Cost:
     name = ins.operands[2][1:]
     if name not in c.combine:
         levels = c.blobs[name].data
         n = ins.attr("unit")
         c.combine[name] = combine_work(levels.reshape(-1, n, levels.shape[-1]),
                                        ins.attr("bits"))
-    work = c.combine[name]
-    shape = c.shapes[ins.operands[0][1:]]
-    vectors = int(np.prod(shape[:-1], dtype=np.int64))
-    cycles = -(-vectors * work.merged_reads // t.combiner_lanes)
-    energy = vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
-                        + work.accumulations * e.combiner_acc_pj)
-    return cycles / t.clock_ghz, energy
+    vectors = int(np.prod(c.shapes[ins.operands[0][1:]][:-1], dtype=np.int64))
+    return combine_cost(c.chip, vectors, c.combine[name])
 
 
-def _free(c: _Ctx, ins: Instr):
-    return 0.0, 0.0
+def _digital(c: _Ctx, ins: Instr) -> Cost:
+    return digital_cost(c.chip, ins.op, c.elems(ins.operands[0]) if ins.operands else 0)
 
 
-_BY_UNIT = {"vector": _vector, "buffer": _buffer, "control": _free}
-COSTS = {m: _BY_UNIT.get(op.unit) for m, op in OPCODES.items()}
-COSTS.update({"mvm": _mvm, "write": _write, "reshape": _free, "combine": _combine})
+COSTS = {m: _digital for m in _DIGITAL}
+COSTS.update({"mvm": _mvm, "write": _write, "combine": _combine})
 
+
+# -- the issue rules, and the simulation of a program ------------------------------------
 
 ACCUMULATE = ("mvm", "combine")  # ops that add into dst: they wait for its initialisation only
+
+
+class Machine:
+    """When instructions issued in program order start and end, by the rules of the module
+    docstring; ``simulate`` issues a program's instructions, the compiler's scheduler the
+    instructions it plans. Units, sources and destinations are names; ``drivers`` shared
+    write drivers (0: one per crossbar). With ``contention=False`` only data dependencies
+    count (no unit, driver or barrier waits): the critical path."""
+
+    def __init__(self, drivers: int = 0, contention: bool = True):
+        self.contention = contention
+        self.drivers = [0.0] * drivers if contention else []
+        self.free: dict[str, float] = {}   # unit -> when its last instruction ends
+        self.ready: dict[str, float] = {}  # buffer -> when its value is complete
+        self.init: dict[str, float] = {}   # buffer -> when its initialisation ended
+        self.floor = 0.0                   # the last barrier
+        self.latest = 0.0                  # the latest end so far
+
+    def earliest(self, unit: str | None, srcs=(), dst: str | None = None,
+                 accumulate: bool = False, write: bool = False) -> float:
+        """When an instruction issued now would start (nothing changes); ``unit=None``: not
+        counting its unit's wait."""
+        start = max([self.floor] + [self.ready.get(s, 0.0) for s in srcs])
+        if accumulate:
+            start = max(start, self.init.get(dst, 0.0))
+        if self.contention and unit is not None:
+            start = max(start, self.free.get(unit, 0.0))
+        if write and self.drivers:
+            start = max(start, min(self.drivers))
+        return start
+
+    def issue(self, unit: str, duration: float, srcs=(), dst: str | None = None,
+              accumulate: bool = False, write: bool = False) -> tuple[float, float]:
+        """Issue an instruction on ``unit`` reading ``srcs`` (and writing or, accumulating,
+        adding into ``dst``); a write takes the earliest free driver. Returns (start, end)."""
+        start = self.earliest(unit, srcs, dst, accumulate, write)
+        end = start + duration
+        if write and self.drivers:
+            self.drivers[int(np.argmin(self.drivers))] = end
+        self.free[unit] = end
+        if dst is not None:
+            self.ready[dst] = max(self.ready.get(dst, 0.0), end) if accumulate else end
+            if not accumulate:
+                self.init[dst] = end
+        self.latest = max(self.latest, end)
+        return start, end
+
+    def barrier(self) -> None:
+        """Later instructions start after everything issued so far has ended."""
+        if self.contention:
+            self.floor = self.latest
 
 
 @dataclass
@@ -160,67 +268,52 @@ class Timeline:
         return self.total_ns - self.load_ns
 
 
+def xbar_unit(xb: int) -> str:
+    """The unit name of crossbar ``xb`` (its mvms and its writes)."""
+    return f"xbar{xb}"
+
+
 def unit_of(ins: Instr) -> str:
     unit = OPCODES[ins.op].unit
-    return f"xbar{ins.attr('xb')}" if unit in ("xbar", "write") else unit
+    return xbar_unit(ins.attr("xb")) if unit in ("xbar", "write") else unit
 
 
 def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -> Timeline:
     """Simulate ``program`` running ``scale`` times its compiled batch. ``units=False`` ignores
     unit conflicts, barriers and write time (for the critical-path bound)."""
     ctx = _Ctx(program, chip, scale)
-    free: dict[str, float] = {}
-    drivers = [0.0] * chip.timing.write_drivers
-    ready: dict[str, float] = {}
-    init: dict[str, float] = {}
-    floor, latest, load_end = 0.0, 0.0, None
-    events: list[Event] = []
-    tl = Timeline(events, 0.0, 0.0)
+    machine = Machine(chip.timing.write_drivers, contention=units)
+    load_end = None
+    tl = Timeline([], 0.0, 0.0)
     for i, ins in enumerate(program.text):
         duration, energy = COSTS[ins.op](ctx, ins)
         phase = "load" if load_end is None else "inference"
         if ins.op == "halt":
             break
         if ins.op == "barrier":
-            if units:
-                floor = latest
+            machine.barrier()
             if ins.attr("label") == "inference" and load_end is None:
-                load_end = latest if units else 0.0
+                load_end = machine.latest if units else 0.0
                 ctx.tiles_used.clear()
             continue
         if ins.op == "write":
             _count_write(tl, ctx.last_write, ins.attr("xb"), phase)
-            if not units:
-                duration = 0.0
-        unit = unit_of(ins)
-        srcs = ins.operands[1:] if OPCODES[ins.op].operands[:1] == ("dst",) else ins.operands
-        start = max([floor] + [ready.get(r[1:], 0.0) for r in srcs if r[0] == "%"])
-        dst = ins.operands[0][1:] if OPCODES[ins.op].operands[:1] == ("dst",) else None
-        if ins.op in ACCUMULATE:
-            start = max(start, init.get(dst, 0.0))
-        if units:
-            start = max(start, free.get(unit, 0.0))
-            if ins.op == "write" and drivers:
-                k = int(np.argmin(drivers))
-                start = max(start, drivers[k])
-                drivers[k] = start + duration
-        end = start + duration
-        free[unit] = end
-        if dst is not None:
-            ready[dst] = max(ready.get(dst, 0.0), end) if ins.op in ACCUMULATE else end
-            if ins.op not in ACCUMULATE:
-                init[dst] = end
-        latest = max(latest, end)
-        events.append(Event(i, ins.op, unit, start, end, energy, phase))
-    tl.load_ns, tl.total_ns = load_end or 0.0, latest
+            duration = duration if units else 0.0
+        has_dst = OPCODES[ins.op].operands[:1] == ("dst",)
+        refs = ins.operands[1:] if has_dst else ins.operands
+        start, end = machine.issue(unit_of(ins), duration, [r[1:] for r in refs if r[0] == "%"],
+                                   ins.operands[0][1:] if has_dst else None,
+                                   ins.op in ACCUMULATE, ins.op == "write")
+        tl.events.append(Event(i, ins.op, unit_of(ins), start, end, energy, phase))
+    tl.load_ns, tl.total_ns = load_end or 0.0, machine.latest
     tl.tiles_used = len(ctx.tiles_used)
     return tl
 
 
-def _count_write(tl: Timeline, cost: WriteCost, xb: int, phase: str) -> None:
-    tl.rows_written += cost.rows
-    tl.cells_written += cost.cells
+def _count_write(tl: Timeline, change: WriteChange, xb: int, phase: str) -> None:
+    tl.rows_written += change.rows
+    tl.cells_written += change.cells
     if phase == "inference":
-        tl.body_rows_written += cost.rows
-        tl.body_cells_written += cost.cells
-        tl.writes_per_xbar[xb] = tl.writes_per_xbar.get(xb, 0) + (cost.rows > 0)
+        tl.body_rows_written += change.rows
+        tl.body_cells_written += change.cells
+        tl.writes_per_xbar[xb] = tl.writes_per_xbar.get(xb, 0) + (change.rows > 0)

@@ -11,9 +11,14 @@ import pytest
 from conftest import MODELS, cli, model_path, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import compile_model
+from compiler import CompileContext, compile_model
 from compiler.basis import BasisLayer, BasisSet, reconstruct
-from compiler.basis_fit import apply, fit, layer_matrices, unlower
+from compiler.basis.fit import fit
+from compiler.basis.layers import apply, layer_matrices, node_weight
+from compiler.basis.refine import layer_inputs
+from compiler.frontend import import_model
+from compiler.passes import PASSES
+from compiler.passes.lower_to_crossbar import matrix_weight, weight_matrix
 from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 from isa.chip import Chip
 from isa.combiner import combine_work
@@ -42,9 +47,8 @@ def _known_basis_model(n=3, unit=9, bits=4):
         levels = RNG.integers(-q, q + 1, (u, n, m)) * (RNG.random((u, n, m)) < 0.5)
         scales = RNG.uniform(0.5, 2, m).astype(np.float32)
         true.layers[node.name] = BasisLayer(levels.astype(np.int32), scales, shape_k)
-        mat = true.matrix(node.name)
-        old = np.zeros((6, 4, 3, 3) if wname == "w" else (m, shape_k), np.float32)
-        inits[wname] = unlower(node, mat, old)
+        shape = (6, 4, 3, 3) if wname == "w" else (m, shape_k)
+        inits[wname] = node_weight(node, true.matrix(node.name), shape).astype(np.float32)
     graph = helper.make_graph(
         nodes, "known", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 5, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
@@ -199,6 +203,49 @@ def test_basis_file_without_a_layer_is_an_error(tmp_path):
     res = cli("cimc", model_path("digits_cnn"), "--basis", str(tmp_path / "b.npz"), "-o",
               str(tmp_path / "x.cim"))
     assert res.returncode == 2 and "'fc' has no coefficients" in res.stderr
+
+
+def test_basis_layers_are_the_pipelines_crossbar_matrices():
+    """BasisN lowers the ONNX weights with lower-to-crossbar's own function: the matrices
+    equal the crossbar weights of the lowered graph (no batchnorm or alpha to fold here)."""
+    model, _ = _known_basis_model()
+    graph, ctx = import_model(model), CompileContext()
+    for name in ("canonicalize", "lower-to-crossbar"):
+        graph = PASSES[name].run(graph, ctx)
+    lowered = {op.origin: graph.constants[op.inputs[1]] for op in graph.ops()
+               if op.kind == "xbar_matmul"}
+    mats = layer_matrices(model)
+    assert set(lowered) == set(mats) == {"conv", "fc"}
+    for name, w in mats.items():
+        np.testing.assert_array_equal(lowered[name], w)
+
+
+@pytest.mark.parametrize("kind, shape, attrs", [
+    ("Conv", (6, 2, 3, 3), {"group": 2}), ("conv", (4, 1, 3), {"group": 4}),
+    ("Gemm", (5, 7), {"transB": 1}), ("Gemm", (7, 5), {}), ("MatMul", (7, 5), {})])
+def test_matrix_weight_inverts_weight_matrix(kind, shape, attrs):
+    w = RNG.standard_normal(shape).astype(np.float32)
+    mat = weight_matrix(kind, w, attrs)
+    assert mat.ndim == 2 and mat.size >= w.size  # grouped convs: block-diagonal
+    np.testing.assert_array_equal(matrix_weight(kind, mat, shape, attrs), w)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_layer_inputs_are_the_crossbar_inputs_with_auto_pad(auto_pad):
+    """Inputs x @ the crossbar matrix = the Conv's output, however auto_pad pads it."""
+    w = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", auto_pad=auto_pad,
+                            strides=[2, 2])
+    graph = helper.make_graph(
+        [conv], "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 6, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.standard_normal((2, 2, 6, 7)).astype(np.float32)
+    (y,) = ort_run(model, {"x": x})
+    got = layer_inputs(model, x, ["conv"])["conv"] @ layer_matrices(model)["conv"]
+    np.testing.assert_allclose(got, y.transpose(0, 2, 3, 1).reshape(-1, 3), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_reconstruct_pads_and_trims():

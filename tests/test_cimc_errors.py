@@ -18,7 +18,8 @@ import isa
 from compiler import CompileError, compile_model
 from compiler import cli as cimc
 from compiler.backend import REQUIRES
-from compiler.basis_fit import fit, layer_matrices
+from compiler.basis.fit import fit
+from compiler.basis.layers import layer_matrices
 from compiler.passes import PIPELINE
 from runtime import run
 from tools.conformance import declared_unsupported

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler import CompileError, backend, compile_model
 from compiler.basis import BasisSet, reconstruct
-from compiler.basis_fit import apply
+from compiler.basis.layers import apply
 from compiler.evaluate import KINDS, evaluate
 from compiler.ir import Graph
 from compiler.passes import PASSES, PIPELINE
@@ -183,7 +183,7 @@ def test_bundled_model_every_stage_matches_onnxruntime(name):
 def test_basis_model_every_stage_matches_its_decomposition():
     """Up to lower-to-crossbar the IR holds the model's own weights; from basis-decompose on,
     the combination of basis and coefficients, i.e. the model with its weights replaced by the
-    decomposition's reconstructions (``basis_fit.apply``)."""
+    decomposition's reconstructions (``basis.layers.apply``)."""
     path, feeds = model_path("digits_cnn_basis4"), _digits()
     basis = BasisSet.load(f"{MODELS}/digits_cnn_basis4.basis.npz")
     own, decomposed = _ort(path, feeds), _ort(apply(onnx.load(path), basis), feeds)

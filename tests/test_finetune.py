@@ -55,8 +55,8 @@ def test_contest_term_balances_column_loads():
     from tools.finetune_basis import BasisLayers
     model = onnx.load(model_path("digits_cnn"))
     start = BasisSet(np.eye(9, 2, dtype=np.float32), 4)
-    for name, w in __import__("compiler.basis_fit", fromlist=["x"]).layer_matrices(
-            model).items():
+    from compiler.basis.layers import layer_matrices
+    for name, w in layer_matrices(model).items():
         u, m = -(-w.shape[0] // 9), w.shape[1]
         start.layers[name] = BasisLayer(np.zeros((u, 2, m), np.int32), np.ones(m, np.float32),
                                         w.shape[0])

@@ -12,6 +12,15 @@ from conftest import cli, model_path
 from compiler import compile_model
 from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 from isa.chip import Chip
+from isa.timing import (
+    Machine,
+    buffer_cost,
+    digital_cost,
+    mvm_cost,
+    tile_write_cost,
+    vector_cost,
+    write_cost,
+)
 from runtime import run
 
 W = [("rows", (0, 4)), ("cols", (0, 3))]
@@ -58,6 +67,33 @@ def test_one_mvm():
     assert st["energy_pj_per_inference"] == pytest.approx(FILL_PJ + MVM_PJ)
     assert st["edp"] == pytest.approx((FILL_PJ + MVM_PJ) * (FILL_NS + MVM_NS))
     assert st["writes_per_inference"] == 0 and st["mvm_count"] == 1
+
+
+def test_cost_functions_by_hand():
+    """The costs a program's instructions are charged, asked for by sizes alone."""
+    chip = Chip()
+    assert tile_write_cost(chip, 4, 3) == pytest.approx((WRITE_NS, WRITE_PJ))
+    assert write_cost(chip, 4, 12 * 8) == tile_write_cost(chip, 4, 3)
+    assert write_cost(chip, 0, 0) == (0.0, 0.0)
+    assert mvm_cost(chip, 4, 3, 1) == pytest.approx((MVM_NS, MVM_PJ))
+    assert mvm_cost(chip, 4, 3, 5)[0] == 5 * MVM_NS
+    assert buffer_cost(chip, 12) == pytest.approx((FILL_NS, FILL_PJ))
+    assert vector_cost(chip, 65) == (2.0, 65.0)  # 2 cycles of 64 lanes, 1 pJ an element
+    assert digital_cost(chip, "fill", 3) == buffer_cost(chip, 12)  # float32 elements
+    assert digital_cost(chip, "relu", 65) == vector_cost(chip, 65)
+    assert digital_cost(chip, "reshape", 100) == digital_cost(chip, "barrier", 0) == (0.0, 0.0)
+
+
+def test_machine_issue_rules():
+    m = Machine(drivers=1)
+    assert m.issue("buffer", 1.0, dst="y") == (0.0, 1.0)  # initialise y
+    assert m.issue("xbar0", 10.0, ["x"], "y", accumulate=True) == (1.0, 11.0)
+    assert m.issue("xbar1", 5.0, ["x"], "y", accumulate=True) == (1.0, 6.0)  # waits for init
+    assert m.issue("vector", 2.0, ["y"], "y") == (11.0, 13.0)  # waits for every mvm
+    assert m.issue("xbar1", 4.0, write=True) == (6.0, 10.0)
+    assert m.issue("xbar2", 4.0, write=True) == (10.0, 14.0)  # the one driver is busy
+    m.barrier()
+    assert m.earliest("vector") == 14.0 and m.latest == 14.0
 
 
 def test_two_mvms_on_two_crossbars_overlap():

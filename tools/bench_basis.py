@@ -3,7 +3,7 @@
     python -m tools.bench_basis [--models ...] [--xbars 16 64 256] [--chips default ...]
                                 [--basis 4] [--coef-bits 4] [--plot docs/basis_crossover.png]
 
-For each generated model: one post-training basis (``compiler.basis_auto.decomposition``;
+For each generated model: one post-training basis (``compiler.basis.auto.decomposition``;
 its cost depends on the coefficients' bit patterns, not on accuracy), then per crossbar count
 a BasisN program and the naive and optimized reprogramming programs, plus the replicated
 weight-stationary mapping with as many crossbars as the model has tiles. Every program is
@@ -28,7 +28,7 @@ import time
 import onnx
 
 from compiler import compile_model
-from compiler.basis_auto import decomposition
+from compiler.basis.auto import decomposition
 from runtime import run
 from runtime.chips import resolve
 from tools import make_zoo

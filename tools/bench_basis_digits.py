@@ -21,7 +21,7 @@ import onnx
 
 from compiler import compile_model
 from compiler.basis import BasisSet
-from compiler.basis_auto import decomposition
+from compiler.basis.auto import decomposition
 from runtime import run
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")

@@ -11,7 +11,7 @@ torch (``tools.finetune_noise.OnnxModule``). Every Conv/Gemm/MatMul weight is bu
 shared basis B [unit, N] and its layer's coefficients C [U, N, M] as in ``compiler.basis``:
 W = B C, quantized per kernel to ``--coef-bits`` with a straight-through estimator (the
 forward pass sees the quantized levels, gradients reach the float coefficients). Training
-starts from the post-training fit (``compiler.basis_fit.fit``) and alternates by epoch:
+starts from the post-training fit (``compiler.basis.fit.fit``) and alternates by epoch:
 coefficient epochs (coefficients, biases, batchnorm affine parameters) and basis epochs (the
 basis). The contest-aware term penalises, per unit, how far the busiest basis column's
 selection load exceeds the mean column load (a soft maximum over columns of the summed
@@ -30,7 +30,8 @@ import onnx
 from onnx import numpy_helper
 
 from compiler.basis import BasisLayer, BasisSet, qmax
-from compiler.basis_fit import fit, layer_matrices, lower
+from compiler.basis.fit import fit
+from compiler.basis.layers import layer_matrices, node_matrix
 from compiler.frontend import node_name
 from tools.finetune_noise import OnnxModule, save_model, training_data
 
@@ -50,7 +51,7 @@ class BasisLayers:
             if name not in start.layers:
                 continue
             w = inits[node.input[1]]
-            index = lower(node, np.arange(1, w.size + 1, dtype=np.float64).reshape(w.shape))
+            index = node_matrix(node, np.arange(1, w.size + 1, dtype=np.float64).reshape(w.shape))
             pos = np.nonzero(index)
             coef = torch.tensor(start.layers[name].coefficients(), requires_grad=True)
             self.layers[name] = (node.input[1], w.shape, index.shape, coef,

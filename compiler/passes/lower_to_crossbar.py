@@ -1,14 +1,18 @@
 """lower_to_crossbar: conv and matmul become crossbar matrix products over tiled weights.
 
 Before: canonical ops with batchnorm folded and activations fused.
-After: no conv or matmul remains. A conv is ``im2col`` (patches [B, P, C*prod(k)]), then
-``xbar_matmul`` against a [C*prod(k), M] weight matrix (block-diagonal over groups, so
-depthwise and grouped convs share one matrix), then ``unpatch`` back to [B, M, *spatial].
+After (level ``crossbar``): no conv or matmul remains (the canonical kinds whose row in
+``compiler.ops`` ends at the canonical level, each lowered by its function in ``LOWER``).
+A conv is ``im2col`` (patches [B, P, C*prod(k)]), then ``xbar_matmul`` against a
+[C*prod(k), M] weight matrix (block-diagonal over groups, so depthwise and grouped convs share
+one matrix), then ``unpatch`` back to [B, M, *spatial].
 A matmul is an ``xbar_matmul`` directly. Every ``xbar_matmul`` has ``tiles``: the
 (row0, row1, col0, col1) windows of its weight that hold any non-zero weight, each at most
 chip.rows x chip.weights_per_row; an all-zero tile is never mapped (its product is zero).
 The matrices' total size, predicted from shapes, must be within ``ctx.limits`` before any is
 built (grouped convolutions become block-diagonal matrices larger than their kernels).
+``weight_matrix`` (weight -> matrix, for IR kinds and ONNX op types) and its inverse
+``matrix_weight`` are also how BasisN lowers ONNX weights (``compiler.basis.layers``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 from ..ir import Graph, Op
 from ..limits import F32
+from ..ops import CROSSBAR
 from ..progress import bar
 
 
@@ -30,6 +35,45 @@ def conv_matrix(w: np.ndarray, group: int) -> np.ndarray:
         block = w[g * mg:(g + 1) * mg].reshape(mg, cg * kk).T
         mat[g * cg * kk:(g + 1) * cg * kk, g * mg:(g + 1) * mg] = block
     return mat
+
+
+def conv_weight(mat: np.ndarray, shape, group: int) -> np.ndarray:
+    """Inverse of ``conv_matrix``: the diagonal blocks of ``mat`` as a weight of ``shape``."""
+    m, cg = shape[:2]
+    kk, mg = int(np.prod(shape[2:], dtype=np.int64)), m // group
+    blocks = [mat[g * cg * kk:(g + 1) * cg * kk, g * mg:(g + 1) * mg].T for g in range(group)]
+    return np.concatenate(blocks).reshape(shape)
+
+
+def _group(attrs: dict) -> int:
+    return int(attrs.get("group", 1))
+
+
+def _trans_b(attrs: dict) -> bool:
+    return bool(attrs.get("transB", 0))
+
+
+# kind -> (weight -> matrix, (matrix, weight shape) -> weight), given the op's attributes
+LAYOUTS = {
+    "conv": (lambda w, a: conv_matrix(w, _group(a)),
+             lambda mat, shape, a: conv_weight(mat, shape, _group(a))),
+    "gemm": (lambda w, a: w.T if _trans_b(a) else w,
+             lambda mat, shape, a: mat.T if _trans_b(a) else mat),
+    "matmul": (lambda w, a: w, lambda mat, shape, a: mat),
+}
+
+
+def weight_matrix(kind: str, w: np.ndarray, attrs: dict) -> np.ndarray:
+    """The [K, M] matrix the crossbars hold for the weight ``w`` of a conv, gemm or matmul
+    with attributes ``attrs`` (``group``; ``transB``). ``kind`` is the IR kind (conv, matmul:
+    after canonicalize, whose matmul weights are already [K, M]) or the ONNX op type (Conv,
+    Gemm, MatMul), so BasisN lowers ONNX weights exactly as this pass lowers IR ones."""
+    return LAYOUTS[kind.lower()][0](w, attrs)
+
+
+def matrix_weight(kind: str, mat: np.ndarray, shape, attrs: dict) -> np.ndarray:
+    """Inverse of ``weight_matrix``: a [K, M] matrix back into a weight of ``shape``."""
+    return LAYOUTS[kind.lower()][1](mat, tuple(shape), attrs)
 
 
 def tile(weight: np.ndarray, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
@@ -61,7 +105,7 @@ def _lower_conv(graph: Graph, op: Op, ctx) -> None:
     if x in graph.ranges:
         graph.ranges[patches] = graph.ranges[x]
     cols = graph.add_value(graph.fresh(f"{op.origin or op.id}.cols"), (b, p, m))
-    _xbar_matmul(graph, op, patches, conv_matrix(w, op.attrs["group"]), cols, ctx)
+    _xbar_matmul(graph, op, patches, weight_matrix(op.kind, w, op.attrs), cols, ctx)
     graph.add_op("unpatch", [cols], [out], {}, op.origin)
 
 
@@ -73,18 +117,24 @@ def matrix_bytes(graph: Graph, op: Op) -> int:
     return int(np.prod(w, dtype=np.int64)) * F32
 
 
+def _lower_matmul(graph: Graph, op: Op, ctx) -> None:
+    w = graph.constants[op.inputs[1]].astype(np.float32)
+    _xbar_matmul(graph, op, op.inputs[0], weight_matrix(op.kind, w, op.attrs), op.outputs[0],
+                 ctx)
+
+
+LOWER = {"conv": _lower_conv, "matmul": _lower_matmul}
+
+
 def run(graph: Graph, ctx) -> Graph:
-    ops = [o for o in graph.ops() if o.kind in ("conv", "matmul")]
+    ops = [o for o in graph.ops() if o.kind in LOWER]
     ctx.limits.check_weights(sum(matrix_bytes(graph, op) for op in ops),
                              "the model (its crossbar weight matrices)")
     for op in bar(ops, ctx.progress, "lower-to-crossbar", "layer"):
         graph.remove_op(op)
-        if op.kind == "conv":
-            _lower_conv(graph, op, ctx)
-        else:
-            w = graph.constants[op.inputs[1]].astype(np.float32)
-            _xbar_matmul(graph, op, op.inputs[0], w, op.outputs[0], ctx)
+        LOWER[op.kind](graph, op, ctx)
     graph.drop_dead()
+    graph.level = CROSSBAR
     ctx.stats["tiles"] = sum(len(o.attrs["tiles"]) for o in graph.ops()
                              if o.kind == "xbar_matmul")
     return graph

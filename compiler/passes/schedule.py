@@ -18,25 +18,34 @@ tile indices written and then computed together (codegen fences each chunk).
   crossbars starting at crossbar 0; writes and compute of a chunk do not overlap.
 - ``optimized`` (default): a resident set (the tiles with the longest MVMs, sized by the
   estimate below) stays; the other tiles rotate through the remaining crossbars. Each goes to
-  the crossbar where its MVM would finish earliest (list scheduling with the chip's own cost
-  model), so a write runs as soon as its crossbar is free, overlapping compute elsewhere.
-  A layer with fewer tiles than crossbars whose MVMs outlast a write is replicated: each
-  replica is written separately and processes a share of the input vectors, which shortens
-  the critical path through the long early layers. Costs are the chip config's
-  (``cimc --chip``); with shared write drivers (``timing.write_drivers``) a write also waits
-  for the earliest free driver, and replicas must pay for that wait.
+  the crossbar where its MVM would finish earliest (list scheduling), so a write runs as soon
+  as its crossbar is free, overlapping compute elsewhere. A layer with fewer tiles than
+  crossbars whose MVMs outlast a write is replicated: each replica is written separately and
+  processes a share of the input vectors, which shortens the critical path through the long
+  early layers. With shared write drivers (``timing.write_drivers``) a write also waits for
+  the earliest free driver, and replicas must pay for that wait.
+
+The estimate (every schedule but BasisN's): the instructions codegen will emit for the
+scheduled graph, in its order (resident writes, the inference barrier, then each op's), are
+issued on an ``isa.timing.Machine`` with ``isa.timing``'s cost functions, on the chip config
+(``cimc --chip``): the simulator's own rules and costs. A write is estimated with every row of
+its tile changing (the simulator charges only rows that change). ``ctx.stats["schedule"]``
+holds that ``Estimate``.
 """
 
 from __future__ import annotations
 
-import heapq
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from isa.chip import Chip
+from isa.opcodes import OPCODES
+from isa.timing import Machine, digital_cost, mvm_cost, tile_write_cost, xbar_unit
 
 from ..errors import CompileError
 from ..ir import Graph, Op
+from ..ops import OPS
 
 SCHEDULES = ("optimized", "naive")
 
@@ -46,19 +55,128 @@ def n_vectors(graph: Graph, op: Op) -> int:
     return int(np.prod(graph.shape(op.inputs[0])[1:-1], dtype=np.int64))
 
 
-def _costs(graph: Graph, op: Op, chip: Chip) -> tuple[list[float], list[float]]:
-    """Estimated (write ns, mvm ns) of each tile of ``op``, all rows assumed to change."""
-    t, a = chip.timing, chip.arch
-    vectors = graph.shape(op.inputs[0])[0] * n_vectors(graph, op)
-    mvm = vectors * (a.input_bits + t.mvm_extra_steps) * t.mvm_step_ns
-    row = t.write_phases * t.write_iterations * (t.t_pulse_ns + t.t_verify_ns)
-    writes = [(r1 - r0) * row for r0, r1, _, _ in op.attrs["tiles"]]
-    return writes, [mvm] * len(writes)
+@dataclass(frozen=True)
+class Planned:
+    """A crossbar instruction codegen will emit, and when the scheduler expects it to run."""
+    op: str                          # "write" | "mvm"
+    origin: str                      # the ONNX node (codegen's note)
+    xb: int
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    vecs: tuple[int, int] | None     # mvm only
+    start: float
+    end: float
 
 
-def _vector_ns(graph: Graph, op: Op, chip: Chip) -> float:
-    n = sum(int(np.prod(graph.shape(o), dtype=np.int64)) for o in op.outputs)
-    return n / chip.timing.vector_lanes / chip.timing.clock_ghz
+@dataclass
+class Estimate:
+    """The scheduler's timeline: its crossbar instructions in program order, the end of the
+    load phase and of the whole program (ns)."""
+    planned: list[Planned] = field(default_factory=list)
+    load_ns: float = 0.0
+    total_ns: float = 0.0
+
+
+class _Plan:
+    """Issues the instructions codegen emits for ops of ``graph`` on a Machine, with the
+    chip's costs, recording the crossbar ones."""
+
+    def __init__(self, graph: Graph, chip: Chip):
+        self.graph, self.chip = graph, chip
+        self.machine = Machine(chip.timing.write_drivers)
+        self.estimate = Estimate()
+
+    def write_ns(self, op: Op, i: int) -> float:
+        r0, r1, c0, c1 = op.attrs["tiles"][i]
+        return tile_write_cost(self.chip, r1 - r0, c1 - c0)[0]
+
+    def mvm_ns(self, op: Op, i: int, v0: int, v1: int) -> float:
+        r0, r1, c0, c1 = op.attrs["tiles"][i]
+        vectors = self.graph.shape(op.inputs[0])[0] * (v1 - v0)
+        return mvm_cost(self.chip, r1 - r0, c1 - c0, vectors)[0]
+
+    def _srcs(self, names) -> list[str]:
+        return [n for n in names if n and not self.graph.is_const(n)]
+
+    def digital(self, opcode: str, srcs, dst: str) -> None:
+        """A vector, buffer or control instruction ``opcode`` writing ``dst``."""
+        elems = int(np.prod(self.graph.shape(dst), dtype=np.int64))
+        self.machine.issue(OPCODES[opcode].unit, digital_cost(self.chip, opcode, elems)[0],
+                           self._srcs(srcs), dst)
+
+    def write(self, op: Op, i: int, xb: int) -> None:
+        start, end = self.machine.issue(xbar_unit(xb), self.write_ns(op, i), write=True)
+        self._record("write", op, i, xb, None, start, end)
+
+    def mvm(self, op: Op, i: int, xb: int, v0: int, v1: int) -> None:
+        start, end = self.machine.issue(xbar_unit(xb), self.mvm_ns(op, i, v0, v1),
+                                        self._srcs(op.inputs[:1]), op.outputs[0], True)
+        self._record("mvm", op, i, xb, (v0, v1), start, end)
+
+    def choose(self, op: Op, i: int, v0: int, v1: int, pool) -> int:
+        """The crossbar of ``pool`` where tile ``i``'s mvm over vectors [v0, v1) would end
+        first if it were written there now (ties: the lowest)."""
+        w, mvm, free = self.write_ns(op, i), self.mvm_ns(op, i, v0, v1), self.machine.free
+        driver = self.machine.earliest(None, write=True)
+        ready = self.machine.earliest(None, self._srcs(op.inputs[:1]), op.outputs[0], True)
+        return min(pool, key=lambda xb: (max(max(driver, free.get(xbar_unit(xb), 0.0)) + w,
+                                             ready) + mvm, xb))
+
+    def _record(self, kind: str, op: Op, i: int, xb: int, vecs, start: float, end: float):
+        r0, r1, c0, c1 = op.attrs["tiles"][i]
+        self.estimate.planned.append(Planned(kind, op.origin, xb, (r0, r1), (c0, c1), vecs,
+                                             start, end))
+
+
+def _walk(plan: _Plan, ops: list[Op], new: dict, choose=None) -> None:
+    """Issue codegen's instructions for ``ops`` with the placements in ``new`` (op id ->
+    the attributes this pass sets). A replica placed on crossbar None is placed now, on
+    ``choose(op, tile, v0, v1)``, and ``new`` records it."""
+    for op in ops:  # the load phase: resident tiles
+        for i, placed in enumerate(new.get(op.id, {}).get("placement", [])):
+            for xb, _, _ in placed if new[op.id]["resident"][i] else []:
+                plan.write(op, i, xb)
+    plan.machine.barrier()
+    plan.estimate.load_ns = plan.machine.latest
+    for op in ops:
+        if op.kind != "xbar_matmul":
+            plan.digital(OPS[op.kind].opcode, op.inputs, op.outputs[0])
+            continue
+        a = new[op.id]
+        plan.digital("copy" if len(op.inputs) > 2 else "fill", op.inputs[2:], op.outputs[0])
+        if "chunks" in a:
+            _fenced(plan, op, a)
+        else:
+            a["placement"] = [_tile(plan, op, i, placed, a["resident"][i], choose)
+                              for i, placed in enumerate(a["placement"])]
+        if op.attrs.get("act"):
+            plan.digital(OPS[op.attrs["act"][0]].opcode, op.outputs, op.outputs[0])
+    plan.estimate.total_ns = plan.machine.latest
+
+
+def _tile(plan: _Plan, op: Op, i: int, placed, resident: bool, choose) -> list:
+    """Each replica's write (unless resident) then its mvm; the placement made."""
+    out = []
+    for xb, v0, v1 in placed:
+        if not resident:
+            xb = choose(op, i, v0, v1) if xb is None else xb
+            plan.write(op, i, xb)
+        plan.mvm(op, i, xb, v0, v1)
+        out.append((xb, v0, v1))
+    return out
+
+
+def _fenced(plan: _Plan, op: Op, a: dict) -> None:
+    """Per chunk: a barrier, its writes, a barrier, its mvms (the naive schedule)."""
+    for chunk in a["chunks"]:
+        plan.machine.barrier()
+        for i in chunk:
+            for xb, _, _ in a["placement"][i]:
+                plan.write(op, i, xb)
+        plan.machine.barrier()
+        for i in chunk:
+            for xb, v0, v1 in a["placement"][i]:
+                plan.mvm(op, i, xb, v0, v1)
 
 
 def _residents(tiles, n_xbars: int) -> int:
@@ -87,56 +205,39 @@ def _replicas(op: Op, tiles, k: int, pool: int, v: int, drivers: int) -> int:
     return max(1, min(pool // count, v, int(m // max(w, 1.0))))
 
 
-def _written(xb_free: float, w: float, drivers: list[float]) -> float:
-    """When a write of ``w`` ns on a crossbar free at ``xb_free`` ends (earliest driver)."""
-    return max(xb_free, drivers[0] if drivers else 0.0) + w
+def _shares(v: int, reps: int) -> list[tuple[int, int]]:
+    """[v0, v1) ranges splitting ``v`` vectors between ``reps`` replicas."""
+    bounds = np.linspace(0, v, reps + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _optimized(graph: Graph, ops: list[Op], tiles, n_xbars: int, chip: Chip) -> None:
+def _optimized(plan: _Plan, ops: list[Op], tiles, n_xbars: int) -> dict:
+    """The optimized reprogramming schedule (module docstring): residents and replica counts
+    first, then each rotating replica's crossbar chosen as the plan reaches it."""
     n_res = _residents(tiles, n_xbars)
     by_mvm = sorted(range(len(tiles)), key=lambda k: -tiles[k][3])[:n_res]
-    free = {xb: 0.0 for xb in range(n_res, n_xbars)}
-    drivers = [0.0] * chip.timing.write_drivers  # a heap of shared write drivers' free times
-    ready: dict[str, float] = {}
-    k = 0
-    for op in ops:
-        start = max([ready.get(i, 0.0) for i in op.inputs] + [0.0])
-        if op.kind != "xbar_matmul":
-            for o in op.outputs:
-                ready[o] = start + _vector_ns(graph, op, chip)
-            continue
-        v = n_vectors(graph, op)
-        reps = _replicas(op, tiles, k, len(free), v, chip.timing.write_drivers)
-        bounds = np.linspace(0, v, reps + 1).astype(int)
-        end = start
-        for i in range(len(op.attrs["tiles"])):
-            _, _, w, m = tiles[k]
-            if k in by_mvm:
-                op.attrs["placement"][i] = [(by_mvm.index(k), 0, v)]
-                op.attrs["resident"][i] = True
-                end = max(end, start + m)
-            else:
-                op.attrs["placement"][i] = []
-                for v0, v1 in zip(bounds[:-1], bounds[1:]):
-                    share = m * (v1 - v0) / v
-                    xb = min(free, key=lambda x: (max(_written(free[x], w, drivers),
-                                                      start) + share, x))
-                    done = _written(free[xb], w, drivers)
-                    if drivers:
-                        heapq.heapreplace(drivers, done)
-                    free[xb] = max(done, start) + share
-                    op.attrs["placement"][i].append((xb, int(v0), int(v1)))
-                    end = max(end, free[xb])
-            k += 1
-        ready[op.outputs[0]] = end
+    pool = range(n_res, n_xbars)
+    new, k = {}, 0
+    for op in (o for o in ops if o.kind == "xbar_matmul"):
+        v = n_vectors(plan.graph, op)
+        shares = _shares(v, _replicas(op, tiles, k, len(pool), v,
+                                      plan.chip.timing.write_drivers))
+        count = len(op.attrs["tiles"])
+        resident = [k + i in by_mvm for i in range(count)]
+        new[op.id] = {"resident": resident,
+                      "placement": [[(by_mvm.index(k + i), 0, v)] if resident[i] else
+                                    [(None, v0, v1) for v0, v1 in shares] for i in range(count)]}
+        k += count
+    _walk(plan, ops, new, lambda op, i, v0, v1: plan.choose(op, i, v0, v1, pool))
+    return new
 
 
-def _replicate_resident(graph: Graph, mms: list[Op], spare: int, chip: Chip) -> None:
-    """Spend spare crossbars on resident replicas, longest per-replica MVM first."""
+def _stationary(plan: _Plan, mms: list[Op], spare: int) -> dict:
+    """Every tile resident; spare crossbars hold replicas, longest per-replica MVM first."""
     reps = {op.id: 1 for op in mms}
-    mvm = {op.id: _costs(graph, op, chip)[1][0] for op in mms}
+    mvm = {op.id: plan.mvm_ns(op, 0, 0, n_vectors(plan.graph, op)) for op in mms}
     count = {op.id: len(op.attrs["tiles"]) for op in mms}
-    limit = {op.id: n_vectors(graph, op) for op in mms}
+    limit = {op.id: n_vectors(plan.graph, op) for op in mms}
     while True:
         fits = [o for o in reps if count[o] <= spare and reps[o] < limit[o]]
         if not fits:
@@ -144,72 +245,74 @@ def _replicate_resident(graph: Graph, mms: list[Op], spare: int, chip: Chip) -> 
         best = max(fits, key=lambda o: mvm[o] / reps[o])
         reps[best] += 1
         spare -= count[best]
-    xb = 0
+    new, xb = {}, 0
     for op in mms:
-        v = n_vectors(graph, op)
-        bounds = np.linspace(0, v, reps[op.id] + 1).astype(int)
+        shares = _shares(n_vectors(plan.graph, op), reps[op.id])
         placement = []
         for _ in op.attrs["tiles"]:
-            placement.append([(xb + r, int(a), int(b))
-                              for r, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
+            placement.append([(xb + r, v0, v1) for r, (v0, v1) in enumerate(shares)])
             xb += reps[op.id]
-        op.attrs["placement"] = placement
+        new[op.id] = {"placement": placement, "resident": [True] * len(placement)}
+    return new
 
 
-def _naive(graph: Graph, ops: list[Op], n_xbars: int) -> None:
-    for op in ops:
-        if op.kind == "xbar_matmul":
-            idx = list(range(len(op.attrs["tiles"])))
-            op.attrs["chunks"] = [idx[s:s + n_xbars] for s in range(0, len(idx), n_xbars)]
-            v = n_vectors(graph, op)
-            op.attrs["placement"] = [[(i % n_xbars, 0, v)] for i in idx]
+def _naive(graph: Graph, mms: list[Op], n_xbars: int) -> dict:
+    """Each layer's tiles in chunks of ``n_xbars``, from crossbar 0, none resident."""
+    new = {}
+    for op in mms:
+        idx = list(range(len(op.attrs["tiles"])))
+        v = n_vectors(graph, op)
+        new[op.id] = {"chunks": [idx[s:s + n_xbars] for s in range(0, len(idx), n_xbars)],
+                      "placement": [[(i % n_xbars, 0, v)] for i in idx],
+                      "resident": [False] * len(idx)}
+    return new
 
 
-def _basis(graph: Graph, ops: list[Op], n_xbars: int) -> None:
+def _basis(graph: Graph, ops: list[Op], n_xbars: int) -> dict:
     """placement: (crossbar, group, first vector, end vector) items of each basis_project."""
-    turn = 0
-    for op in ops:
-        if op.kind != "basis_project":
-            continue
+    new, turn = {}, 0
+    for op in (o for o in ops if o.kind == "basis_project"):
         v, groups = n_vectors(graph, op), op.attrs["groups"]
-        reps = min(v, -(-n_xbars // groups))
-        bounds = np.linspace(0, v, reps + 1).astype(int)
-        op.attrs["placement"] = []
-        for v0, v1 in zip(bounds[:-1], bounds[1:]):
+        placement = []
+        for v0, v1 in _shares(v, min(v, -(-n_xbars // groups))):
             for g in range(groups):
-                op.attrs["placement"].append(((turn + len(op.attrs["placement"])) % n_xbars, g,
-                                              int(v0), int(v1)))
-        turn += len(op.attrs["placement"])
+                placement.append(((turn + len(placement)) % n_xbars, g, v0, v1))
+        turn += len(placement)
+        new[op.id] = {"placement": placement}
+    return new
+
+
+def _set_attrs(ops: list[Op], new: dict) -> None:
+    """Give each scheduled op a new attribute dict: its own plus what this pass decided."""
+    for op in ops:
+        if op.id in new:
+            op.attrs = {**op.attrs, **new[op.id]}
 
 
 def run(graph: Graph, ctx) -> Graph:
-    ops = graph.ops()
-    if any(op.kind == "basis_project" for op in ops):
-        n = max(ctx.max_xbars or 1, 1)
-        _basis(graph, ops, n)
-        ctx.stats["xbars"], ctx.stats["tiles"] = n, 1
-        return graph
-    mms = [op for op in ops if op.kind == "xbar_matmul"]
-    tiles = []
-    for op in mms:
-        writes, mvms = _costs(graph, op, ctx.chip_config)
-        v = n_vectors(graph, op)
-        op.attrs["placement"] = [[(xb, 0, v)] for xb in range(len(tiles), len(tiles) + len(writes))]
-        op.attrs["resident"] = [True] * len(writes)
-        tiles += [(op, i, w, m) for i, (w, m) in enumerate(zip(writes, mvms))]
-    n = max(ctx.max_xbars or len(tiles), 1)
     if ctx.schedule not in SCHEDULES:
         raise CompileError(f"unknown schedule {ctx.schedule!r}; choose from "
                            f"{', '.join(SCHEDULES)}")
-    if len(tiles) < n and ctx.schedule == "optimized":
-        _replicate_resident(graph, mms, n - len(tiles), ctx.chip_config)
-    if len(tiles) > n:
-        for op in mms:
-            op.attrs["resident"] = [False] * len(op.attrs["tiles"])
-        if ctx.schedule == "naive":
-            _naive(graph, ops, n)
-        else:
-            _optimized(graph, ops, tiles, n, ctx.chip_config)
-    ctx.stats["xbars"] = n
-    ctx.stats["tiles"] = len(tiles)
+    ops = graph.ops()
+    if any(op.kind == "basis_project" for op in ops):
+        n = max(ctx.max_xbars or 1, 1)
+        _set_attrs(ops, _basis(graph, ops, n))
+        ctx.stats["xbars"], ctx.stats["tiles"] = n, 1
+        return graph
+    plan = _Plan(graph, ctx.chip_config)
+    mms = [op for op in ops if op.kind == "xbar_matmul"]
+    tiles = [(op, i, plan.write_ns(op, i), plan.mvm_ns(op, i, 0, n_vectors(graph, op)))
+             for op in mms for i in range(len(op.attrs["tiles"]))]
+    n = max(ctx.max_xbars or len(tiles), 1)
+    if len(tiles) <= n:
+        spare = n - len(tiles) if ctx.schedule == "optimized" else 0
+        new = _stationary(plan, mms, spare)
+        _walk(plan, ops, new)
+    elif ctx.schedule == "naive":
+        new = _naive(graph, mms, n)
+        _walk(plan, ops, new)
+    else:
+        new = _optimized(plan, ops, tiles, n)
+    _set_attrs(ops, new)
+    ctx.stats.update(xbars=n, tiles=len(tiles), schedule=plan.estimate)
     return graph

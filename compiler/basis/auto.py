@@ -1,7 +1,7 @@
 """``--basis auto``: the smallest basis whose model stays within an accuracy budget.
 
 Accuracy is measured in float with onnxruntime on the labelled calibration samples, for the
-model with every crossbar weight replaced by its decomposition (``basis_fit.apply``), against
+model with every crossbar weight replaced by its decomposition (``basis.layers.apply``), against
 the original model on the same samples. N runs from 1 up to the unit length (a complete
 basis) or ``max_n`` (the most a crossbar holds), whichever is smaller; the first N within
 ``budget`` percentage points wins.
@@ -15,10 +15,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .basis import BasisSet
-from .basis_fit import apply, fit, layer_matrices, refine_on_data
-from .errors import CompileError
-from .progress import bar
+from ..errors import CompileError
+from ..progress import bar
+from .fit import fit
+from .layers import apply, layer_matrices
+from .refine import refine_on_data
+from .set import BasisSet
 
 
 def accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:

@@ -1,7 +1,7 @@
-"""BasisN decompositions: a global basis shared by all layers, with quantized coefficients.
+"""The BasisSet format: a global basis shared by all layers, with quantized coefficients.
 
-A layer's lowered weight matrix W [K, M] (``lower_to_crossbar.conv_matrix`` for convs) is cut
-into U = ceil(K / L) *units* of L consecutive rows (zero padded at the end); with im2col's
+A layer's crossbar matrix W [K, M] (``lower_to_crossbar.weight_matrix``) is cut into
+U = ceil(K / L) *units* of L consecutive rows (zero padded at the end); with im2col's
 channel-major patches, L = 9 makes each unit one input channel's 3x3 window. Every unit of
 every kernel (column m) is a combination of the N columns of one basis B [L, N]:
 
@@ -9,7 +9,7 @@ every kernel (column m) is a combination of the N columns of one basis B [L, N]:
 
 ``levels`` are integers in [-qmax, qmax], qmax = 2**(bits-1) - 1 (sign and bits-1 magnitude
 bits, applied one bit-plane per cycle by the combiner). A ``BasisSet`` is what ``cimc --basis``
-consumes, whether fitted by ``compiler.basis_fit`` or trained by ``tools/finetune_basis.py``;
+consumes, whether fitted by ``compiler.basis.fit`` or trained by ``tools/finetune_basis.py``;
 it is keyed by ONNX node name and saved as ``.npz``.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from isa.files import load_array, write_atomic
 
-from .errors import CompileError
+from ..errors import CompileError
 
 
 @dataclass
