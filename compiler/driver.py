@@ -104,19 +104,42 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
         message = reconstruction_warning(ctx.stats.get("basis", []), ctx.basis.n)
         if message:
             warn(message)
-    return backend.generate(graph, ctx.chip, ctx.stats.get("xbars", 1))
+    return backend.generate(graph, ctx.chip, graph.xbars)
+
+
+MAX_ROUNDS = 8  # a fixed-point pass that still changes the graph after this many runs is a bug
+
+
+def _run_pass(graph: Graph, name: str, ctx: CompileContext) -> tuple[Graph, bool]:
+    """Run pass ``name``, repeated until the graph stops changing if that is its contract;
+    return the graph and whether the pass changed it (its printed IR differs)."""
+    spec = PASSES[name]
+    before = format_graph(graph)
+    changed = False
+    for _ in range(MAX_ROUNDS if spec.fixed_point else 1):
+        graph = spec.run(graph, ctx)
+        after = format_graph(graph)
+        if after == before:
+            return graph, changed
+        changed, before = True, after
+    if spec.fixed_point:
+        raise RuntimeError(f"pass {name} did not reach a fixed point in {MAX_ROUNDS} rounds")
+    return graph, changed
 
 
 def _run_passes(graph: Graph, pipeline: list[str], ctx: CompileContext, verify_each: bool,
                 dump: Dump | None) -> Graph:
     """Run ``pipeline`` on the imported ``graph``, verifying and dumping after the import and
-    after every pass as asked."""
-    stages = bar([("import", None)] + [(name, PASSES[name].run) for name in pipeline],
-                 ctx.progress, "cimc", "pass")
-    for stage, run in stages:
+    after every pass as asked; ``ctx.stats["changed"]`` lists the passes that changed it."""
+    stages = bar(["import"] + pipeline, ctx.progress, "cimc", "pass")
+    ctx.stats["changed"] = []
+    for stage in stages:
         stages.set_postfix_str(stage)
-        if run is not None:
-            graph = run(graph, ctx)
+        changed = True
+        if stage != "import":
+            graph, changed = _run_pass(graph, stage, ctx)
+            if changed:
+                ctx.stats["changed"].append(stage)
         if verify_each:
             verify(graph, after=stage)
         if dump is not None:

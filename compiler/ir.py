@@ -52,6 +52,7 @@ class Graph:
         self.notes: list[str] = []  # summary lines a pass leaves for the IR printer
         self.offsets: dict[str, int] = {}  # scratchpad byte offset per value (allocate-buffers)
         self.level = ONNX  # the dialect (``compiler.ops.LEVELS``) the passes have reached
+        self.xbars = 0  # physical crossbars the schedule placed tiles on (0: not scheduled)
         self._producer: dict[str, str] = {}
         self._uses: dict[str, set[tuple[str, int]]] = {}
         self._order = itertools.count()

@@ -210,3 +210,38 @@ def test_unsupported_matmul_shape_is_a_compile_error():
                           [numpy_helper.from_array(_f32(2, 4, 5), "w")])
     with pytest.raises(CompileError, match="mm3: MatMul needs"):
         compile_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def _probe(graph, ctx):
+    """A pass that always changes the graph (it adds a constant)."""
+    graph.add_constant(graph.fresh("probe"), np.zeros(1, np.float32))
+    return graph
+
+
+def test_pass_manager_records_which_passes_changed_the_graph():
+    from compiler.context import CompileContext
+    ctx = CompileContext()
+    compile_model(model_path("digits_cnn"), ctx=ctx)
+    assert "canonicalize" in ctx.stats["changed"] and "lower-to-crossbar" in ctx.stats["changed"]
+    assert "basis-decompose" not in ctx.stats["changed"]  # no --basis: nothing to decompose
+
+
+def test_fixed_point_passes_repeat_until_the_graph_settles(monkeypatch):
+    import dataclasses
+
+    from compiler import driver, frontend
+    from compiler.context import CompileContext
+    from compiler.passes import PASSES
+    runs = []
+
+    def settles_after_two(graph, ctx):
+        runs.append(1)
+        return _probe(graph, ctx) if len(runs) <= 2 else graph
+    spec = dataclasses.replace(PASSES["fold-batchnorm"], run=settles_after_two, fixed_point=True)
+    monkeypatch.setitem(PASSES, "fold-batchnorm", spec)
+    graph = frontend.import_model(model_path("digits_mlp"))
+    _, changed = driver._run_pass(graph, "fold-batchnorm", CompileContext())
+    assert changed and len(runs) == 3  # two changing rounds, one that proves the fixed point
+    monkeypatch.setitem(PASSES, "fold-batchnorm", dataclasses.replace(spec, run=_probe))
+    with pytest.raises(RuntimeError, match="did not reach a fixed point in 8 rounds"):
+        driver._run_pass(graph, "fold-batchnorm", CompileContext())

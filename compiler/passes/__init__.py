@@ -1,8 +1,10 @@
 """The pass registry, each pass's contract, and the default pipeline (an ordered list of names).
 
-A contract is data: the passes that must have run before a pass (``requires``), and the
+A contract is data: the passes that must have run before a pass (``requires``), the
 earlier passes whose results it makes stale because it rewrites the graph (``invalidates``:
-a schedule or a buffer allocation describes the ops and values that existed when it ran).
+a schedule or a buffer allocation describes the ops and values that existed when it ran),
+and whether the pass manager repeats it until the graph stops changing (``fixed_point``).
+The pass manager (``compiler.driver``) records which passes changed the graph.
 ``check_pipeline`` walks a pipeline with these contracts, and codegen's own requirements,
 before anything runs.
 """
@@ -31,13 +33,14 @@ class Pass:
     run: Callable
     requires: tuple[str, ...] = ()
     invalidates: tuple[str, ...] = ()
+    fixed_point: bool = False  # repeated until it no longer changes the graph
 
 
 ANALYSES = ("schedule", "allocate-buffers")  # results a graph rewrite makes stale
 CODEGEN = "codegen"  # what consumes the pipeline's result, in messages
 
 PASSES: dict[str, Pass] = {p.name: p for p in [
-    Pass("canonicalize", canonicalize.run, (), ANALYSES),
+    Pass("canonicalize", canonicalize.run, (), ANALYSES, fixed_point=True),
     Pass("fold-batchnorm", fold_batchnorm.run, ("canonicalize",), ANALYSES),
     Pass("fuse-activation", fuse_activation.run, ("canonicalize",), ANALYSES),
     Pass("lower-to-crossbar", lower_to_crossbar.run, ("canonicalize",), ANALYSES),

@@ -297,7 +297,7 @@ def run(graph: Graph, ctx) -> Graph:
     if any(op.kind == "basis_project" for op in ops):
         n = max(ctx.max_xbars or 1, 1)
         _set_attrs(ops, _basis(graph, ops, n))
-        ctx.stats["xbars"], ctx.stats["tiles"] = n, 1
+        ctx.stats["tiles"], graph.xbars = 1, n
         return graph
     plan = _Plan(graph, ctx.chip_config)
     mms = [op for op in ops if op.kind == "xbar_matmul"]
@@ -314,5 +314,6 @@ def run(graph: Graph, ctx) -> Graph:
     else:
         new = _optimized(plan, ops, tiles, n)
     _set_attrs(ops, new)
-    ctx.stats.update(xbars=n, tiles=len(tiles), schedule=plan.estimate)
+    ctx.stats.update(tiles=len(tiles), schedule=plan.estimate)
+    graph.xbars = n
     return graph
