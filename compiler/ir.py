@@ -118,6 +118,11 @@ class Graph:
         op.inputs[pos] = name
         self._link(name, op.id, pos)
 
+    def set_attrs(self, op: Op, attrs: dict) -> None:
+        """Give ``op`` a new attribute dict (its id, operands and order stay): passes never
+        mutate an op's attributes in place, since a dump or an earlier stage may hold them."""
+        op.attrs = dict(attrs)
+
     def replace_uses(self, old: str, new: str) -> None:
         """Make every consumer of ``old`` (and the graph outputs) read ``new`` instead."""
         for user, pos in sorted(self._uses.get(old, ())):

@@ -101,13 +101,14 @@ def _pipeline_model():
 
 @pytest.mark.parametrize("k", range(len(PIPELINE) + 1))
 def test_every_prefix_of_the_default_pipeline(k):
-    """Each prefix compiles a correct program or names the first pass codegen misses."""
+    """Each prefix compiles a correct program or names every pass codegen misses."""
     model, passes = _pipeline_model(), PIPELINE[:k]
     missing = [p for p in REQUIRES if p not in passes]
     if missing:
         with pytest.raises(CompileError) as err:
             compile_model(model, passes=passes)
-        assert str(err.value) == f"--passes: codegen needs {missing[0]}; add {missing[0]} " \
+        them = "it" if len(missing) == 1 else "them"
+        assert str(err.value) == f"--passes: codegen needs {', '.join(missing)}; add {them} " \
                                  "to --passes"
     else:
         _ideal_matches_onnxruntime(compile_model(model, passes=passes), model, _f32(2, 3, 6, 6))
@@ -127,7 +128,8 @@ def test_other_valid_orders_compile_correct_programs(passes):
 
 
 @pytest.mark.parametrize("passes, message", [
-    ("canonicalize", "--passes: codegen needs fold-batchnorm; add fold-batchnorm to --passes"),
+    ("canonicalize", "--passes: codegen needs fold-batchnorm, lower-to-crossbar, schedule, "
+                     "allocate-buffers; add them to --passes"),
     ("fold-batchnorm,canonicalize,lower-to-crossbar,schedule,allocate-buffers",
      "fold-batchnorm needs canonicalize to run before it; move canonicalize ahead of "
      "fold-batchnorm"),
@@ -136,7 +138,7 @@ def test_other_valid_orders_compile_correct_programs(passes):
     ("canonicalize,fold-batchnorm,lower-to-crossbar,schedule,allocate-buffers,basis-decompose",
      "codegen needs schedule after basis-decompose, which rewrites the graph"),
     ("canonicalize,fold-batchnorm,lower-to-crossbar,allocate-buffers",
-     "codegen needs schedule; add schedule to --passes"),
+     "codegen needs schedule; add it to --passes"),
     ("canonicalize,basis-decompose", "basis-decompose needs lower-to-crossbar"),
     ("canonicalize,fuse-activation,lower-to-crossbar,schedule,allocate-buffers",
      "codegen needs fold-batchnorm"),

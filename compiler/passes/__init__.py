@@ -64,8 +64,10 @@ def _require(who: str, needs: tuple[str, ...], valid: set[str], stale: dict[str,
         if need in later:
             raise CompileError(f"--passes: {who} needs {need} to run before it; move {need} "
                                f"ahead of {who}")
+        missing = [n for n in needs if n not in valid and n not in stale and n not in later]
         where = "" if who == CODEGEN else f", before {who}"
-        raise CompileError(f"--passes: {who} needs {need}; add {need} to --passes{where}")
+        raise CompileError(f"--passes: {who} needs {', '.join(missing)}; add "
+                           f"{'it' if len(missing) == 1 else 'them'} to --passes{where}")
 
 
 def check_pipeline(names: list[str], then: tuple[str, ...] = ()) -> None:

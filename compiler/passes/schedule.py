@@ -282,11 +282,11 @@ def _basis(graph: Graph, ops: list[Op], n_xbars: int) -> dict:
     return new
 
 
-def _set_attrs(ops: list[Op], new: dict) -> None:
+def _set_attrs(graph: Graph, ops: list[Op], new: dict) -> None:
     """Give each scheduled op a new attribute dict: its own plus what this pass decided."""
     for op in ops:
         if op.id in new:
-            op.attrs = {**op.attrs, **new[op.id]}
+            graph.set_attrs(op, {**op.attrs, **new[op.id]})
 
 
 def run(graph: Graph, ctx) -> Graph:
@@ -296,7 +296,7 @@ def run(graph: Graph, ctx) -> Graph:
     ops = graph.ops()
     if any(op.kind == "basis_project" for op in ops):
         n = max(ctx.max_xbars or 1, 1)
-        _set_attrs(ops, _basis(graph, ops, n))
+        _set_attrs(graph, ops, _basis(graph, ops, n))
         ctx.stats["tiles"], graph.xbars = 1, n
         return graph
     plan = _Plan(graph, ctx.chip_config)
@@ -313,7 +313,7 @@ def run(graph: Graph, ctx) -> Graph:
         _walk(plan, ops, new)
     else:
         new = _optimized(plan, ops, tiles, n)
-    _set_attrs(ops, new)
+    _set_attrs(graph, ops, new)
     ctx.stats.update(tiles=len(tiles), schedule=plan.estimate)
     graph.xbars = n
     return graph
