@@ -2,7 +2,8 @@
 
 After ``verify(p)`` the header is within ``isa.limits``; names are unique; ports bind declared
 buffers and every output is written; the text ends with its only ``halt``; a ``batch free``
-header is true (every buffer leads with the batch, no instruction mixes samples); and every
+header is true (every buffer leads with the batch, no instruction mixes samples); buffers live
+at the same time do not overlap in the scratchpad (their offsets); and every
 instruction passes the check of its opcode in ``CHECKS``: operands declared and of the rank
 the opcode needs, attributes in range, windows inside their blob, crossbar and buffers, and the
 destination shape the one the opcode computes from its sources (at the compiled batch).
@@ -429,6 +430,43 @@ def batch_mixing(p: Program) -> str | None:
     return None
 
 
+def _live_ranges(p: Program) -> dict[str, tuple[int, int]]:
+    """Buffer -> (first, last) instruction index touching it; inputs live from before the
+    first instruction, outputs until after the last."""
+    span: dict[str, tuple[int, int]] = {}
+    for i, ins in enumerate(p.text):
+        for ref in ins.operands:
+            if ref[0] == "%":
+                first, _ = span.get(ref[1:], (i, i))
+                span[ref[1:]] = (first, i)
+    end = len(p.text)
+    for port in p.ports:
+        first, last = span.get(port.buffer, (end, -1))
+        span[port.buffer] = (-1, last) if port.kind == "input" else (first, end)
+    return span
+
+
+def _check_scratchpad(p: Program) -> None:
+    """Two buffers live at the same time must not share scratchpad bytes (their offsets). A
+    program whose offsets are all 0 declares no layout (hand-written programs) and passes."""
+    buffers = p.buffer_map()
+    if all(b.offset == 0 for b in p.buffers):
+        return
+    spans = sorted((first, last, name) for name, (first, last) in _live_ranges(p).items()
+                   if limits.tensor_bytes(buffers[name].type) > 0)
+    active: list[tuple[int, int, int, str]] = []  # (last, start byte, end byte, name)
+    for first, last, name in spans:
+        lo = buffers[name].offset
+        hi = lo + limits.tensor_bytes(buffers[name].type)
+        active = [a for a in active if a[0] >= first]
+        for _, a_lo, a_hi, other in active:
+            if lo < a_hi and a_lo < hi:
+                raise IsaError(f"buffers %{other} and %{name} are live at the same time but "
+                               f"overlap in the scratchpad (bytes {max(lo, a_lo)}.."
+                               f"{min(hi, a_hi)})")
+        active.append((last, lo, hi, name))
+
+
 def verify(p: Program) -> None:
     """Raise IsaError (with the line where there is one) unless ``p`` is consistent."""
     _check_header(p)
@@ -439,5 +477,6 @@ def verify(p: Program) -> None:
         _check_form(c, ins)
         CHECKS[ins.op](c, ins)
     _check_ports(p)
+    _check_scratchpad(p)
     if p.batch_free and (why := batch_mixing(p)):
         raise IsaError(f"the header says 'batch {p.batch} free' but {why}")

@@ -449,3 +449,21 @@ def test_available_bytes_respects_the_address_space_limit():
                          check=True).stdout
     assert 0 < int(out) < 3 << 30
     assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+
+
+def test_buffers_live_at_once_may_not_share_scratchpad_bytes():
+    import dataclasses
+
+    from conftest import model_path
+
+    from compiler import compile_model
+    program = compile_model(model_path("digits_cnn"))
+    isa.verify.verify(program)  # the allocator's layout passes
+    assert any(b.offset for b in program.buffers)
+    im2col = next(i for i in program.text if i.op == "im2col")  # reads x while writing dst
+    both = {ref[1:] for ref in im2col.operands}
+    program.buffers = [dataclasses.replace(b, offset=0) if b.name in both else b
+                       for b in program.buffers]
+    assert any(b.offset for b in program.buffers)  # still a declared layout
+    with pytest.raises(IsaError, match="are live at the same time but overlap"):
+        isa.verify.verify(program)
