@@ -4,7 +4,7 @@
 outputs by their ONNX names. It is what makes each pass testable differentially: the outputs
 after a pass must equal those before it (and onnxruntime's).
 
-- Straight after import an op is an ONNX node (its NodeProto in ``attrs["_proto"]``): it runs
+- Straight after import an op is an ONNX node (its NodeProto in ``op.proto``): it runs
   on ONNX's reference evaluator, alone, at the graph's opset (with LRN corrected, see ``LRN``).
 - Every other op is looked up by kind in ``KINDS``: one small function per canonical or
   crossbar-level kind of the op table (``compiler.ops``; tests/test_ops.py checks both have
@@ -182,7 +182,7 @@ KINDS: dict[str, Kind] = {
 
 def _onnx(graph: Graph, op: Op, ins: list) -> list[np.ndarray]:
     """An ONNX node on ONNX's reference evaluator; its outputs in ``op.outputs`` order."""
-    proto = op.attrs["_proto"]
+    proto = op.proto
     feeds = {name: x for name, x in zip(proto.input, ins) if name}
     try:
         results = reference_evaluator(proto, opsets={"": graph.opset}).run(None, feeds)
@@ -203,7 +203,7 @@ def _run(graph: Graph, op: Op, ins: list) -> list[np.ndarray]:
             kind, attrs = op.attrs["act"]
             y = kernels.activation(kind, y, attrs)
         return [y]
-    if "_proto" in op.attrs:
+    if op.proto is not None:
         return _onnx(graph, op, ins)
     raise CompileError(f"{_name(op)}: the IR evaluator has no rule for kind {op.kind!r} "
                        f"(known: {', '.join(KINDS)}, and ONNX nodes straight after import)")

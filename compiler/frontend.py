@@ -277,9 +277,8 @@ def to_graph(model: onnx.ModelProto) -> Graph:
         for o in outs:
             if o in shapes:
                 graph.add_value(o, shapes[o][0])
-        attrs = node_attrs(node)
-        attrs["_proto"] = node
-        graph.add_op(node.op_type, [i for i in node.input], outs, attrs, node_name(node))
+        graph.add_op(node.op_type, [i for i in node.input], outs, node_attrs(node),
+                     node_name(node), proto=node)
     graph.outputs = [o.name for o in g.output]
     graph.output_names = list(graph.outputs)
     return graph

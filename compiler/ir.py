@@ -34,6 +34,7 @@ class Op:
     outputs: list[str]
     attrs: dict = field(default_factory=dict)
     origin: str = ""  # name of the ONNX node this op came from (provenance)
+    proto: object = None  # an onnx-level op's NodeProto (for folding and evaluation), else None
 
 
 class Graph:
@@ -83,9 +84,11 @@ class Graph:
             raise ValueError(f"%{name} is still produced by {self._producer[name]}")
         self.values.pop(name, None)
 
-    def add_op(self, kind: str, inputs, outputs, attrs=None, origin: str = "") -> Op:
+    def add_op(self, kind: str, inputs, outputs, attrs=None, origin: str = "",
+               proto=None) -> Op:
         order = next(self._order)
-        op = Op(f"{kind}#{order}", kind, list(inputs), list(outputs), dict(attrs or {}), origin)
+        op = Op(f"{kind}#{order}", kind, list(inputs), list(outputs), dict(attrs or {}), origin,
+                proto)
         self.g.add_node(op.id, op=op, order=order)
         for out in op.outputs:
             self._producer[out] = op.id

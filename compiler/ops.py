@@ -3,7 +3,7 @@
 A row (``OpDef``) states, for one kind:
 
 - ``level``: its dialect. ``onnx``: an ONNX operator straight from the frontend, carrying its
-  NodeProto in ``attrs["_proto"]`` (any ONNX type: those outside the table fold away in
+  NodeProto in ``op.proto`` (any ONNX type: those outside the table fold away in
   canonicalize, see ``ONNX_NODE``). ``canonical``: what canonicalize makes (conv, matmul,
   batchnorm, relu, add, maxpool, ...), with explicit numeric attributes. ``crossbar``: what
   lower-to-crossbar and basis-decompose make (im2col, xbar_matmul, unpatch, basis_project,
@@ -227,7 +227,7 @@ def lookup(op) -> OpDef | None:
     """The row of ``op`` (an ``ir.Op``): its kind's, ``ONNX_NODE`` for an ONNX node outside the
     table (it carries a NodeProto of its kind), else None (an unknown kind)."""
     row = OPS.get(op.kind)
-    if row is None and getattr(op.attrs.get("_proto"), "op_type", None) == op.kind:
+    if row is None and getattr(op.proto, "op_type", None) == op.kind:
         return ONNX_NODE
     return row
 

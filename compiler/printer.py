@@ -7,7 +7,7 @@ Attributes print in the order of their kind's schema (``compiler.ops``), each by
 (``FORMATS``): dims as 3x3, lists as [1,1,1,1], a fused activation as relu or
 leakyrelu(alpha=0.1), tiles, placements and chunks as their count and the first few. The
 attributes of ONNX ops (which have no schema), and values that break their schema, print
-plainly: numbers, [lists], strings, <dtype[shape]> for tensors. Private attributes (``_proto``)
+plainly: numbers, [lists], strings, <dtype[shape]> for tensors. Private attributes (``_refit``)
 and absent (None) ones do not print. Small constants show their values; after
 allocate-buffers, each value's scratchpad offset follows its ONNX origin.
 """

@@ -70,8 +70,8 @@ def _operands(c: _Ctx, op: Op, row: OpDef) -> str | None:
 
 
 def _attributes(c: _Ctx, op: Op, row: OpDef) -> str | None:
-    if row.level == ONNX and getattr(op.attrs.get("_proto"), "op_type", None) != op.kind:
-        return f"an ONNX op must carry its NodeProto (a {op.kind}) in attrs['_proto']"
+    if row.level == ONNX and getattr(op.proto, "op_type", None) != op.kind:
+        return f"an ONNX op must carry its NodeProto (a {op.kind}) in op.proto"
     return attr_problem(row, op.attrs)
 
 

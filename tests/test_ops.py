@@ -134,7 +134,8 @@ def _graph(ops, level: str = CANONICAL, shapes: dict | None = None) -> Graph:
     for kind, ins, outs, attrs in ops:
         for o in outs:
             g.add_value(o, (shapes or {}).get(o, (2, 4)))
-        g.add_op(kind, ins, outs, attrs, origin="fc7")
+        attrs = dict(attrs)
+        g.add_op(kind, ins, outs, attrs, origin="fc7", proto=attrs.pop("_proto", None))
     g.outputs = g.output_names = [ops[-1][2][0]]
     return g
 
@@ -172,7 +173,7 @@ BROKEN = [
      "operands x [2,5], w [5,4] break the shape rule: x [2,5] and weight [5,4] disagree "
      "(group 1, kernel [4]) (rule: x [B, C, *S], w [M, C/group, *kernel], b [M] -> "),
     ([("Relu", ["x"], ["y"], {})], {"level": ONNX, "shapes": {"y": (2, 5)}},
-     r"an ONNX op must carry its NodeProto (a Relu) in attrs['_proto']"),
+     r"an ONNX op must carry its NodeProto (a Relu) in op.proto"),
     ([("MatMul", ["x", "x"], ["y"], {"_proto": helper.make_node("MatMul", ["x", "x"], ["y"])})],
      {"level": ONNX}, "operand 1 (@w) must be a constant, and %x is computed"),
 ]

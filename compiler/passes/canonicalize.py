@@ -33,11 +33,11 @@ def _shape_op(graph: Graph, op: Op) -> np.ndarray:
 def _fold(graph: Graph, op: Op) -> bool:
     if op.kind in SHAPE_OPS and op.inputs[0] in graph.values:
         results = [_shape_op(graph, op)]
-    elif op.kind not in NOT_FOLDABLE and "_proto" in op.attrs and \
+    elif op.kind not in NOT_FOLDABLE and op.proto is not None and \
             all(not i or graph.is_const(i) for i in op.inputs):
         feeds = {i: graph.constants[i] for i in op.inputs if i}
         try:
-            results = reference_evaluator(op.attrs["_proto"], opsets={"": graph.opset}).run(
+            results = reference_evaluator(op.proto, opsets={"": graph.opset}).run(
                 None, feeds)
         except Exception as exc:
             raise CompileError(f"{op.origin}: constant folding of {op.kind} failed: {exc}") \
