@@ -11,7 +11,7 @@ import pytest
 from conftest import MODELS, cli, model_path, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import CompileContext, compile_model
+from compiler import CompileContext, CompileError, compile_model
 from compiler.basis import BasisLayer, BasisSet, reconstruct
 from compiler.basis.fit import fit
 from compiler.basis.layers import apply, layer_matrices, node_weight
@@ -265,3 +265,30 @@ def test_unnamed_nodes_are_decomposed_too():
     program = compile_model(model, basis=basis, max_xbars=2)
     got = run(program, {"x": x}, mode="ideal", timing=False).outputs["y"]
     assert rel_err(got, ort_run(apply(model, basis), {"x": x})[0]) < 1e-5
+
+
+def test_basis_auto_judges_on_samples_the_fit_never_saw(monkeypatch):
+    """--basis auto refines on one half of the labelled samples and judges on the other."""
+    from compiler.basis import auto
+    x = np.load(os.path.join(MODELS, "digits_calib_x.npy"))[:40]
+    y = np.load(os.path.join(MODELS, "digits_calib_y.npy"))[:40]
+    seen = {"fit": [], "judge": []}
+    real_decomposition, real_accuracy = auto.decomposition, auto.accuracy
+
+    def decomposition(model, n, *args, **kwargs):
+        seen["fit"].append(args[3])
+        return real_decomposition(model, n, *args, **kwargs)
+
+    def accuracy(model, samples, labels):
+        seen["judge"].append(samples)
+        return real_accuracy(model, samples, labels)
+    monkeypatch.setattr(auto, "decomposition", decomposition)
+    monkeypatch.setattr(auto, "accuracy", accuracy)
+    auto.choose(onnx.load(model_path("digits_cnn")), x, y, 100.0, 9, 4, 0.0)
+    rows = {tuple(r.ravel()) for r in x.reshape(len(x), -1)}
+    fitted = {tuple(r.ravel()) for r in seen["fit"][0].reshape(len(seen["fit"][0]), -1)}
+    judged = {tuple(r.ravel()) for s in seen["judge"] for r in s.reshape(len(s), -1)}
+    assert fitted | judged == rows and not fitted & judged
+    assert len(seen["fit"][0]) == 20 and all(len(s) == 20 for s in seen["judge"])
+    with pytest.raises(CompileError, match="needs at least 2 labelled"):
+        auto.choose(onnx.load(model_path("digits_cnn")), x[:1], y[:1], 1.0, 9, 4, 0.0)
