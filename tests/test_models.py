@@ -76,3 +76,15 @@ def test_program_round_trips(name):
     again = isa.parse(text)
     assert again == program
     assert isa.print_program(again) == text
+
+
+def test_digits_resnet20_matches_onnxruntime_on_the_upsampled_test_split(digits_test):
+    """The trained ResNet-20 (tools/make_digits_resnet20.py): 32x32 inputs, 19 crossbar
+    layers with projection shortcuts; ideal mode equals onnxruntime, so accuracy is equal."""
+    from tools.make_digits_resnet20 import upsample
+    x, y = upsample(digits_test[0]), digits_test[1]
+    path = model_path("digits_resnet20")
+    got = run(compile_model(path, batch=len(x)), x, timing=False).outputs["logits"]
+    (want,) = ort_run(path, {"image": x})
+    assert rel_err(got, want) < TOL
+    assert (got.argmax(1) == y).mean() == (want.argmax(1) == y).mean() > 0.95
