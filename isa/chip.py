@@ -48,7 +48,10 @@ class Timing:
     write_drivers: int = 0           # crossbars written at once; 0 = one driver per crossbar
     vector_lanes: int = 64           # elements per cycle of the vector unit
     buffer_bytes_per_cycle: int = 64  # scratchpad port bandwidth
-    combiner_lanes: int = 64         # BasisN combiner: (unit, plane) merges in flight per cycle
+    combiner_lanes: int = 32         # BasisN combiner lanes (vectors combined at once); 32: its
+                                     # adders within 10 % of 64 crossbars' area (design-notes)
+    combiner_acc_bits: int = 24      # accumulator width, per kernel and lane
+    combiner_coef_bytes_per_cycle: int = 64  # coefficient SRAM port bandwidth
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,29 @@ class Energy:
     xbar_step_pj: float = 30.0       # array read per 100 ns step (ISAAC: 0.3 mW per array)
     adc_pj: float = 1.56             # per conversion (ISAAC: 8-bit 1.28 GS/s ADC at 2 mW)
     dac_pj: float = 0.004            # per row per step (1-bit DAC)
-    verify_row_pj: float = 1.0       # one verify read of a row
+    verify_row_pj: float = 0.0       # per verify read of a row, beyond its column conversions
+                                     # (adc_pj each) and one array step (xbar_step_pj)
+    write_pulse_pj: float = 1.38     # one pulse on one cell (PUMA: 22.6 nJ / 128x128 cells)
     vector_pj_per_elem: float = 1.0  # 16-bit add/mul class op (Horowitz 45 nm)
     buffer_pj_per_byte: float = 1.25  # SRAM scratchpad access (Horowitz: 10 pJ / 64 bit)
     combiner_read_pj: float = 0.1    # BasisN: one merged read of a projection register
     combiner_add_pj: float = 0.05    # one 16-bit integer add (Horowitz 45 nm: 8b 0.03, 32b 0.1)
     combiner_acc_pj: float = 0.1     # one shift-add into a 24-bit accumulator
+
+
+@dataclass(frozen=True)
+class Area:
+    """Per-component areas in mm2 at ISAAC's 32 nm (``isa.resources`` adds them up)."""
+    xbar_mm2: float = 0.000025       # one 128x128 2-bit array (ISAAC: 8 arrays 0.0002 mm2)
+    adc_mm2: float = 0.0012          # one 8-bit 1.28 GS/s ADC (ISAAC: 8 ADCs 0.0096 mm2)
+    adcs_per_xbar: float = 1.0       # ISAAC: 8 ADCs per IMA of 8 arrays
+    dac_mm2_per_row: float = 1.66e-7  # 1-bit DAC (ISAAC: 8 x 128 DACs 0.00017 mm2)
+    sh_mm2_per_col: float = 3.9e-8   # sample-and-hold (ISAAC: 8 x 128 0.00004 mm2)
+    adder_mm2: float = 0.00006       # a 16-24 bit adder + register (ISAAC shift-and-add)
+    vector_lane_mm2: float = 0.0006  # 16-bit multiply-add lane (Horowitz, scaled to 32 nm)
+    sram_mm2_per_byte: float = 1.27e-6  # buffer/coefficient memory (ISAAC eDRAM 64 KB 0.083)
+    reg_mm2_per_byte: float = 3.0e-6  # accumulator register file (ISAAC OR 256 B 0.00077)
+    write_driver_mm2: float = 0.0025  # an array's program-and-verify switches (assumption)
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,7 @@ class Chip:
     timing: Timing = field(default_factory=Timing)
     energy: Energy = field(default_factory=Energy)
     mapping: Mapping = field(default_factory=Mapping)
+    area: Area = field(default_factory=Area)
     name: str = "default"
 
     def to_dict(self) -> dict:
@@ -90,7 +111,7 @@ class Chip:
 
 
 SECTIONS = {"arch": ChipGeometry, "device": Device, "timing": Timing, "energy": Energy,
-            "mapping": Mapping}
+            "mapping": Mapping, "area": Area}
 INF = float("inf")
 # key -> (lowest, highest, lowest excluded): the range in which a value means something
 # physically. Keys not listed must be finite and not negative; arch keys use isa.limits.
@@ -103,7 +124,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "clock_ghz": (0, INF, True), "mvm_step_ns": (0, INF, True),
     "write_iterations": (1, INF, False), "write_phases": (1, INF, False),
     "vector_lanes": (1, INF, False), "buffer_bytes_per_cycle": (1, INF, False),
-    "combiner_lanes": (1, INF, False),
+    "combiner_lanes": (1, INF, False), "combiner_acc_bits": (1, 64, False),
+    "combiner_coef_bytes_per_cycle": (1, INF, False), "adcs_per_xbar": (0, INF, True),
     **{k: (0, 1, False) for k in ("per_column_scaling", "differential", "raw_calibration",
                                   "stuck_aware", "slice_compensation")},
     "adc_headroom": (0, 16, True),

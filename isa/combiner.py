@@ -14,16 +14,77 @@ are served in turn; an adder tree takes any number of its kernel's columns at on
 *merged reads*. ``contest`` compares that with the contest-free ceil(selections / N).
 
 Per input vector of a layer: cycles = merged reads (on one of ``timing.combiner_lanes``
-lanes, which work on different vectors or units in parallel); energy = merged reads x
+lanes, which work on different vectors of the layer in lockstep); energy = merged reads x
 ``combiner_read_pj`` + set bits x ``combiner_add_pj`` (one add per selected projection) +
 accumulations x ``combiner_acc_pj`` (one shift-add per kernel, unit and plane with any bit).
+
+As hardware (issue 12): the coefficients of every layer sit in a coefficient SRAM
+(``CombinerSize.coef_bytes``: levels at ``bits`` bits each). The lanes work in lockstep on
+different vectors, so one fetch of a layer's coefficients is broadcast to all lanes: a layer
+fetches its coefficients once per group of ``combiner_lanes`` vectors, at the SRAM read energy
+for the SRAM's size, and at ``combiner_coef_bytes_per_cycle`` (a timing limit when it binds).
+Each lane keeps one accumulator of ``combiner_acc_bits`` per kernel of the widest layer in a
+register file; every accumulation reads and writes one, at the SRAM energy for that file's
+size. SRAM energies are Horowitz (ISSCC 2014, 45 nm) per 64-bit read: 8 KB 10 pJ, 32 KB 20 pJ,
+1 MB 100 pJ, interpolated log-log and extrapolated with the nearest segment's slope.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm): SRAM read of 64 bits, pJ.
+SRAM_64B_PJ = ((8 * 1024, 10.0), (32 * 1024, 20.0), (1024 * 1024, 100.0))
+
+
+def sram_pj_per_64b(nbytes: float) -> float:
+    """Energy of one 64-bit read of an SRAM of ``nbytes`` (Horowitz's three points, log-log
+    interpolated, extrapolated with the slope of the nearest segment; 0 for no SRAM)."""
+    if nbytes <= 0:
+        return 0.0
+    pts = SRAM_64B_PJ
+    i = 0 if nbytes <= pts[1][0] else 1
+    (s0, e0), (s1, e1) = pts[i], pts[i + 1]
+    slope = math.log(e1 / e0) / math.log(s1 / s0)
+    return e0 * (nbytes / s0) ** slope
+
+
+def sram_pj_per_byte(nbytes: float) -> float:
+    """Read energy per byte of an SRAM of ``nbytes``."""
+    return sram_pj_per_64b(nbytes) / 8
+
+
+@dataclass(frozen=True)
+class CombinerSize:
+    """What the combiner of a program must hold: coefficient SRAM bytes (every layer's levels
+    at its coefficient bits), kernels of the widest layer (accumulators per lane) and the
+    widest unit's basis columns N (adders per lane: a cycle reads at most N projections, each
+    added once, by a kernel's tree or into its accumulator)."""
+    coef_bytes: int = 0
+    kernels: int = 0
+    unit: int = 0
+
+
+def level_bytes(levels: np.ndarray, bits: int) -> int:
+    """Bytes of ``levels`` stored at ``bits`` bits each."""
+    return -(-int(levels.size) * int(bits) // 8)
+
+
+def combiner_size(program) -> CombinerSize:
+    """The combiner size of ``program`` (an ``isa.Program``), from its combine blobs."""
+    blobs = program.blob_map()
+    seen: dict[str, tuple[int, int, int]] = {}
+    for ins in program.text:
+        if ins.op == "combine":
+            levels = blobs[ins.operands[2][1:]].data
+            seen[ins.operands[2]] = (level_bytes(levels, ins.attr("bits")),
+                                     int(levels.shape[-1]), int(ins.attr("unit")))
+    return CombinerSize(sum(v[0] for v in seen.values()),
+                        max((v[1] for v in seen.values()), default=0),
+                        max((v[2] for v in seen.values()), default=0))
 
 
 def plane_selections(levels: np.ndarray, bits: int) -> np.ndarray:
@@ -40,6 +101,8 @@ class CombineWork:
     adds: int           # set coefficient bits: one selected projection added per bit
     accumulations: int  # (unit, plane, kernel) with any bit set: one shift-add each
     ideal_reads: int    # sum over (unit, plane) of ceil(selections / N): cycles without contest
+    coef_bytes: int = 0  # the layer's levels at their bits: one fetch per group of lanes
+    kernels: int = 0     # M: accumulators per vector
 
     @property
     def contest(self) -> float:
@@ -54,4 +117,5 @@ def combine_work(levels: np.ndarray, bits: int) -> CombineWork:
     adds = degree.sum(axis=2)  # [U, P]
     n = levels.shape[1]
     return CombineWork(int(degree.max(axis=2, initial=0).sum()), int(adds.sum()),
-                       int(sel.any(axis=2).sum()), int((-(-adds // n)).sum()))
+                       int(sel.any(axis=2).sum()), int((-(-adds // n)).sum()),
+                       level_bytes(levels, bits), int(levels.shape[-1]))

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chip import Chip
-from .combiner import CombineWork, combine_work
+from .combiner import (
+    CombinerSize,
+    CombineWork,
+    combine_work,
+    combiner_size,
+    sram_pj_per_64b,
+    sram_pj_per_byte,
+)
 from .opcodes import OPCODES
 from .program import Instr, Program
 
@@ -63,16 +70,23 @@ def mvm_cost(chip: Chip, rows: int, cols: int, vectors: int) -> Cost:
     return vectors * steps * t.mvm_step_ns, energy
 
 
+def verify_row_pj(chip: Chip) -> float:
+    """One verify read of a row: one conversion per physical column at ``adc_pj``, one array
+    step (``xbar_step_pj``), plus ``verify_row_pj`` for anything else the chip states."""
+    e = chip.energy
+    return chip.arch.cols * e.adc_pj + e.xbar_step_pj + e.verify_row_pj
+
+
 def write_cost(chip: Chip, rows: int, cells: int) -> Cost:
     """Program-and-verify changing ``rows`` rows and ``cells`` cells: each row, in each of
-    write_phases phases, takes write_iterations x (pulse + verify); energy per pulse V_w^2 x
-    mean G x t_pulse on every changed cell, plus a verify read per row, phase and iteration."""
-    t, d, e = chip.timing, chip.device, chip.energy
+    write_phases phases, takes write_iterations x (pulse + verify). Energy: every changed cell
+    gets write_iterations pulses (in its one phase, SET or RESET) at ``write_pulse_pj`` each,
+    a sourced per-cell figure (PUMA: 22.6 nJ per 128x128 array write) rather than
+    V_w^2 x G x t_pulse; plus ``verify_row_pj(chip)`` per row, phase and iteration."""
+    t, e = chip.timing, chip.energy
     row_phase = t.write_iterations * (t.t_pulse_ns + t.t_verify_ns)
-    g_avg = (d.g_min_us + d.g_max_us) / 2 * 1e-6
-    pulse_pj = d.write_voltage ** 2 * g_avg * t.t_pulse_ns * 1e-9 * 1e12
-    energy = (cells * t.write_iterations * pulse_pj
-              + rows * t.write_phases * t.write_iterations * e.verify_row_pj)
+    energy = (cells * t.write_iterations * e.write_pulse_pj
+              + rows * t.write_phases * t.write_iterations * verify_row_pj(chip))
     return rows * t.write_phases * row_phase, energy
 
 
@@ -93,13 +107,25 @@ def buffer_cost(chip: Chip, nbytes: int) -> Cost:
     return cycles / chip.timing.clock_ghz, nbytes * chip.energy.buffer_pj_per_byte
 
 
-def combine_cost(chip: Chip, vectors: int, work: CombineWork) -> Cost:
+def combine_cost(chip: Chip, vectors: int, work: CombineWork,
+                 size: CombinerSize | None = None) -> Cost:
     """BasisN's combiner (``isa.combiner``) on ``vectors`` vectors: their merged reads on
-    ``combiner_lanes`` lanes."""
+    ``combiner_lanes`` lanes in lockstep; the layer's coefficients (``work.coef_bytes``) are
+    fetched once per group of ``combiner_lanes`` vectors, at ``combiner_coef_bytes_per_cycle``
+    (the pass takes the longer of reads and fetch) and at the read energy of the program's
+    coefficient SRAM (``size.coef_bytes``; without ``size``: the layer's own bytes); every
+    accumulation reads and writes a ``combiner_acc_bits`` accumulator in a per-lane register
+    file of ``size.kernels`` (else ``work.kernels``) accumulators."""
     t, e = chip.timing, chip.energy
-    cycles = -(-vectors * work.merged_reads // t.combiner_lanes)
-    energy = vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
-                        + work.accumulations * e.combiner_acc_pj)
+    size = size or CombinerSize(work.coef_bytes, work.kernels)
+    fetch = -(-vectors // t.combiner_lanes) * work.coef_bytes
+    cycles = max(-(-vectors * work.merged_reads // t.combiner_lanes),
+                 -(-fetch // t.combiner_coef_bytes_per_cycle))
+    acc_file = size.kernels * t.combiner_acc_bits / 8
+    acc_rw_pj = 2 * t.combiner_acc_bits / 64 * sram_pj_per_64b(acc_file)
+    energy = (vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
+                         + work.accumulations * (e.combiner_acc_pj + acc_rw_pj))
+              + fetch * sram_pj_per_byte(size.coef_bytes))
     return cycles / t.clock_ghz, energy
 
 
@@ -153,6 +179,7 @@ class _Ctx:
         self.tiles_used: set = set()  # distinct tiles the inference body multiplies with
         self.last_write = WriteChange()
         self.combine: dict[str, CombineWork] = {}  # per coefficient blob
+        self.combiner = combiner_size(program)  # coefficient SRAM and accumulator file sizes
 
     def elems(self, ref: str) -> int:
         if ref[0] == "@":
@@ -184,7 +211,7 @@ def _combine(c: _Ctx, ins: Instr) -> Cost:
         c.combine[name] = combine_work(levels.reshape(-1, n, levels.shape[-1]),
                                        ins.attr("bits"))
     vectors = int(np.prod(c.shapes[ins.operands[0][1:]][:-1], dtype=np.int64))
-    return combine_cost(c.chip, vectors, c.combine[name])
+    return combine_cost(c.chip, vectors, c.combine[name], c.combiner)
 
 
 def _digital(c: _Ctx, ins: Instr) -> Cost:

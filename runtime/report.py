@@ -1,21 +1,21 @@
 """Per-inference timing, energy and wear figures from a simulated timeline.
 
 Everything is per inference: one pass over the body (after the load phase) runs the compiled
-batch, so body totals are divided by the batch. ``lower_bound`` is the larger of the critical
-path (data dependencies only: no unit conflicts, writes free) and, per unit kind, the work it
-must do divided by how many such units there are, counting only unavoidable writes: a pass
-uses T tiles and the chip keeps N resident, so at least T - N tiles must be written per pass.
+batch, so body totals are divided by the batch. ``lower_bound_cycles`` is the workload bound
+of ``runtime.bound``, the same for every schedule of one model, chip and batch, and
+``schedule_efficiency`` the body time against it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
-
 from isa import Program
 from isa.chip import Chip
+from isa.resources import resources
 from isa.timing import Timeline, simulate
+
+from .bound import workload_bound_ns
 
 
 def _busy(tl: Timeline) -> dict[str, float]:
@@ -27,19 +27,8 @@ def _busy(tl: Timeline) -> dict[str, float]:
 
 
 def lower_bound_ns(program: Program, chip: Chip, tl: Timeline) -> float:
-    crit = simulate(program, chip, units=False).total_ns
-    body = [e for e in tl.events if e.phase == "inference"]
-    work: dict[str, float] = defaultdict(float)
-    for e in body:
-        work[e.op if e.op in ("mvm", "write") else e.unit] += e.end - e.start
-    writes = [e.end - e.start for e in body if e.op == "write"]
-    tiles = tl.tiles_used
-    unavoidable = max(0, tiles - program.chip.xbars) * (float(np.mean(writes)) if writes else 0.0)
-    bounds = [crit, (work["mvm"] + unavoidable) / program.chip.xbars,
-              work["vector"], work["buffer"], work["combiner"]]
-    if chip.timing.write_drivers:
-        bounds.append(unavoidable / chip.timing.write_drivers)
-    return max(bounds)
+    """The workload lower bound on one pass of the body (``runtime.bound``)."""
+    return max(workload_bound_ns(program, chip, tl).values())
 
 
 def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
@@ -81,5 +70,6 @@ def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
             "combiner": busy.get("combiner", 0.0) / body_ns if body_ns else 0.0},
         "unit_busy_ns": dict(sorted(busy.items())),
         "compiled_batch": per,
+        "resources": resources(program, chip),
     }
     return report, tl

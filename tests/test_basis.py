@@ -118,8 +118,11 @@ def test_contest_counts_the_busiest_column():
 
 def test_combine_timing_and_energy_by_hand():
     """5 vectors x 4 merged reads on 2 lanes = 10 cycles; energy per vector 4 reads x 0.1 +
-    7 adds x 0.05 + 6 accumulations x 0.1 pJ. It starts after the 1-cycle fill of its
-    destination (15 floats = 60 bytes through the 64-byte port, 1.25 pJ a byte)."""
+    7 adds x 0.05 + 6 accumulations x (0.1 + a 24-bit read and write of the 9-byte accumulator
+    file: 2 x 24/64 of a 64-bit SRAM read), plus the layer's 3 bytes of levels fetched once per
+    group of 2 lanes (3 groups for 5 vectors: 9 bytes) from a 3-byte coefficient SRAM. It
+    starts after the 1-cycle fill of its destination (15 floats = 60 bytes through the 64-byte
+    port, 1.25 pJ a byte)."""
     coef = Blob("coef", LEVELS.reshape(2, 3).astype(np.float32))
     scale = Blob("scale", np.ones(3, np.float32))
     text = [Instr("barrier", (), (("label", "inference"),)),
@@ -134,8 +137,10 @@ def test_combine_timing_and_energy_by_hand():
                                timing=dataclasses.replace(chip.timing, combiner_lanes=2))
     stats = run(program, mode="timing", chip=chip).stats
     assert stats["cycles_per_inference"] == 1 + 10
+    from isa.combiner import sram_pj_per_64b, sram_pj_per_byte
     assert stats["energy_pj_per_inference"] == pytest.approx(
-        60 * 1.25 + 5 * (4 * 0.1 + 7 * 0.05 + 6 * 0.1))
+        60 * 1.25 + 5 * (4 * 0.1 + 7 * 0.05 + 6 * (0.1 + 2 * 24 / 64 * sram_pj_per_64b(9)))
+        + 9 * sram_pj_per_byte(3))
     p = RNG.standard_normal((1, 5, 2)).astype(np.float32)
     y = run(program, {"p": p}, mode="ideal", timing=False).outputs["y"]
     np.testing.assert_allclose(y, p @ LEVELS.reshape(2, 3), rtol=1e-6)
