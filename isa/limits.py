@@ -82,15 +82,23 @@ def tensor_problem(ttype: TensorType) -> str | None:
     return None
 
 
-def _meminfo_available() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes, else free physical pages; None if unknown."""
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The ``key:  N kB`` line of a /proc status file in bytes; None if it cannot be read."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _meminfo_available() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes, else free physical pages; None if unknown."""
+    available = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, AttributeError):
@@ -99,14 +107,7 @@ def _meminfo_available() -> int | None:
 
 def _virtual_size() -> int:
     """This process's virtual size in bytes (what RLIMIT_AS counts); 0 if unknown."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _proc_bytes("/proc/self/status", "VmSize") or 0
 
 
 def available_bytes() -> int | None:

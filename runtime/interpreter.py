@@ -145,14 +145,15 @@ class Machine:
         return tile
 
 
-def _execute(program: Program, feeds: dict[str, np.ndarray], scale: int, counts: Counter,
-             mode: str = "ideal", chip: Chip | None = None, seed: int = 0, bar=None):
-    """Run the text once; return the outputs and how many cells wore out. ``bar``: a progress
-    bar advanced once per step of the plan."""
+def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
+             counts: Counter, mode: str = "ideal", chip: Chip | None = None, seed: int = 0,
+             bar=None):
+    """Run the planned ``steps`` (``mvm_groups.plan`` of the text) once; return the outputs
+    and how many cells wore out. ``bar``: a progress bar advanced once per step."""
     m = Machine(program, scale, mode, chip, seed)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
-    for step in plan(program.text):
+    for step in steps:
         ins = step[0] if isinstance(step, list) else step
         try:
             if isinstance(step, list):
@@ -250,13 +251,15 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     counts: Counter = Counter()
     start = time.perf_counter()
     passes = 1 if groups == 1 or program.batch_free else groups
-    with _progress(passes * len(plan(program.text)), f"cimrun {mode}", progress) as bar:
+    steps = plan(program.text)
+    with _progress(passes * len(steps), f"cimrun {mode}", progress) as bar:
         if passes == 1:
-            outputs, failed = _execute(program, feeds, groups, counts, mode, chip, seed, bar)
+            outputs, failed = _execute(program, steps, feeds, groups, counts, mode, chip, seed,
+                                       bar)
         else:
             b = program.batch
-            parts = [_execute(program, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()}, 1,
-                              counts, mode, chip, seed, bar) for i in range(groups)]
+            parts = [_execute(program, steps, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()},
+                              1, counts, mode, chip, seed, bar) for i in range(groups)]
             outputs = {k: _join([p[k] for p, _ in parts], k) for k in parts[0][0]}
             failed = sum(f for _, f in parts)
     seconds = time.perf_counter() - start
