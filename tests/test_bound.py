@@ -43,7 +43,7 @@ def _check(reports):
         assert max(bounds) <= min(r["cycles_per_inference"] for r in rs) * (1 + 1e-12)
 
 
-@pytest.mark.parametrize("chip_name", ["default", "paper-basisn"])
+@pytest.mark.parametrize("chip_name", ["default", "slow-shared-write"])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_digits_every_schedule_shares_the_bound(chip_name, batch):
     _check(_reports(model_path("digits_cnn"), load_chip(chip_name), batch,

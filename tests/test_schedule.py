@@ -31,9 +31,9 @@ CASES = [
     ("default", 18, "optimized"),         # weight-stationary, spare crossbars hold replicas
     ("default", 2, "naive"), ("default", 4, "naive"),
     ("default", 2, "optimized"), ("default", 4, "optimized"),
-    ("paper-basisn", None, "optimized"),  # one write driver shared by all crossbars
-    ("paper-basisn", 2, "naive"), ("paper-basisn", 4, "naive"),
-    ("paper-basisn", 2, "optimized"), ("paper-basisn", 4, "optimized"),
+    ("slow-shared-write", None, "optimized"),  # one write driver shared by all crossbars
+    ("slow-shared-write", 2, "naive"), ("slow-shared-write", 4, "naive"),
+    ("slow-shared-write", 2, "optimized"), ("slow-shared-write", 4, "optimized"),
 ]
 
 

@@ -137,7 +137,7 @@ def main(argv=None) -> None:
                    default=["resnet50-imagenet", "resnet50-cifar100", "densenet121-imagenet",
                             "densenet121-cifar100"])
     p.add_argument("--xbars", nargs="+", type=int, default=[16, 64, 256])
-    p.add_argument("--chips", nargs="+", default=["default", "paper-basisn"])
+    p.add_argument("--chips", nargs="+", default=["default", "slow-shared-write"])
     p.add_argument("--basis", type=int, default=4, help="basis vectors N (default 4)")
     p.add_argument("--coef-bits", type=int, default=4)
     p.add_argument("--plot", default=os.path.join("docs", "basis_crossover.png"),
