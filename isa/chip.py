@@ -52,6 +52,9 @@ class Timing:
                                      # adders within 10 % of 64 crossbars' area (design-notes)
     combiner_acc_bits: int = 24      # accumulator width, per kernel and lane
     combiner_coef_bytes_per_cycle: int = 64  # coefficient SRAM port bandwidth
+    combiner_analog: int = 0         # 1: the analog reading of BasisN's combiner (coefficient
+                                     # bits steer basis-column currents onto summing lines,
+                                     # each merged read a crossbar re-read; isa.combiner)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "combiner_lanes": (1, INF, False), "combiner_acc_bits": (1, 64, False),
     "combiner_coef_bytes_per_cycle": (1, INF, False), "adcs_per_xbar": (0, INF, True),
     **{k: (0, 1, False) for k in ("per_column_scaling", "differential", "raw_calibration",
-                                  "stuck_aware", "slice_compensation")},
+                                  "stuck_aware", "slice_compensation", "combiner_analog")},
     "adc_headroom": (0, 16, True),
 }
 

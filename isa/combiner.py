@@ -27,6 +27,19 @@ Each lane keeps one accumulator of ``combiner_acc_bits`` per kernel of the wides
 register file; every accumulation reads and writes one, at the SRAM energy for that file's
 size. SRAM energies are Horowitz (ISSCC 2014, 45 nm) per 64-bit read: 8 KB 10 pJ, 32 KB 20 pJ,
 1 MB 100 pJ, interpolated log-log and extrapolated with the nearest segment's slope.
+
+The analog reading (``timing.combiner_analog = 1``; issue 12 asks for both). Coefficient bits
+do not select digitised projections; they close switches that steer basis-column currents onto
+per-kernel summing lines, and each line is digitised. A column's current can feed one line at a
+time (no current mirrors assumed), so a (unit, plane) pass takes ``merged_reads`` crossbar
+re-reads, as the digital model takes cycles. Costed, per input vector, as optimistic bounds
+(``isa.timing.analog_combine_cost``): the units of one crossbar read (h = weights_per_row // N
+basis copies) re-read in parallel, so ceil(merged_reads / h) re-reads of input_bits +
+mvm_extra_steps steps, spread over all the program's crossbars (each holds the basis) and not
+blocking their projections; one ADC conversion per accumulation (unit, plane, kernel with any
+bit) and input bit, as if a kernel's columns of one plane always shared one re-read; one
+shift-add per conversion; coefficient fetch as in the digital model. No adder trees and one
+accumulator per kernel (not per lane); the switch matrix's area is not counted.
 """
 
 from __future__ import annotations
@@ -103,6 +116,7 @@ class CombineWork:
     ideal_reads: int    # sum over (unit, plane) of ceil(selections / N): cycles without contest
     coef_bytes: int = 0  # the layer's levels at their bits: one fetch per group of lanes
     kernels: int = 0     # M: accumulators per vector
+    columns: int = 0     # N: basis columns per unit
 
     @property
     def contest(self) -> float:
@@ -118,4 +132,4 @@ def combine_work(levels: np.ndarray, bits: int) -> CombineWork:
     n = levels.shape[1]
     return CombineWork(int(degree.max(axis=2, initial=0).sum()), int(adds.sum()),
                        int(sel.any(axis=2).sum()), int((-(-adds // n)).sum()),
-                       level_bytes(levels, bits), int(levels.shape[-1]))
+                       level_bytes(levels, bits), int(levels.shape[-1]), n)

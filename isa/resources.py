@@ -11,7 +11,8 @@ report carries, so mappings can be compared at equal area:
 - BasisN's combiner (only if the program has ``combine``): ``timing.combiner_lanes`` lanes of
   N adders each (N: the widest unit's basis columns, ``isa.combiner.CombinerSize``), per lane
   one ``combiner_acc_bits`` accumulator per kernel of the widest layer, and the coefficient
-  SRAM (every layer's levels at their bits);
+  SRAM (every layer's levels at their bits); in the analog reading (``combiner_analog``) no
+  adders and one accumulator per kernel (its summing-line switches are not counted);
 - scratchpad: the peak byte the buffers reach (offset + float32 size), as SRAM.
 """
 
@@ -53,10 +54,11 @@ def resources(program: Program, chip: Chip) -> dict:
     """Counts, bytes and area (mm2, per component and total) of ``program`` on ``chip``."""
     geo, t, a = program.chip, chip.timing, chip.area
     size = combiner_size(program)
-    lanes = t.combiner_lanes if size.unit else 0
+    lanes = t.combiner_lanes if size.unit and not t.combiner_analog else 0
     adcs = math.ceil(geo.xbars * a.adcs_per_xbar)
     drivers = t.write_drivers or geo.xbars
-    acc_bytes = lanes * size.kernels * t.combiner_acc_bits // 8
+    acc_files = lanes or (1 if size.unit else 0)  # analog reading: one accumulator per kernel
+    acc_bytes = acc_files * size.kernels * t.combiner_acc_bits // 8
     scratch = scratchpad_bytes(program)
     fetch = coef_fetch_bytes(program, chip) if size.unit else 0
     area = {

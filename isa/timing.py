@@ -118,15 +118,42 @@ def combine_cost(chip: Chip, vectors: int, work: CombineWork,
     file of ``size.kernels`` (else ``work.kernels``) accumulators."""
     t, e = chip.timing, chip.energy
     size = size or CombinerSize(work.coef_bytes, work.kernels)
+    if t.combiner_analog:
+        return analog_combine_cost(chip, vectors, work, size)
     fetch = -(-vectors // t.combiner_lanes) * work.coef_bytes
     cycles = max(-(-vectors * work.merged_reads // t.combiner_lanes),
                  -(-fetch // t.combiner_coef_bytes_per_cycle))
-    acc_file = size.kernels * t.combiner_acc_bits / 8
-    acc_rw_pj = 2 * t.combiner_acc_bits / 64 * sram_pj_per_64b(acc_file)
     energy = (vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
-                         + work.accumulations * (e.combiner_acc_pj + acc_rw_pj))
+                         + work.accumulations * (e.combiner_acc_pj + _acc_rw_pj(chip, size)))
               + fetch * sram_pj_per_byte(size.coef_bytes))
     return cycles / t.clock_ghz, energy
+
+
+def _acc_rw_pj(chip: Chip, size: CombinerSize) -> float:
+    """Read and write of one accumulator in a file of ``size.kernels`` accumulators."""
+    bits = chip.timing.combiner_acc_bits
+    return 2 * bits / 64 * sram_pj_per_64b(size.kernels * bits / 8)
+
+
+def analog_combine_cost(chip: Chip, vectors: int, work: CombineWork,
+                        size: CombinerSize) -> Cost:
+    """The analog reading of the combiner (``isa.combiner`` docstring, optimistic bounds):
+    per vector ceil(merged_reads / h) crossbar re-reads (h = weights_per_row // N units a
+    read), spread over the program's crossbars; accumulations x input_bits ADC conversions,
+    each followed by a shift-add into an accumulator; coefficient fetch as the digital model
+    (once per ``combiner_lanes`` vectors)."""
+    t, e, a = chip.timing, chip.energy, chip.arch
+    per_read = max(1, a.weights_per_row // max(work.columns, 1))
+    reads = vectors * -(-work.merged_reads // per_read)
+    steps = a.input_bits + t.mvm_extra_steps
+    conversions = vectors * work.accumulations * a.input_bits
+    fetch = -(-vectors // t.combiner_lanes) * work.coef_bytes
+    ns = max(reads * steps * t.mvm_step_ns / max(a.xbars, 1),
+             -(-fetch // t.combiner_coef_bytes_per_cycle) / t.clock_ghz)
+    energy = (reads * steps * (e.xbar_step_pj + a.rows * e.dac_pj)
+              + conversions * (e.adc_pj + e.combiner_acc_pj + _acc_rw_pj(chip, size))
+              + fetch * sram_pj_per_byte(size.coef_bytes))
+    return ns, energy
 
 
 def _free(chip: Chip, elems: int) -> Cost:

@@ -63,6 +63,28 @@ def test_combine_cost_by_hand():
     assert combine_cost(narrow, 5, work, size)[0] == 3.0
 
 
+def test_analog_combiner_cost_by_hand():
+    """The same levels under the analog reading (isa.combiner): 64 columns hold 8 weights a
+    row, 8 // 2 = 4 units a read, so each vector takes ceil(4 / 4) = 1 re-read of 8 + 2 steps,
+    on 2 crossbars; 5 accumulations x 8 input bits = 40 conversions a vector, each an ADC
+    conversion and a shift-add (acc 0.1 pJ + a 16-bit read and write of a 32 KB file:
+    2 x 16/64 x 20 = 10 pJ)."""
+    levels = np.array([[[1, 2, 3], [3, 0, -1]]])
+    work = combine_work(levels, 3)
+    chip = Chip()
+    chip = dataclasses.replace(
+        chip, arch=ChipGeometry(rows=16, cols=64, xbars=2),
+        timing=dataclasses.replace(chip.timing, combiner_analog=1, combiner_lanes=2,
+                                   combiner_acc_bits=16))
+    size = CombinerSize(coef_bytes=8192, kernels=16384, unit=2)
+    ns, pj = combine_cost(chip, 5, work, size)
+    assert chip.arch.weights_per_row == 8  # 64 columns / (4 slices x 2 signs)
+    reads = 5 * 1  # 5 vectors, one re-read each
+    assert ns == reads * 10 * 100.0 / 2
+    step_pj = 30.0 + 16 * 0.004
+    assert pj == pytest.approx(reads * 10 * step_pj + 5 * 40 * (1.56 + 0.1 + 10.0) + 9 * 1.25)
+
+
 def test_digits_basis_combiner_storage_and_fetch(basis_program):
     """Coefficient levels [16,16], [64,16], [16,16], [64,32], [16,10] at 4 bits:
     (256 + 1024 + 256 + 2048 + 160) / 2 = 1872 bytes. Per inference on 32 lanes the three
