@@ -13,7 +13,9 @@ report carries, so mappings can be compared at equal area:
   one ``combiner_acc_bits`` accumulator per kernel of the widest layer, and the coefficient
   SRAM (every layer's levels at their bits); in the analog reading (``combiner_analog``) no
   adders and one accumulator per kernel (its summing-line switches are not counted);
-- scratchpad: the peak byte the buffers reach (offset + float32 size), as SRAM.
+- scratchpad: the peak byte the buffers reach (offset + float32 size), as SRAM;
+- weight store: the weights a reprogramming program rewrites every inference, at
+  ``weight_bits``, as SRAM (``weight_store_bytes``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,22 @@ def coef_fetch_bytes(program: Program, chip: Chip) -> float:
     return total / program.batch
 
 
+def weight_store_bytes(program: Program) -> int:
+    """Bytes of the weights a program rewrites during inference (``write`` after the
+    ``inference`` barrier), at ``weight_bits`` each: reprogramming must keep them on chip
+    and read them every inference, as BasisN keeps its coefficients. Weights written only in
+    the load phase are not counted (they can come from off chip once)."""
+    body, seen = False, set()
+    for ins in program.text:
+        if ins.op == "barrier" and ins.attr("label") == "inference":
+            body = True
+        elif body and ins.op == "write":
+            seen.add(ins.operands[0][1:])
+    blobs = program.blob_map()
+    bits = program.chip.weight_bits
+    return sum(-(-int(blobs[name].data.size) * bits // 8) for name in seen)
+
+
 def resources(program: Program, chip: Chip) -> dict:
     """Counts, bytes and area (mm2, per component and total) of ``program`` on ``chip``."""
     geo, t, a = program.chip, chip.timing, chip.area
@@ -60,6 +78,7 @@ def resources(program: Program, chip: Chip) -> dict:
     acc_files = lanes or (1 if size.unit else 0)  # analog reading: one accumulator per kernel
     acc_bytes = acc_files * size.kernels * t.combiner_acc_bits // 8
     scratch = scratchpad_bytes(program)
+    store = weight_store_bytes(program)
     fetch = coef_fetch_bytes(program, chip) if size.unit else 0
     area = {
         "crossbars": geo.xbars * a.xbar_mm2,
@@ -72,6 +91,7 @@ def resources(program: Program, chip: Chip) -> dict:
         "combiner_accumulators": acc_bytes * a.reg_mm2_per_byte,
         "coefficient_sram": size.coef_bytes * a.sram_mm2_per_byte,
         "scratchpad": scratch * a.sram_mm2_per_byte,
+        "weight_store": store * a.sram_mm2_per_byte,
     }
     analog = area["crossbars"] + area["adcs"]
     combiner = area["combiner_adders"] + area["combiner_accumulators"]
@@ -84,7 +104,8 @@ def resources(program: Program, chip: Chip) -> dict:
         "combiner_lanes": lanes,
         "adders": {"combiner": lanes * size.unit, "vector": t.vector_lanes},
         "accumulator_bytes": acc_bytes,
-        "sram_bytes": {"scratchpad": scratch, "coefficients": size.coef_bytes},
+        "sram_bytes": {"scratchpad": scratch, "coefficients": size.coef_bytes,
+                       "weight_store": store},
         "coef_fetch_bytes_per_inference": fetch,
         "coef_fetch_pj_per_inference": fetch * sram_pj_per_byte(size.coef_bytes),
         "combiner_area_vs_xbars_adcs": combiner / analog if analog else 0.0,

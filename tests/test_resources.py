@@ -160,3 +160,18 @@ def test_report_carries_resources(tmp_path, kind, basis_program):
     assert res["crossbars"] == (2 if kind == "basisn" else 4)
     assert (res["sram_bytes"]["coefficients"] > 0) == (kind == "basisn")
     assert (res["adders"]["combiner"] > 0) == (kind == "basisn")
+
+
+def test_reprogramming_keeps_its_weights_in_a_store():
+    """On one crossbar the digits MLP rewrites all three weight matrices every inference:
+    64x64 + 64x32 + 32x10 = 6464 weights at 8 bits, as SRAM; weight-stationary writes them
+    only at load and needs no store."""
+    chip = Chip()
+    small = compile_model(model_path("digits_mlp"), max_xbars=1)
+    res = resources(small, dataclasses.replace(chip, arch=small.chip))
+    assert res["sram_bytes"]["weight_store"] == 6464
+    assert res["area_mm2_by_component"]["weight_store"] == pytest.approx(
+        6464 * chip.area.sram_mm2_per_byte)
+    stationary = compile_model(model_path("digits_mlp"))
+    assert resources(stationary, dataclasses.replace(chip, arch=stationary.chip))[
+        "sram_bytes"]["weight_store"] == 0
