@@ -6,7 +6,8 @@ that one instruction (the op's result, then its operands; its attributes); the o
 rule here (``RULES``): ``xbar_matmul`` is initialise (bias or zero), the writes of rotating
 tiles and one ``mvm`` per tile replica, then the fused activation in place; BasisN's
 ``basis_project`` is a zeroed buffer and one ``mvm`` per placement item on the shared basis
-tile; ``combine`` is initialise, ``combine``, activation. Every buffer sits at the scratchpad
+tile; ``combine`` is initialise, ``combine``, activation; ``digital_matmul`` is one ``dmatmul``
+(result, input, weight, bias if any), then the activation. Every buffer sits at the scratchpad
 offset allocate-buffers gave its value (``Graph.offsets``); each output port binds the buffer
 of the op that computes it (canonicalize gives every graph output an op of its own).
 """
@@ -145,6 +146,12 @@ class Codegen:
                   [("bits", op.attrs["bits"]), ("unit", op.attrs["unit"])], op.origin)
         self._activation(op, dst)
 
+    def digital_matmul(self, op: Op) -> None:
+        """One dmatmul on the digital unit (it writes dst whole), then the fused activation."""
+        dst = self.ref(op.outputs[0])
+        self.emit("dmatmul", [dst] + [self.ref(i) for i in op.inputs], note=op.origin)
+        self._activation(op, dst)
+
     def _activation(self, op: Op, dst: str) -> None:
         if op.attrs.get("act"):
             kind, attrs = op.attrs["act"]
@@ -172,7 +179,7 @@ class Codegen:
 
     def buffers(self) -> list[Buffer]:
         mvm_srcs = {op.inputs[0] for op in self.g.ops()
-                    if op.kind in ("xbar_matmul", "basis_project")}
+                    if op.kind in ("xbar_matmul", "basis_project", "digital_matmul")}
         return [Buffer(bname, TensorType("f32", self.g.shape(name)), self.g.offsets[name],
                        self.g.ranges.get(name, 0.0) if name in mvm_srcs else 0.0)
                 for name, bname in self.names.map.items()]
@@ -180,7 +187,7 @@ class Codegen:
 
 # IR kinds codegen lowers itself (their rows name no opcode).
 RULES = {"xbar_matmul": Codegen.xbar_matmul, "basis_project": Codegen.basis_project,
-         "combine": Codegen.combine}
+         "combine": Codegen.combine, "digital_matmul": Codegen.digital_matmul}
 
 
 def generate(graph: Graph, chip: ChipGeometry, xbars: int) -> Program:

@@ -109,6 +109,11 @@ def build_parser() -> Parser:
                         "its [arch] is the compiled geometry (the flags below override single "
                         "values) and its timing drives the scheduler (default: default)")
     _geometry_flags(p)
+    p.add_argument("--digital", metavar="all|first,last|NODE[,NODE...]",
+                   help="map these conv/matmul layers onto the chip's digital MAC unit "
+                        "(dmatmul) instead of crossbars: all of them, the first and/or last in "
+                        "graph order, or ONNX node names, comma-separated (BasisN leaves them "
+                        "alone; default: none)")
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="sample inputs whose activation ranges set each crossbar input's DAC "
                         "full scale (default: each sample scaled by its own maximum)")
@@ -193,6 +198,7 @@ def _compile(args, output: str) -> Program:
     bars = sys.stderr.isatty() and not args.quiet
     limits = Limits(args.max_scratchpad_mb, args.max_weights_mb)
     model = load_model(args.model, limits)
+    digital = flags.digital(args, model)
     if args.calibrate or args.basis:  # long work comes before compile_model's own checks
         accept(model, args.batch, limits)
     samples = _samples(args, model)
@@ -200,7 +206,8 @@ def _compile(args, output: str) -> Program:
     program = compile_model(model, chip=chip.arch, chip_config=chip, batch=args.batch,
                             max_xbars=args.xbars, schedule=args.schedule, calibrate=samples,
                             basis=basis, limits=limits, verify_each=args.verify_each,
-                            passes=pipeline, dump=dump, progress=bars, warn=_warn)
+                            passes=pipeline, dump=dump, progress=bars, warn=_warn,
+                            digital=digital)
     save(program, output)
     if args.basis_out:
         basis.save(args.basis_out)
@@ -216,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         program = _compile(args, output)
         if not args.quiet and args.dump_ir != "-":
             mvms = sum(1 for i in program.text if i.op == "mvm")
-            print(f"cimc: wrote {output}: {len(program.text)} instructions, {mvms} mvm, "
+            dmms = sum(1 for i in program.text if i.op == "dmatmul")
+            counts = f"{mvms} mvm" + (f", {dmms} dmatmul" if dmms else "")
+            print(f"cimc: wrote {output}: {len(program.text)} instructions, {counts}, "
                   f"{program.chip.xbars} crossbars, {len(program.blobs)} blobs "
                   f"({time.perf_counter() - start:.1f} s)", flush=True)
     except BrokenPipeError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from collections.abc import Iterable
 from typing import Callable
 
 import onnx
@@ -28,6 +29,7 @@ from .ir import Graph
 from .limits import Limits
 from .passes import PASSES, PIPELINE, check_pipeline
 from .passes.basis_decompose import reconstruction_warning
+from .passes.lower_to_crossbar import digital_layers, matrix_layers
 from .printer import format_dot, format_graph
 from .progress import bar
 from .verify import verify
@@ -77,7 +79,8 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
                   passes: list[str] | None = None, verify_each: bool = False,
                   dump: Dump | None = None, ctx: CompileContext | None = None,
                   basis: BasisSet | None = None, limits: Limits | None = None,
-                  progress: bool = False, warn: Callable[[str], None] = _warn) -> Program:
+                  progress: bool = False, warn: Callable[[str], None] = _warn,
+                  digital: str | Iterable[str] = ()) -> Program:
     """Compile an ONNX model (path or ModelProto; a ModelProto is never modified).
 
     ``chip``: the compiled geometry (default: ``chip_config.arch``); ``chip_config``: the chip
@@ -87,6 +90,9 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     ``passes``: the pipeline (default ``PIPELINE``), checked before anything runs.
     ``limits``: scratchpad and weight budgets. ``progress``: progress bars on stderr.
     ``warn``: receives one line per warning (a poorly reconstructing basis).
+    ``digital``: the conv/matmul layers mapped onto the digital MAC unit (``dmatmul``), as
+    ``cimc --digital`` takes them: ``all``, ``first``, ``last`` or ONNX node names, a
+    comma-separated string or an iterable; BasisN leaves them alone.
     Raises CompileError (or isa.IsaError for a bad geometry) on user errors."""
     pipeline = list(PIPELINE if passes is None else passes)
     check_pipeline(pipeline, then=backend.REQUIRES)
@@ -95,8 +101,12 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     if ctx is None:
         ctx = _context(chip, chip_config, max_xbars=max_xbars, schedule=schedule,
                        limits=limits or Limits(), progress=progress)
-    if basis is not None:
+    if basis is not None or digital:
         model = frontend.load_model(model) if isinstance(model, str) else model
+    if digital:
+        entries = digital.split(",") if isinstance(digital, str) else digital
+        ctx.digital = digital_layers(entries, matrix_layers(model))
+    if basis is not None:
         ctx.basis, ctx.basis_reference = basis, layer_matrices(model)
     graph = frontend.import_model(model, batch=batch, calibrate=calibrate, limits=ctx.limits)
     graph = _run_passes(graph, pipeline, ctx, verify_each, dump)

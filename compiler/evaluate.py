@@ -10,9 +10,10 @@ after a pass must equal those before it (and onnxruntime's).
   crossbar-level kind of the op table (``compiler.ops``; tests/test_ops.py checks both have
   the same kinds) stating its semantics in numpy, in float32 like the chip's ideal mode.
   Where the runtime computes the same thing (windows, pooling, pad, softmax, LRN, activations,
-  unpatch, the BasisN combiner), both call ``isa.kernels`` / ``isa.windows``.
+  unpatch, the BasisN combiner, the digital unit's product), both call ``isa.kernels`` /
+  ``isa.windows``.
 - An op with ``attrs["act"] = Act(kind, attrs)`` (a fused epilogue: conv, matmul,
-  xbar_matmul, combine) applies that activation to its result.
+  xbar_matmul, digital_matmul, combine) applies that activation to its result.
 
 Crossbar ops compute with the whole weight; ``xbar_matmul`` first checks that its ``tiles``
 lie inside the weight, do not overlap and cover every non-zero weight (the chip multiplies by
@@ -174,6 +175,7 @@ KINDS: dict[str, Kind] = {
     "copy": lambda op, ins, shape: np.broadcast_to(ins[0], shape).astype(F32),
     "im2col": lambda op, ins, shape: win.im2col(ins[0], *_window(op)),
     "xbar_matmul": _xbar_matmul,
+    "digital_matmul": lambda op, ins, shape: kernels.matmul(*ins),
     "unpatch": lambda op, ins, shape: kernels.unpatch(ins[0], shape),
     "basis_project": _basis_project,
     "combine": _combine,

@@ -1,6 +1,7 @@
 """``cimc``'s flags, checked before any work: numeric ranges (one table), the chip (``--chip``
-with the geometry flags that were given), BasisN sizes against that chip's crossbars, and the
-output paths. Every check raises CompileError (or isa.IsaError) naming the flag.
+with the geometry flags that were given), BasisN sizes against that chip's crossbars, the
+output paths, and the ``--digital`` layers against the model's. Every check raises
+CompileError (or isa.IsaError) naming the flag.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .backend import REQUIRES
 from .errors import CompileError
 from .passes import check_pipeline
 from .passes.basis_decompose import check_fits
+from .passes.lower_to_crossbar import digital_layers, matrix_layers
 
 INF = math.inf
 
@@ -116,6 +118,14 @@ def check_basis(args: argparse.Namespace, chip: Chip) -> None:
     elif os.path.splitext(args.basis)[1] != ".npz":
         raise CompileError(f"--basis {args.basis}: expected a number of basis vectors, auto, "
                            "or a .npz basis file")
+
+
+def digital(args: argparse.Namespace, model) -> frozenset[str]:
+    """The layers ``--digital all|first,last|NODE,...`` maps onto the digital unit, checked
+    against the conv/matmul layers of ``model`` (an ONNX ModelProto); empty without the flag."""
+    if args.digital is None:
+        return frozenset()
+    return digital_layers(args.digital.split(","), matrix_layers(model))
 
 
 def check_outputs(args: argparse.Namespace, output: str) -> None:

@@ -55,6 +55,9 @@ class Timing:
     combiner_analog: int = 0         # 1: the analog reading of BasisN's combiner (coefficient
                                      # bits steer basis-column currents onto summing lines,
                                      # each merged read a crossbar re-read; isa.combiner)
+    digital_macs: int = 36           # digital unit (dmatmul) MACs a cycle; 36: its MAC area
+                                     # equals the default combiner's 128 adders (default.toml)
+    digital_weight_bytes_per_cycle: int = 64  # digital unit's weight SRAM port bandwidth
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Energy:
     combiner_read_pj: float = 0.1    # BasisN: one merged read of a projection register
     combiner_add_pj: float = 0.05    # one 16-bit integer add (Horowitz 45 nm: 8b 0.03, 32b 0.1)
     combiner_acc_pj: float = 0.1     # one shift-add into a 24-bit accumulator
+    digital_mac_pj: float = 0.3      # digital unit: 8-bit multiply 0.2 + 32-bit add 0.1 (Horowitz)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Area:
     sram_mm2_per_byte: float = 1.27e-6  # buffer/coefficient memory (ISAAC eDRAM 64 KB 0.083)
     reg_mm2_per_byte: float = 3.0e-6  # accumulator register file (ISAAC OR 256 B 0.00077)
     write_driver_mm2: float = 0.0025  # an array's program-and-verify switches (assumption)
+    digital_mac_mm2: float = 0.000212  # 8-bit multiplier + 32-bit adder (Horowitz, to 32 nm)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "vector_lanes": (1, INF, False), "buffer_bytes_per_cycle": (1, INF, False),
     "combiner_lanes": (1, INF, False), "combiner_acc_bits": (1, 64, False),
     "combiner_coef_bytes_per_cycle": (1, INF, False), "adcs_per_xbar": (0, INF, True),
+    "digital_macs": (1, INF, False), "digital_weight_bytes_per_cycle": (1, INF, False),
     **{k: (0, 1, False) for k in ("per_column_scaling", "differential", "raw_calibration",
                                   "stuck_aware", "slice_compensation", "combiner_analog")},
     "adc_headroom": (0, 16, True),

@@ -1,4 +1,4 @@
-"""What the vector-unit, window and combiner opcodes compute, as pure numpy functions.
+"""What the vector-unit, window, combiner and digital-unit opcodes compute, as numpy functions.
 
 One definition shared by the runtime's ideal semantics (``runtime.semantics``, which reads the
 operands of an instruction and stores the result) and the compiler's IR evaluator
@@ -120,6 +120,14 @@ def lrn(x: np.ndarray, size: int, alpha: float, beta: float, bias: float) -> np.
     csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
     window = csum[:, size:] - csum[:, :-size]
     return (x / (bias + alpha / size * window) ** beta).astype(F32)
+
+
+def matmul(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """The digital unit's product in float32 (``dmatmul``, IR ``digital_matmul``): x
+    [B, ..., K] @ weight [K, M] (+ bias broadcasting to [B, ..., M])."""
+    y = x.reshape(x.shape[0], -1, x.shape[-1]) @ weight
+    y = y.reshape(x.shape[:-1] + weight.shape[-1:])
+    return (y if bias is None else y + bias).astype(F32)
 
 
 def combine(proj: np.ndarray, levels: np.ndarray, scale: np.ndarray) -> np.ndarray:

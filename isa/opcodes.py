@@ -10,12 +10,15 @@ Operand kinds:
   ``src``   a buffer or a data blob it reads (``%name`` or ``@name``)
   ``src*``  one or more such sources (variadic, only as the last operand)
   ``blob``  a data blob (``@name``)
+  ``blob?`` a data blob that may be left out (only as the last operand)
 
 Attribute types: ``int``, ``float``, ``ints`` (a list of ints), ``str`` (a quoted string).
+An instruction carries every attribute of its row except those the row lists as ``optional``.
 
 Units: ``xbar`` (the crossbar named by ``xb``), ``write`` (that crossbar and a write driver),
 ``vector`` (the vector unit), ``buffer`` (the scratchpad port: data movement), ``combiner``
-(BasisN's coefficient unit beside the crossbars), ``control``.
+(BasisN's coefficient unit beside the crossbars), ``digital`` (the digital MAC unit, its own
+weight SRAM), ``control``.
 What each costs, in time and energy, is ``isa.timing.COSTS``.
 """
 
@@ -31,17 +34,40 @@ class Opcode:
     attrs: dict[str, str] = field(default_factory=dict)
     unit: str = "vector"
     doc: str = ""
+    optional: tuple[str, ...] = ()  # attributes an instruction may leave out
+
+    @property
+    def required(self) -> set[str]:
+        """The attributes every instruction of this opcode must carry."""
+        return set(self.attrs) - set(self.optional)
 
     @property
     def variadic(self) -> bool:
         return bool(self.operands) and self.operands[-1] == "src*"
 
+    @property
+    def arity(self) -> tuple[int, int | None]:
+        """(least, most) operands: an optional (``?``) last one may be left out; most is None
+        for a variadic opcode."""
+        least = sum(not kind.endswith("?") for kind in self.operands)
+        return least, None if self.variadic else len(self.operands)
+
+    def kind(self, i: int) -> str:
+        """The kind of operand ``i`` without its ``?`` or ``*`` (a variadic one repeats)."""
+        return self.operands[min(i, len(self.operands) - 1)].rstrip("?*")
+
 
 _WINDOW = {"kernel": "ints", "strides": "ints", "pads": "ints", "dilations": "ints"}
 
 _TABLE = [
-    Opcode("write", ("blob",), {"xb": "int", "rows": "ints", "cols": "ints"}, "write",
-           "program crossbar xb with the blob window [rows[0]:rows[1], cols[0]:cols[1]]"),
+    Opcode("write", ("blob",), {"xb": "int", "rows": "ints", "cols": "ints", "low_slices": "int",
+                                "low_write": "float", "low_seed": "int"}, "write",
+           "program crossbar xb with the blob window [rows[0]:rows[1], cols[0]:cols[1]]: the "
+           "cells whose digit changes. Bit stucking (optional, all three or none; only after "
+           "barrier label=\"inference\"): in the low_slices lowest-order slices only a random "
+           "fraction low_write of those cells, chosen by (low_seed, xb, the crossbar's n-th "
+           "write); the others keep their digit (isa.cells.LowWrite)",
+           optional=("low_slices", "low_write", "low_seed")),
     Opcode("mvm", ("dst", "src"), {"xb": "int", "rows": "ints", "cols": "ints", "vecs": "ints"},
            "xbar", "with src viewed as [B, V, K] and dst as [B, V, N]: dst[:, vecs, cols] += "
            "src[:, vecs, rows] @ tile(xb); rows/cols are the tile's window, vecs the input "
@@ -51,7 +77,19 @@ _TABLE = [
            "proj @ (levels * scale), levels [J, M] integers within 2**(bits-1)-1, scale [M]; "
            "J is units x unit basis columns. The combiner adds each unit's selected "
            "projections one coefficient bit-plane at a time (cost: isa.timing)"),
+    Opcode("dmatmul", ("dst", "src", "blob", "blob?"), {}, "digital",
+           "digital MAC unit: with src viewed as [B, V, K] and dst as [B, V, M]: dst = src @ "
+           "weight (+ bias), weight [K, M], bias [M]. Ideal mode: float32. Quantized and "
+           "analog modes: weights at weight_bits, rounded with a symmetric scale per output "
+           "column as a crossbar write rounds them; inputs at input_bits a sign, against the "
+           "range a crossbar's DAC would use (the buffer's calibrated range, else each "
+           "sample's maximum); exact integer accumulation; no ADC and no noise "
+           "(runtime.digital; cost: isa.timing.dmatmul_cost)"),
     Opcode("fill", ("dst",), {"value": "float"}, "buffer", "dst[...] = value"),
+    Opcode("permute", ("dst", "src", "blob"), {}, "buffer",
+           "dst[..., i] = src[..., perm[i]]: a gather along the last axis by the blob perm, "
+           "a permutation of 0..n-1 (float32 integers); weight sorting's input and output "
+           "order (compiler/passes/sort_weights.py)"),
     Opcode("im2col", ("dst", "src"), dict(_WINDOW), "buffer",
            "src [B,C,*S] -> patches [B, prod(out S), C*prod(kernel)], zero padded"),
     Opcode("unpatch", ("dst", "src"), {}, "buffer", "[B, P, M] -> [B, M, *S] (dst shape)"),

@@ -148,7 +148,7 @@ class _ToProgram(lark.Transformer):
                 raise IsaError(f"{spec.mnemonic}: unknown attribute {key}; expected "
                                f"{', '.join(spec.attrs) or 'none'}", *_line_col(ktok))
             attrs.append((key, _check_attr(spec.mnemonic, key, value, spec.attrs[key], ktok)))
-        missing = set(spec.attrs) - {k for k, _ in attrs}
+        missing = spec.required - {k for k, _ in attrs}
         if missing:
             raise IsaError(f"{spec.mnemonic}: missing attribute(s) {', '.join(sorted(missing))}",
                            *_line_col(tok))
@@ -206,15 +206,12 @@ def _decode(b: _PendingBlob) -> Blob:
 
 def _check_operands(spec, refs, tok) -> None:
     kinds = list(spec.operands)
-    if spec.variadic:
-        ok = len(refs) >= len(kinds)
-    else:
-        ok = len(refs) == len(kinds)
-    if not ok:
+    least, most = spec.arity
+    if not (least <= len(refs) and (most is None or len(refs) <= most)):
         raise IsaError(f"{spec.mnemonic}: expected operands ({', '.join(kinds)}), got "
                        f"{len(refs)}", *_line_col(tok))
     for i, ref in enumerate(refs):
-        kind = kinds[min(i, len(kinds) - 1)]
+        kind = spec.kind(i)
         if kind == "dst" and ref.type != "BUF" or kind == "blob" and ref.type != "BLOB":
             raise IsaError(f"{spec.mnemonic}: operand {i + 1} must be a "
                            f"{'buffer %name' if kind == 'dst' else 'blob @name'}, got {ref!s}",

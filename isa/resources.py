@@ -15,7 +15,9 @@ report carries, so mappings can be compared at equal area:
   adders and one accumulator per kernel (its summing-line switches are not counted);
 - scratchpad: the peak byte the buffers reach (offset + float32 size), as SRAM;
 - weight store: the weights a reprogramming program rewrites every inference, at
-  ``weight_bits``, as SRAM (``weight_store_bytes``).
+  ``weight_bits``, as SRAM (``weight_store_bytes``);
+- the digital MAC unit (only if the program has ``dmatmul``): ``timing.digital_macs`` MACs
+  and its weight SRAM (every dmatmul weight at ``weight_bits``, ``isa.digital``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from .chip import Chip
 from .combiner import combiner_size, level_bytes, sram_pj_per_byte
+from .digital import fetch_bytes_per_inference, has_dmatmul, weight_sram_bytes
 from .program import Program
 
 F32_BYTES = 4
@@ -68,6 +71,21 @@ def weight_store_bytes(program: Program) -> int:
     return sum(-(-int(blobs[name].data.size) * bits // 8) for name in seen)
 
 
+def digital_unit(program: Program, chip: Chip) -> tuple[dict, dict]:
+    """The digital MAC unit's entries of the report and its area components (mm2): its MACs
+    and weight SRAM when the program has ``dmatmul``, else zeros; its weight fetch per
+    inference (bytes and pJ at the SRAM's read energy)."""
+    used = has_dmatmul(program)
+    macs = chip.timing.digital_macs if used else 0
+    sram = weight_sram_bytes(program)
+    fetch = fetch_bytes_per_inference(program)
+    report = {"digital_macs": macs, "digital_fetch_bytes_per_inference": fetch,
+              "digital_fetch_pj_per_inference": fetch * sram_pj_per_byte(sram)}
+    area = {"digital_macs": macs * chip.area.digital_mac_mm2,
+            "digital_weight_sram": sram * chip.area.sram_mm2_per_byte}
+    return report, area
+
+
 def resources(program: Program, chip: Chip) -> dict:
     """Counts, bytes and area (mm2, per component and total) of ``program`` on ``chip``."""
     geo, t, a = program.chip, chip.timing, chip.area
@@ -80,6 +98,7 @@ def resources(program: Program, chip: Chip) -> dict:
     scratch = scratchpad_bytes(program)
     store = weight_store_bytes(program)
     fetch = coef_fetch_bytes(program, chip) if size.unit else 0
+    digital, digital_area = digital_unit(program, chip)
     area = {
         "crossbars": geo.xbars * a.xbar_mm2,
         "adcs": adcs * a.adc_mm2,
@@ -92,6 +111,7 @@ def resources(program: Program, chip: Chip) -> dict:
         "coefficient_sram": size.coef_bytes * a.sram_mm2_per_byte,
         "scratchpad": scratch * a.sram_mm2_per_byte,
         "weight_store": store * a.sram_mm2_per_byte,
+        **digital_area,
     }
     analog = area["crossbars"] + area["adcs"]
     combiner = area["combiner_adders"] + area["combiner_accumulators"]
@@ -105,10 +125,11 @@ def resources(program: Program, chip: Chip) -> dict:
         "adders": {"combiner": lanes * size.unit, "vector": t.vector_lanes},
         "accumulator_bytes": acc_bytes,
         "sram_bytes": {"scratchpad": scratch, "coefficients": size.coef_bytes,
-                       "weight_store": store},
+                       "weight_store": store, "digital_weights": weight_sram_bytes(program)},
         "coef_fetch_bytes_per_inference": fetch,
         "coef_fetch_pj_per_inference": fetch * sram_pj_per_byte(size.coef_bytes),
         "combiner_area_vs_xbars_adcs": combiner / analog if analog else 0.0,
+        **digital,
         "area_mm2": sum(area.values()),
         "area_mm2_by_component": area,
     }

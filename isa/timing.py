@@ -10,8 +10,9 @@ buffer wait only for its initialisation, and readers wait for all of them. Instr
 
 Costs are small pure functions of the chip and sizes, (duration ns, energy pJ) each:
 ``mvm_cost`` (a tile over some input vectors), ``write_cost`` (rows and cells that change;
-``tile_write_cost`` when all of them do), ``vector_cost``, ``buffer_cost``, ``combine_cost``
-and ``digital_cost`` (any vector, buffer or control opcode by the size of its destination).
+``tile_write_cost`` when all of them do), ``vector_cost``, ``buffer_cost``, ``combine_cost``,
+``dmatmul_cost`` (the digital MAC unit) and ``digital_cost`` (any vector, buffer or control
+opcode by the size of its destination).
 ``COSTS`` holds one function per opcode that reads those sizes off an instruction of a
 program and calls them; the compiler's scheduler calls the same functions, and drives a
 ``Machine`` with the instructions it plans, so its estimate is the simulator's.
@@ -20,10 +21,12 @@ program and calls them; the compiler's scheduler calls the same functions, and d
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cells import LowWrite, blank, nominal_digits, signs, write_cells
 from .chip import Chip
 from .combiner import (
     CombinerSize,
@@ -33,6 +36,7 @@ from .combiner import (
     sram_pj_per_64b,
     sram_pj_per_byte,
 )
+from .digital import weight_bytes, weight_sram_bytes
 from .opcodes import OPCODES
 from .program import Instr, Program
 
@@ -156,6 +160,25 @@ def analog_combine_cost(chip: Chip, vectors: int, work: CombineWork,
     return ns, energy
 
 
+def dmatmul_cost(chip: Chip, vectors: int, k: int, m: int, weight_bytes_sram: int) -> Cost:
+    """The digital MAC unit (``isa.digital``) on ``vectors`` vectors times a [k, m] weight.
+    Weight-stationary: the array holds ``digital_macs`` weights at a time and streams every
+    vector through them, so the weight (k x m at ``weight_bits``) is fetched from the weight
+    SRAM once per instruction, at ``digital_weight_bytes_per_cycle``; the MACs are counted as
+    fully used (a weight block smaller than the array is replicated over it to take several
+    vectors at once). Cycles = max(ceil(vectors k m / digital_macs), ceil(fetch bytes /
+    bytes per cycle)); energy = vectors k m x ``digital_mac_pj`` + fetch bytes x the read
+    energy per byte of a ``weight_bytes_sram`` SRAM (all the program's dmatmul weights). As
+    for ``mvm``, reading the inputs and writing the outputs through the scratchpad are not
+    charged; a bias initialises the accumulators and is not charged either."""
+    t = chip.timing
+    macs = vectors * k * m
+    fetch = weight_bytes(k * m, chip.arch.weight_bits)
+    cycles = max(-(-macs // t.digital_macs), -(-fetch // t.digital_weight_bytes_per_cycle))
+    energy = macs * chip.energy.digital_mac_pj + fetch * sram_pj_per_byte(weight_bytes_sram)
+    return cycles / t.clock_ghz, energy
+
+
 def _free(chip: Chip, elems: int) -> Cost:
     return 0.0, 0.0
 
@@ -181,15 +204,14 @@ class WriteChange:
     cells: int = 0
 
 
-def write_change(old: np.ndarray | None, new: np.ndarray, cells_per_weight: int) -> WriteChange:
-    """Rows and cells a write really changes (program-and-verify skips unchanged rows)."""
-    if old is None or old.shape[1] != new.shape[1]:
-        return WriteChange(new.shape[0], new.size * cells_per_weight)
-    n = min(len(old), len(new))
-    diff = np.zeros(new.shape, bool)
-    diff[:n] = old[:n] != new[:n]
-    diff[n:] = True
-    return WriteChange(int(diff.any(axis=1).sum()), int(diff.sum()) * cells_per_weight)
+def write_change(state: np.ndarray, new: np.ndarray,
+                 select: np.ndarray | None = None) -> WriteChange:
+    """Rows and cells a write of digits ``new`` [signs, slices, R, C] programs on a crossbar
+    whose cell state is ``state`` (``isa.cells``, updated in place): the cells whose digit
+    changes or is unknown, less those bit stucking leaves out (``select`` False). A row is
+    written (costs time) when any of its cells is."""
+    programmed = write_cells(state, new, select)
+    return WriteChange(int(programmed.any(axis=(0, 1, 3)).sum()), int(programmed.sum()))
 
 
 class _Ctx:
@@ -201,12 +223,23 @@ class _Ctx:
         self.blobs = program.blob_map()
         self.shapes = {b.name: (b.type.shape[0] * scale,) + b.type.shape[1:] if b.type.shape
                        else () for b in program.buffers}
-        self.xbar: dict[int, np.ndarray] = {}
+        self.states: dict[int, np.ndarray] = {}  # cell states (isa.cells) of rewritten ones
+        self.nth: dict[int, int] = {}  # writes so far per crossbar
+        written = Counter(ins.attr("xb") for ins in program.text if ins.op == "write")
+        self.rewritten = {xb for xb, n in written.items() if n > 1}
+        self._tensor_max: dict[str, float] = {}
         self.content: dict[int, tuple] = {}  # which blob window each crossbar holds
         self.tiles_used: set = set()  # distinct tiles the inference body multiplies with
         self.last_write = WriteChange()
         self.combine: dict[str, CombineWork] = {}  # per coefficient blob
         self.combiner = combiner_size(program)  # coefficient SRAM and accumulator file sizes
+        self.digital_sram = weight_sram_bytes(program)  # the digital unit's weight SRAM
+
+    def tensor_max(self, blob: str) -> float:
+        """Largest magnitude in a blob (per-tensor weight scaling, as the runtime's)."""
+        if blob not in self._tensor_max:
+            self._tensor_max[blob] = float(np.abs(self.blobs[blob].data).max(initial=0.0))
+        return self._tensor_max[blob]
 
     def elems(self, ref: str) -> int:
         if ref[0] == "@":
@@ -222,11 +255,21 @@ def _mvm(c: _Ctx, ins: Instr) -> Cost:
 
 
 def _write(c: _Ctx, ins: Instr) -> Cost:
+    """The cells whose digit changes, from the digits the runtime programs in quantized mode
+    (``isa.cells.nominal_digits``), and bit stucking's choice (``isa.cells.LowWrite``); a
+    crossbar written once is charged every cell of its window (nothing is known before)."""
+    xb, blob = ins.attr("xb"), ins.operands[0][1:]
     (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
-    new = c.blobs[ins.operands[0][1:]].data[r0:r1, c0:c1]
-    c.last_write = write_change(c.xbar.get(ins.attr("xb")), new, cells_per_weight(c.chip))
-    c.xbar[ins.attr("xb")] = new
-    c.content[ins.attr("xb")] = (ins.operands[0], r0, r1, c0, c1)
+    c.nth[xb] = c.nth.get(xb, 0) + 1
+    c.content[xb] = (ins.operands[0], r0, r1, c0, c1)
+    if xb in c.rewritten:
+        new = nominal_digits(c.blobs[blob].data[r0:r1, c0:c1], c.chip, c.tensor_max(blob))
+        low = LowWrite.of(ins)
+        select = low.select(xb, c.nth[xb], new.shape) if low else None
+        c.last_write = write_change(c.states.setdefault(xb, blank(c.chip)), new, select)
+    else:
+        rows, cols = r1 - r0, c1 - c0
+        c.last_write = WriteChange(rows, rows * cols * signs(c.chip) * c.chip.arch.slices)
     return write_cost(c.chip, c.last_write.rows, c.last_write.cells)
 
 
@@ -241,12 +284,18 @@ def _combine(c: _Ctx, ins: Instr) -> Cost:
     return combine_cost(c.chip, vectors, c.combine[name], c.combiner)
 
 
+def _dmatmul(c: _Ctx, ins: Instr) -> Cost:
+    k, m = c.blobs[ins.operands[2][1:]].data.shape
+    vectors = int(np.prod(c.shapes[ins.operands[1][1:]][:-1], dtype=np.int64))
+    return dmatmul_cost(c.chip, vectors, k, m, c.digital_sram)
+
+
 def _digital(c: _Ctx, ins: Instr) -> Cost:
     return digital_cost(c.chip, ins.op, c.elems(ins.operands[0]) if ins.operands else 0)
 
 
 COSTS = {m: _digital for m in _DIGITAL}
-COSTS.update({"mvm": _mvm, "write": _write, "combine": _combine})
+COSTS.update({"mvm": _mvm, "write": _write, "combine": _combine, "dmatmul": _dmatmul})
 
 
 # -- the issue rules, and the simulation of a program ------------------------------------

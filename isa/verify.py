@@ -21,6 +21,7 @@ from typing import Callable, NoReturn
 import numpy as np
 
 from . import limits
+from .cells import LowWrite
 from .errors import IsaError
 from .opcodes import OPCODES
 from .program import Instr, Program
@@ -43,6 +44,9 @@ class _Ctx:
         self.blobs = p.blob_map()
         self.blob_shapes = {b.name: tuple(b.data.shape) for b in p.blobs}
         self.finite: set[str] = set()  # blobs already found finite
+        end = next((i for i, ins in enumerate(p.text) if ins.op == "barrier"
+                    and ins.attr("label") == "inference"), len(p.text))
+        self.load_writes = {id(ins) for ins in p.text[:end] if ins.op == "write"}
 
     def shape(self, ref: str) -> tuple[int, ...]:
         return (self.buffers if ref[0] == "%" else self.blob_shapes)[ref[1:]]
@@ -131,6 +135,27 @@ def _write(c: _Ctx, ins: Instr) -> None:
     cols = _window(ins, "cols", shape[1], f"columns of blob {ref}")
     _crossbar(c, ins, rows, cols)
     _finite_blob(c, ins, ref)
+    _low_write(c, ins)
+
+
+def _low_write(c: _Ctx, ins: Instr) -> None:
+    """Bit stucking's attributes: all or none, within range, and only on writes after
+    barrier label="inference" (load-phase writes are full writes)."""
+    given = [a for a in LowWrite.ATTRS if ins.attr(a) is not None]
+    if not given:
+        return
+    if len(given) < len(LowWrite.ATTRS):
+        _fail(ins, f"bit stucking needs {', '.join(LowWrite.ATTRS)} together")
+    if id(ins) in c.load_writes:
+        _fail(ins, "bit stucking (low_*) only on writes after barrier label=\"inference\": "
+                   "load-phase writes are full writes")
+    low = LowWrite.of(ins)
+    if not 1 <= low.slices <= c.chip.slices:
+        _fail(ins, f"low_slices={low.slices} must be within 1..{c.chip.slices} (the slices)")
+    if not 0.0 <= low.write <= 1.0:
+        _fail(ins, f"low_write={low.write} must be a fraction within 0..1")
+    if low.seed < 0:
+        _fail(ins, f"low_seed={low.seed} must be at least 0")
 
 
 def _mvm(c: _Ctx, ins: Instr) -> None:
@@ -173,6 +198,28 @@ def _combine(c: _Ctx, ins: Instr) -> None:
     data, qmax = _finite_blob(c, ins, levels_ref), 2 ** (bits - 1) - 1
     if (np.rint(data) != data).any() or (np.abs(data) > qmax).any():
         _fail(ins, f"levels {levels_ref} must be integers within +-{qmax} ({bits} bits)")
+
+
+def _dmatmul(c: _Ctx, ins: Instr) -> None:
+    """src [B, V.., K] (a buffer) @ weight [K, M] (+ bias [M]) gives dst [B, V.., M]; the
+    weight and bias are finite."""
+    dst_ref, src_ref, w_ref = ins.operands[:3]
+    if src_ref[0] != "%":
+        _fail(ins, f"source {src_ref} must be a buffer")
+    src, dst, w = c.src(ins), c.dst(ins), c.shape(w_ref)
+    if len(w) != 2 or min(w) < 1:
+        _fail(ins, f"weight {w_ref} {list(w)} is not [K, M]")
+    if len(ins.operands) > 3 and c.shape(ins.operands[3]) != w[1:]:
+        _fail(ins, f"bias {ins.operands[3]} {list(c.shape(ins.operands[3]))} is not [M] for "
+                   f"weight {w_ref} {list(w)}")
+    _expect_rank(ins, src_ref, src, range(2, limits.MAX_RANK + 1))
+    _expect_rank(ins, dst_ref, dst, range(2, limits.MAX_RANK + 1))
+    if (src[-1], dst[-1], dst[0]) != (w[0], w[1], src[0]) or \
+            math.prod(dst[1:-1]) != math.prod(src[1:-1]):
+        _fail(ins, f"{src_ref} {list(src)} @ {w_ref} {list(w)} does not give {dst_ref} "
+                   f"{list(dst)}")
+    for ref in ins.operands[2:]:
+        _finite_blob(c, ins, ref)
 
 
 # --- sliding windows -------------------------------------------------------------------------
@@ -317,7 +364,7 @@ def _nothing(c: _Ctx, ins: Instr) -> None:
 
 
 CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
-    "write": _write, "mvm": _mvm, "combine": _combine, "fill": _nothing,
+    "write": _write, "mvm": _mvm, "combine": _combine, "dmatmul": _dmatmul, "fill": _nothing,
     "im2col": _im2col, "unpatch": _unpatch, "maxpool": _pool, "avgpool": _pool,
     "gavgpool": _global_pool, "gmaxpool": _global_pool,
     "add": _binary, "sub": _binary, "mul": _binary, "div": _binary,
@@ -387,15 +434,15 @@ def _check_form(c: _Ctx, ins: Instr) -> None:
     parser checks this as it reads; programs built in memory are checked here)."""
     spec = OPCODES[ins.op]
     kinds = spec.operands
-    count_ok = len(ins.operands) >= len(kinds) if spec.variadic else \
-        len(ins.operands) == len(kinds)
-    if not count_ok or {k for k, _ in ins.attrs} != set(spec.attrs):
+    least, most = spec.arity
+    count_ok = least <= len(ins.operands) and (most is None or len(ins.operands) <= most)
+    if not count_ok or not spec.required <= {k for k, _ in ins.attrs} <= set(spec.attrs):
         _fail(ins, f"expected operands ({', '.join(kinds)}) and attributes "
                    f"({', '.join(spec.attrs)})")
     for i, ref in enumerate(ins.operands):
         if ref[1:] not in (c.buffers if ref[0] == "%" else c.blob_shapes):
             _fail(ins, f"{ref} is not declared")
-        need = _REF_KIND.get(kinds[min(i, len(kinds) - 1)])
+        need = _REF_KIND.get(spec.kind(i))
         if need and ref[0] != need:
             _fail(ins, f"operand {i + 1} ({ref}) must be a {'buffer' if need == '%' else 'blob'}")
 

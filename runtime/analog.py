@@ -19,9 +19,17 @@ from isa.chip import Chip
 from .device import Programmed
 
 
-def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
+def input_levels(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
+    """Signed integer levels of x as the DAC applies them: each sign's magnitude scaled to
+    ``bits`` bits of ``x_range`` (2**bits - 1 at full scale), clipped and rounded (the
+    digital unit's inputs too, ``runtime.digital``)."""
     levels = 2 ** bits - 1
-    q = np.rint(np.clip(x / x_range * levels, 0, levels)).astype(np.int32)
+    return np.rint(np.clip(x / x_range * levels, -levels, levels)).astype(np.int32)
+
+
+def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
+    """Bit-planes [bits, N, R] of the levels of one sign's magnitudes x >= 0."""
+    q = input_levels(x, bits, x_range)
     planes = (q[None] >> np.arange(bits, dtype=np.int32)[:, None, None]) & 1
     return planes.astype(np.float32)  # [bits, N, R]
 

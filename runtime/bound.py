@@ -14,7 +14,7 @@ drivers, ``isa.timing`` costs). The bound is the largest of:
 (c) one write is never split: of the tiles written, at least one has a write floor no less
     than the largest of the cheapest ``tiles - xbars`` floors, and it is then multiplied at
     least once (one vector at least) on the crossbar it went to;
-(d) the work of each single digital unit (vector, buffer, combiner);
+(d) the work of each single digital unit (vector, buffer, combiner, the digital MAC unit);
 (e) the critical path of the data dependencies, writes free, each mvm no shorter than the
     share of its tile's vectors one crossbar must run (``critical_path_ns``). A tighter term
     needs a joint argument: a schedule may load one tile onto every crossbar and write the
@@ -117,6 +117,6 @@ def workload_bound_ns(program: Program, chip: Chip, tl: Timeline) -> dict[str, f
              "one_write": must[-1] + mvm_cost(chip, 1, 1, 1)[0] if must else 0.0}
     if chip.timing.write_drivers:
         terms["write_drivers"] = writes / chip.timing.write_drivers
-    for unit in ("vector", "buffer", "combiner"):
+    for unit in ("vector", "buffer", "combiner", "digital"):
         terms[unit] = work[unit]
     return terms

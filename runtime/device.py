@@ -12,6 +12,10 @@ adds output-referred noise. Mitigations: stuck-aware re-encoding (the verify rea
 cells; each weight's digits are chosen, most significant first, to hit the target with the
 cells that still work) and read-after-write column gains (verify reads measure what each column
 really holds; the digital side rescales it).
+
+Quantization and digits are ``isa.cells`` (shared with the timing model, which counts the cells
+a write changes). A write programs only the cells whose digit changes (and, with bit stucking,
+only some of those in the low-order slices): the others keep their value, noise included.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from isa.cells import encode, keep_previous, quantize_weights, to_digits
 from isa.chip import Chip
+
+__all__ = ["Programmed", "encode", "program", "quantize_weights", "read_conditions",
+           "stuck_mask", "to_digits"]
 
 
 @dataclass
@@ -28,36 +36,14 @@ class Programmed:
     """What one crossbar holds after a write."""
 
     cells: np.ndarray      # [signs, slices, R, C] conductance in level steps (g0 included)
-    target: np.ndarray     # [signs, slices, R, C] the digits the mapping wanted
+    target: np.ndarray     # [signs, slices, R, C] the digits the cells hold (kept ones too)
     scale: np.ndarray      # [C] weight per unit magnitude
     gain: np.ndarray       # [signs, slices, C] digital correction from read-after-write
     full_scale: np.ndarray  # [signs, slices, C] ADC full scale (level steps)
     offset: float          # offset encoding: magnitude added to every weight (0 if differential)
     target_weight: np.ndarray  # [R, C] the quantized weights (scale applied)
-
-
-def quantize_weights(tile: np.ndarray, chip: Chip, tensor_max: float):
-    """Signed integer magnitudes and the per-column scale."""
-    qmax = 2 ** (chip.arch.weight_bits - 1) - 1
-    peak = np.abs(tile).max(axis=0) if chip.mapping.per_column_scaling else \
-        np.full(tile.shape[1], tensor_max)
-    # An all-zero column gets scale 0: whatever its cells hold, its digital output is zero.
-    scale = (peak / qmax).astype(np.float64)
-    q = np.rint(tile / np.where(scale > 0, scale, 1.0))
-    return np.clip(q, -qmax, qmax).astype(np.int64), scale
-
-
-def to_digits(q: np.ndarray, chip: Chip) -> tuple[np.ndarray, float]:
-    """[signs, slices, R, C] digits of signed magnitudes ``q``."""
-    base, slices = 2 ** chip.arch.cell_bits, chip.arch.slices
-    if chip.mapping.differential:
-        mags, offset = np.stack([np.maximum(q, 0), np.maximum(-q, 0)]), 0
-    else:
-        offset = 2 ** (chip.arch.weight_bits - 1)
-        mags = (q + offset)[None]
-    powers = base ** np.arange(slices)
-    digits = (mags[:, None] // powers[None, :, None, None]) % base
-    return digits.astype(np.int64), float(offset)
+    held: np.ndarray | None = None  # [signs, slices, R, C] cell values in level steps without
+    #                                 Gmin, before drift and IR drop (what a kept cell keeps)
 
 
 def stuck_mask(rng: np.random.Generator, shape, chip: Chip) -> np.ndarray:
@@ -66,38 +52,6 @@ def stuck_mask(rng: np.random.Generator, shape, chip: Chip) -> np.ndarray:
     d = chip.device
     return np.where(u < d.stuck_at_gmin, 0, np.where(u < d.stuck_at_gmin + d.stuck_at_gmax,
                                                      1, -1)).astype(np.int8)
-
-
-def encode(q: np.ndarray, stuck: np.ndarray, noise: np.ndarray, chip: Chip,
-           aware: bool, compensate: bool, g0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Differential digits and the cell values they end up as, most significant slice first.
-
-    Each slice's digit pair (p, n) aims p - n at the rounded remainder. ``aware``: stuck cells
-    (known from verify reads) are taken as fixed and the pair is chosen around them.
-    ``compensate``: the remainder passed down is measured from what the cells really hold
-    (noise and stuck cells included), so lower slices cancel the higher slices' error.
-    Returns (digits [2, S, R, C], cell values in level steps without Gmin).
-    """
-    top, base, slices = 2 ** chip.arch.cell_bits - 1, 2 ** chip.arch.cell_bits, chip.arch.slices
-    fixed = np.where(stuck >= 0, stuck.astype(np.int64) * top, -1)
-    rest = q.astype(np.float64)
-    digits = np.zeros(stuck.shape, np.int64)
-    values = np.zeros(stuck.shape, np.float64)
-    for s in reversed(range(slices)):
-        weight = base ** s
-        want = np.clip(np.rint(rest / weight), -top, top).astype(np.int64)
-        p_fix = fixed[0, s] if aware else np.full_like(want, -1)
-        n_fix = fixed[1, s] if aware else np.full_like(want, -1)
-        p = np.where(p_fix >= 0, p_fix, np.where(n_fix >= 0, np.clip(want + n_fix, 0, top),
-                                                 np.maximum(want, 0)))
-        n = np.where(n_fix >= 0, n_fix, np.clip(p - want, 0, top))
-        digits[0, s], digits[1, s] = p, n
-        held = np.stack([p, n]) + noise[:, s]
-        held = np.where(stuck[:, s] == 0, 0.0, np.where(stuck[:, s] == 1, top, held))
-        held = np.maximum(held, -g0)  # a conductance is never below zero
-        values[:, s] = held
-        rest -= (held[0] - held[1]) * weight if compensate else (p - n) * weight
-    return digits, values
 
 
 def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
@@ -126,8 +80,12 @@ def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
 
 
 def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck: np.ndarray,
-            tensor_max: float) -> Programmed:
-    """Map ``tile`` onto cells; ``rng`` None means no programming noise (quantized mode)."""
+            tensor_max: float, prev=None, select: np.ndarray | None = None) -> Programmed:
+    """Map ``tile`` onto cells; ``rng`` None means no programming noise (quantized mode).
+    ``prev``: (digits, values) the tile's cells held before (``isa.cells`` state, -1 where
+    unknown), None if nothing is known; ``select``: the changing cells bit stucking lets the
+    write program (``isa.cells.LowWrite``), None for all. Cells the write does not program
+    keep their digit and value (``isa.cells.keep_previous``)."""
     q, scale = quantize_weights(tile, chip, tensor_max)
     top = 2 ** chip.arch.cell_bits - 1
     d, mp = chip.device, chip.mapping
@@ -138,7 +96,7 @@ def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck
         sigma = d.program_sigma * d.g_max_us / step
         noise = rng.normal(0.0, sigma, stuck.shape) if rng is not None else np.zeros(stuck.shape)
         digits, held = encode(q, stuck, noise, chip, bool(mp.stuck_aware),
-                              bool(mp.slice_compensation) and rng is not None, g0)
+                              bool(mp.slice_compensation) and rng is not None, g0, prev, select)
         offset = 0.0
     else:
         digits, offset = to_digits(q, chip)
@@ -146,6 +104,7 @@ def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck
         held = digits.astype(np.float64)
         if rng is not None:
             held = held + rng.normal(0.0, d.program_sigma * d.g_max_us / step, held.shape)
+        digits, held = keep_previous(digits, held, prev, select)
         held = np.where(stuck == 0, 0.0, np.where(stuck == 1, top, held))
     cells = np.maximum(g0 + held, 0.0)
     ideal = (g0 + digits).sum(axis=2)
@@ -159,4 +118,5 @@ def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck
     if rng is not None:
         cells = read_conditions(cells, chip)
     return Programmed(cells.astype(np.float32), digits, scale, gain.astype(np.float32),
-                      full.astype(np.float32), offset, (q * scale).astype(np.float32))
+                      full.astype(np.float32), offset, (q * scale).astype(np.float32),
+                      held.astype(np.float32))

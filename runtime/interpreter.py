@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from isa import Instr, Program
+from isa import cells
 from isa.chip import Chip
 from isa.timing import Timeline
 
@@ -43,6 +44,11 @@ class Machine:
     In ideal mode a crossbar holds its float tile; in quantized and analog modes it holds the
     ``device.Programmed`` cells, and stuck cells, programming and read noise come from
     generators seeded by (seed, purpose, crossbar): same program, same seed, same result.
+    A crossbar the program writes more than once also keeps the state of all its cells
+    (``last_digits``, an ``isa.cells`` state, and ``last_held``, their values): a write
+    programs only the cells whose digit changes, and bit stucking (``isa.cells.LowWrite``;
+    ignored in ideal mode, which holds float tiles) only some of those in the low-order
+    slices. ``cells_changed`` counts the cells writes programmed, as ``isa.timing`` does.
     """
 
     def __init__(self, program: Program, scale: int, mode: str = "ideal",
@@ -54,6 +60,10 @@ class Machine:
         self.writes: Counter = Counter()
         self.cell_writes: dict[int, np.ndarray] = {}
         self.last_digits: dict[int, np.ndarray] = {}
+        self.last_held: dict[int, np.ndarray] = {}
+        written = Counter(ins.attr("xb") for ins in program.text if ins.op == "write")
+        self.rewritten = {xb for xb, n in written.items() if n > 1}
+        self.cells_changed = 0
         self.failed_cells = 0
         self.ranges = {b.name: b.range for b in program.buffers if b.range}
         self._blob_max: dict[str, float] = {}
@@ -83,33 +93,41 @@ class Machine:
                            f"{self.shapes[ref[1:]]}")
         self.bufs[ref[1:]] = value
 
-    def program_xbar(self, xb: int, tile: np.ndarray, tensor_max: float = 0.0) -> None:
+    def program_xbar(self, xb: int, tile: np.ndarray, tensor_max: float = 0.0,
+                     low: cells.LowWrite | None = None) -> None:
+        """Write ``tile`` to crossbar ``xb`` (``low``: bit stucking; ignored in ideal mode)."""
         if self.mode == "ideal":
             self.xbars[xb] = tile  # a view of the (immutable) blob: no copy in ideal mode
             return
         self.writes[xb] += 1
         rng = None
+        win = cells.window(*tile.shape)
         stuck = np.full((2, self.program.chip.slices) + tile.shape, -1, np.int8)
         if self.mode == "analog":
-            stuck = self._stuck(xb)[:, :, :tile.shape[0], :tile.shape[1]]
+            stuck = self._stuck(xb)[win]
             rng = np.random.default_rng([self.seed, 2, xb, self.writes[xb]])
-        prog = device.program(tile, self.chip, rng, stuck, tensor_max)
+        prev, select = None, None
+        if xb in self.last_digits:
+            prev = (self.last_digits[xb][win], self.last_held[xb][win])
+            if low is not None:
+                select = low.select(xb, self.writes[xb], prev[0].shape)
+        prog = device.program(tile, self.chip, rng, stuck, tensor_max, prev, select)
+        changed = np.ones(prog.target.shape, bool) if prev is None else prev[0] != prog.target
+        self.cells_changed += int(changed.sum())
+        if xb in self.rewritten:
+            self.last_digits.setdefault(xb, cells.blank(self.chip))[win] = prog.target
+            self.last_held.setdefault(xb, np.zeros(self.last_digits[xb].shape,
+                                                   np.float32))[win] = prog.held
         if self.mode == "analog":
-            self._wear(xb, prog.target)
+            self._wear(xb, win, changed)
         self.xbars[xb] = prog
 
-    def _wear(self, xb: int, digits: np.ndarray) -> None:
+    def _wear(self, xb: int, win: tuple, changed: np.ndarray) -> None:
         """Count a write on every cell whose digit changed; cells past endurance stick."""
         a = self.program.chip
         counts = self.cell_writes.setdefault(xb, np.zeros((2, a.slices, a.rows,
                                                            a.weights_per_row), np.int64))
-        last = self.last_digits.get(xb)
-        window = (slice(0, digits.shape[0]), slice(None), slice(0, digits.shape[2]),
-                  slice(0, digits.shape[3]))
-        changed = np.ones(digits.shape, bool) if last is None or last.shape != digits.shape \
-            else last != digits
-        counts[window] += changed
-        self.last_digits[xb] = digits
+        counts[(slice(0, changed.shape[0]),) + win[1:]] += changed
         worn = (counts > self.chip.device.endurance_writes) & (self._stuck(xb) < 0)
         if worn.any():
             self.stuck[xb] = np.where(worn, 0, self.stuck[xb]).astype(np.int8)
@@ -148,8 +166,9 @@ class Machine:
 def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
              counts: Counter, mode: str = "ideal", chip: Chip | None = None, seed: int = 0,
              bar=None):
-    """Run the planned ``steps`` (``mvm_groups.plan`` of the text) once; return the outputs
-    and how many cells wore out. ``bar``: a progress bar advanced once per step."""
+    """Run the planned ``steps`` (``mvm_groups.plan`` of the text) once; return the outputs,
+    how many cells wore out and how many cells writes programmed (0 in ideal mode). ``bar``:
+    a progress bar advanced once per step."""
     m = Machine(program, scale, mode, chip, seed)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
@@ -169,7 +188,7 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
             bar.update()
         if m.halted:
             break
-    return {p.name: m.bufs[p.buffer] for p in program.outputs}, m.failed_cells
+    return {p.name: m.bufs[p.buffer] for p in program.outputs}, m.failed_cells, m.cells_changed
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
@@ -254,17 +273,18 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     steps = plan(program.text)
     with _progress(passes * len(steps), f"cimrun {mode}", progress) as bar:
         if passes == 1:
-            outputs, failed = _execute(program, steps, feeds, groups, counts, mode, chip, seed,
-                                       bar)
+            outputs, failed, changed = _execute(program, steps, feeds, groups, counts, mode,
+                                                chip, seed, bar)
         else:
             b = program.batch
             parts = [_execute(program, steps, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()},
                               1, counts, mode, chip, seed, bar) for i in range(groups)]
-            outputs = {k: _join([p[k] for p, _ in parts], k) for k in parts[0][0]}
-            failed = sum(f for _, f in parts)
+            outputs = {k: _join([p[0][k] for p in parts], k) for k in parts[0][0]}
+            failed, changed = sum(p[1] for p in parts), sum(p[2] for p in parts)
     seconds = time.perf_counter() - start
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
              "endurance_failed_cells": failed,
+             "cells_changed": changed if mode != "ideal" else None,
              "compiled_batch": program.batch, "instructions": sum(counts.values()),
              "wall_seconds": seconds, "opcode_counts": dict(sorted(counts.items())),
              **timing_stats, "chip": chip.to_dict()}

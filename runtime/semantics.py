@@ -4,17 +4,19 @@ Each function takes the machine and the instruction, reads its operands with ``m
 stores results with ``m.store``. ``SEMANTICS`` maps every mnemonic of ``isa.OPCODES`` to its
 function; ``m.shape(ref)`` is a buffer's declared shape with the batch axis scaled to the run.
 The arithmetic of the vector, window and combiner opcodes is ``isa.kernels`` (one definition,
-shared with the compiler's IR evaluator); that of ``mvm`` is ``mvm_groups``.
+shared with the compiler's IR evaluator); that of ``mvm`` is ``mvm_groups``; ``dmatmul`` is
+``kernels.matmul`` in ideal mode and ``runtime.digital`` (integer arithmetic) otherwise.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from isa import kernels
+from isa import cells, kernels
 from isa import windows as win
 
-from .mvm_groups import execute_group
+from .digital import quantized_matmul
+from .mvm_groups import as_vectors, execute_group
 
 F32 = np.float32
 
@@ -24,10 +26,13 @@ def _dst(ins):
 
 
 def write(m, ins):
+    """Program crossbar xb with the blob window; its bit stucking (``low_*`` attributes,
+    ``isa.cells.LowWrite``) applies in quantized and analog modes."""
     r0, r1 = ins.attr("rows")
     c0, c1 = ins.attr("cols")
     blob = m.read(ins.operands[0])
-    m.program_xbar(ins.attr("xb"), blob[r0:r1, c0:c1], m.blob_max(ins.operands[0]))
+    m.program_xbar(ins.attr("xb"), blob[r0:r1, c0:c1], m.blob_max(ins.operands[0]),
+                   cells.LowWrite.of(ins))
 
 
 def mvm(m, ins):
@@ -40,6 +45,20 @@ def combine(m, ins):
     dst = m.read(ins.operands[0])
     y = kernels.combine(*(m.read(r) for r in ins.operands[1:4]))
     m.store(_dst(ins), (dst + y.reshape(dst.shape)).astype(F32))
+
+
+def dmatmul(m, ins):
+    """The digital unit: dst = src @ weight (+ bias), float32 in ideal mode; in quantized and
+    analog modes on integer weights and inputs, accumulated exactly (``runtime.digital``)."""
+    x = as_vectors(m.read(ins.operands[1]))
+    weight = m.read(ins.operands[2])
+    bias = m.read(ins.operands[3]) if len(ins.operands) > 3 else None
+    if m.mode == "ideal":
+        y = kernels.matmul(x, weight, bias)
+    else:
+        y = quantized_matmul(x, m.input_range(ins.operands[1], x), weight, bias, m.chip,
+                             m.blob_max(ins.operands[2]))
+    m.store(_dst(ins), y.reshape(m.shape(_dst(ins))))
 
 
 def fill(m, ins):
@@ -122,7 +141,8 @@ def halt(m, ins):
 
 
 SEMANTICS = {
-    "write": write, "mvm": mvm, "combine": combine, "fill": fill, "copy": copy, "im2col": im2col,
+    "write": write, "mvm": mvm, "combine": combine, "dmatmul": dmatmul, "fill": fill,
+    "copy": copy, "im2col": im2col,
     "unpatch": unpatch, "maxpool": maxpool, "avgpool": avgpool,
     "gavgpool": _global(kernels.gavgpool), "gmaxpool": _global(kernels.gmaxpool),
     **{op: _binary for op in kernels.BINARY}, **{op: _unary for op in kernels.ACTIVATIONS},

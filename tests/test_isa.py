@@ -45,7 +45,7 @@ def test_round_trip_hand_program():
 
 def test_every_opcode_has_a_documented_unit():
     assert {op.unit for op in OPCODES.values()} <= {"write", "xbar", "vector", "buffer", "control",
-                                                 "combiner"}
+                                                 "combiner", "digital"}
     assert all(op.doc for op in OPCODES.values())
 
 
@@ -161,7 +161,7 @@ def every_opcode_program() -> Program:
     shapes = {"x": (1, 2, 4, 4), "p": (1, 16, 18), "c": (1, 16, 3), "u": (1, 3, 4, 4),
               "m": (1, 3, 2, 2), "a": (1, 3, 2, 2), "g": (1, 3, 1, 1), "s": (1, 3, 2, 2),
               "f": (1, 12), "t": (1, 2, 2, 3), "cc": (1, 6, 2, 2), "pd": (1, 3, 4, 4),
-              "sm": (1, 12), "pj": (1, 2, 6), "cb": (1, 2, 2)}
+              "sm": (1, 12), "pj": (1, 2, 6), "cb": (1, 2, 2), "dm": (1, 2, 3), "dn": (1, 2, 3)}
     conv = dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
     pool = dict(kernel=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1], ceil=0)
     tile = dict(xb=1, rows=[0, 18], cols=[0, 3])
@@ -183,17 +183,22 @@ def every_opcode_program() -> Program:
             _ins("copy", "%sm", "@b"), _ins("add", "%sm", "%sm", "%f"),
             _ins("softmax", "%sm", "%sm", axis=1), _ins("reshape", "%pj", "%f"),
             _ins("fill", "%cb", value=0.0),
-            _ins("combine", "%cb", "%pj", "@lv", "@sc", bits=4, unit=3), _ins("halt")]
+            _ins("combine", "%cb", "%pj", "@lv", "@sc", bits=4, unit=3),
+            _ins("dmatmul", "%dm", "%pj", "@dw", "@db"), _ins("dmatmul", "%dn", "%pj", "@dw"),
+            _ins("halt")]
     rng = np.random.default_rng(0)
     blobs = [Blob("w", rng.standard_normal((18, 3)).astype(np.float32)),
              Blob("k", np.array([1.0, 2.0, 4.0], np.float32).reshape(3, 1, 1)),
              Blob("b", np.linspace(0, 1, 12, dtype=np.float32)),
              Blob("lv", rng.integers(-7, 8, (6, 2)).astype(np.float32)),
-             Blob("sc", np.array([0.5, 0.25], np.float32))]
+             Blob("sc", np.array([0.5, 0.25], np.float32)),
+             Blob("dw", rng.standard_normal((6, 3)).astype(np.float32)),
+             Blob("db", np.array([0.5, -1.0, 2.0], np.float32))]
     return Program(chip=ChipGeometry(xbars=2), batch=1, batch_free=True,
                    ports=[Port("input", "x", "x"), Port("output", "y", "sm"),
                           Port("output", "z", "cb"), Port("output", "t", "t"),
-                          Port("output", "cc", "cc"), Port("output", "pd", "pd")],
+                          Port("output", "cc", "cc"), Port("output", "pd", "pd"),
+                          Port("output", "dm", "dm"), Port("output", "dn", "dn")],
                    buffers=[Buffer(k, TensorType("f32", v)) for k, v in shapes.items()],
                    text=text, blobs=blobs)
 
@@ -239,6 +244,18 @@ VERIFIER_CASES = [
     ("unit=3", "unit=0", "unit 0 does not divide"),
     ("@lv, @sc", "@sc, @lv", "levels @sc [2] and scale @lv [6, 2] are not [J, M] and [M]"),
     ("combine %cb, %pj", "combine %cb, %f", "%f [1, 12] @ @lv [6, 2] does not give %cb"),
+    ("dmatmul %dm, %pj", "dmatmul %dm, %f", "dmatmul: %f [1, 12] @ @dw [6, 3] does not give "
+                                            "%dm [1, 2, 3]"),
+    ("dmatmul %dm, %pj", "dmatmul %dm, @dw", "dmatmul: source @dw must be a buffer"),
+    ("dmatmul %dm, %pj, @dw, @db", "dmatmul %dm, %pj, @db, @db", "weight @db [3] is not [K, M]"),
+    ("dmatmul %dm, %pj, @dw, @db", "dmatmul %dm, %pj, @dw, @sc",
+     "bias @sc [2] is not [M] for weight @dw [6, 3]"),
+    ("dmatmul %dm, %pj, @dw, @db", "dmatmul %dm, %pj, @dw, %pj",
+     "operand 4 must be a blob @name, got %pj"),
+    ("dmatmul %dm, %pj, @dw, @db", "dmatmul %dm, %pj, @dw, @db, @db",
+     "dmatmul: expected operands (dst, src, blob, blob?), got 5"),
+    ("dmatmul %dn, %pj, @dw", "dmatmul %dn, %pj",
+     "expected operands (dst, src, blob, blob?), got 2"),
     ("pads=[1,1,1,1]", "pads=[1,1,1]", "need one value per spatial axis and pads two"),
     ("kernel=[3,3] strides=[1,1]", "kernel=[3,3] strides=[0,1]", "strides and dilations must"),
     ("pads=[1,1,1,1]", "pads=[-1,1,1,1]", "pads >= 0"),

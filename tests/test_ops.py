@@ -74,7 +74,7 @@ def test_lowering_columns_match_the_passes():
     assert fusable == {"relu", "leakyrelu", "clip", "sigmoid", "tanh", "hardsigmoid"}
     assert all(OPS[k].opcode == k and len(OPS[k].operands) == 1 for k in fusable)
     epilogue = {k for k, row in OPS.items() if row.epilogue}
-    assert epilogue == {"conv", "matmul", "xbar_matmul", "combine"}
+    assert epilogue == {"conv", "matmul", "xbar_matmul", "digital_matmul", "combine"}
     assert {k for k, row in OPS.items() if row.bn_fold} == {"conv", "matmul"}
 
 

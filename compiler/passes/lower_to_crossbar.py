@@ -13,12 +13,23 @@ The matrices' total size, predicted from shapes, must be within ``ctx.limits`` b
 built (grouped convolutions become block-diagonal matrices larger than their kernels).
 ``weight_matrix`` (weight -> matrix, for IR kinds and ONNX op types) and its inverse
 ``matrix_weight`` are also how BasisN lowers ONNX weights (``compiler.basis.layers``).
+
+A conv or matmul whose ONNX node is in ``ctx.digital`` (``cimc --digital``, resolved by
+``digital_layers``) is lowered the same way with a ``digital_matmul`` (the digital MAC unit,
+opcode ``dmatmul``) in place of the ``xbar_matmul``; it has no tiles, and its bias becomes one
+value per output column (a bias that varies along other axes is an ``add`` after it, before
+the fused activation).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterable
 
+import numpy as np
+import onnx
+
+from ..errors import CompileError
+from ..frontend import node_name
 from ..ir import Graph, Op
 from ..limits import F32
 from ..ops import CROSSBAR
@@ -76,6 +87,32 @@ def matrix_weight(kind: str, mat: np.ndarray, shape, attrs: dict) -> np.ndarray:
     return LAYOUTS[kind.lower()][1](mat, tuple(shape), attrs)
 
 
+MATRIX_OPS = ("Conv", "Gemm", "MatMul")  # the ONNX ops this pass lowers to matrix products
+
+
+def matrix_layers(model: onnx.ModelProto) -> list[str]:
+    """The names (their ops' ``origin``) of the model's Conv, Gemm and MatMul nodes, in graph
+    order: the layers ``--digital`` can name."""
+    return [node_name(n) for n in model.graph.node if n.op_type in MATRIX_OPS]
+
+
+def digital_layers(entries: Iterable[str], layers: list[str]) -> frozenset[str]:
+    """The layers of ``layers`` (graph order) that ``--digital`` entries name: ``all``,
+    ``first``, ``last`` or layer names. Raises CompileError for an empty entry or an unknown
+    name (the message lists the valid ones), and for a model with no such layer."""
+    entries = list(entries)
+    words = {"all": layers, "first": layers[:1], "last": layers[-1:]}
+    if not layers:
+        raise CompileError("--digital: the model has no Conv, Gemm or MatMul layer to map onto "
+                           "the digital unit")
+    unknown = [e for e in entries if e not in words and e not in layers]
+    if unknown or not entries:
+        what = f"no layer named {', '.join(map(repr, unknown))}" if unknown else "no layer given"
+        raise CompileError(f"--digital: {what}; give all, first, last or comma-separated "
+                           f"layer names of the model: {', '.join(layers)}")
+    return frozenset(name for e in entries for name in words.get(e, [e]))
+
+
 def tile(weight: np.ndarray, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
     k, n = weight.shape
     nonzero = weight != 0
@@ -84,12 +121,37 @@ def tile(weight: np.ndarray, rows: int, cols: int) -> list[tuple[int, int, int, 
             if nonzero[r:r + rows, c:c + cols].any()]
 
 
-def _xbar_matmul(graph: Graph, op: Op, x: str, weight: np.ndarray, out: str, ctx) -> None:
+def _product(graph: Graph, op: Op, x: str, weight: np.ndarray, out: str, ctx) -> None:
+    """out = x @ weight (+ op's bias, then its fused activation): an ``xbar_matmul`` over
+    the weight's non-zero tiles, or a ``digital_matmul`` if op's node is in ``ctx.digital``."""
     w = graph.add_constant(graph.fresh(f"{op.origin or op.id}.matrix"), weight)
     ins = [x, w] + ([op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] else [])
+    if op.origin in ctx.digital:
+        _digital_matmul(graph, op, ins, out)
+        return
     tiles = tile(weight, ctx.chip.rows, ctx.chip.weights_per_row)
     graph.add_op("xbar_matmul", ins, [out], {"tiles": tiles, "act": op.attrs.get("act")},
                  op.origin)
+
+
+def _digital_matmul(graph: Graph, op: Op, ins: list[str], out: str) -> None:
+    """A ``digital_matmul`` of ``ins`` (x, weight [K, M], bias?) into ``out``, its bias as
+    [M]; a bias that varies along other axes is added after it, then the activation."""
+    name, act = op.origin or op.id, op.attrs.get("act")
+    m = graph.shape(ins[1])[1]
+    b = graph.constants[ins[2]] if len(ins) > 2 else None
+    if b is None or b.size in (1, m) and b.size == int(np.prod(b.shape[-1:])):
+        if b is not None:
+            ins[2] = graph.add_constant(graph.fresh(f"{name}.bias"),
+                                        np.broadcast_to(b.reshape(-1), (m,)).astype(np.float32))
+        graph.add_op("digital_matmul", ins, [out], {"act": act}, op.origin)
+        return
+    y = graph.add_value(graph.fresh(f"{name}.product"), graph.shape(out))
+    graph.add_op("digital_matmul", ins[:2], [y], {"act": None}, op.origin)
+    z = graph.add_value(graph.fresh(f"{name}.biased"), graph.shape(out)) if act else out
+    graph.add_op("add", [y, ins[2]], [z], {}, op.origin)
+    if act:
+        graph.add_op(act[0], [z], [out], dict(act[1]), op.origin)
 
 
 def _lower_conv(graph: Graph, op: Op, ctx) -> None:
@@ -105,7 +167,7 @@ def _lower_conv(graph: Graph, op: Op, ctx) -> None:
     if x in graph.ranges:
         graph.ranges[patches] = graph.ranges[x]
     cols = graph.add_value(graph.fresh(f"{op.origin or op.id}.cols"), (b, p, m))
-    _xbar_matmul(graph, op, patches, weight_matrix(op.kind, w, op.attrs), cols, ctx)
+    _product(graph, op, patches, weight_matrix(op.kind, w, op.attrs), cols, ctx)
     graph.add_op("unpatch", [cols], [out], {}, op.origin)
 
 
@@ -119,8 +181,7 @@ def matrix_bytes(graph: Graph, op: Op) -> int:
 
 def _lower_matmul(graph: Graph, op: Op, ctx) -> None:
     w = graph.constants[op.inputs[1]].astype(np.float32)
-    _xbar_matmul(graph, op, op.inputs[0], weight_matrix(op.kind, w, op.attrs), op.outputs[0],
-                 ctx)
+    _product(graph, op, op.inputs[0], weight_matrix(op.kind, w, op.attrs), op.outputs[0], ctx)
 
 
 LOWER = {"conv": _lower_conv, "matmul": _lower_matmul}
@@ -137,4 +198,5 @@ def run(graph: Graph, ctx) -> Graph:
     graph.level = CROSSBAR
     ctx.stats["tiles"] = sum(len(o.attrs["tiles"]) for o in graph.ops()
                              if o.kind == "xbar_matmul")
+    ctx.stats["digital_layers"] = sum(o.kind == "digital_matmul" for o in graph.ops())
     return graph

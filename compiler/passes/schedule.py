@@ -6,6 +6,8 @@ After: every ``xbar_matmul`` carries ``placement``: for each tile, its replicas 
 them; and ``resident`` (one flag per tile: written once in the load phase, else rewritten every
 inference right before its mvm). With ``schedule == "naive"`` it also carries ``chunks``: the
 tile indices written and then computed together (codegen fences each chunk).
+A ``digital_matmul`` (``cimc --digital``) holds no crossbar and needs no placement; only its
+tiles' absence changes the counts below, and the estimate issues its ``dmatmul``.
 
 - The model fits (tiles <= crossbars): weight-stationary, every tile resident. Spare
   crossbars hold resident replicas: repeatedly, the layer with the longest per-replica MVM
@@ -41,7 +43,14 @@ import numpy as np
 
 from isa.chip import Chip
 from isa.opcodes import OPCODES
-from isa.timing import Machine, digital_cost, mvm_cost, tile_write_cost, xbar_unit
+from isa.timing import (
+    Machine,
+    digital_cost,
+    dmatmul_cost,
+    mvm_cost,
+    tile_write_cost,
+    xbar_unit,
+)
 
 from ..errors import CompileError
 from ..ir import Graph, Op
@@ -104,6 +113,16 @@ class _Plan:
         self.machine.issue(OPCODES[opcode].unit, digital_cost(self.chip, opcode, elems)[0],
                            self._srcs(srcs), dst)
 
+    def dmatmul(self, op: Op) -> None:
+        """A ``digital_matmul``'s dmatmul on the digital unit, then its fused activation (the
+        weight SRAM's size changes only the energy, which the plan does not need)."""
+        k, m = self.graph.shape(op.inputs[1])
+        vectors = int(np.prod(self.graph.shape(op.inputs[0])[:-1], dtype=np.int64))
+        self.machine.issue(OPCODES["dmatmul"].unit, dmatmul_cost(self.chip, vectors, k, m, 0)[0],
+                           self._srcs(op.inputs[:1]), op.outputs[0])
+        if op.attrs.get("act"):
+            self.digital(OPS[op.attrs["act"][0]].opcode, op.outputs, op.outputs[0])
+
     def write(self, op: Op, i: int, xb: int) -> None:
         start, end = self.machine.issue(xbar_unit(xb), self.write_ns(op, i), write=True)
         self._record("write", op, i, xb, None, start, end)
@@ -139,6 +158,9 @@ def _walk(plan: _Plan, ops: list[Op], new: dict, choose=None) -> None:
     plan.machine.barrier()
     plan.estimate.load_ns = plan.machine.latest
     for op in ops:
+        if op.kind == "digital_matmul":
+            plan.dmatmul(op)
+            continue
         if op.kind != "xbar_matmul":
             plan.digital(OPS[op.kind].opcode, op.inputs, op.outputs[0])
             continue
