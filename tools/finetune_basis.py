@@ -3,7 +3,7 @@
     python -m tools.finetune_basis models/digits_cnn.onnx --basis 4 -o tuned.onnx \
         [--basis-out tuned.basis.npz] [--unit 9] [--coef-bits 4] [--epochs 12]
         [--contest 0.01] [--distill 0.7] [--shift 0] [--lr 3e-3] [--seed 0]
-        [--data X.npy --labels y.npy]
+        [--data X.npy --labels y.npy] [--upsample 1]
     cimc tuned.onnx --basis tuned.basis.npz ...      # uses the trained decomposition exactly
 
 Needs the ``train`` extra (torch); the compiler and runtime never import it. The graph runs in
@@ -170,6 +170,10 @@ def main(argv=None) -> None:
                    help="weight of the contest-aware term (default 0.01; 0 switches it off)")
     p.add_argument("--data", help="training inputs .npy (default: the digits training split)")
     p.add_argument("--labels", help="training labels .npy")
+    p.add_argument("--upsample", type=int, default=1,
+                   help="repeat every pixel of the training images KxK (default 1: as they "
+                        "are; 4 turns the 8x8 digits into the 32x32 inputs of "
+                        "models/digits_resnet20.onnx, as tools.make_digits_resnet20.upsample)")
     p.add_argument("--shift", type=int, default=0,
                    help="augment image batches by random shifts of up to this many pixels "
                         "(default 0: off)")
@@ -180,6 +184,11 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     x, y = training_data(args.data, args.labels)
+    if args.upsample != 1:
+        if args.upsample < 1 or x.ndim != 4:
+            p.error(f"--upsample {args.upsample}: needs K >= 1 and images [N, C, H, W] "
+                    f"(the training inputs are {list(x.shape)})")
+        x = np.ascontiguousarray(x.repeat(args.upsample, axis=2).repeat(args.upsample, axis=3))
     model, basis = finetune(onnx.load(args.model), x, y, args.basis, args.unit, args.coef_bits,
                             args.epochs, args.contest, args.seed, args.lr, args.shift,
                             args.distill)
