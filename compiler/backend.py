@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
+from isa.cells import LowWrite
 from isa.verify import batch_mixing
 
 from .ir import Graph, Op
@@ -41,8 +42,11 @@ def _barrier(label: str, note: str) -> Instr:
     return Instr("barrier", (), (("label", label),), note)
 
 
-def _write(blob: str, xb: int, r0: int, r1: int, c0: int, c1: int, note: str) -> Instr:
-    return Instr("write", (blob,), (("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1))), note)
+def _write(blob: str, xb: int, r0: int, r1: int, c0: int, c1: int, note: str,
+           low: LowWrite | None = None) -> Instr:
+    """A write of the blob window; ``low``: its bit stucking (rotating tiles only)."""
+    return Instr("write", (blob,), (("xb", xb), ("rows", (r0, r1)), ("cols", (c0, c1)))
+                 + (low.attrs() if low else ()), note)
 
 
 class _Names:
@@ -64,8 +68,8 @@ class _Names:
 
 
 class Codegen:
-    def __init__(self, graph: Graph, chip: ChipGeometry):
-        self.g, self.chip = graph, chip
+    def __init__(self, graph: Graph, chip: ChipGeometry, low: LowWrite | None = None):
+        self.g, self.chip, self.low = graph, chip, low
         self.names = _Names()
         self.blob_names = _Names()
         self.blobs: dict[str, Blob] = {}
@@ -99,7 +103,7 @@ class Codegen:
         fenced = "chunks" in op.attrs
         for chunk in op.attrs.get("chunks") or [[i] for i in range(len(op.attrs["tiles"]))]:
             writes = [w for i in chunk if not op.attrs["resident"][i]
-                      for w in self._writes(op, i, wref)]
+                      for w in self._writes(op, i, wref, self.low)]
             mvms = [m for i in chunk for m in self._mvms(op, i, dst, src)]
             if fenced:
                 self.text += [_barrier("write", op.origin)] + writes + \
@@ -109,9 +113,9 @@ class Codegen:
         self._activation(op, dst)
 
     @staticmethod
-    def _writes(op: Op, i: int, wref: str) -> list[Instr]:
+    def _writes(op: Op, i: int, wref: str, low: LowWrite | None = None) -> list[Instr]:
         r0, r1, c0, c1 = op.attrs["tiles"][i]
-        return [_write(wref, xb, r0, r1, c0, c1, op.origin)
+        return [_write(wref, xb, r0, r1, c0, c1, op.origin, low)
                 for xb, _, _ in op.attrs["placement"][i]]
 
     @staticmethod
@@ -190,8 +194,11 @@ RULES = {"xbar_matmul": Codegen.xbar_matmul, "basis_project": Codegen.basis_proj
          "combine": Codegen.combine, "digital_matmul": Codegen.digital_matmul}
 
 
-def generate(graph: Graph, chip: ChipGeometry, xbars: int) -> Program:
-    cg = Codegen(graph, chip)
+def generate(graph: Graph, chip: ChipGeometry, xbars: int,
+             low: LowWrite | None = None) -> Program:
+    """The program of ``graph``; ``low``: bit stucking on every write of a rotating tile
+    (``cimc --bit-stucking``; load-phase writes stay full)."""
+    cg = Codegen(graph, chip, low)
     for name in graph.inputs:
         cg.names(name)
     for op in graph.ops():

@@ -104,6 +104,17 @@ def build_parser() -> Parser:
                    help="reprogramming schedule when tiles exceed crossbars: optimized "
                         "(default: overlap writes with compute, list-scheduled) or naive "
                         "(write each layer's tiles, then compute them)")
+    p.add_argument("--weight-sorting", action="store_true",
+                   help="when reprogramming: permute each layer's weight rows and columns "
+                        "(exact: inputs and outputs are permuted to match) so tiles share cell "
+                        "states, and place each rotating tile on the crossbar whose cells "
+                        "differ least (Farias and Kung's weight sorting; adds the "
+                        "sort-weights pass)")
+    p.add_argument("--bit-stucking", metavar="FRACTION[:SLICES]",
+                   help="when reprogramming: in the SLICES (default 1) lowest-order slices, "
+                        "rewrite only FRACTION (0..1) of the cells whose digit changes, chosen "
+                        "at random; the others keep their old digit (Farias and Kung's bit "
+                        "stucking; quantized and analog modes; load-phase writes are full)")
     p.add_argument("--chip", metavar="NAME|FILE",
                    help=f"chip preset ({', '.join(presets())}) or TOML file, as for cimrun: "
                         "its [arch] is the compiled geometry (the flags below override single "
@@ -192,6 +203,8 @@ def _compile(args, output: str) -> Program:
     pipeline = flags.passes(args)
     chip = flags.chip(args)
     flags.check_basis(args, chip)
+    low = None if args.bit_stucking is None else flags.low_write(args.bit_stucking,
+                                                                 chip.arch.slices)
     flags.check_outputs(args, output)
     dump = dump_to_stdout if args.dump_ir == "-" else \
         dump_to_dir(args.dump_ir) if args.dump_ir else None
@@ -207,7 +220,8 @@ def _compile(args, output: str) -> Program:
                             max_xbars=args.xbars, schedule=args.schedule, calibrate=samples,
                             basis=basis, limits=limits, verify_each=args.verify_each,
                             passes=pipeline, dump=dump, progress=bars, warn=_warn,
-                            digital=digital)
+                            digital=digital, weight_sorting=args.weight_sorting,
+                            bit_stucking=low)
     save(program, output)
     if args.basis_out:
         basis.save(args.basis_out)

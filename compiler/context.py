@@ -21,5 +21,6 @@ class CompileContext:
     basis_reference: dict = field(default_factory=dict)  # the ONNX [K, M] matrices it was made from
     limits: Limits = field(default_factory=Limits)  # scratchpad and weight budgets
     progress: bool = False  # progress bars (on stderr) in passes that loop over many layers
+    bit_stucking: object = None  # an isa.cells.LowWrite on rotating tiles' writes, or None
     digital: frozenset = frozenset()  # ONNX node names of the conv/matmul layers lowered onto
                                       # the digital MAC unit (cimc --digital)

@@ -16,6 +16,7 @@ from typing import Callable
 import onnx
 
 from isa import ChipGeometry, Program
+from isa.cells import LowWrite
 from isa.chip import Chip
 from isa.files import write_text_atomic
 from isa.limits import check_geometry
@@ -25,9 +26,10 @@ from .basis import BasisSet
 from .basis.layers import layer_matrices
 from .context import CompileContext
 from .errors import CompileError
+from .flags import low_write
 from .ir import Graph
 from .limits import Limits
-from .passes import PASSES, PIPELINE, check_pipeline
+from .passes import PASSES, PIPELINE, check_pipeline, with_pass
 from .passes.basis_decompose import reconstruction_warning
 from .passes.lower_to_crossbar import digital_layers, matrix_layers
 from .printer import format_dot, format_graph
@@ -80,7 +82,8 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
                   dump: Dump | None = None, ctx: CompileContext | None = None,
                   basis: BasisSet | None = None, limits: Limits | None = None,
                   progress: bool = False, warn: Callable[[str], None] = _warn,
-                  digital: str | Iterable[str] = ()) -> Program:
+                  digital: str | Iterable[str] = (), weight_sorting: bool = False,
+                  bit_stucking: str | LowWrite | None = None) -> Program:
     """Compile an ONNX model (path or ModelProto; a ModelProto is never modified).
 
     ``chip``: the compiled geometry (default: ``chip_config.arch``); ``chip_config``: the chip
@@ -93,14 +96,22 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     ``digital``: the conv/matmul layers mapped onto the digital MAC unit (``dmatmul``), as
     ``cimc --digital`` takes them: ``all``, ``first``, ``last`` or ONNX node names, a
     comma-separated string or an iterable; BasisN leaves them alone.
+    ``weight_sorting``: add the sort-weights pass before schedule (``cimc --weight-sorting``).
+    ``bit_stucking``: ``cimc --bit-stucking``'s FRACTION[:SLICES] (or an
+    ``isa.cells.LowWrite``) on every write of a rotating tile. Both only act when the model
+    reprograms (fewer ``max_xbars`` than tiles); otherwise ``warn`` says so.
     Raises CompileError (or isa.IsaError for a bad geometry) on user errors."""
     pipeline = list(PIPELINE if passes is None else passes)
+    if weight_sorting:
+        pipeline = with_pass(pipeline, "sort-weights")
     check_pipeline(pipeline, then=backend.REQUIRES)
     if basis is not None and "basis-decompose" not in pipeline:
         raise CompileError("--basis needs the basis-decompose pass in --passes")
     if ctx is None:
         ctx = _context(chip, chip_config, max_xbars=max_xbars, schedule=schedule,
                        limits=limits or Limits(), progress=progress)
+    if bit_stucking is not None:
+        ctx.bit_stucking = low_write(bit_stucking, ctx.chip.slices)
     if basis is not None or digital:
         model = frontend.load_model(model) if isinstance(model, str) else model
     if digital:
@@ -114,7 +125,23 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
         message = reconstruction_warning(ctx.stats.get("basis", []), ctx.basis.n)
         if message:
             warn(message)
-    return backend.generate(graph, ctx.chip, graph.xbars)
+    if message := _idle_reprogramming_options(ctx, graph):
+        warn(message)
+    return backend.generate(graph, ctx.chip, graph.xbars, ctx.bit_stucking)
+
+
+def _idle_reprogramming_options(ctx: CompileContext, graph: Graph) -> str | None:
+    """A warning when weight sorting or bit stucking was asked for and has nothing to act
+    on: no tile is rewritten during inference."""
+    asked = [flag for flag, on in (("--weight-sorting", "sort-weights" in ctx.stats),
+                                   ("--bit-stucking", ctx.bit_stucking is not None)) if on]
+    rotating = any(not all(op.attrs.get("resident", [True])) for op in graph.ops()
+                   if op.kind == "xbar_matmul")
+    if not asked or rotating:
+        return None
+    return (f"{' and '.join(asked)} do{'es' if len(asked) == 1 else ''} nothing: no crossbar "
+            f"is rewritten during inference (the model's {ctx.stats.get('tiles', 0)} tiles "
+            "fit the crossbars; give --xbars below that to reprogram)")
 
 
 MAX_ROUNDS = 8  # a fixed-point pass that still changes the graph after this many runs is a bug

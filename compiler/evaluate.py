@@ -173,10 +173,14 @@ KINDS: dict[str, Kind] = {
     "lrn": lambda op, ins, shape: kernels.lrn(ins[0], *(op.attrs[k] for k in
                                                        ("size", "alpha", "beta", "bias"))),
     "copy": lambda op, ins, shape: np.broadcast_to(ins[0], shape).astype(F32),
-    "im2col": lambda op, ins, shape: win.im2col(ins[0], *_window(op)),
+    "im2col": lambda op, ins, shape: kernels.permute(win.im2col(ins[0], *_window(op)),
+                                                     op.attrs.get("perm")),
     "xbar_matmul": _xbar_matmul,
     "digital_matmul": lambda op, ins, shape: kernels.matmul(*ins),
-    "unpatch": lambda op, ins, shape: kernels.unpatch(ins[0], shape),
+    "unpatch": lambda op, ins, shape: kernels.unpatch(kernels.permute(ins[0],
+                                                                      op.attrs.get("perm")),
+                                                      shape),
+    "permute": lambda op, ins, shape: kernels.permute(ins[0], ins[1]),
     "basis_project": _basis_project,
     "combine": _combine,
 }

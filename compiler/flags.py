@@ -12,13 +12,14 @@ import math
 import os
 from dataclasses import dataclass
 
+from isa.cells import LowWrite
 from isa.chip import Chip, load_chip
 from isa.files import check_writable
 from isa.limits import BATCH, GEOMETRY, check_geometry
 
 from .backend import REQUIRES
 from .errors import CompileError
-from .passes import check_pipeline
+from .passes import check_pipeline, with_pass
 from .passes.basis_decompose import check_fits
 from .passes.lower_to_crossbar import digital_layers, matrix_layers
 
@@ -79,6 +80,8 @@ def check_ranges(args: argparse.Namespace) -> None:
 def passes(args: argparse.Namespace) -> list[str]:
     """The --passes pipeline, checked against the passes' contracts and codegen's needs."""
     pipeline = [name for name in args.passes.split(",") if name]
+    if args.weight_sorting:
+        pipeline = with_pass(pipeline, "sort-weights")
     check_pipeline(pipeline, then=REQUIRES)
     if args.basis is not None and "basis-decompose" not in pipeline:
         raise CompileError("--basis needs the basis-decompose pass in --passes")
@@ -141,3 +144,22 @@ def check_outputs(args: argparse.Namespace, output: str) -> None:
     for name, path in named.items():
         if os.path.realpath(path) == os.path.realpath(args.model):
             raise CompileError(f"{name} {path} is the model itself; write somewhere else")
+
+
+def low_write(spec, slices: int) -> LowWrite:
+    """Bit stucking as ``cimc --bit-stucking FRACTION[:SLICES]`` gives it (or an
+    ``isa.cells.LowWrite``): in the SLICES (default 1) lowest-order of the chip's ``slices``
+    slices, rewrite only FRACTION (0..1) of the cells whose digit changes."""
+    low = spec if isinstance(spec, LowWrite) else None
+    parts = str(spec).split(":")
+    if low is None and len(parts) <= 2:
+        try:
+            low = LowWrite(int(parts[1]) if len(parts) == 2 else 1, float(parts[0]))
+        except ValueError:
+            low = None
+    if low is None or not 0.0 <= low.write <= 1.0 or not 1 <= low.slices <= slices:
+        raise CompileError(f"--bit-stucking must be FRACTION[:SLICES]: FRACTION within 0..1 "
+                           f"(the share of changing cells rewritten), SLICES within "
+                           f"1..{slices} (the lowest-order slices it applies to, default 1); "
+                           f"got {spec}")
+    return low

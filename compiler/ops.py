@@ -6,9 +6,10 @@ A row (``OpDef``) states, for one kind:
   NodeProto in ``op.proto`` (any ONNX type: those outside the table fold away in
   canonicalize, see ``ONNX_NODE``). ``canonical``: what canonicalize makes (conv, matmul,
   batchnorm, relu, add, maxpool, ...), with explicit numeric attributes. ``crossbar``: what
-  lower-to-crossbar and basis-decompose make (im2col, xbar_matmul, digital_matmul, unpatch,
-  basis_project, combine). ``until`` is the last level the kind may appear at (conv and
-  matmul are lowered; the other canonical kinds stay and reach the chip).
+  lower-to-crossbar, basis-decompose and sort-weights make (im2col, xbar_matmul,
+  digital_matmul, unpatch, basis_project, combine, permute). ``until`` is the last level the
+  kind may appear at (conv and matmul are lowered; the other canonical kinds stay and reach
+  the chip).
 - ``operands``: in order, each ``data`` (any tensor, value or constant) or ``const`` (a
   compile-time constant: crossbars hold static weights), possibly ``optional`` (left out at the
   end; an ONNX op may also name it "") or ``variadic`` (the last, one or more tensors).
@@ -199,12 +200,14 @@ _TABLE = [
           S.same, "lrn"),
     OpDef("copy", CANONICAL, (_X,), (), S.copy, "copy"),
     # -- crossbar: after lower-to-crossbar (and basis-decompose) ------------------------------
-    OpDef("im2col", CROSSBAR, (_X,), _WINDOW, S.im2col, "im2col"),
+    OpDef("im2col", CROSSBAR, (_X,), (*_WINDOW, Attr("perm", "ints", False)), S.im2col,
+          "im2col"),
     OpDef("xbar_matmul", CROSSBAR, (_X, _W, _B),
           (Attr("tiles", "tiles"), _ACT, Attr("placement", "placement", False),
            Attr("resident", "flags", False), Attr("chunks", "chunks", False)), S.xbar_matmul),
     OpDef("digital_matmul", CROSSBAR, (_X, _W, _B), (_ACT,), S.matmul),  # dmatmul + act
-    OpDef("unpatch", CROSSBAR, (_X,), (), S.unpatch, "unpatch"),
+    OpDef("unpatch", CROSSBAR, (_X,), (Attr("perm", "ints", False),), S.unpatch, "unpatch"),
+    OpDef("permute", CROSSBAR, (_X, Operand("perm", "const")), (), S.same, "permute"),
     OpDef("basis_project", CROSSBAR, (_X, Operand("tile", "const")),
           (Attr("unit", "int"), Attr("copies", "int"), Attr("groups", "int"),
            Attr("placement", "work", False)), S.basis_project),

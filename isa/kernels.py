@@ -130,6 +130,15 @@ def matmul(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     return (y if bias is None else y + bias).astype(F32)
 
 
+def permute(x: np.ndarray, perm) -> np.ndarray:
+    """x[..., perm]: a gather along the last axis (``permute``, and the optional ``perm`` of
+    ``im2col`` and ``unpatch``; weight sorting's orders); ``perm`` a permutation of its
+    indices (float32 integers in a blob, or ints); None: x itself."""
+    if perm is None:
+        return x
+    return x[..., np.asarray(perm).astype(np.int64)].astype(F32)
+
+
 def combine(proj: np.ndarray, levels: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """BasisN's combiner: projections [B, ..., J] times coefficients levels [J, M] * scale [M]
     -> [B, ..., M] (the bias, if any, is the caller's)."""

@@ -90,9 +90,14 @@ _TABLE = [
            "dst[..., i] = src[..., perm[i]]: a gather along the last axis by the blob perm, "
            "a permutation of 0..n-1 (float32 integers); weight sorting's input and output "
            "order (compiler/passes/sort_weights.py)"),
-    Opcode("im2col", ("dst", "src"), dict(_WINDOW), "buffer",
-           "src [B,C,*S] -> patches [B, prod(out S), C*prod(kernel)], zero padded"),
-    Opcode("unpatch", ("dst", "src"), {}, "buffer", "[B, P, M] -> [B, M, *S] (dst shape)"),
+    Opcode("im2col", ("dst", "src"), {**_WINDOW, "perm": "ints"}, "buffer",
+           "src [B,C,*S] -> patches [B, prod(out S), C*prod(kernel)], zero padded; perm "
+           "(optional): the patch positions in that order, dst[..., i] = patches[..., "
+           "perm[i]] (weight sorting's row order, at no extra cost)", optional=("perm",)),
+    Opcode("unpatch", ("dst", "src"), {"perm": "ints"}, "buffer",
+           "[B, P, M] -> [B, M, *S] (dst shape); perm (optional): channel i of dst is column "
+           "perm[i] of src (weight sorting's column order, at no extra cost)",
+           optional=("perm",)),
     Opcode("add", ("dst", "src", "src"), {}, "vector", "broadcasting a + b"),
     Opcode("sub", ("dst", "src", "src"), {}, "vector", "broadcasting a - b"),
     Opcode("mul", ("dst", "src", "src"), {}, "vector", "broadcasting a * b"),

@@ -10,7 +10,10 @@ buffer wait only for its initialisation, and readers wait for all of them. Instr
 
 Costs are small pure functions of the chip and sizes, (duration ns, energy pJ) each:
 ``mvm_cost`` (a tile over some input vectors), ``write_cost`` (rows and cells that change;
-``tile_write_cost`` when all of them do), ``vector_cost``, ``buffer_cost``, ``combine_cost``,
+``tile_write_cost`` when all of them do; which cells a write changes is ``write_change``:
+cell digits and crossbar cell states are ``isa.cells``, the runtime's own quantization, so
+``cells_written`` is what the runtime programs in quantized mode, bit stucking included),
+``vector_cost``, ``buffer_cost``, ``combine_cost``,
 ``dmatmul_cost`` (the digital MAC unit) and ``digital_cost`` (any vector, buffer or control
 opcode by the size of its destination).
 ``COSTS`` holds one function per opcode that reads those sizes off an instruction of a
@@ -39,6 +42,7 @@ from .combiner import (
 from .digital import weight_bytes, weight_sram_bytes
 from .opcodes import OPCODES
 from .program import Instr, Program
+from .resources import weight_store_bytes
 
 Cost = tuple[float, float]  # (duration ns, energy pJ)
 F32_BYTES = 4  # buffers hold float32
@@ -234,6 +238,8 @@ class _Ctx:
         self.combine: dict[str, CombineWork] = {}  # per coefficient blob
         self.combiner = combiner_size(program)  # coefficient SRAM and accumulator file sizes
         self.digital_sram = weight_sram_bytes(program)  # the digital unit's weight SRAM
+        # reprogramming reads every weight it writes from its on-chip store (isa.resources)
+        self.store_pj_per_byte = sram_pj_per_byte(weight_store_bytes(program))
 
     def tensor_max(self, blob: str) -> float:
         """Largest magnitude in a blob (per-tensor weight scaling, as the runtime's)."""
@@ -257,7 +263,9 @@ def _mvm(c: _Ctx, ins: Instr) -> Cost:
 def _write(c: _Ctx, ins: Instr) -> Cost:
     """The cells whose digit changes, from the digits the runtime programs in quantized mode
     (``isa.cells.nominal_digits``), and bit stucking's choice (``isa.cells.LowWrite``); a
-    crossbar written once is charged every cell of its window (nothing is known before)."""
+    crossbar written once is charged every cell of its window (nothing is known before).
+    The written weights (``weight_bits`` each) are read from the program's weight store at
+    the SRAM energy for its size (``isa.resources.weight_store_bytes``; none: no charge)."""
     xb, blob = ins.attr("xb"), ins.operands[0][1:]
     (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
     c.nth[xb] = c.nth.get(xb, 0) + 1
@@ -270,7 +278,9 @@ def _write(c: _Ctx, ins: Instr) -> Cost:
     else:
         rows, cols = r1 - r0, c1 - c0
         c.last_write = WriteChange(rows, rows * cols * signs(c.chip) * c.chip.arch.slices)
-    return write_cost(c.chip, c.last_write.rows, c.last_write.cells)
+    ns, pj = write_cost(c.chip, c.last_write.rows, c.last_write.cells)
+    fetched = -(-(r1 - r0) * (c1 - c0) * c.chip.arch.weight_bits // 8)
+    return ns, pj + fetched * c.store_pj_per_byte
 
 
 def _combine(c: _Ctx, ins: Instr) -> Cost:

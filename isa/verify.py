@@ -257,6 +257,14 @@ def _im2col(c: _Ctx, ins: Instr) -> None:
     out = [(src[2 + i] + p[i] + p[n + i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(n)]
     _expect_shape(ins, c.dst(ins), (src[0], math.prod(out), src[1] * math.prod(k)))
     _padded_within_limits(ins, src, [(p[i], p[n + i]) for i in range(n)])
+    _perm_attr(ins, src[1] * math.prod(k), "patch positions")
+
+
+def _perm_attr(ins: Instr, n: int, what: str) -> None:
+    """An optional ``perm`` attribute is a permutation of 0..n-1."""
+    perm = ins.attr("perm")
+    if perm is not None and sorted(perm) != list(range(n)):
+        _fail(ins, f"perm must be a permutation of the {n} {what} (0..{n - 1})")
 
 
 def _pool(c: _Ctx, ins: Instr) -> None:
@@ -286,6 +294,7 @@ def _unpatch(c: _Ctx, ins: Instr) -> None:
     if dst[:2] != (src[0], src[2]) or math.prod(dst[2:]) != src[1]:
         _fail(ins, f"{ins.operands[0]} {list(dst)} is not [B, M, *S] of {ins.operands[1]} "
                    f"{list(src)} = [B, P, M] with prod(S) = P")
+    _perm_attr(ins, src[2], "columns")
 
 
 def _reshape(c: _Ctx, ins: Instr) -> None:
@@ -301,6 +310,17 @@ def _transpose(c: _Ctx, ins: Instr) -> None:
         _fail(ins, f"perm {list(perm)} is not a permutation of the {len(src)} axes of "
                    f"{ins.operands[1]}")
     _expect_shape(ins, c.dst(ins), tuple(src[i] for i in perm))
+
+
+def _permute(c: _Ctx, ins: Instr) -> None:
+    """dst has src's shape; the blob is a permutation of 0..n-1, n src's last axis."""
+    src, perm_ref = c.src(ins), ins.operands[2]
+    _expect_rank(ins, ins.operands[1], src, range(1, limits.MAX_RANK + 1))
+    perm = c.blobs[perm_ref[1:]].data
+    if perm.ndim != 1 or not np.array_equal(np.sort(perm), np.arange(src[-1])):
+        _fail(ins, f"{perm_ref} is not a permutation of 0..{src[-1] - 1} (the last axis of "
+                   f"{ins.operands[1]})")
+    _expect_shape(ins, c.dst(ins), src)
 
 
 def _concat(c: _Ctx, ins: Instr) -> None:
@@ -372,7 +392,7 @@ CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
     "sigmoid": _same_shape, "tanh": _same_shape, "hardsigmoid": _same_shape,
     "softmax": _softmax, "lrn": _lrn,
     "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
-    "copy": _copy, "barrier": _nothing, "halt": _nothing,
+    "copy": _copy, "permute": _permute, "barrier": _nothing, "halt": _nothing,
 }
 
 

@@ -43,7 +43,8 @@ class Programmed:
     offset: float          # offset encoding: magnitude added to every weight (0 if differential)
     target_weight: np.ndarray  # [R, C] the quantized weights (scale applied)
     held: np.ndarray | None = None  # [signs, slices, R, C] cell values in level steps without
-    #                                 Gmin, before drift and IR drop (what a kept cell keeps)
+    #                                 Gmin, before drift and IR drop (what a kept cell keeps;
+    #                                 float64, so a kept cell reads back bit for bit)
 
 
 def stuck_mask(rng: np.random.Generator, shape, chip: Chip) -> np.ndarray:
@@ -119,4 +120,4 @@ def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck
         cells = read_conditions(cells, chip)
     return Programmed(cells.astype(np.float32), digits, scale, gain.astype(np.float32),
                       full.astype(np.float32), offset, (q * scale).astype(np.float32),
-                      held.astype(np.float32))
+                      held.astype(np.float64))

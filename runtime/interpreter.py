@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from isa import Instr, Program
-from isa import cells
+from isa import Instr, Program, cells
 from isa.chip import Chip
 from isa.timing import Timeline
 
@@ -116,8 +115,7 @@ class Machine:
         self.cells_changed += int(changed.sum())
         if xb in self.rewritten:
             self.last_digits.setdefault(xb, cells.blank(self.chip))[win] = prog.target
-            self.last_held.setdefault(xb, np.zeros(self.last_digits[xb].shape,
-                                                   np.float32))[win] = prog.held
+            self.last_held.setdefault(xb, np.zeros(self.last_digits[xb].shape))[win] = prog.held
         if self.mode == "analog":
             self._wear(xb, win, changed)
         self.xbars[xb] = prog

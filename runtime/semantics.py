@@ -76,11 +76,13 @@ def _window(ins) -> list:
 def im2col(m, ins):
     x = m.read(ins.operands[1])
     # a copy: a 1x1 window can be a view of x, and mvms accumulate into their operands
-    m.store(_dst(ins), np.array(win.im2col(x, *_window(ins)).reshape(m.shape(_dst(ins)))))
+    patches = np.array(win.im2col(x, *_window(ins)).reshape(m.shape(_dst(ins))))
+    m.store(_dst(ins), kernels.permute(patches, ins.attr("perm")))
 
 
 def unpatch(m, ins):
-    m.store(_dst(ins), kernels.unpatch(m.read(ins.operands[1]), m.shape(_dst(ins))))
+    cols = kernels.permute(m.read(ins.operands[1]), ins.attr("perm"))
+    m.store(_dst(ins), kernels.unpatch(cols, m.shape(_dst(ins))))
 
 
 def maxpool(m, ins):
@@ -111,6 +113,10 @@ def _unary(m, ins):
 def reshape(m, ins):
     """A copy, not a view: an mvm or combine accumulating into dst must not change src."""
     m.store(_dst(ins), np.array(m.read(ins.operands[1]).reshape(m.shape(_dst(ins)))))
+
+
+def permute(m, ins):
+    m.store(_dst(ins), kernels.permute(m.read(ins.operands[1]), m.read(ins.operands[2])))
 
 
 def transpose(m, ins):
@@ -146,7 +152,7 @@ SEMANTICS = {
     "unpatch": unpatch, "maxpool": maxpool, "avgpool": avgpool,
     "gavgpool": _global(kernels.gavgpool), "gmaxpool": _global(kernels.gmaxpool),
     **{op: _binary for op in kernels.BINARY}, **{op: _unary for op in kernels.ACTIVATIONS},
-    "reshape": reshape, "transpose": transpose, "concat": concat, "pad": pad,
+    "reshape": reshape, "transpose": transpose, "permute": permute, "concat": concat, "pad": pad,
     "softmax": softmax, "lrn": lrn, "halt": halt,
 }
 

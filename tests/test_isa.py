@@ -167,6 +167,7 @@ def every_opcode_program() -> Program:
     tile = dict(xb=1, rows=[0, 18], cols=[0, 3])
     text = [_ins("write", "@w", **tile), _ins("barrier", label="inference"),
             _ins("im2col", "%p", "%x", **conv), _ins("fill", "%c", value=0.0),
+            _ins("write", "@w", **tile, low_slices=2, low_write=0.5, low_seed=7),
             _ins("mvm", "%c", "%p", **tile, vecs=[0, 16]), _ins("unpatch", "%u", "%c"),
             _ins("maxpool", "%m", "%u", **pool),
             _ins("avgpool", "%a", "%u", **pool, count_pad=0),
@@ -177,7 +178,8 @@ def every_opcode_program() -> Program:
             _ins("clip", "%s", "%s", min=-1.0, max=6.0), _ins("sigmoid", "%s", "%s"),
             _ins("tanh", "%s", "%s"), _ins("hardsigmoid", "%s", "%s", alpha=0.2, beta=0.5),
             _ins("lrn", "%s", "%s", size=3, alpha=1e-4, beta=0.75, bias=1.0),
-            _ins("reshape", "%f", "%s"), _ins("transpose", "%t", "%s", perm=[0, 2, 3, 1]),
+            _ins("reshape", "%f", "%s"), _ins("permute", "%f", "%f", "@pm"),
+            _ins("transpose", "%t", "%s", perm=[0, 2, 3, 1]),
             _ins("concat", "%cc", "%m", "%a", axis=1),
             _ins("pad", "%pd", "%m", pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="reflect", value=0.0),
             _ins("copy", "%sm", "@b"), _ins("add", "%sm", "%sm", "%f"),
@@ -193,7 +195,8 @@ def every_opcode_program() -> Program:
              Blob("lv", rng.integers(-7, 8, (6, 2)).astype(np.float32)),
              Blob("sc", np.array([0.5, 0.25], np.float32)),
              Blob("dw", rng.standard_normal((6, 3)).astype(np.float32)),
-             Blob("db", np.array([0.5, -1.0, 2.0], np.float32))]
+             Blob("db", np.array([0.5, -1.0, 2.0], np.float32)),
+             Blob("pm", rng.permutation(12).astype(np.float32))]
     return Program(chip=ChipGeometry(xbars=2), batch=1, batch_free=True,
                    ports=[Port("input", "x", "x"), Port("output", "y", "sm"),
                           Port("output", "z", "cb"), Port("output", "t", "t"),

@@ -175,3 +175,20 @@ def test_reprogramming_keeps_its_weights_in_a_store():
     stationary = compile_model(model_path("digits_mlp"))
     assert resources(stationary, dataclasses.replace(chip, arch=stationary.chip))[
         "sram_bytes"]["weight_store"] == 0
+
+
+def test_every_rewrite_reads_its_weights_from_the_store(monkeypatch):
+    """Each write of the one-crossbar MLP costs its program-and-verify plus its window's
+    weights (8 bits each) read from a 6464-byte SRAM at Horowitz's energy for that size:
+    without the store (patched to 0 bytes) every write costs exactly that much less."""
+    from isa import timing
+    program = compile_model(model_path("digits_mlp"), max_xbars=1)
+    chip = dataclasses.replace(Chip(), arch=program.chip)
+    with_store = [e for e in timing.simulate(program, chip).events if e.op == "write"]
+    monkeypatch.setattr(timing, "weight_store_bytes", lambda program: 0)
+    without = [e for e in timing.simulate(program, chip).events if e.op == "write"]
+    per_byte = sram_pj_per_64b(6464) / 8
+    assert len(with_store) == len(without) > 3
+    for a, b in zip(with_store, without):
+        (r0, r1), (c0, c1) = program.text[a.index].attr("rows"), program.text[a.index].attr("cols")
+        assert a.energy - b.energy == pytest.approx((r1 - r0) * (c1 - c0) * per_byte)

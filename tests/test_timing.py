@@ -12,6 +12,7 @@ from conftest import cli, model_path
 from compiler import compile_model
 from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 from isa.chip import Chip
+from isa.combiner import sram_pj_per_byte
 from isa.timing import (
     Machine,
     buffer_cost,
@@ -110,10 +111,13 @@ def test_two_mvms_on_one_crossbar_serialise():
 
 
 def test_write_then_mvm_on_same_crossbar_serialises():
-    p = _program([_write(0, "v"), _fill("y"), _mvm("y", 0)], second_blob=True)
+    # crossbar 0's first write: nothing is known of its cells, so every cell is programmed
+    p = _program([_write(0, "v"), _fill("y"), _mvm("y", 0)], loads=[("write", 1)],
+                 second_blob=True)
     st = _timing(p).stats
     assert st["latency_ns_per_inference"] == WRITE_NS + MVM_NS
-    assert st["energy_pj_per_inference"] == pytest.approx(WRITE_PJ + FILL_PJ + MVM_PJ)
+    fetch = 12 * sram_pj_per_byte(12)  # its 12 weights read from a 12-byte weight store (v)
+    assert st["energy_pj_per_inference"] == pytest.approx(WRITE_PJ + fetch + FILL_PJ + MVM_PJ)
     assert st["rows_written"] == 4 and st["cells_written"] == 12 * 8
     assert st["writes_per_inference"] == 1 and st["max_writes_per_cell"] == 1
     assert st["projected_lifetime_inferences"] == 1e6

@@ -1,155 +1,320 @@
-"""BasisN against reprogramming and weight-stationary mappings, on the same simulated chips.
+"""BasisN against the strongest baselines we can build, at equal crossbars and at equal area.
 
-    python -m tools.bench_basis [--models ...] [--xbars 16 64 256] [--chips default ...]
-                                [--basis 4] [--coef-bits 4] [--plot docs/basis_crossover.png]
+    python -m tools.bench_basis [--models resnet20 resnet50 densenet121] [--batches 1 16]
+                                [--chip default] [--maps docs] [--skip-maps]
 
-For each generated model: one post-training basis (``compiler.basis.auto.decomposition``;
-its cost depends on the coefficients' bit patterns, not on accuracy), then per crossbar count
-a BasisN program and the naive and optimized reprogramming programs, plus the replicated
-weight-stationary mapping with as many crossbars as the model has tiles. Every program is
-simulated under every chip preset. Prints a Markdown table: cycles, energy and EDP per
-inference, cell-row writes per inference, and BasisN's ratios to naive and optimized
-reprogramming on the same chip and crossbar count.
+One question (issue 12): on a chip with fewer crossbars than the network has weight tiles,
+which mapping wins, by how much, and where does BasisN lose? Per model and batch, every
+mapping below is compiled for the same chip and simulated in timing mode (``runtime.run``);
+the tables print cycles, energy and EDP per inference, crossbar cells written per inference,
+the chip's compute area (crossbars, converters, drivers, vector unit, combiner adders and
+accumulators, digital MACs: ``resources.area_mm2_by_component`` without memories), the store
+that holds the mapping's parameters on chip (BasisN's coefficient SRAM, reprogramming's
+weight store, the digital unit's weight SRAM; the scratchpad, about the same for all, is in
+neither), and each mapping's ratio to the best baseline (the fastest non-BasisN row).
 
-The plot is the crossover: for ResNet-50 (ImageNet) on 64 crossbars, BasisN's cycles over
-naive and over optimized reprogramming as the write of one row gets slower (program-and-verify
-iterations) and as fewer crossbars can be written at once (shared write drivers). Below 1
-BasisN wins. The optimized schedule is planned for each chip of the table (``--chip``: it
-knows about shared write drivers); the crossover plot re-simulates the default-chip plans.
+Mappings: ``basisN`` (digital combiner) and ``basisN-analog`` (the same program under the
+analog reading, ``timing.combiner_analog = 1``); ``naive`` and ``optimized`` reprogramming;
+``optimized+sort+stuck`` (weight sorting and bit stucking, Farias and Kung); ``digital``
+(every layer on the digital MAC unit, ``--digital all``); ``weight-stationary`` (replicated)
+whenever the crossbars hold every tile.
+
+Equal crossbars: every mapping on ``XBARS[model]`` crossbars. Equal area: the baselines get
+BasisN's compute area: reprogramming as many crossbars as fit in it (weight-stationary,
+replicated, once they hold every tile); the digital unit as many MACs as fit.
+
+Heat maps (ResNet-50, batch 1 and ``XBARS``): BasisN's cycles over the best baseline's,
+against the write time of a row x write drivers, and against combiner lanes x batch, with the
+contour where the ratio is 1 and the point each preset sits at. Reprogramming plans are made
+per driver count (the scheduler knows about shared drivers) and re-simulated per write time.
+
+Models: ``resnet20`` is the trained digits ResNet-20 with its fine-tuned basis
+(``models/digits_resnet20_basis4.*``: cycles at exactly that N and those coefficients);
+``resnet50`` and ``densenet121`` are the generated ImageNet networks (``tools.make_zoo``)
+with a post-training N = 4 fit, whose cost depends on the coefficients' bit patterns but
+whose accuracy is not meaningful.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import time
 
+import numpy as np
 import onnx
 
 from compiler import compile_model
+from compiler.basis import BasisSet
 from compiler.basis.auto import decomposition
+from isa.chip import Chip, load_chip
 from runtime import run
-from runtime.chips import resolve
 from tools import make_zoo
 
-SCHEMES = ("basisN", "naive", "optimized")
-COLUMNS = ("cycles", "energy mJ", "EDP mJ*ms", "row writes", "cycles / naive",
-           "EDP / naive", "cycles / optimized")
+XBARS = {"resnet20": 16, "resnet50": 64, "densenet121": 64}
+ZOO = {"resnet50": "resnet50-imagenet", "densenet121": "densenet121-imagenet"}
+STUCK = "0.25:2"  # bit stucking: in the 2 lowest slices, 25 % of the changed cells written
+# where each mapping keeps its parameters (the scratchpad, similar for all, is in neither column)
+STORES = ("coefficient_sram", "weight_store", "digital_weight_sram")
+BASIS_ROWS = ("basisN", "basisN-analog")
+# mapping -> (compile keyword arguments, chip overrides)
+MAPPINGS = {
+    "basisN": ({"basis": True}, {}),
+    "basisN-analog": ({"basis": True}, {"combiner_analog": 1}),
+    "naive": ({"schedule": "naive"}, {}),
+    "optimized": ({"schedule": "optimized"}, {}),
+    "optimized+sort+stuck": ({"schedule": "optimized", "weight_sorting": True,
+                              "bit_stucking": STUCK}, {}),
+    "digital": ({"digital": "all"}, {}),
+}
 
 
-def _stats(program, chip: str) -> dict:
-    s = run(program, mode="timing", chip=resolve(chip, program=program)).stats
-    lat_ms = s["latency_ns_per_inference"] / 1e6
-    energy = s["energy_pj_per_inference"] / 1e9
-    return {"cycles": s["cycles_per_inference"], "energy": energy, "edp": energy * lat_ms,
-            "rows": s["rows_written"], "writes": s["writes_per_inference"]}
+def timing_chip(chip: Chip, **timing) -> Chip:
+    return dataclasses.replace(chip, timing=dataclasses.replace(chip.timing, **timing))
 
 
-def programs(path: str, xbars: int, basis, chips) -> dict:
-    """BasisN and naive programs, and per chip the optimized schedule planned for it."""
-    out = {"basisN": compile_model(path, max_xbars=xbars, basis=basis),
-           "naive": compile_model(path, max_xbars=xbars, schedule="naive")}
-    for chip in chips:
-        out["optimized", chip] = compile_model(path, max_xbars=xbars, schedule="optimized",
-                                               chip_config=resolve(chip))
+def model_and_basis(name: str, zoo: str) -> tuple[str, BasisSet]:
+    """The ONNX path and basis set of a model of the study."""
+    if name == "resnet20":
+        stem = os.path.join("models", "digits_resnet20_basis4")
+        return f"{stem}.onnx", BasisSet.load(f"{stem}.basis.npz")
+    path = make_zoo.ensure(ZOO[name], zoo)
+    return path, decomposition(onnx.load(path), 4, 9, 4, 0.0)
+
+
+def stats(program, chip: Chip) -> dict:
+    """Per-inference figures of ``program`` simulated on ``chip``."""
+    s = run(program, mode="timing", chip=dataclasses.replace(chip, arch=program.chip)).stats
+    area = s["resources"]["area_mm2_by_component"]
+    store = sum(v for k, v in area.items() if k in STORES)
+    energy_mj = s["energy_pj_per_inference"] / 1e9
+    return {"cycles": s["cycles_per_inference"], "energy": energy_mj,
+            "edp": energy_mj * s["latency_ns_per_inference"] / 1e6,
+            "cells": s["cells_written"],
+            "area": s["resources"]["area_mm2"] - store - area["scratchpad"],
+            "store": store, "xbars": program.chip.xbars}
+
+
+class Study:
+    """Compiles (cached) and simulates the mappings of one model at one batch."""
+
+    def __init__(self, name: str, batch: int, chip: Chip, zoo: str):
+        self.name, self.batch, self.chip = name, batch, chip
+        self.path, self.basis = model_and_basis(name, zoo)
+        self.tiles = compile_model(self.path, chip_config=chip).chip.xbars
+        self.cache: dict = {}
+
+    def program(self, mapping: str, xbars: int, chip: Chip | None = None):
+        kwargs, _ = MAPPINGS.get(mapping, ({}, {}))
+        kwargs = dict(kwargs)
+        if kwargs.pop("basis", False):
+            kwargs["basis"] = self.basis
+        planned = chip or self.chip
+        key = (mapping, xbars, planned.timing.write_drivers)
+        if key not in self.cache:
+            limit = None if mapping == "weight-stationary" else xbars
+            self.cache[key] = compile_model(self.path, batch=self.batch, max_xbars=limit,
+                                            chip_config=planned, warn=lambda m: None,
+                                            **kwargs)
+        return self.cache[key]
+
+    def measure(self, mapping: str, xbars: int, chip: Chip | None = None) -> dict:
+        chip = chip or self.chip
+        over = MAPPINGS.get(mapping, ({}, {}))[1]
+        return stats(self.program(mapping, xbars, chip), timing_chip(chip, **over))
+
+    def weight_stationary(self, xbars: int) -> dict:
+        """Weight-stationary on ``xbars`` >= tiles crossbars, spares holding replicas."""
+        program = compile_model(self.path, batch=self.batch, max_xbars=xbars,
+                                chip_config=self.chip)
+        return stats(program, self.chip)
+
+
+def best_baseline(rows: dict) -> str:
+    return min((k for k in rows if k not in BASIS_ROWS), key=lambda k: rows[k]["cycles"])
+
+
+def equal_crossbars(study: Study) -> dict:
+    x = XBARS[study.name]
+    rows = {m: study.measure(m, x) for m in MAPPINGS}
+    if x >= study.tiles:
+        rows["weight-stationary"] = study.weight_stationary(x)
+    return rows
+
+
+def per_xbar_area(chip: Chip) -> float:
+    """Compute area one more crossbar adds: the array, its ADCs, DACs, sample-and-holds and,
+    with one driver per crossbar, its write driver."""
+    a, g = chip.area, chip.arch
+    return (a.xbar_mm2 + a.adcs_per_xbar * a.adc_mm2 + g.rows * a.dac_mm2_per_row
+            + g.cols * a.sh_mm2_per_col + (a.write_driver_mm2 if not chip.timing.write_drivers
+                                          else 0.0))
+
+
+def equal_area(study: Study, basis: dict) -> dict:
+    """The baselines at BasisN's compute area: crossbars for reprogramming, MACs for the
+    digital unit."""
+    x = XBARS[study.name]
+    target = basis["area"]
+    opt = study.measure("optimized", x)
+    spare = (target - opt["area"]) / per_xbar_area(study.chip)
+    more = max(x, x + math.floor(spare))
+    rows = {"basisN": basis, "basisN-analog": study.measure("basisN-analog", x)}
+    if more >= study.tiles:
+        rows["weight-stationary"] = study.weight_stationary(more)
+    else:
+        for m in ("optimized", "optimized+sort+stuck"):
+            rows[m] = study.measure(m, more)
+    digital = study.measure("digital", x)
+    macs = study.chip.timing.digital_macs
+    extra = math.floor((target - digital["area"]) / study.chip.area.digital_mac_mm2)
+    wide = timing_chip(study.chip, digital_macs=max(macs, macs + extra))
+    rows["digital"] = stats(study.program("digital", x), wide)
+    return rows
+
+
+COLUMNS = ("crossbars", "cycles", "energy mJ", "EDP mJ*ms", "cells written",
+           "compute mm2", "store mm2", "cycles / best", "EDP / best")
+
+
+def print_table(title: str, results: list[tuple[str, int, dict]]) -> None:
+    print(f"\n### {title}\n")
+    print("| model | batch | mapping | " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * (3 + len(COLUMNS)))
+    for name, batch, rows in results:
+        best = rows[best_baseline(rows)]
+        for mapping, s in rows.items():
+            cells = [f"{s['xbars']}", f"{s['cycles']:.3g}", f"{s['energy']:.3g}",
+                     f"{s['edp']:.3g}", f"{s['cells']:.3g}", f"{s['area']:.3g}",
+                     f"{s['store']:.3g}", f"{s['cycles'] / best['cycles']:.3g}",
+                     f"{s['edp'] / best['edp']:.3g}"]
+            print(f"| {name} | {batch} | {mapping} | " + " | ".join(cells) + " |", flush=True)
+
+
+# -- heat maps ---------------------------------------------------------------------------
+
+ITERATIONS = (1, 4, 16, 64)
+DRIVERS = (0, 16, 4, 1)
+LANES = (4, 8, 16, 32, 64, 128)
+BATCHES = (1, 2, 4, 8, 16)
+BASELINES = ("optimized", "optimized+sort+stuck", "digital")
+
+
+def row_us(chip: Chip) -> float:
+    """Program-and-verify time of one row (all phases and iterations)."""
+    t = chip.timing
+    return t.write_phases * t.write_iterations * (t.t_pulse_ns + t.t_verify_ns) / 1e3
+
+
+def write_map(study: Study) -> np.ndarray:
+    """Ratio[drivers, iterations] of BasisN cycles over the best baseline's. Reprogramming
+    plans are made per driver count and simulated per write time; the digital unit does not
+    write."""
+    x = XBARS[study.name]
+    digital = study.measure("digital", x)["cycles"]
+    out = np.zeros((len(DRIVERS), len(ITERATIONS)))
+    for i, d in enumerate(DRIVERS):
+        planned = timing_chip(study.chip, write_drivers=d)
+        for j, it in enumerate(ITERATIONS):
+            chip = timing_chip(planned, write_iterations=it)
+            base = min([digital] + [stats(study.program(m, x, planned), chip)["cycles"]
+                                    for m in BASELINES if m != "digital"])
+            out[i, j] = study.measure("basisN", x, chip)["cycles"] / base
+        print(f"  write map: drivers {d} done", flush=True)
     return out
 
 
-def _line(model, chip, n, scheme, s, ref=None) -> str:
-    cells = [f"{s['cycles']:.3g}", f"{s['energy']:.3g}", f"{s['edp']:.3g}", f"{s['rows']:.0f}"]
-    if ref is not None:
-        cells += [f"{s['cycles'] / ref['naive']['cycles']:.2%}",
-                  f"{s['edp'] / ref['naive']['edp']:.2%}",
-                  f"{s['cycles'] / ref['optimized']['cycles']:.2%}"]
-    else:
-        cells += [""] * 3
-    return f"| {model} | {chip} | {n} | {scheme} | " + " | ".join(cells) + " |"
+def lanes_map(name: str, chip: Chip, zoo: str) -> np.ndarray:
+    """Ratio[lanes, batch] of BasisN cycles over the best baseline's."""
+    out = np.zeros((len(LANES), len(BATCHES)))
+    for j, b in enumerate(BATCHES):
+        study = Study(name, b, chip, zoo)
+        x = XBARS[name]
+        base = min(study.measure(m, x)["cycles"] for m in BASELINES)
+        for i, lanes in enumerate(LANES):
+            out[i, j] = study.measure("basisN", x, timing_chip(chip, combiner_lanes=lanes))[
+                "cycles"] / base
+        print(f"  lanes map: batch {b} done", flush=True)
+    return out
 
 
-def table(models, xbars, chips, n_basis: int, bits: int, zoo: str) -> dict:
-    print("| model | chip | crossbars | mapping | " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * (4 + len(COLUMNS)))
-    compiled = {}
-    for name in models:
-        path = make_zoo.ensure(name, zoo)
-        basis = decomposition(onnx.load(path), n_basis, 9, bits, 0.0)
-        ws = compile_model(path)
-        for n in xbars:
-            compiled[name, n] = programs(path, n, basis, chips)
-        for chip in chips:
-            s = _stats(ws, chip)
-            print(_line(name, chip, ws.chip.xbars, "weight-stationary", s), flush=True)
-            for n in xbars:
-                progs = compiled[name, n]
-                res = {k: _stats(progs[k] if k != "optimized" else progs[k, chip], chip)
-                       for k in SCHEMES}
-                for k in SCHEMES:
-                    print(_line(name, chip, n, k, res[k], res if k == "basisN" else None),
-                          flush=True)
-    return compiled
+def preset_points() -> list[tuple[str, float, int]]:
+    """(name, row write time us, write drivers) of every preset."""
+    from isa.chip import presets
+    return [(p, row_us(c), c.timing.write_drivers) for p in presets()
+            for c in [load_chip(p)]]
 
 
-def crossover(progs: dict, plot: str, iterations=(1, 2, 4, 8, 16, 32, 64),
-              drivers=(0, 16, 4, 1)) -> None:
-    """Ratio of BasisN cycles to naive/optimized against row write time and drivers."""
+def plot_maps(wmap: np.ndarray, lmap: np.ndarray, chip: Chip, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    base = resolve("default")
-    basis_cycles = _stats(progs["basisN"], "default")["cycles"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, scheme in zip(axes, ("naive", "optimized")):
-        for d in drivers:
-            xs, ys = [], []
-            for it in iterations:
-                chip = dataclasses.replace(base, timing=dataclasses.replace(
-                    base.timing, write_iterations=it, write_drivers=d))
-                program = progs[scheme] if scheme == "naive" else progs[scheme, "default"]
-                s = run(program, mode="timing", chip=dataclasses.replace(
-                    chip, arch=program.chip)).stats
-                row_us = 2 * it * (base.timing.t_pulse_ns + base.timing.t_verify_ns) / 1e3
-                xs.append(row_us)
-                ys.append(basis_cycles / s["cycles_per_inference"])
-            ax.plot(xs, ys, marker="o", label="one driver per crossbar" if d == 0
-                    else f"{d} shared write driver{'s' if d > 1 else ''}")
-        ax.axhline(1.0, color="black", lw=0.8)
-        ax.axhline(0.01, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("write time of one row (us, program-and-verify)")
-        ax.set_title(f"BasisN cycles / {scheme} reprogramming")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("ratio (below 1: BasisN wins; dashed: 1 %)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("ResNet-50 (ImageNet), 64 crossbars: where BasisN wins")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    rows_us = [row_us(timing_chip(chip, write_iterations=it)) for it in ITERATIONS]
+    labels = ["1/xbar" if d == 0 else str(d) for d in DRIVERS]
+    _heat(axes[0], np.log10(wmap), [f"{u:.2g}" for u in rows_us], labels,
+          "write time of a row (us)", "write drivers")
+    for name, us, d in preset_points():
+        if d in DRIVERS:
+            xi = np.interp(np.log(us), np.log(rows_us), np.arange(len(rows_us)))
+            axes[0].plot(xi, DRIVERS.index(d), "w^", ms=8, mec="k")
+            axes[0].annotate(name, (xi, DRIVERS.index(d)), fontsize=7, color="w",
+                             xytext=(4, 4), textcoords="offset points")
+    axes[0].set_title("BasisN / best baseline cycles, ResNet-50, batch 1")
+    _heat(axes[1], np.log10(lmap), [str(b) for b in BATCHES], [str(n) for n in LANES],
+          "batch", "combiner lanes")
+    axes[1].plot(0, LANES.index(chip.timing.combiner_lanes), "w^", ms=8, mec="k")
+    axes[1].set_title("BasisN / best baseline cycles, ResNet-50 (default chip)")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(plot) or ".", exist_ok=True)
-    tmp = plot + ".tmp.png"
+    tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
-    os.replace(tmp, plot)
-    print(f"\nwrote {plot}")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def _heat(ax, logratio, xlabels, ylabels, xlabel, ylabel) -> None:
+    lim = max(1.0, float(np.abs(logratio).max()))
+    im = ax.imshow(logratio, cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower",
+                   aspect="auto")
+    ax.contour(logratio, levels=[0.0], colors="k", linewidths=1.5)
+    for (i, j), v in np.ndenumerate(logratio):
+        ax.text(j, i, f"{10 ** v:.2g}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(xlabels)), xlabels)
+    ax.set_yticks(range(len(ylabels)), ylabels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.figure.colorbar(im, ax=ax, label="log10 ratio (blue: BasisN wins; line: 1)")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=make_zoo.NAMES,
-                   default=["resnet50-imagenet", "resnet50-cifar100", "densenet121-imagenet",
-                            "densenet121-cifar100"])
-    p.add_argument("--xbars", nargs="+", type=int, default=[16, 64, 256])
-    p.add_argument("--chips", nargs="+", default=["default", "slow-shared-write"])
-    p.add_argument("--basis", type=int, default=4, help="basis vectors N (default 4)")
-    p.add_argument("--coef-bits", type=int, default=4)
-    p.add_argument("--plot", default=os.path.join("docs", "basis_crossover.png"),
-                   help="crossover plot (needs resnet50-imagenet and 64 in --xbars; '' skips)")
+    p.add_argument("--models", nargs="+", choices=list(XBARS), default=list(XBARS))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--chip", default="default", help="chip preset or TOML (default: default)")
+    p.add_argument("--maps", default="docs", help="directory for basis_maps.png")
+    p.add_argument("--skip-maps", action="store_true", help="tables only")
     p.add_argument("--zoo", default=os.path.join("models", "zoo"))
     args = p.parse_args(argv)
     start = time.perf_counter()
-    compiled = table(args.models, args.xbars, args.chips, args.basis, args.coef_bits, args.zoo)
-    if args.plot and ("resnet50-imagenet", 64) in compiled:
-        crossover(compiled["resnet50-imagenet", 64], args.plot)
-    print(f"\n({time.perf_counter() - start:.0f} s; N={args.basis}, {args.coef_bits}-bit "
-          "coefficients, post-training basis)")
+    chip = load_chip(args.chip)
+    crossbars, area = [], []
+    for name in args.models:
+        for b in args.batches:
+            study = Study(name, b, chip, args.zoo)
+            rows = equal_crossbars(study)
+            crossbars.append((name, b, rows))
+            area.append((name, b, equal_area(study, rows["basisN"])))
+            print(f"({name} batch {b}: {study.tiles} tiles, "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True)
+    print_table(f"Equal crossbars ({args.chip} chip)", crossbars)
+    print_table(f"Equal compute area ({args.chip} chip: BasisN's)", area)
+    if not args.skip_maps:
+        study = Study("resnet50", 1, chip, args.zoo)
+        plot_maps(write_map(study), lanes_map("resnet50", chip, args.zoo), chip,
+                  os.path.join(args.maps, "basis_maps.png"))
+    print(f"\n({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from . import (
                fuse_activation,
                lower_to_crossbar,
                schedule,
+               sort_weights,
 )
 
 
@@ -45,12 +46,26 @@ PASSES: dict[str, Pass] = {p.name: p for p in [
     Pass("fuse-activation", fuse_activation.run, ("canonicalize",), ANALYSES),
     Pass("lower-to-crossbar", lower_to_crossbar.run, ("canonicalize",), ANALYSES),
     Pass("basis-decompose", basis_decompose.run, ("lower-to-crossbar",), ANALYSES),
+    Pass("sort-weights", sort_weights.run, ("lower-to-crossbar",), ANALYSES),
     Pass("schedule", schedule.run, ("lower-to-crossbar",)),
     Pass("allocate-buffers", allocate_buffers.run),
 ]}
 
 PIPELINE = ["canonicalize", "fold-batchnorm", "fuse-activation", "lower-to-crossbar",
             "basis-decompose", "schedule", "allocate-buffers"]
+OPTIONAL = {"sort-weights": "schedule"}  # passes a flag adds (cimc --weight-sorting), each
+#                                         right before the pass named here
+
+
+def with_pass(pipeline: list[str], name: str) -> list[str]:
+    """``pipeline`` with the optional pass ``name`` added right before ``OPTIONAL[name]``
+    (unchanged if it is there already, or if that pass is not in it: check_pipeline then
+    names what is missing)."""
+    before = OPTIONAL[name]
+    if name in pipeline or before not in pipeline:
+        return list(pipeline)
+    i = pipeline.index(before)
+    return pipeline[:i] + [name] + pipeline[i:]
 
 
 def _require(who: str, needs: tuple[str, ...], valid: set[str], stale: dict[str, str],
@@ -76,7 +91,7 @@ def check_pipeline(names: list[str], then: tuple[str, ...] = ()) -> None:
     unknown = [n for n in names if n not in PASSES]
     if unknown:
         raise CompileError(f"--passes: unknown pass(es) {', '.join(unknown)}; known: "
-                           f"{', '.join(PIPELINE)}")
+                           f"{', '.join(PIPELINE + list(OPTIONAL))}")
     valid: set[str] = set()
     stale: dict[str, str] = {}
     for i, name in enumerate(names):

@@ -26,6 +26,11 @@ tiles' absence changes the counts below, and the estimate issues its ``dmatmul``
   processes a share of the input vectors, which shortens the critical path through the long
   early layers. With shared write drivers (``timing.write_drivers``) a write also waits for
   the earliest free driver, and replicas must pay for that wait.
+- Weight sorting (the sort-weights pass ran and the model reprograms): the plan tracks what
+  every crossbar's cells hold (``isa.cells``, the quantized mode's digits, with bit stucking's
+  choice) and estimates each write by the rows it changes, as the simulator does; a rotating
+  tile goes, among the crossbars where its mvm would end within ``SIMILAR_SLACK`` full writes
+  of the earliest, to the one whose cells differ least from it.
 
 The estimate (every schedule but BasisN's): the instructions codegen will emit for the
 scheduled graph, in its order (resident writes, the inference barrier, then each op's), are
@@ -41,14 +46,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from isa.cells import LowWrite, blank, nominal_digits, window
 from isa.chip import Chip
 from isa.opcodes import OPCODES
 from isa.timing import (
     Machine,
+    WriteChange,
     digital_cost,
     dmatmul_cost,
     mvm_cost,
     tile_write_cost,
+    write_change,
+    write_cost,
     xbar_unit,
 )
 
@@ -57,6 +66,8 @@ from ..ir import Graph, Op
 from ..ops import OPS
 
 SCHEDULES = ("optimized", "naive")
+SIMILAR_SLACK = 0.25  # weight sorting: how much later than the earliest (in full writes of
+#                       the tile) a crossbar whose cells differ less may end the tile's mvm
 
 
 def n_vectors(graph: Graph, op: Op) -> int:
@@ -90,8 +101,8 @@ class _Plan:
     """Issues the instructions codegen emits for ops of ``graph`` on a Machine, with the
     chip's costs, recording the crossbar ones."""
 
-    def __init__(self, graph: Graph, chip: Chip):
-        self.graph, self.chip = graph, chip
+    def __init__(self, graph: Graph, chip: Chip, cells: _Cells | None = None):
+        self.graph, self.chip, self.cells = graph, chip, cells
         self.machine = Machine(chip.timing.write_drivers)
         self.estimate = Estimate()
 
@@ -123,8 +134,14 @@ class _Plan:
         if op.attrs.get("act"):
             self.digital(OPS[op.attrs["act"][0]].opcode, op.outputs, op.outputs[0])
 
-    def write(self, op: Op, i: int, xb: int) -> None:
-        start, end = self.machine.issue(xbar_unit(xb), self.write_ns(op, i), write=True)
+    def write(self, op: Op, i: int, xb: int, body: bool = False) -> None:
+        """Tile ``i``'s write to ``xb`` (``body``: a rotating tile's, with bit stucking);
+        with weight sorting, as long as the rows whose cells it changes take."""
+        ns = self.write_ns(op, i)
+        if self.cells is not None:
+            change = self.cells.write(op, i, xb, body)
+            ns = write_cost(self.chip, change.rows, change.cells)[0]
+        start, end = self.machine.issue(xbar_unit(xb), ns, write=True)
         self._record("write", op, i, xb, None, start, end)
 
     def mvm(self, op: Op, i: int, xb: int, v0: int, v1: int) -> None:
@@ -134,17 +151,63 @@ class _Plan:
 
     def choose(self, op: Op, i: int, v0: int, v1: int, pool) -> int:
         """The crossbar of ``pool`` where tile ``i``'s mvm over vectors [v0, v1) would end
-        first if it were written there now (ties: the lowest)."""
+        first if it were written there now (ties: the lowest). With weight sorting, of the
+        crossbars where it would end within ``SIMILAR_SLACK`` of a full write of the
+        earliest, the one whose cells differ least from the tile."""
         w, mvm, free = self.write_ns(op, i), self.mvm_ns(op, i, v0, v1), self.machine.free
         driver = self.machine.earliest(None, write=True)
         ready = self.machine.earliest(None, self._srcs(op.inputs[:1]), op.outputs[0], True)
-        return min(pool, key=lambda xb: (max(max(driver, free.get(xbar_unit(xb), 0.0)) + w,
-                                             ready) + mvm, xb))
+        ends = [(max(max(driver, free.get(xbar_unit(xb), 0.0)) + w, ready) + mvm, xb)
+                for xb in pool]
+        best = min(ends)
+        if self.cells is None:
+            return best[1]
+        near = [(end, xb) for end, xb in ends if end <= best[0] + SIMILAR_SLACK * w]
+        differing = self.cells.differing(op, i, [xb for _, xb in near])
+        return min(zip(differing, near))[1][1]
 
     def _record(self, kind: str, op: Op, i: int, xb: int, vecs, start: float, end: float):
         r0, r1, c0, c1 = op.attrs["tiles"][i]
         self.estimate.planned.append(Planned(kind, op.origin, xb, (r0, r1), (c0, c1), vecs,
                                              start, end))
+
+
+class _Cells:
+    """Weight sorting's view of the crossbars: the cell state (``isa.cells``) each holds as
+    the plan writes tiles, in the digits the runtime programs in quantized mode, with bit
+    stucking's choice on rotating tiles (``low``), as ``isa.timing`` counts them."""
+
+    def __init__(self, graph: Graph, chip: Chip, low: LowWrite | None):
+        self.graph, self.chip, self.low = graph, chip, low
+        self.states: dict[int, np.ndarray] = {}
+        self.nth: dict[int, int] = {}
+        self._peak: dict[str, float] = {}
+        self._last: tuple = (None, None)  # (op id, tile) and its digits
+
+    def digits(self, op: Op, i: int) -> np.ndarray:
+        """Tile ``i``'s digits (the last tile's are kept: choose, then write)."""
+        if self._last[0] != (op.id, i):
+            name = op.inputs[1]
+            w = self.graph.constants[name]
+            if name not in self._peak:
+                self._peak[name] = float(np.abs(w).max(initial=0.0))
+            r0, r1, c0, c1 = op.attrs["tiles"][i]
+            self._last = ((op.id, i),
+                          nominal_digits(w[r0:r1, c0:c1], self.chip, self._peak[name]))
+        return self._last[1]
+
+    def differing(self, op: Op, i: int, xbs: list[int]) -> list[int]:
+        """Per crossbar of ``xbs``, the cells tile ``i`` would change there."""
+        new = self.digits(op, i)
+        win = window(*new.shape[2:])
+        return [int((self.states[xb][win] != new).sum()) if xb in self.states else new.size
+                for xb in xbs]
+
+    def write(self, op: Op, i: int, xb: int, body: bool) -> WriteChange:
+        self.nth[xb] = self.nth.get(xb, 0) + 1
+        new = self.digits(op, i)
+        select = self.low.select(xb, self.nth[xb], new.shape) if body and self.low else None
+        return write_change(self.states.setdefault(xb, blank(self.chip)), new, select)
 
 
 def _walk(plan: _Plan, ops: list[Op], new: dict, choose=None) -> None:
@@ -182,7 +245,7 @@ def _tile(plan: _Plan, op: Op, i: int, placed, resident: bool, choose) -> list:
     for xb, v0, v1 in placed:
         if not resident:
             xb = choose(op, i, v0, v1) if xb is None else xb
-            plan.write(op, i, xb)
+            plan.write(op, i, xb, body=True)
         plan.mvm(op, i, xb, v0, v1)
         out.append((xb, v0, v1))
     return out
@@ -194,7 +257,7 @@ def _fenced(plan: _Plan, op: Op, a: dict) -> None:
         plan.machine.barrier()
         for i in chunk:
             for xb, _, _ in a["placement"][i]:
-                plan.write(op, i, xb)
+                plan.write(op, i, xb, body=True)
         plan.machine.barrier()
         for i in chunk:
             for xb, v0, v1 in a["placement"][i]:
@@ -321,7 +384,9 @@ def run(graph: Graph, ctx) -> Graph:
         _set_attrs(graph, ops, _basis(graph, ops, n))
         ctx.stats["tiles"], graph.xbars = 1, n
         return graph
-    plan = _Plan(graph, ctx.chip_config)
+    similar = ctx.stats.get("sort-weights", {}).get("reprograms", False)
+    cells = _Cells(graph, ctx.chip_config, ctx.bit_stucking) if similar else None
+    plan = _Plan(graph, ctx.chip_config, cells)
     mms = [op for op in ops if op.kind == "xbar_matmul"]
     tiles = [(op, i, plan.write_ns(op, i), plan.mvm_ns(op, i, 0, n_vectors(graph, op)))
              for op in mms for i in range(len(op.attrs["tiles"]))]
