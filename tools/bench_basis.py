@@ -175,6 +175,28 @@ def equal_area(study: Study, basis: dict) -> dict:
     return rows
 
 
+DRIVER_MM2 = (0.0, 0.0025, 0.01)  # the write driver's area is an assumption: its range
+
+
+def driver_area_sweep(study: Study) -> None:
+    """BasisN over optimized reprogramming at equal compute area as the assumed write-driver
+    area changes (it sets how many crossbars the combiner's area buys)."""
+    x = XBARS[study.name]
+    print(f"\n### Equal compute area against the write driver's area ({study.name}, batch "
+          f"{study.batch})\n")
+    print("| write driver mm2 | BasisN compute mm2 | optimized crossbars | BasisN / optimized |")
+    print("|---|---|---|---|")
+    for mm2 in DRIVER_MM2:
+        chip = dataclasses.replace(study.chip, area=dataclasses.replace(
+            study.chip.area, write_driver_mm2=mm2))
+        basis = stats(study.program("basisN", x), chip)
+        spare = basis["area"] - stats(study.program("optimized", x), chip)["area"]
+        more = x + math.floor(spare / per_xbar_area(chip))
+        opt = stats(study.program("optimized", more), chip)
+        print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} |",
+              flush=True)
+
+
 COLUMNS = ("crossbars", "cycles", "energy mJ", "EDP mJ*ms", "cells written",
            "compute mm2", "store mm2", "cycles / best", "EDP / best")
 
@@ -312,6 +334,7 @@ def main(argv=None) -> None:
     print_table(f"Equal compute area ({args.chip} chip: BasisN's)", area)
     if not args.skip_maps:
         study = Study("resnet50", 1, chip, args.zoo)
+        driver_area_sweep(study)
         plot_maps(write_map(study), lanes_map("resnet50", chip, args.zoo), chip,
                   os.path.join(args.maps, "basis_maps.png"))
     print(f"\n({time.perf_counter() - start:.0f} s)")
