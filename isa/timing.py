@@ -128,13 +128,19 @@ def combine_cost(chip: Chip, vectors: int, work: CombineWork,
     size = size or CombinerSize(work.coef_bytes, work.kernels)
     if t.combiner_analog:
         return analog_combine_cost(chip, vectors, work, size)
-    fetch = -(-vectors // t.combiner_lanes) * work.coef_bytes
+    fetch = _coef_fetch(chip, vectors, work)
     cycles = max(-(-vectors * work.merged_reads // t.combiner_lanes),
                  -(-fetch // t.combiner_coef_bytes_per_cycle))
     energy = (vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
                          + work.accumulations * (e.combiner_acc_pj + _acc_rw_pj(chip, size)))
               + fetch * sram_pj_per_byte(size.coef_bytes))
     return cycles / t.clock_ghz, energy
+
+
+def _coef_fetch(chip: Chip, vectors: int, work: CombineWork) -> int:
+    """Coefficient bytes fetched for ``vectors`` vectors: the layer's levels once per group of
+    ``combiner_lanes`` vectors (lanes in lockstep share a fetch), in either combiner model."""
+    return -(-vectors // chip.timing.combiner_lanes) * work.coef_bytes
 
 
 def _acc_rw_pj(chip: Chip, size: CombinerSize) -> float:
@@ -155,7 +161,7 @@ def analog_combine_cost(chip: Chip, vectors: int, work: CombineWork,
     reads = vectors * -(-work.merged_reads // per_read)
     steps = a.input_bits + t.mvm_extra_steps
     conversions = vectors * work.accumulations * a.input_bits
-    fetch = -(-vectors // t.combiner_lanes) * work.coef_bytes
+    fetch = _coef_fetch(chip, vectors, work)
     ns = max(reads * steps * t.mvm_step_ns / max(a.xbars, 1),
              -(-fetch // t.combiner_coef_bytes_per_cycle) / t.clock_ghz)
     energy = (reads * steps * (e.xbar_step_pj + a.rows * e.dac_pj)

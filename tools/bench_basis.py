@@ -153,23 +153,26 @@ def per_xbar_area(chip: Chip) -> float:
                                           else 0.0))
 
 
-def equal_area(study: Study, basis: dict) -> dict:
-    """The baselines at BasisN's compute area: crossbars for reprogramming, MACs for the
-    digital unit."""
+def crossbars_within(chip: Chip, area: float, base_area: float, xbars: int) -> int:
+    """Crossbars a chip of ``xbars`` crossbars and compute area ``base_area`` can have within
+    ``area`` (never fewer than ``xbars``)."""
+    return max(xbars, xbars + math.floor((area - base_area) / per_xbar_area(chip)))
+
+
+def equal_area(study: Study, same: dict) -> dict:
+    """The baselines at BasisN's compute area (``same``: the equal-crossbar rows):
+    crossbars for reprogramming, MACs for the digital unit."""
     x = XBARS[study.name]
-    target = basis["area"]
-    opt = study.measure("optimized", x)
-    spare = (target - opt["area"]) / per_xbar_area(study.chip)
-    more = max(x, x + math.floor(spare))
-    rows = {"basisN": basis, "basisN-analog": study.measure("basisN-analog", x)}
+    target = same["basisN"]["area"]
+    more = crossbars_within(study.chip, target, same["optimized"]["area"], x)
+    rows = {m: same[m] for m in BASIS_ROWS}
     if more >= study.tiles:
         rows["weight-stationary"] = study.weight_stationary(more)
     else:
         for m in ("optimized", "optimized+sort+stuck"):
             rows[m] = study.measure(m, more)
-    digital = study.measure("digital", x)
     macs = study.chip.timing.digital_macs
-    extra = math.floor((target - digital["area"]) / study.chip.area.digital_mac_mm2)
+    extra = math.floor((target - same["digital"]["area"]) / study.chip.area.digital_mac_mm2)
     wide = timing_chip(study.chip, digital_macs=max(macs, macs + extra))
     rows["digital"] = stats(study.program("digital", x), wide)
     return rows
@@ -190,8 +193,8 @@ def driver_area_sweep(study: Study) -> None:
         chip = dataclasses.replace(study.chip, area=dataclasses.replace(
             study.chip.area, write_driver_mm2=mm2))
         basis = stats(study.program("basisN", x), chip)
-        spare = basis["area"] - stats(study.program("optimized", x), chip)["area"]
-        more = x + math.floor(spare / per_xbar_area(chip))
+        more = crossbars_within(chip, basis["area"],
+                                stats(study.program("optimized", x), chip)["area"], x)
         opt = stats(study.program("optimized", more), chip)
         print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} |",
               flush=True)
@@ -327,7 +330,7 @@ def main(argv=None) -> None:
             study = Study(name, b, chip, args.zoo)
             rows = equal_crossbars(study)
             crossbars.append((name, b, rows))
-            area.append((name, b, equal_area(study, rows["basisN"])))
+            area.append((name, b, equal_area(study, rows)))
             print(f"({name} batch {b}: {study.tiles} tiles, "
                   f"{time.perf_counter() - start:.0f} s)", flush=True)
     print_table(f"Equal crossbars ({args.chip} chip)", crossbars)
