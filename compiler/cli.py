@@ -125,6 +125,16 @@ def build_parser() -> Parser:
                         "(dmatmul) instead of crossbars: all of them, the first and/or last in "
                         "graph order, or ONNX node names, comma-separated (BasisN leaves them "
                         "alone; default: none)")
+    p.add_argument("--dynamic", choices=("digital", "write"), default="digital",
+                   help="how products of two computed operands (attention's Q K^T and "
+                        "weights x V) are mapped: on the digital MAC unit (dbmm), or by writing "
+                        "their second operand into crossbars at every inference (wbmm: the "
+                        "report counts those writes and the lifetime they leave; default: "
+                        "digital)")
+    p.add_argument("--dynamic-xbars", type=int, metavar="N",
+                   help="with --dynamic write: crossbars reserved for those writes, after the "
+                        "static weights' (default: as many as one matrix of the largest "
+                        "product needs)")
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="sample inputs whose activation ranges set each crossbar input's DAC "
                         "full scale (default: each sample scaled by its own maximum)")
@@ -221,7 +231,8 @@ def _compile(args, output: str) -> Program:
                             basis=basis, limits=limits, verify_each=args.verify_each,
                             passes=pipeline, dump=dump, progress=bars, warn=_warn,
                             digital=digital, weight_sorting=args.weight_sorting,
-                            bit_stucking=low)
+                            bit_stucking=low, dynamic=args.dynamic,
+                            dynamic_xbars=args.dynamic_xbars)
     save(program, output)
     if args.basis_out:
         basis.save(args.basis_out)

@@ -83,7 +83,8 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
                   basis: BasisSet | None = None, limits: Limits | None = None,
                   progress: bool = False, warn: Callable[[str], None] = _warn,
                   digital: str | Iterable[str] = (), weight_sorting: bool = False,
-                  bit_stucking: str | LowWrite | None = None) -> Program:
+                  bit_stucking: str | LowWrite | None = None, dynamic: str = "digital",
+                  dynamic_xbars: int | None = None) -> Program:
     """Compile an ONNX model (path or ModelProto; a ModelProto is never modified).
 
     ``chip``: the compiled geometry (default: ``chip_config.arch``); ``chip_config``: the chip
@@ -100,6 +101,8 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     ``bit_stucking``: ``cimc --bit-stucking``'s FRACTION[:SLICES] (or an
     ``isa.cells.LowWrite``) on every write of a rotating tile. Both only act when the model
     reprograms (fewer ``max_xbars`` than tiles); otherwise ``warn`` says so.
+    ``dynamic``: products of two computed operands on the ``digital`` unit or ``write``
+    (written into ``dynamic_xbars`` crossbars at every inference; ``cimc --dynamic``).
     Raises CompileError (or isa.IsaError for a bad geometry) on user errors."""
     pipeline = list(PIPELINE if passes is None else passes)
     if weight_sorting:
@@ -110,6 +113,11 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     if ctx is None:
         ctx = _context(chip, chip_config, max_xbars=max_xbars, schedule=schedule,
                        limits=limits or Limits(), progress=progress)
+    if dynamic not in ("digital", "write"):
+        raise CompileError(f"--dynamic {dynamic!r} is not a policy; choose digital or write")
+    if dynamic_xbars is not None and dynamic_xbars < 1:
+        raise CompileError(f"--dynamic-xbars must be at least 1, got {dynamic_xbars}")
+    ctx.dynamic, ctx.dynamic_xbars = dynamic, dynamic_xbars
     if bit_stucking is not None:
         ctx.bit_stucking = low_write(bit_stucking, ctx.chip.slices)
     if basis is not None or digital:

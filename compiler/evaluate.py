@@ -157,6 +157,11 @@ def _binary(kind: str) -> Kind:
     return lambda op, ins, shape: kernels.binary(kind, ins[0], ins[1])
 
 
+def _reduce(kind: str) -> Kind:
+    return lambda op, ins, shape: kernels.reduce(kind, ins[0], op.attrs["axes"],
+                                                 op.attrs["keepdims"])
+
+
 KINDS: dict[str, Kind] = {
     "conv": _conv, "matmul": _matmul, "batchnorm": _batchnorm,
     **{k: _activation(k) for k in kernels.ACTIVATIONS},
@@ -175,6 +180,14 @@ KINDS: dict[str, Kind] = {
     "copy": lambda op, ins, shape: np.broadcast_to(ins[0], shape).astype(F32),
     "im2col": lambda op, ins, shape: kernels.permute(win.im2col(ins[0], *_window(op)),
                                                      op.attrs.get("perm")),
+    "layernorm": lambda op, ins, shape: kernels.layernorm(*ins, op.attrs["axis"],
+                                                         op.attrs["epsilon"]),
+    **{k: _reduce(k) for k in kernels.REDUCE},
+    "slice": lambda op, ins, shape: kernels.slice_axes(ins[0], *(op.attrs[k] for k in
+                                                                ("starts", "ends", "steps"))),
+    "gather": lambda op, ins, shape: kernels.gather(ins[0], ins[1], op.attrs["axis"]),
+    **{k: lambda op, ins, shape: kernels.bmm(*ins)
+       for k in ("dynmatmul", "dyn_digital", "dyn_write")},
     "xbar_matmul": _xbar_matmul,
     "digital_matmul": lambda op, ins, shape: kernels.matmul(*ins),
     "unpatch": lambda op, ins, shape: kernels.unpatch(kernels.permute(ins[0],
@@ -190,6 +203,8 @@ def _onnx(graph: Graph, op: Op, ins: list) -> list[np.ndarray]:
     """An ONNX node on ONNX's reference evaluator; its outputs in ``op.outputs`` order."""
     proto = op.proto
     feeds = {name: x for name, x in zip(proto.input, ins) if name}
+    if proto.op_type == "Gather":  # token ids arrive as float32, like every input
+        feeds[proto.input[1]] = np.asarray(feeds[proto.input[1]]).astype(np.int64)
     try:
         results = reference_evaluator(proto, opsets={"": graph.opset}).run(None, feeds)
     except Exception as exc:

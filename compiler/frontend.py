@@ -30,10 +30,12 @@ from .onnx_fold import fold_constants
 from .support import (
     DOMAINS,
     DTYPES,
+    INDEX_DTYPES,
     RESTRICTIONS,
     SUPPORTED,
     constant_tensors,
     constant_values,
+    index_inputs,
     used_tensors,
 )
 
@@ -120,9 +122,10 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _unknown_shapes(model: onnx.ModelProto, dims: dict) -> bool:
-    """True when a tensor the chip would compute has no static shape."""
-    computed = used_tensors(model) - constant_tensors(model, dims)
-    return any(name not in dims for name in computed)
+    """True when a tensor some node reads (or the graph returns) has no static shape: one the
+    chip would compute, or a constant whose shape only its value gives (ConstantOfShape)."""
+    inits = {i.name for i in model.graph.initializer}
+    return any(name not in dims for name in used_tensors(model) - inits)
 
 
 def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
@@ -139,9 +142,15 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
         model = _copy(model)
     _fix_batch(model, batch)
     model = _infer(model)
-    dims = {k: v[0] for k, v in _static_shapes(model).items()}
-    if _unknown_shapes(model, dims):
-        model = _infer(fold_constants(model, dims, _opset(model)))
+    # each round of folding can make more shapes static (a Shape of a tensor that the last
+    # round gave a shape), until nothing more folds
+    while _unknown_shapes(model, dims := {k: v[0] for k, v in _static_shapes(model).items()}):
+        nodes = len(model.graph.node)
+        model = fold_constants(model, dims, _opset(model))
+        del model.graph.value_info[:]  # inference keeps stale symbolic dims it once guessed
+        model = _infer(model)
+        if len(model.graph.node) == nodes:
+            break
     return model
 
 
@@ -173,17 +182,20 @@ class _Facts(NamedTuple):
     const: set    # compile-time constants
     used: set     # tensors some node reads or the graph returns
     values: dict  # initializers and Constant outputs as arrays
+    ids: dict     # integer inputs holding token ids -> rows they may index
 
 
-def _dtype_problems(name: str, tensors: list[str], shapes: dict) -> list[str]:
+def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[str]:
     problems = []
     for t in tensors:
-        if t not in shapes:
+        if t not in facts.shapes:
             problems.append(f"{name}: tensor {t!r} has an unknown or dynamic shape")
-        elif shapes[t][1] not in DTYPES:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(shapes[t][1])
+        elif facts.shapes[t][1] not in DTYPES and t not in facts.ids:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(facts.shapes[t][1])
+            ids = " (an integer input may only be token ids that Gather reads from a " \
+                "constant table)" if facts.shapes[t][1] in INDEX_DTYPES else ""
             problems.append(f"{name}: tensor {t!r} is {dtype}; the chip computes float32 "
-                            "tensors only")
+                            f"tensors only{ids}")
     return problems
 
 
@@ -204,7 +216,7 @@ def _node_problems(node: onnx.NodeProto, facts: _Facts) -> list[str]:
         problems.append(f"{name}: {why}")
     tensors = [i for i in node.input if i not in facts.const]
     tensors += [o for o in node.output if o in facts.used and o not in facts.const]
-    return problems + _dtype_problems(name, tensors, facts.shapes)
+    return problems + _dtype_problems(name, tensors, facts)
 
 
 def check_supported(model: onnx.ModelProto) -> None:
@@ -212,8 +224,9 @@ def check_supported(model: onnx.ModelProto) -> None:
     dynamic shapes. Nodes that fold to constants, and outputs nobody reads, are not checked."""
     shapes = _static_shapes(model)
     dims = {k: v[0] for k, v in shapes.items()}
-    facts = _Facts(shapes, dims, constant_tensors(model, dims), used_tensors(model),
-                   constant_values(model))
+    const = constant_tensors(model, dims)
+    facts = _Facts(shapes, dims, const, used_tensors(model), constant_values(model),
+                   index_inputs(model, const, dims))
     problems = [p for node in model.graph.node if not all(o in facts.const for o in node.output)
                 for p in _node_problems(node, facts)]
     if problems:
@@ -265,6 +278,8 @@ def to_graph(model: onnx.ModelProto) -> Graph:
             graph.add_constant(init.name, numpy_helper.to_array(init))
         except Exception as exc:
             raise CompileError(f"initializer {init.name!r} cannot be read: {exc}") from None
+    dims = {k: v[0] for k, v in shapes.items()}
+    graph.index_inputs = index_inputs(model, constant_tensors(model, dims), dims)
     for inp in g.input:
         if inp.name not in inits:
             graph.add_value(inp.name, shapes[inp.name][0])

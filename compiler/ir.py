@@ -49,6 +49,7 @@ class Graph:
         self.output_names: list[str] = []  # the ONNX names users see
         self.opset = 13
         self.ranges: dict[str, float] = {}  # calibrated max |value| per tensor
+        self.index_inputs: dict[str, int] = {}  # inputs holding token ids -> rows they index
         self.batch = batch
         self.notes: list[str] = []  # summary lines a pass leaves for the IR printer
         self.offsets: dict[str, int] = {}  # scratchpad byte offset per value (allocate-buffers)

@@ -68,8 +68,96 @@ def gemm(graph, op):
 
 
 def matmul(graph, op):
-    """A 2-D constant weight and an input of rank >= 2 (``support.RESTRICTIONS``)."""
-    return "matmul", op.inputs[:2], {}
+    """A 2-D constant b: crossbar weights (x of rank >= 2); anything else is a product of two
+    operands of rank >= 2 that the chip computes per inference (``support.RESTRICTIONS``)."""
+    b = graph.constants.get(op.inputs[1])
+    if b is not None and b.ndim == 2:
+        return "matmul", op.inputs[:2], {}
+    return "dynmatmul", op.inputs[:2], {}
+
+
+def layernorm(graph, op):
+    """LayerNormalization over the axes from ``axis`` on; a missing bias is zeros."""
+    axis = _axis(graph, op.inputs[0], op.attrs.get("axis", -1))
+    scale = graph.constants[op.inputs[1]]
+    bias = op.inputs[2] if len(op.inputs) > 2 and op.inputs[2] else \
+        graph.add_constant(graph.fresh(f"{op.origin or op.id}.bias"), np.zeros_like(scale))
+    return "layernorm", [op.inputs[0], op.inputs[1], bias], \
+        {"axis": axis, "epsilon": float(op.attrs.get("epsilon", 1e-5))}
+
+
+def gelu(graph, op):
+    return "gelu", op.inputs[:1], {"approximate": op.attrs.get("approximate", "none")}
+
+
+def gather(graph, op):
+    """Gather along ``axis``; constant indices become non-negative float32 (as buffers hold
+    them); dynamic ones are token ids the program validates on input."""
+    data, idx = op.inputs[:2]
+    axis = _axis(graph, data, op.attrs.get("axis", 0))
+    if idx in graph.constants:
+        n = graph.shape(data)[axis]
+        i = np.asarray(graph.constants[idx]).astype(np.int64)
+        idx = graph.add_constant(graph.fresh(f"{op.origin or op.id}.indices"),
+                                 np.where(i < 0, i + n, i).astype(np.float32))
+    return "gather", [data, idx], {"axis": axis}
+
+
+def _const_ints(graph: Graph, op: Op, pos: int) -> list[int] | None:
+    if len(op.inputs) > pos and op.inputs[pos]:
+        return [int(v) for v in np.asarray(graph.constants[op.inputs[pos]]).reshape(-1)]
+    return None
+
+
+def slice_(graph, op):
+    """Slice with every axis explicit: python range (start, stop, step) per axis, stop -1
+    meaning past the front for a negative step."""
+    shape = graph.shape(op.inputs[0])
+    starts, ends = _const_ints(graph, op, 1), _const_ints(graph, op, 2)
+    if starts is None:  # opset < 10: attributes
+        starts, ends = list(op.attrs["starts"]), list(op.attrs["ends"])
+    axes = _const_ints(graph, op, 3) or op.attrs.get("axes") or list(range(len(starts)))
+    steps = _const_ints(graph, op, 4) or [1] * len(starts)
+    full = [[0, d, 1] for d in shape]
+    for ax, s, e, st in zip(axes, starts, ends, steps):
+        ax %= len(shape)
+        full[ax] = list(slice(s, e, st).indices(shape[ax]))
+    return "slice", op.inputs[:1], {k: [f[i] for f in full]
+                                     for i, k in enumerate(("starts", "ends", "steps"))}
+
+
+def split(graph, op):
+    """Split into consecutive slices along ``axis``: sizes from the split input or attribute,
+    else as equal as ONNX makes them (the last smaller)."""
+    shape = graph.shape(op.inputs[0])
+    axis = op.attrs.get("axis", 0) % len(shape)
+    for out in op.outputs:
+        start = sum(graph.shape(o)[axis] for o in op.outputs[:op.outputs.index(out)])
+        size = graph.shape(out)[axis]
+        starts, ends, steps = [0] * len(shape), list(shape), [1] * len(shape)
+        starts[axis], ends[axis] = start, start + size
+        graph.add_op("slice", op.inputs[:1], [out], {"starts": starts, "ends": ends,
+                                                     "steps": steps}, op.origin)
+    return None
+
+
+def reduce(kind):
+    def normalise(graph, op):
+        rank = len(graph.shape(op.inputs[0]))
+        axes = _const_ints(graph, op, 1)
+        axes = axes if axes is not None else op.attrs.get("axes")
+        if not axes:
+            axes = [] if op.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+        if not axes:
+            return "copy", op.inputs[:1], {}
+        return kind, op.inputs[:1], {"axes": sorted({int(a) % rank for a in axes}),
+                                     "keepdims": int(op.attrs.get("keepdims", 1))}
+    return normalise
+
+
+def copy(graph, op):
+    """Expand (to the declared, broadcast shape) and Cast (float to float): a copy."""
+    return "copy", op.inputs[:1], {}
 
 
 def batchnorm(graph, op):
@@ -169,4 +257,9 @@ NORMALIZERS = {
     "Add": simple("add"), "Sub": simple("sub"), "Mul": simple("mul"), "Div": simple("div"),
     "GlobalAveragePool": simple("gavgpool"), "GlobalMaxPool": simple("gmaxpool"),
     "Concat": axis_op("concat", 0), "Softmax": axis_op("softmax", -1),
+    "LayerNormalization": layernorm, "Gelu": gelu, "Gather": gather, "Slice": slice_,
+    "Split": split, "Expand": copy, "Cast": copy,
+    "ReduceMean": reduce("reducemean"), "ReduceSum": reduce("reducesum"),
+    "Erf": simple("erf"), "Sqrt": simple("sqrt"), "Reciprocal": simple("reciprocal"),
+    "Exp": simple("exp"), "Neg": simple("neg"), "Pow": simple("pow"),
 }

@@ -7,9 +7,9 @@ A row (``OpDef``) states, for one kind:
   canonicalize, see ``ONNX_NODE``). ``canonical``: what canonicalize makes (conv, matmul,
   batchnorm, relu, add, maxpool, ...), with explicit numeric attributes. ``crossbar``: what
   lower-to-crossbar, basis-decompose and sort-weights make (im2col, xbar_matmul,
-  digital_matmul, unpatch, basis_project, combine, permute). ``until`` is the last level the
-  kind may appear at (conv and matmul are lowered; the other canonical kinds stay and reach
-  the chip).
+  digital_matmul, dyn_digital, dyn_write, unpatch, basis_project, combine, permute).
+  ``until`` is the last level the kind may appear at (conv, matmul and dynmatmul are
+  lowered; the other canonical kinds stay and reach the chip).
 - ``operands``: in order, each ``data`` (any tensor, value or constant) or ``const`` (a
   compile-time constant: crossbars hold static weights), possibly ``optional`` (left out at the
   end; an ONNX op may also name it "") or ``variadic`` (the last, one or more tensors).
@@ -145,10 +145,11 @@ _ACT = Attr("act", "act", required=False)
 _BN = tuple(Operand(n, "const") for n in ("scale", "bias", "mean", "var"))
 
 
-def _unary(name: str, *attrs: str) -> OpDef:
-    """An activation (fusable, on the vector unit as its opcode) with float attributes."""
+def _unary(name: str, *attrs: str, fusable: bool = True) -> OpDef:
+    """An elementwise op on the vector unit (as its opcode) with float attributes; an
+    activation (``fusable``) unless said otherwise."""
     return OpDef(name, CANONICAL, (_X,), tuple(Attr(a, "float") for a in attrs), S.same,
-                 name, fusable=True)
+                 name, fusable=fusable)
 
 
 def _binary(name: str) -> OpDef:
@@ -157,7 +158,17 @@ def _binary(name: str) -> OpDef:
 
 _TABLE = [
     # -- ONNX operators the compiler supports (and ``support.RESTRICTIONS`` on some) ---------
-    _onnx("Conv", _X, _W, _B), _onnx("Gemm", _X, _W, _B), _onnx("MatMul", _X, _W),
+    _onnx("Conv", _X, _W, _B), _onnx("Gemm", _X, _W, _B),
+    _onnx("MatMul", _X, Operand("b")),  # a constant 2-D b: crossbars; else a dynamic product
+    _onnx("LayerNormalization", _X, Operand("scale", "const"), _B),
+    _onnx("Gather", Operand("data"), Operand("indices")),
+    _onnx("Slice", _X, *(Operand(n, "const", optional=n in ("axes", "steps"))
+                         for n in ("starts", "ends", "axes", "steps"))),
+    _onnx("Split", _X, Operand("split", "const", True)),
+    _onnx("Expand", _X, Operand("shape", "const")), _onnx("Cast", _X),
+    *(_onnx(k, _X, Operand("axes", "const", True)) for k in ("ReduceMean", "ReduceSum")),
+    *(_onnx(k, _X) for k in ("Gelu", "Erf", "Sqrt", "Reciprocal", "Exp", "Neg")),
+    _onnx("Pow", Operand("a"), Operand("b")),
     _onnx("BatchNormalization", _X, *_BN),
     *(_onnx(k, _X) for k in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "MaxPool",
                              "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
@@ -182,7 +193,21 @@ _TABLE = [
     OpDef("batchnorm", CANONICAL, (_X, *_BN), (Attr("epsilon", "float"),), S.batchnorm),
     _unary("relu"), _unary("sigmoid"), _unary("tanh"), _unary("leakyrelu", "alpha"),
     _unary("clip", "min", "max"), _unary("hardsigmoid", "alpha", "beta"),
-    _binary("add"), _binary("sub"), _binary("mul"), _binary("div"),
+    _binary("add"), _binary("sub"), _binary("mul"), _binary("div"), _binary("pow"),
+    OpDef("gelu", CANONICAL, (_X,), (Attr("approximate", "str"),), S.same, "gelu",
+          fusable=True),
+    *(_unary(k, fusable=False) for k in ("erf", "sqrt", "reciprocal", "exp", "neg")),
+    OpDef("layernorm", CANONICAL, (_X, Operand("scale", "const"), Operand("bias", "const")),
+          (Attr("axis", "int"), Attr("epsilon", "float")), S.layernorm, "layernorm"),
+    *(OpDef(k, CANONICAL, (_X,), (Attr("axes", "ints"), Attr("keepdims", "int")), S.reduce, k)
+      for k in ("reducemean", "reducesum")),
+    OpDef("slice", CANONICAL, (_X,), tuple(Attr(a, "ints") for a in ("starts", "ends",
+                                                                     "steps")),
+          S.sliced, "slice"),
+    OpDef("gather", CANONICAL, (Operand("data"), Operand("indices")), (Attr("axis", "int"),),
+          S.gather, "gather"),
+    OpDef("dynmatmul", CANONICAL, (Operand("a"), Operand("b")), (), S.dynmatmul,
+          until=CANONICAL),
     OpDef("maxpool", CANONICAL, (_X,), (*_WINDOW, Attr("ceil", "int")), S.pool, "maxpool"),
     OpDef("avgpool", CANONICAL, (_X,), (*_WINDOW, Attr("ceil", "int"), Attr("count_pad", "int")),
           S.pool, "avgpool"),
@@ -206,6 +231,9 @@ _TABLE = [
           (Attr("tiles", "tiles"), _ACT, Attr("placement", "placement", False),
            Attr("resident", "flags", False), Attr("chunks", "chunks", False)), S.xbar_matmul),
     OpDef("digital_matmul", CROSSBAR, (_X, _W, _B), (_ACT,), S.matmul),  # dmatmul + act
+    OpDef("dyn_digital", CROSSBAR, (Operand("a"), Operand("b")), (), S.dynmatmul, "dbmm"),
+    OpDef("dyn_write", CROSSBAR, (Operand("a"), Operand("b")), (Attr("xbs", "ints", False),),
+          S.dynmatmul, "wbmm"),
     OpDef("unpatch", CROSSBAR, (_X,), (Attr("perm", "ints", False),), S.unpatch, "unpatch"),
     OpDef("permute", CROSSBAR, (_X, Operand("perm", "const")), (), S.same, "permute"),
     OpDef("basis_project", CROSSBAR, (_X, Operand("tile", "const")),

@@ -205,3 +205,52 @@ def combine(ins: list[Shape], a: dict, declared: Shape) -> Shape:
     y = proj[:-1] + (levels[1],)
     _bias(ins, y, 3)
     return y
+
+
+def dynmatmul(ins: list[Shape], a: dict, declared: Shape) -> Shape:
+    """a [..., M, K] @ b [..., K, N], both of rank >= 2, the leading axes broadcasting (numpy
+    matmul) -> [..., M, N]"""
+    x, w = ins
+    if len(x) < 2 or len(w) < 2 or x[-1] != w[-2]:
+        raise ShapeError(f"a {fmt(x)} and b {fmt(w)} are not [..., M, K] and [..., K, N]")
+    return broadcast([x[:-2], w[:-2]], a, declared) + (x[-2], w[-1])
+
+
+def layernorm(ins: list[Shape], a: dict, declared: Shape) -> Shape:
+    """x normalised over its axes from axis on; scale and bias broadcast to those axes"""
+    x, axis = ins[0], a["axis"]
+    if not 0 <= axis < len(x):
+        raise ShapeError(f"axis {axis} is not an axis of x {fmt(x)}")
+    for p in ins[1:]:
+        if len(p) > len(x) - axis or broadcast([x[axis:], p], a, declared) != x[axis:]:
+            raise ShapeError(f"parameter {fmt(p)} does not broadcast to x {fmt(x)}'s "
+                             f"normalised axes {fmt(x[axis:])}")
+    return x
+
+
+def reduce(ins: list[Shape], a: dict, declared: Shape) -> Shape:
+    """x reduced over axes (distinct axes of x), kept as size 1 with keepdims"""
+    x, axes = ins[0], a["axes"]
+    if len(set(axes)) != len(axes) or not all(0 <= ax < len(x) for ax in axes):
+        raise ShapeError(f"axes {fmt(axes)} are not distinct axes of x {fmt(x)}")
+    if a["keepdims"]:
+        return tuple(1 if i in axes else d for i, d in enumerate(x))
+    return tuple(d for i, d in enumerate(x) if i not in axes)
+
+
+def sliced(ins: list[Shape], a: dict, declared: Shape) -> Shape:
+    """x[starts[i]:ends[i]:steps[i]] on every axis i (python slicing, steps non-zero)"""
+    x = ins[0]
+    parts = (a["starts"], a["ends"], a["steps"])
+    if any(len(p) != len(x) for p in parts) or 0 in a["steps"]:
+        raise ShapeError(f"starts, ends and steps need one entry per axis of x {fmt(x)}, "
+                         "steps non-zero")
+    return tuple(len(range(*slice(*t).indices(d))) for d, t in zip(x, zip(*parts)))
+
+
+def gather(ins: list[Shape], a: dict, declared: Shape) -> Shape:
+    """data [..., D_axis, ...] at indices I along axis -> data[:axis] + I + data[axis+1:]"""
+    data, idx, axis = ins[0], ins[1], a["axis"]
+    if not 0 <= axis < len(data):
+        raise ShapeError(f"axis {axis} is not an axis of data {fmt(data)}")
+    return tuple(data[:axis]) + tuple(idx) + tuple(data[axis + 1:])

@@ -66,17 +66,60 @@ def _batchnorm(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | No
 
 def _matmul(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
     x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
-    if x is not None and w is not None and (len(w) != 2 or len(x) < 2):
-        return (f"MatMul needs an input of rank >= 2 and a 2-D constant weight, got "
+    if x is not None and w is not None and (len(w) < 2 or len(x) < 2):
+        return (f"MatMul needs operands of rank >= 2 (a 1-D operand is not supported), got "
                 f"{tuple(x)} x {tuple(w)}")
+    return None
+
+
+def _layernorm(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    if any(node.output[1:]):
+        return "LayerNormalization's Mean and InvStdDev outputs (training) are not supported"
+    return None
+
+
+def _cast(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    if to != onnx.TensorProto.FLOAT:
+        return "Cast of a computed tensor is supported to float32 only"
     return None
 
 
 # Supported ops that are supported only in part: op -> check(node, shapes, values) giving what
 # is not supported (None: fine). ``values`` holds initializers and Constant outputs.
 RESTRICTIONS: dict[str, Callable[[onnx.NodeProto, Shapes, Values], str | None]] = {
-    "Dropout": _dropout, "BatchNormalization": _batchnorm, "MatMul": _matmul,
+    "Dropout": _dropout, "BatchNormalization": _batchnorm, "MatMul": _matmul, "Cast": _cast,
+    "LayerNormalization": _layernorm,
 }
+
+# Integer element types a graph input may have when it holds token ids (``index_inputs``).
+INDEX_DTYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
+
+
+def index_inputs(model: onnx.ModelProto, const: set[str], shapes: Shapes) -> dict[str, int]:
+    """Integer graph inputs that only index constant tables (Gather's indices, as embeddings
+    read token ids), each with the number of rows it may index (the smallest such table along
+    its gather axis): the program validates ids against it. Buffers hold them as float32,
+    exact below 2**24."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, pos))
+    out = {}
+    for inp in model.graph.input:
+        if inp.type.tensor_type.elem_type not in INDEX_DTYPES or inp.name in const:
+            continue
+        uses = readers.get(inp.name, [])
+        if uses and all(n.op_type == "Gather" and pos == 1 and n.input[0] in const
+                        and n.input[0] in shapes for n, pos in uses):
+            out[inp.name] = min(shapes[n.input[0]][_gather_axis(n, shapes)] for n, _ in uses)
+    return out
+
+
+def _gather_axis(node: onnx.NodeProto, shapes: Shapes) -> int:
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return axis % len(shapes[node.input[0]])
+
 
 
 def constant_tensors(model: onnx.ModelProto, shapes: Shapes) -> set[str]:

@@ -20,7 +20,7 @@ def weight_bytes(elems: int, bits: int) -> int:
 
 def has_dmatmul(program: Program) -> bool:
     """Whether the program uses the digital unit at all."""
-    return any(ins.op == "dmatmul" for ins in program.text)
+    return any(ins.op in ("dmatmul", "dbmm") for ins in program.text)
 
 
 def weight_sram_bytes(program: Program) -> int:

@@ -24,6 +24,24 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0, -x))
 
 
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function, from the complementary one's Chebyshev fit (Numerical Recipes,
+    ``erfcc``: fractional error below 1.2e-7 everywhere), in float64."""
+    z = np.abs(x.astype(np.float64))
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (
+        0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (
+            1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
+    return np.sign(x) * (1.0 - t * np.exp(poly))
+
+
+def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    """x Phi(x): exactly (``none``, through erf) or by the tanh formula (``tanh``)."""
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
 # Elementwise activations, fn(x, attrs) with the opcode's attributes by name; call ``activation``.
 ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "relu": lambda x, a: np.maximum(x, 0),
@@ -32,11 +50,18 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "sigmoid": lambda x, a: _sigmoid(x),
     "tanh": lambda x, a: np.tanh(x),
     "hardsigmoid": lambda x, a: np.clip(x * a["alpha"] + a["beta"], 0, 1),
+    "gelu": lambda x, a: gelu(x, a["approximate"]),
+    "erf": lambda x, a: erf(x),
+    "sqrt": lambda x, a: np.sqrt(x),
+    "reciprocal": lambda x, a: np.reciprocal(x),
+    "exp": lambda x, a: np.exp(x),
+    "neg": lambda x, a: np.negative(x),
 }
 
 # Broadcasting binary ops; call ``binary``.
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "pow": np.power,
 }
 
 
@@ -144,3 +169,39 @@ def combine(proj: np.ndarray, levels: np.ndarray, scale: np.ndarray) -> np.ndarr
     -> [B, ..., M] (the bias, if any, is the caller's)."""
     y = proj.reshape(proj.shape[0], -1, proj.shape[-1]) @ (levels * scale)
     return y.reshape(proj.shape[:-1] + y.shape[-1:])
+
+
+def layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, axis: int,
+              epsilon: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + epsilon) * scale + bias over the axes from ``axis`` on; mean and
+    (biased) variance in float32, as onnxruntime computes them."""
+    axes = tuple(range(axis, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True, dtype=F32)
+    d = x - mean
+    var = (d * d).mean(axis=axes, keepdims=True, dtype=F32)
+    return (d / np.sqrt(var + F32(epsilon)) * scale + bias).astype(F32)
+
+
+REDUCE = {"reducemean": np.mean, "reducesum": np.sum}
+
+
+def reduce(kind: str, x: np.ndarray, axes, keepdims: int) -> np.ndarray:
+    """The reduction ``kind`` (a key of REDUCE) of x over ``axes``."""
+    return np.asarray(REDUCE[kind](x, axis=tuple(axes), keepdims=bool(keepdims)), F32)
+
+
+def slice_axes(x: np.ndarray, starts, ends, steps) -> np.ndarray:
+    """x[start:end:step] on every axis; an end of -1 (with a negative step) runs past the
+    front."""
+    key = tuple(slice(s, None if e < 0 else e, st) for s, e, st in zip(starts, ends, steps))
+    return np.ascontiguousarray(x[key], dtype=F32)
+
+
+def gather(data: np.ndarray, indices: np.ndarray, axis: int) -> np.ndarray:
+    """data's entries at ``indices`` (non-negative integers, held as floats) along ``axis``."""
+    return np.take(data, indices.astype(np.int64), axis=axis).astype(F32)
+
+
+def bmm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a [..., M, K] @ b [..., K, N], leading axes broadcast, in float32."""
+    return np.matmul(a, b, dtype=F32)

@@ -18,7 +18,8 @@ An instruction carries every attribute of its row except those the row lists as 
 Units: ``xbar`` (the crossbar named by ``xb``), ``write`` (that crossbar and a write driver),
 ``vector`` (the vector unit), ``buffer`` (the scratchpad port: data movement), ``combiner``
 (BasisN's coefficient unit beside the crossbars), ``digital`` (the digital MAC unit, its own
-weight SRAM), ``control``.
+weight SRAM), ``dynamic`` (the crossbars reserved for operands computed per inference, and
+their write drivers), ``control``.
 What each costs, in time and energy, is ``isa.timing.COSTS``.
 """
 
@@ -102,7 +103,41 @@ _TABLE = [
     Opcode("sub", ("dst", "src", "src"), {}, "vector", "broadcasting a - b"),
     Opcode("mul", ("dst", "src", "src"), {}, "vector", "broadcasting a * b"),
     Opcode("div", ("dst", "src", "src"), {}, "vector", "broadcasting a / b"),
+    Opcode("pow", ("dst", "src", "src"), {}, "vector", "broadcasting a ** b"),
     Opcode("relu", ("dst", "src"), {}, "vector", "max(x, 0)"),
+    Opcode("gelu", ("dst", "src"), {"approximate": "str"}, "vector",
+           "x Phi(x): approximate \"none\" (erf) or \"tanh\""),
+    Opcode("erf", ("dst", "src"), {}, "vector", "the error function"),
+    Opcode("sqrt", ("dst", "src"), {}, "vector", "square root"),
+    Opcode("reciprocal", ("dst", "src"), {}, "vector", "1 / x"),
+    Opcode("exp", ("dst", "src"), {}, "vector", "e ** x"),
+    Opcode("neg", ("dst", "src"), {}, "vector", "-x"),
+    Opcode("layernorm", ("dst", "src", "src", "src"), {"axis": "int", "epsilon": "float"},
+           "vector", "(x - mean) / sqrt(var + epsilon) * scale + bias over the axes from axis "
+           "on (x, scale, bias)"),
+    Opcode("reducemean", ("dst", "src"), {"axes": "ints", "keepdims": "int"}, "vector",
+           "mean over axes"),
+    Opcode("reducesum", ("dst", "src"), {"axes": "ints", "keepdims": "int"}, "vector",
+           "sum over axes"),
+    Opcode("slice", ("dst", "src"), {"starts": "ints", "ends": "ints", "steps": "ints"},
+           "buffer", "src[start:end:step] on every axis (end -1: past the front, for a "
+           "negative step)"),
+    Opcode("gather", ("dst", "src", "src"), {"axis": "int"}, "buffer",
+           "take(data, indices, axis): indices non-negative integers held as floats "
+           "(token ids, validated on input against the rows they index; an embedding table "
+           "is a blob read from the weight store)"),
+    Opcode("dbmm", ("dst", "src", "src"), {}, "digital",
+           "digital MAC unit, both operands computed: dst = a @ b, a [..., M, K], b [..., K, "
+           "N], leading axes broadcast. Ideal mode: float32. Quantized and analog modes: b "
+           "per matrix as dmatmul's weights (weight_bits, a scale per column), a as its inputs "
+           "(input_bits a sign, per sample), exact integer accumulation (runtime.dynamic; "
+           "cost: isa.timing.dbmm_cost)"),
+    Opcode("wbmm", ("dst", "src", "src"), {"xbs": "ints"}, "dynamic",
+           "crossbars written per inference: dst = a @ b as dbmm, with every matrix b [K, N] "
+           "programmed (program-and-verify, tiled to the crossbar) onto the crossbars xbs "
+           "in turn and a's rows read through them as mvms. Quantized and analog modes: as "
+           "write + mvm, analog with fresh programming noise at every inference "
+           "(runtime.dynamic; cost, wear: isa.timing.wbmm_cost)"),
     Opcode("leakyrelu", ("dst", "src"), {"alpha": "float"}, "vector", "x if x >= 0 else alpha x"),
     Opcode("clip", ("dst", "src"), {"min": "float", "max": "float"}, "vector", "clamp"),
     Opcode("sigmoid", ("dst", "src"), {}, "vector", "1 / (1 + exp(-x))"),

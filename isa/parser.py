@@ -115,7 +115,14 @@ class _ToProgram(lark.Transformer):
         return ("batch", (batch, str(items[1]) == "free"))
 
     def port(self, items):
-        return ("port", Port(str(items[0]), json.loads(items[1]), str(items[2])[1:]))
+        kvs = {k: v for k, v, _ in items[3:]}
+        unknown = set(kvs) - {"ids"}
+        if unknown or not isinstance(kvs.get("ids", 0), int) or kvs.get("ids", 0) < 0:
+            raise IsaError(f"port {items[1]}: the only port attribute is ids=N (N >= 1), got "
+                           f"{' '.join(f'{k}={v}' for k, v in kvs.items())}",
+                           *_line_col(items[0]))
+        return ("port", Port(str(items[0]), json.loads(items[1]), str(items[2])[1:],
+                             kvs.get("ids", 0)))
 
     def buffer(self, items):
         name, ttype = items[0], items[1]

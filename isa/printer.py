@@ -40,7 +40,8 @@ def print_program(p: Program) -> str:
     """Canonical text; the last line is the file checksum over everything before it."""
     out = [f"cim {p.version}", _chip(p.chip),
            f"batch {p.batch} {'free' if p.batch_free else 'fixed'}"]
-    out += [f"{port.kind} {json.dumps(port.name)} %{port.buffer}" for port in p.ports]
+    out += [f"{port.kind} {json.dumps(port.name)} %{port.buffer}" +
+            (f" ids={port.ids}" if port.ids else "") for port in p.ports]
     out += [f"buffer %{b.name} {b.type} offset={b.offset}" +
             (f" range={_value(float(b.range))}" if b.range else "") for b in p.buffers]
     out.append("text")

@@ -56,6 +56,7 @@ class Port:
     kind: str  # "input" | "output"
     name: str
     buffer: str
+    ids: int = 0  # an input of token ids, integers in [0, ids) held as float32; 0: float data
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,54 @@ def dmatmul_cost(chip: Chip, vectors: int, k: int, m: int, weight_bytes_sram: in
     return cycles / t.clock_ghz, energy
 
 
+def dbmm_cost(chip: Chip, macs: int) -> Cost:
+    """The digital MAC unit on a product of two computed operands (``dbmm``): ``macs``
+    multiply-accumulates at ``digital_macs`` a cycle and ``digital_mac_pj`` each. Both
+    operands come from the scratchpad, like an mvm's inputs, and are not charged; nothing is
+    fetched from the weight SRAM."""
+    t = chip.timing
+    return -(-macs // t.digital_macs) / t.clock_ghz, macs * chip.energy.digital_mac_pj
+
+
+@dataclass(frozen=True)
+class DynamicWork:
+    """A ``wbmm``: ``matrices`` products [m, k] @ [k, n] over a pool of ``pool`` crossbars."""
+    matrices: int
+    m: int
+    k: int
+    n: int
+    pool: int
+
+    def tiles(self, chip: Chip) -> list[tuple[int, int]]:
+        """(rows, weights) of the crossbar tiles one [k, n] matrix is cut into."""
+        r, c = chip.arch.rows, chip.arch.weights_per_row
+        return [(min(r, self.k - r0), min(c, self.n - c0))
+                for r0 in range(0, self.k, r) for c0 in range(0, self.n, c)]
+
+    def writes(self, chip: Chip) -> int:
+        """Tile writes per run: every tile of every matrix."""
+        return self.matrices * len(self.tiles(chip))
+
+
+def wbmm_cost(chip: Chip, work: DynamicWork) -> Cost:
+    """Crossbars written per inference (``wbmm``): every tile of every matrix is programmed
+    (every row and cell: the data is new, ``tile_write_cost``) and then read by the m rows of
+    its first operand (``mvm_cost``). The tiles go round robin over the pool; a crossbar
+    writes and reads its tiles one after another, and at most ``write_drivers`` (0: one per
+    crossbar) program at once. Time: the larger of a crossbar's share (ceil(tiles / pool)
+    average tiles, write and read) and the drivers' share of all the writes. Energy: every
+    write and read."""
+    tiles = work.tiles(chip)
+    costs = [(tile_write_cost(chip, r, c), mvm_cost(chip, r, c, work.m)) for r, c in tiles]
+    write_ns = sum(w[0] for w, _ in costs) / len(tiles)
+    read_ns = sum(v[0] for _, v in costs) / len(tiles)
+    energy = work.matrices * sum(w[1] + v[1] for w, v in costs)
+    total = work.writes(chip)
+    drivers = min(chip.timing.write_drivers or work.pool, work.pool)
+    ns = max(-(-total // work.pool) * (write_ns + read_ns), total * write_ns / drivers)
+    return ns, energy
+
+
 def _free(chip: Chip, elems: int) -> Cost:
     return 0.0, 0.0
 
@@ -198,12 +246,20 @@ _BY_UNIT = {"vector": vector_cost, "control": _free,
 _DIGITAL = {m: _BY_UNIT[op.unit] for m, op in OPCODES.items() if op.unit in _BY_UNIT}
 _DIGITAL["reshape"] = _free  # a view: the data stays where it is
 
+# Vector-unit passes over every element (assumption: one lane operation each, transcendental
+# functions included): softmax takes the max, subtracts and exponentiates, sums, divides;
+# layernorm the mean, the squared deviations, their mean, then normalises and scales.
+VECTOR_PASSES = {"softmax": 4, "layernorm": 5}
+# Reductions are charged by the elements they read, not the ones they write.
+READS_SOURCE = frozenset({"reducemean", "reducesum"})
+
 
 def digital_cost(chip: Chip, mnemonic: str, elems: int) -> Cost:
-    """A vector, buffer or control instruction whose destination (for a control
-    instruction: first operand) holds ``elems`` elements: vector ops by elements, buffer ops
-    by their bytes; ``reshape`` and control instructions are free."""
-    return _DIGITAL[mnemonic](chip, elems)
+    """A vector, buffer or control instruction over ``elems`` elements (its destination's;
+    for a reduction its source's; for a control instruction its first operand's): vector ops
+    by elements times ``VECTOR_PASSES``, buffer ops by their bytes; ``reshape`` and control
+    instructions are free."""
+    return _DIGITAL[mnemonic](chip, elems * VECTOR_PASSES.get(mnemonic, 1))
 
 
 # -- COSTS: the cost of one instruction of a program -------------------------------------
@@ -241,6 +297,7 @@ class _Ctx:
         self.content: dict[int, tuple] = {}  # which blob window each crossbar holds
         self.tiles_used: set = set()  # distinct tiles the inference body multiplies with
         self.last_write = WriteChange()
+        self.dynamic: DynamicWork | None = None  # the last wbmm's work
         self.combine: dict[str, CombineWork] = {}  # per coefficient blob
         self.combiner = combiner_size(program)  # coefficient SRAM and accumulator file sizes
         self.digital_sram = weight_sram_bytes(program)  # the digital unit's weight SRAM
@@ -252,6 +309,9 @@ class _Ctx:
         if blob not in self._tensor_max:
             self._tensor_max[blob] = float(np.abs(self.blobs[blob].data).max(initial=0.0))
         return self._tensor_max[blob]
+
+    def shape(self, ref: str) -> tuple[int, ...]:
+        return tuple(self.blobs[ref[1:]].data.shape) if ref[0] == "@" else self.shapes[ref[1:]]
 
     def elems(self, ref: str) -> int:
         if ref[0] == "@":
@@ -306,12 +366,31 @@ def _dmatmul(c: _Ctx, ins: Instr) -> Cost:
     return dmatmul_cost(c.chip, vectors, k, m, c.digital_sram)
 
 
+def _product(c: _Ctx, ins: Instr) -> tuple[int, int, int, int]:
+    """(matrices, m, k, n) of a dbmm or wbmm, from its destination's and first operand's
+    shapes."""
+    dst, a = (c.shape(r) for r in ins.operands[:2])
+    return int(np.prod(dst[:-2], dtype=np.int64)), dst[-2], a[-1], dst[-1]
+
+
+def _dbmm(c: _Ctx, ins: Instr) -> Cost:
+    g, m, k, n = _product(c, ins)
+    return dbmm_cost(c.chip, g * m * k * n)
+
+
+def _wbmm(c: _Ctx, ins: Instr) -> Cost:
+    c.dynamic = DynamicWork(*_product(c, ins), pool=len(ins.attr("xbs")))
+    return wbmm_cost(c.chip, c.dynamic)
+
+
 def _digital(c: _Ctx, ins: Instr) -> Cost:
-    return digital_cost(c.chip, ins.op, c.elems(ins.operands[0]) if ins.operands else 0)
+    ref = ins.operands[1] if ins.op in READS_SOURCE else ins.operands[0] if ins.operands else 0
+    return digital_cost(c.chip, ins.op, c.elems(ref) if ref else 0)
 
 
 COSTS = {m: _digital for m in _DIGITAL}
-COSTS.update({"mvm": _mvm, "write": _write, "combine": _combine, "dmatmul": _dmatmul})
+COSTS.update({"mvm": _mvm, "write": _write, "combine": _combine, "dmatmul": _dmatmul,
+              "dbmm": _dbmm, "wbmm": _wbmm})
 
 
 # -- the issue rules, and the simulation of a program ------------------------------------
@@ -418,6 +497,8 @@ def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -
         if ins.op == "write":
             _count_write(tl, ctx.last_write, ins.attr("xb"), phase)
             duration = duration if units else 0.0
+        if ins.op == "wbmm":
+            _count_dynamic(tl, ctx.dynamic, ins.attr("xbs"), ctx.chip, phase)
         has_dst = OPCODES[ins.op].operands[:1] == ("dst",)
         refs = ins.operands[1:] if has_dst else ins.operands
         start, end = machine.issue(unit_of(ins), duration, [r[1:] for r in refs if r[0] == "%"],
@@ -436,3 +517,20 @@ def _count_write(tl: Timeline, change: WriteChange, xb: int, phase: str) -> None
         tl.body_rows_written += change.rows
         tl.body_cells_written += change.cells
         tl.writes_per_xbar[xb] = tl.writes_per_xbar.get(xb, 0) + (change.rows > 0)
+
+
+def _count_dynamic(tl: Timeline, work: DynamicWork, xbs: list[int], chip: Chip,
+                   phase: str) -> None:
+    """A wbmm's writes: every row and cell of every tile, the tiles round robin over ``xbs``."""
+    tiles = work.tiles(chip)
+    change = WriteChange(work.matrices * sum(r for r, _ in tiles),
+                         work.matrices * sum(r * c for r, c in tiles) * cells_per_weight(chip))
+    tl.rows_written += change.rows
+    tl.cells_written += change.cells
+    if phase == "inference":
+        tl.body_rows_written += change.rows
+        tl.body_cells_written += change.cells
+        total = work.writes(chip)
+        for i, xb in enumerate(xbs):
+            share = total // len(xbs) + (i < total % len(xbs))
+            tl.writes_per_xbar[xb] = tl.writes_per_xbar.get(xb, 0) + share

@@ -379,6 +379,82 @@ def _binary(c: _Ctx, ins: Instr) -> None:
     _broadcast(ins, [c.src(ins, 1), c.src(ins, 2)], c.dst(ins))
 
 
+def _gelu(c: _Ctx, ins: Instr) -> None:
+    _same_shape(c, ins)
+    if ins.attr("approximate") not in ("none", "tanh"):
+        _fail(ins, f"approximate {ins.attr('approximate')!r}; expected \"none\" or \"tanh\"")
+
+
+def _layernorm(c: _Ctx, ins: Instr) -> None:
+    _same_shape(c, ins)
+    src = c.src(ins)
+    axis = _axis(ins, len(src))
+    for ref in ins.operands[2:]:
+        shape = c.shape(ref)
+        try:
+            ok = len(shape) <= len(src) - axis and \
+                np.broadcast_shapes(shape, src[axis:]) == src[axis:]
+        except ValueError:
+            ok = False
+        if not ok:
+            _fail(ins, f"{ref} {list(shape)} does not broadcast to the normalised axes "
+                       f"{list(src[axis:])}")
+
+
+def _reduce(c: _Ctx, ins: Instr) -> None:
+    src, axes, keep = c.src(ins), ins.attr("axes"), ins.attr("keepdims")
+    if keep not in (0, 1) or len(set(axes)) != len(axes) or \
+            not all(0 <= a < len(src) for a in axes):
+        _fail(ins, f"axes {list(axes)} must be distinct axes of {ins.operands[1]} "
+                   f"{list(src)}, keepdims 0 or 1")
+    want = tuple(1 if i in axes else d for i, d in enumerate(src)) if keep else \
+        tuple(d for i, d in enumerate(src) if i not in axes)
+    _expect_shape(ins, c.dst(ins), want)
+
+
+def _slice(c: _Ctx, ins: Instr) -> None:
+    src = c.src(ins)
+    parts = [ins.attr(k) for k in ("starts", "ends", "steps")]
+    if any(len(p) != len(src) for p in parts) or 0 in parts[2] or any(
+            not (0 <= s <= d and -1 <= e <= d) for s, e, d in zip(parts[0], parts[1], src)):
+        _fail(ins, f"starts, ends and steps need one entry per axis of {ins.operands[1]} "
+                   f"{list(src)}, within it, steps non-zero")
+    _expect_shape(ins, c.dst(ins), tuple(len(range(s, e, st)) for s, e, st in zip(*parts)))
+
+
+def _gather(c: _Ctx, ins: Instr) -> None:
+    data, idx = c.src(ins, 1), c.src(ins, 2)
+    axis = _axis(ins, len(data))
+    if ins.operands[2][0] == "@":
+        values = _finite_blob(c, ins, ins.operands[2])
+        if ((values != np.rint(values)) | (values < 0) | (values >= data[axis])).any():
+            _fail(ins, f"{ins.operands[2]} holds indices that are not integers in "
+                       f"[0, {data[axis]})")
+    _expect_shape(ins, c.dst(ins), data[:axis] + idx + data[axis + 1:])
+
+
+def _bmm(c: _Ctx, ins: Instr) -> None:
+    a, b = c.src(ins, 1), c.src(ins, 2)
+    for ref, shape in ((ins.operands[1], a), (ins.operands[2], b)):
+        _expect_rank(ins, ref, shape, range(2, limits.MAX_RANK + 1))
+    try:
+        lead = np.broadcast_shapes(a[:-2], b[:-2])
+    except ValueError:
+        lead = None
+    if lead is None or a[-1] != b[-2]:
+        _fail(ins, f"{list(a)} @ {list(b)}: not [..., M, K] @ [..., K, N] with broadcasting "
+                   "leading axes")
+    _expect_shape(ins, c.dst(ins), tuple(lead) + (a[-2], b[-1]))
+
+
+def _wbmm(c: _Ctx, ins: Instr) -> None:
+    _bmm(c, ins)
+    xbs = ins.attr("xbs")
+    if not xbs or len(set(xbs)) != len(xbs) or not all(0 <= x < c.chip.xbars for x in xbs):
+        _fail(ins, f"xbs {list(xbs)} must name distinct crossbars of the chip's "
+                   f"{c.chip.xbars}")
+
+
 def _nothing(c: _Ctx, ins: Instr) -> None:
     """fill, barrier, halt: no operand shapes or attribute ranges to check."""
 
@@ -393,6 +469,9 @@ CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
     "softmax": _softmax, "lrn": _lrn,
     "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
     "copy": _copy, "permute": _permute, "barrier": _nothing, "halt": _nothing,
+    "pow": _binary, "gelu": _gelu, "layernorm": _layernorm, "reducemean": _reduce,
+    "reducesum": _reduce, "slice": _slice, "gather": _gather, "dbmm": _bmm, "wbmm": _wbmm,
+    **{op: _same_shape for op in ("erf", "sqrt", "reciprocal", "exp", "neg")},
 }
 
 
@@ -429,6 +508,8 @@ def _check_ports(p: Program) -> None:
     for port in p.ports:
         if port.buffer not in buffers:
             raise IsaError(f"{port.kind} {port.name!r} binds undeclared buffer %{port.buffer}")
+        if port.ids and port.kind != "input":
+            raise IsaError(f"output {port.name!r}: only an input can hold token ids (ids=)")
     if not p.outputs:
         raise IsaError("the program has no output")
     written = {ins.operands[0] for ins in p.text if OPCODES[ins.op].operands[:1] == ("dst",)}
@@ -479,7 +560,14 @@ _MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
     "concat": lambda c, ins, rank: ins.attr("axis") % rank == 0,
     "softmax": lambda c, ins, rank: ins.attr("axis") % rank == 0,
     "pad": lambda c, ins, rank: ins.attr("pads")[0] != 0 or ins.attr("pads")[rank] != 0,
-    **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "copy")},
+    **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "pow", "copy", "dbmm",
+                                        "wbmm")},
+    "layernorm": lambda c, ins, rank: ins.attr("axis") % rank == 0,
+    **{op: lambda c, ins, rank: 0 in ins.attr("axes") for op in ("reducemean", "reducesum")},
+    "slice": lambda c, ins, rank: (ins.attr("starts")[0], ins.attr("ends")[0],
+                                   ins.attr("steps")[0]) != (0, c.src(ins)[0], 1),
+    "gather": lambda c, ins, rank: ins.attr("axis") % len(c.src(ins)) == 0
+    and ins.operands[1][0] == "%",
 }
 
 

@@ -117,6 +117,6 @@ def workload_bound_ns(program: Program, chip: Chip, tl: Timeline) -> dict[str, f
              "one_write": must[-1] + mvm_cost(chip, 1, 1, 1)[0] if must else 0.0}
     if chip.timing.write_drivers:
         terms["write_drivers"] = writes / chip.timing.write_drivers
-    for unit in ("vector", "buffer", "combiner", "digital"):
+    for unit in ("vector", "buffer", "combiner", "digital", "dynamic"):
         terms[unit] = work[unit]
     return terms

@@ -203,11 +203,26 @@ def _join(parts: list[np.ndarray], name: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _check_dtype(port, x: np.ndarray) -> None:
+    """Float data for a float port; for a token-id port, integers in [0, ids)."""
+    if not port.ids:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise RunError(f"input {port.name!r} has dtype {x.dtype}; expected float32")
+        return
+    if not np.issubdtype(x.dtype, np.integer):
+        raise RunError(f"input {port.name!r} holds token ids: it must be an integer array "
+                       f"(int64), got {x.dtype}")
+    bad = (x < 0) | (x >= port.ids)
+    if bad.any():
+        raise RunError(f"input {port.name!r}: {int(bad.sum())} token id(s) outside the "
+                       f"vocabulary [0, {port.ids}) (the first: {int(x[bad][0])})")
+
+
 def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
                  source: str = "") -> tuple[dict[str, np.ndarray], int]:
     """Validate user inputs (``source``: their file, for messages); return them as float32
-    arrays and the number of compiled batches they hold. NaN or Inf is an error unless
-    ``allow_nonfinite``."""
+    arrays (token ids as int64) and the number of compiled batches they hold. NaN or Inf is
+    an error unless ``allow_nonfinite``."""
     ports = program.inputs
     if isinstance(inputs, np.ndarray):
         if len(ports) != 1:
@@ -223,8 +238,7 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
     for p in ports:
         x = np.asarray(inputs[p.name])
         want = buffers[p.buffer].type.shape
-        if not np.issubdtype(x.dtype, np.floating):
-            raise RunError(f"input {p.name!r} has dtype {x.dtype}; expected float32")
+        _check_dtype(p, x)
         ok = x.shape == want or (len(want) >= 1 and x.ndim == len(want)
                                  and x.shape[1:] == want[1:] and want[0] > 0
                                  and x.shape[0] % want[0] == 0)
@@ -235,7 +249,7 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
         n = x.shape[0] // want[0] if want and want[0] and x.shape != want else 1
         if samples is not None and n != samples:
             raise RunError("inputs disagree on the number of batches")
-        samples, feeds[p.name] = n, x.astype(np.float32)
+        samples, feeds[p.name] = n, x.astype(np.int64 if p.ids else np.float32)
         bad = 0 if allow_nonfinite else int(np.size(x) - np.isfinite(feeds[p.name]).sum())
         if bad:
             where = f" ({source})" if source else ""

@@ -16,6 +16,7 @@ from isa import cells, kernels
 from isa import windows as win
 
 from .digital import quantized_matmul
+from .dynamic import digital_bmm, written_bmm
 from .mvm_groups import as_vectors, execute_group
 
 F32 = np.float32
@@ -59,6 +60,58 @@ def dmatmul(m, ins):
         y = quantized_matmul(x, m.input_range(ins.operands[1], x), weight, bias, m.chip,
                              m.blob_max(ins.operands[2]))
     m.store(_dst(ins), y.reshape(m.shape(_dst(ins))))
+
+
+def _bmm_range(m, ins) -> np.ndarray:
+    """The DAC range of a computed product's first operand, per sample [B, 1, 1]."""
+    a = m.read(ins.operands[1])
+    return m.input_range(ins.operands[1], a.reshape(a.shape[0], -1, a.shape[-1]))
+
+
+def dbmm(m, ins):
+    """The digital unit on two computed operands: float32 in ideal mode, else exact integer
+    products of quantized operands (``runtime.dynamic``)."""
+    a, b = m.read(ins.operands[1]), m.read(ins.operands[2])
+    y = kernels.bmm(a, b) if m.mode == "ideal" else digital_bmm(a, b, _bmm_range(m, ins),
+                                                                  m.chip)
+    m.store(_dst(ins), y)
+
+
+def wbmm(m, ins):
+    """Crossbars written per inference: float32 in ideal mode, else b programmed and read as
+    write + mvm do, analog with fresh programming noise (``runtime.dynamic``)."""
+    a, b = m.read(ins.operands[1]), m.read(ins.operands[2])
+    if m.mode == "ideal":
+        y = kernels.bmm(a, b)
+    else:
+        rng = np.random.default_rng([m.seed, 5, ins.line]) if m.mode == "analog" else None
+        y = written_bmm(a, b, _bmm_range(m, ins), m.chip, rng)
+    m.store(_dst(ins), y)
+
+
+def layernorm(m, ins):
+    x, scale, bias = (m.read(r) for r in ins.operands[1:4])
+    m.store(_dst(ins), kernels.layernorm(x, scale, bias, ins.attr("axis"), ins.attr("epsilon")))
+
+
+def _reduce(m, ins):
+    m.store(_dst(ins), kernels.reduce(ins.op, m.read(ins.operands[1]), ins.attr("axes"),
+                                      ins.attr("keepdims")))
+
+
+def slice_(m, ins):
+    """A slice keeping the whole compiled batch keeps the whole run's (a batch-free program
+    runs any multiple of it)."""
+    x = m.read(ins.operands[1])
+    starts, ends, steps = (list(ins.attr(k)) for k in ("starts", "ends", "steps"))
+    if (starts[0], ends[0], steps[0]) == (0, m.program.batch, 1):
+        ends[0] = x.shape[0]
+    m.store(_dst(ins), kernels.slice_axes(x, starts, ends, steps))
+
+
+def gather(m, ins):
+    m.store(_dst(ins), kernels.gather(m.read(ins.operands[1]), m.read(ins.operands[2]),
+                                      ins.attr("axis")))
 
 
 def fill(m, ins):
@@ -154,6 +207,8 @@ SEMANTICS = {
     **{op: _binary for op in kernels.BINARY}, **{op: _unary for op in kernels.ACTIVATIONS},
     "reshape": reshape, "transpose": transpose, "permute": permute, "concat": concat, "pad": pad,
     "softmax": softmax, "lrn": lrn, "halt": halt,
+    "dbmm": dbmm, "wbmm": wbmm, "layernorm": layernorm, "slice": slice_, "gather": gather,
+    **{op: _reduce for op in kernels.REDUCE},
 }
 
 

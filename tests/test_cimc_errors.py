@@ -373,7 +373,8 @@ def test_basis_out_and_dump_ir_are_written_on_success(tmp_path):
             str(tmp_path / "b.npz"), "--dump-ir", str(tmp_path / "ir"), "-o",
             str(tmp_path / "p.cim"))
     assert r.returncode == 0 and _warnings(r.stderr) == [], r.stderr
-    assert (tmp_path / "b.npz").is_file() and len(list((tmp_path / "ir").iterdir())) == 16
+    dumps = list((tmp_path / "ir").iterdir())
+    assert (tmp_path / "b.npz").is_file() and len(dumps) == 2 * (1 + len(PIPELINE))
     assert [p.name for p in tmp_path.rglob(".tmp*")] == []
 
 
@@ -424,8 +425,8 @@ def test_shape_computed_reshape_target_is_folded():
 
 
 def test_conformance_calls_unsupported_only_what_support_declares():
-    exp = _model([helper.make_node("Exp", ["x"], ["y"])], [2, 6], [2, 6])
-    assert declared_unsupported(exp) == "operator Exp"
+    exp = _model([helper.make_node("Sin", ["x"], ["y"])], [2, 6], [2, 6])
+    assert declared_unsupported(exp) == "operator Sin"
     ints = helper.make_model(helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.INT32, [2])],

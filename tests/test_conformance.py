@@ -13,11 +13,16 @@ def test_no_supported_conformance_test_fails():
     failed = [f"{o.name}: {o.detail}" for o in outcomes if o.status == "failed"]
     assert not failed, "\n".join(failed)
     # Guard against support silently shrinking (e.g. a frontend bug rejecting everything).
-    assert counts["passed"] >= 230, counts
+    assert counts["passed"] >= 400, counts
     passed = {o.name for o in outcomes if o.status == "passed"}
     for must in ("node/test_conv_with_strides_padding", "node/test_maxpool_2d_ceil",
                  "node/test_averagepool_2d_pads_count_include_pad", "node/test_lrn",
                  "pytorch-converted/test_Conv2d_depthwise_strided", "node/test_gemm_all_attributes",
                  "node/test_softmax_axis_0", "pytorch-converted/test_ReflectionPad2d",
-                 "pytorch-converted/test_ReplicationPad2d"):
+                 "pytorch-converted/test_ReplicationPad2d",
+                 # transformer operators (issue 13)
+                 "node/test_layer_normalization_4d_axis_negative_1_expanded", "node/test_erf",
+                 "node/test_gelu_default_1", "node/test_gelu_tanh_1", "node/test_matmul_4d",
+                 "node/test_reduce_mean_default_axes_keepdims_example", "node/test_slice_neg_steps",
+                 "node/test_split_variable_parts_2d_opset18"):
         assert must in passed, must

@@ -45,7 +45,7 @@ def test_round_trip_hand_program():
 
 def test_every_opcode_has_a_documented_unit():
     assert {op.unit for op in OPCODES.values()} <= {"write", "xbar", "vector", "buffer", "control",
-                                                 "combiner", "digital"}
+                                                 "combiner", "digital", "dynamic"}
     assert all(op.doc for op in OPCODES.values())
 
 
@@ -161,7 +161,9 @@ def every_opcode_program() -> Program:
     shapes = {"x": (1, 2, 4, 4), "p": (1, 16, 18), "c": (1, 16, 3), "u": (1, 3, 4, 4),
               "m": (1, 3, 2, 2), "a": (1, 3, 2, 2), "g": (1, 3, 1, 1), "s": (1, 3, 2, 2),
               "f": (1, 12), "t": (1, 2, 2, 3), "cc": (1, 6, 2, 2), "pd": (1, 3, 4, 4),
-              "sm": (1, 12), "pj": (1, 2, 6), "cb": (1, 2, 2), "dm": (1, 2, 3), "dn": (1, 2, 3)}
+              "sm": (1, 12), "pj": (1, 2, 6), "cb": (1, 2, 2), "dm": (1, 2, 3), "dn": (1, 2, 3),
+              "ln": (1, 3, 2, 2), "rm": (1, 3, 1, 1), "rs": (1, 3), "sl": (1, 3, 1, 2),
+              "ga": (1, 2), "pt": (1, 6, 2), "bm": (1, 2, 2), "wm": (1, 2, 2)}
     conv = dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
     pool = dict(kernel=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1], ceil=0)
     tile = dict(xb=1, rows=[0, 18], cols=[0, 3])
@@ -187,6 +189,19 @@ def every_opcode_program() -> Program:
             _ins("fill", "%cb", value=0.0),
             _ins("combine", "%cb", "%pj", "@lv", "@sc", bits=4, unit=3),
             _ins("dmatmul", "%dm", "%pj", "@dw", "@db"), _ins("dmatmul", "%dn", "%pj", "@dw"),
+            _ins("layernorm", "%ln", "%s", "@k", "@k", axis=1, epsilon=1e-5),
+            _ins("pow", "%ln", "%ln", "@two"), _ins("neg", "%ln", "%ln"),
+            _ins("exp", "%ln", "%ln"), _ins("add", "%ln", "%ln", "@two"),
+            _ins("sqrt", "%ln", "%ln"), _ins("reciprocal", "%ln", "%ln"),
+            _ins("erf", "%ln", "%ln"),
+            _ins("gelu", "%ln", "%ln", approximate="tanh"),
+            _ins("reducemean", "%rm", "%ln", axes=[2, 3], keepdims=1),
+            _ins("reducesum", "%rs", "%ln", axes=[2, 3], keepdims=0),
+            _ins("slice", "%sl", "%ln", starts=[0, 0, 1, 0], ends=[1, 3, 2, 2],
+                 steps=[1, 1, 1, 1]),
+            _ins("gather", "%ga", "%f", "@ix", axis=1),
+            _ins("transpose", "%pt", "%pj", perm=[0, 2, 1]),
+            _ins("dbmm", "%bm", "%pj", "%pt"), _ins("wbmm", "%wm", "%pj", "%pt", xbs=[0]),
             _ins("halt")]
     rng = np.random.default_rng(0)
     blobs = [Blob("w", rng.standard_normal((18, 3)).astype(np.float32)),
@@ -196,7 +211,9 @@ def every_opcode_program() -> Program:
              Blob("sc", np.array([0.5, 0.25], np.float32)),
              Blob("dw", rng.standard_normal((6, 3)).astype(np.float32)),
              Blob("db", np.array([0.5, -1.0, 2.0], np.float32)),
-             Blob("pm", rng.permutation(12).astype(np.float32))]
+             Blob("pm", rng.permutation(12).astype(np.float32)),
+             Blob("two", np.array([2.0], np.float32)),
+             Blob("ix", np.array([3.0, 5.0], np.float32))]
     return Program(chip=ChipGeometry(xbars=2), batch=1, batch_free=True,
                    ports=[Port("input", "x", "x"), Port("output", "y", "sm"),
                           Port("output", "z", "cb"), Port("output", "t", "t"),

@@ -71,7 +71,7 @@ def test_codegen_handles_every_kind_that_reaches_it():
 def test_lowering_columns_match_the_passes():
     assert set(LOWER) == {k for k, row in OPS.items() if row.level == row.until == CANONICAL}
     fusable = {k for k, row in OPS.items() if row.fusable}
-    assert fusable == {"relu", "leakyrelu", "clip", "sigmoid", "tanh", "hardsigmoid"}
+    assert fusable == {"relu", "leakyrelu", "clip", "sigmoid", "tanh", "hardsigmoid", "gelu"}
     assert all(OPS[k].opcode == k and len(OPS[k].operands) == 1 for k in fusable)
     epilogue = {k for k, row in OPS.items() if row.epilogue}
     assert epilogue == {"conv", "matmul", "xbar_matmul", "digital_matmul", "combine"}
@@ -96,7 +96,8 @@ def test_every_bundled_model_verifies_after_every_pass(name, basis):
     compile_model(model_path(name), verify_each=True, warn=lambda message: None,
                   basis=BasisSet.load(os.path.join(MODELS, basis)) if basis else None,
                   dump=lambda stage, graph: seen.append((stage, graph.level)))
-    level = {"import": ONNX, "canonicalize": CANONICAL, "fold-batchnorm": CANONICAL,
+    level = {"import": ONNX, "canonicalize": CANONICAL, "match-patterns": CANONICAL,
+             "fold-batchnorm": CANONICAL,
              "fuse-activation": CANONICAL}
     assert seen == [(s, level.get(s, CROSSBAR)) for s in ["import"] + PIPELINE]
 
@@ -174,7 +175,7 @@ BROKEN = [
      "(group 1, kernel [4]) (rule: x [B, C, *S], w [M, C/group, *kernel], b [M] -> "),
     ([("Relu", ["x"], ["y"], {})], {"level": ONNX, "shapes": {"y": (2, 5)}},
      r"an ONNX op must carry its NodeProto (a Relu) in op.proto"),
-    ([("MatMul", ["x", "x"], ["y"], {"_proto": helper.make_node("MatMul", ["x", "x"], ["y"])})],
+    ([("Gemm", ["x", "x"], ["y"], {"_proto": helper.make_node("Gemm", ["x", "x"], ["y"])})],
      {"level": ONNX}, "operand 1 (@w) must be a constant, and %x is computed"),
 ]
 

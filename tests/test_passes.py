@@ -206,10 +206,24 @@ def test_dump_ir_writes_every_stage(tmp_path):
 def test_unsupported_matmul_shape_is_a_compile_error():
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm3")], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])],
-                          [numpy_helper.from_array(_f32(2, 4, 5), "w")])
-    with pytest.raises(CompileError, match="mm3: MatMul needs"):
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                          [numpy_helper.from_array(_f32(4), "w")])
+    with pytest.raises(CompileError, match=r"mm3: MatMul needs operands of rank >= 2 \(a 1-D "):
         compile_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_a_batched_constant_matmul_is_a_product_of_two_operands():
+    """A 3-D constant operand is no crossbar weight: it compiles as a dynamic product."""
+    w = _f32(2, 4, 5)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm3")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])],
+                          [numpy_helper.from_array(w, "w")])
+    program = compile_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]),
+                            batch=2)
+    assert [i.op for i in program.text if i.op in ("dbmm", "mvm")] == ["dbmm"]
+    x = _f32(2, 3, 4)
+    np.testing.assert_allclose(run(program, x).outputs["y"], x @ w, rtol=1e-5, atol=1e-6)
 
 
 def _probe(graph, ctx):

@@ -22,6 +22,7 @@ from . import (
                fold_batchnorm,
                fuse_activation,
                lower_to_crossbar,
+               match_patterns,
                schedule,
                sort_weights,
 )
@@ -42,6 +43,7 @@ CODEGEN = "codegen"  # what consumes the pipeline's result, in messages
 
 PASSES: dict[str, Pass] = {p.name: p for p in [
     Pass("canonicalize", canonicalize.run, (), ANALYSES, fixed_point=True),
+    Pass("match-patterns", match_patterns.run, ("canonicalize",), ANALYSES),
     Pass("fold-batchnorm", fold_batchnorm.run, ("canonicalize",), ANALYSES),
     Pass("fuse-activation", fuse_activation.run, ("canonicalize",), ANALYSES),
     Pass("lower-to-crossbar", lower_to_crossbar.run, ("canonicalize",), ANALYSES),
@@ -51,8 +53,8 @@ PASSES: dict[str, Pass] = {p.name: p for p in [
     Pass("allocate-buffers", allocate_buffers.run),
 ]}
 
-PIPELINE = ["canonicalize", "fold-batchnorm", "fuse-activation", "lower-to-crossbar",
-            "basis-decompose", "schedule", "allocate-buffers"]
+PIPELINE = ["canonicalize", "match-patterns", "fold-batchnorm", "fuse-activation",
+            "lower-to-crossbar", "basis-decompose", "schedule", "allocate-buffers"]
 OPTIONAL = {"sort-weights": "schedule"}  # passes a flag adds (cimc --weight-sorting), each
 #                                         right before the pass named here
 

@@ -19,6 +19,12 @@ A conv or matmul whose ONNX node is in ``ctx.digital`` (``cimc --digital``, reso
 opcode ``dmatmul``) in place of the ``xbar_matmul``; it has no tiles, and its bias becomes one
 value per output column (a bias that varies along other axes is an ``add`` after it, before
 the fused activation).
+
+A product of two computed operands (``dynmatmul``: attention's Q K^T and weights x V) is
+mapped by the policy ``ctx.dynamic`` (``cimc --dynamic``): ``digital`` makes it a
+``dyn_digital`` (the digital MAC unit, opcode ``dbmm``), ``write`` a ``dyn_write`` (its second
+operand written into crossbars at every inference, opcode ``wbmm``; schedule gives it its
+crossbars).
 """
 
 from __future__ import annotations
@@ -184,14 +190,26 @@ def _lower_matmul(graph: Graph, op: Op, ctx) -> None:
     _product(graph, op, op.inputs[0], weight_matrix(op.kind, w, op.attrs), op.outputs[0], ctx)
 
 
-LOWER = {"conv": _lower_conv, "matmul": _lower_matmul}
+# cimc --dynamic: how a product of two computed operands (dynmatmul) is mapped
+DYNAMIC = {"digital": "dyn_digital", "write": "dyn_write"}
+
+
+def _lower_dynamic(graph: Graph, op: Op, ctx) -> None:
+    if ctx.dynamic not in DYNAMIC:
+        raise CompileError(f"--dynamic {ctx.dynamic!r} is not a policy; choose from "
+                           f"{', '.join(DYNAMIC)}")
+    graph.add_op(DYNAMIC[ctx.dynamic], op.inputs, op.outputs, {}, op.origin)
+
+
+LOWER = {"conv": _lower_conv, "matmul": _lower_matmul, "dynmatmul": _lower_dynamic}
 
 
 def run(graph: Graph, ctx) -> Graph:
-    ops = [o for o in graph.ops() if o.kind in LOWER]
+    ops = [o for o in graph.ops() if o.kind in ("conv", "matmul")]
     ctx.limits.check_weights(sum(matrix_bytes(graph, op) for op in ops),
                              "the model (its crossbar weight matrices)")
-    for op in bar(ops, ctx.progress, "lower-to-crossbar", "layer"):
+    for op in bar([o for o in graph.ops() if o.kind in LOWER], ctx.progress,
+                  "lower-to-crossbar", "layer"):
         graph.remove_op(op)
         LOWER[op.kind](graph, op, ctx)
     graph.drop_dead()
@@ -199,4 +217,5 @@ def run(graph: Graph, ctx) -> Graph:
     ctx.stats["tiles"] = sum(len(o.attrs["tiles"]) for o in graph.ops()
                              if o.kind == "xbar_matmul")
     ctx.stats["digital_layers"] = sum(o.kind == "digital_matmul" for o in graph.ops())
+    ctx.stats["dynamic_products"] = sum(o.kind in DYNAMIC.values() for o in graph.ops())
     return graph

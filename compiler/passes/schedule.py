@@ -26,6 +26,9 @@ tiles' absence changes the counts below, and the estimate issues its ``dmatmul``
   processes a share of the input vectors, which shortens the critical path through the long
   early layers. With shared write drivers (``timing.write_drivers``) a write also waits for
   the earliest free driver, and replicas must pay for that wait.
+- Products written per inference (``dyn_write``, ``cimc --dynamic write``) get crossbars of
+  their own after the static ones (``xbs``): ``ctx.dynamic_xbars`` (``cimc
+  --dynamic-xbars``), by default as many as one matrix of the largest product needs.
 - Weight sorting (the sort-weights pass ran and the model reprograms): the plan tracks what
   every crossbar's cells hold (``isa.cells``, the quantized mode's digits, with bit stucking's
   choice) and estimates each write by the rows it changes, as the simulator does; a rotating
@@ -50,12 +53,15 @@ from isa.cells import LowWrite, blank, nominal_digits, window
 from isa.chip import Chip
 from isa.opcodes import OPCODES
 from isa.timing import (
+    DynamicWork,
     Machine,
     WriteChange,
+    dbmm_cost,
     digital_cost,
     dmatmul_cost,
     mvm_cost,
     tile_write_cost,
+    wbmm_cost,
     write_change,
     write_cost,
     xbar_unit,
@@ -133,6 +139,19 @@ class _Plan:
                            self._srcs(op.inputs[:1]), op.outputs[0])
         if op.attrs.get("act"):
             self.digital(OPS[op.attrs["act"][0]].opcode, op.outputs, op.outputs[0])
+
+    def product(self, op: Op) -> None:
+        """A product of two computed operands: dbmm on the digital unit, or wbmm on the
+        dynamic crossbars (estimated with a pool of one matrix's tiles)."""
+        out, a = self.graph.shape(op.outputs[0]), self.graph.shape(op.inputs[0])
+        g, m, k, n = int(np.prod(out[:-2], dtype=np.int64)), out[-2], a[-1], out[-1]
+        if op.kind == "dyn_digital":
+            ns = dbmm_cost(self.chip, g * m * k * n)[0]
+        else:
+            work = DynamicWork(g, m, k, n, 1)
+            ns = wbmm_cost(self.chip, DynamicWork(g, m, k, n, len(work.tiles(self.chip))))[0]
+        self.machine.issue(OPCODES[OPS[op.kind].opcode].unit, ns, self._srcs(op.inputs),
+                           op.outputs[0])
 
     def write(self, op: Op, i: int, xb: int, body: bool = False) -> None:
         """Tile ``i``'s write to ``xb`` (``body``: a rotating tile's, with bit stucking);
@@ -223,6 +242,9 @@ def _walk(plan: _Plan, ops: list[Op], new: dict, choose=None) -> None:
     for op in ops:
         if op.kind == "digital_matmul":
             plan.dmatmul(op)
+            continue
+        if op.kind in ("dyn_digital", "dyn_write"):
+            plan.product(op)
             continue
         if op.kind != "xbar_matmul":
             plan.digital(OPS[op.kind].opcode, op.inputs, op.outputs[0])
@@ -374,7 +396,32 @@ def _set_attrs(graph: Graph, ops: list[Op], new: dict) -> None:
             graph.set_attrs(op, {**op.attrs, **new[op.id]})
 
 
+def _dynamic_pool(graph: Graph, ctx) -> None:
+    """Crossbars after the static ones for the products written per inference (dyn_write):
+    ``ctx.dynamic_xbars`` of them, by default as many as one matrix of the largest needs."""
+    ops = [op for op in graph.ops() if op.kind == "dyn_write"]
+    if not ops:
+        return
+    chip = ctx.chip
+
+    def tiles(op: Op) -> int:
+        k, n = graph.shape(op.inputs[0])[-1], graph.shape(op.outputs[0])[-1]
+        return -(-k // chip.rows) * -(-n // chip.weights_per_row)
+    size = ctx.dynamic_xbars or max(map(tiles, ops))
+    pool = list(range(graph.xbars, graph.xbars + size))
+    for op in ops:
+        graph.set_attrs(op, {**op.attrs, "xbs": pool})
+    graph.xbars += size
+    ctx.stats["dynamic_xbars"] = size
+
+
 def run(graph: Graph, ctx) -> Graph:
+    graph = _static(graph, ctx)
+    _dynamic_pool(graph, ctx)
+    return graph
+
+
+def _static(graph: Graph, ctx) -> Graph:
     if ctx.schedule not in SCHEDULES:
         raise CompileError(f"unknown schedule {ctx.schedule!r}; choose from "
                            f"{', '.join(SCHEDULES)}")

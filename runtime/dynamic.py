@@ -1,0 +1,101 @@
+"""Products of two computed operands (opcodes ``dbmm`` and ``wbmm``) in quantized and analog
+modes: attention's Q K^T and its weights times V, whose second operand changes every inference.
+
+Both view a [..., M, K] @ b [..., K, N] as G = prod(leading axes) matrix products, the first
+leading axis the batch. The first operand is the input side: quantized to ``input_bits`` a
+sign against the DAC range the interpreter's ``input_range`` gives (the buffer's calibrated
+range, else each sample's maximum). The second is the weight side: each matrix b[g] quantized
+to ``weight_bits`` with a symmetric scale per column (per matrix when
+``mapping.per_column_scaling`` is 0), as a crossbar write quantizes a tile.
+
+- ``dbmm`` (the digital MAC unit): exact integer products, no noise (``runtime.digital``).
+- ``wbmm`` (crossbars written per inference): every b[g] is cut into crossbar tiles, each tile
+  programmed as ``write`` programs one (``device.program``: in analog mode with programming
+  noise drawn afresh at every run, keyed by the seed and the instruction) and read by a[g]'s
+  rows as ``mvm`` reads one (``analog.tiles_mvm``: bit-serial DAC, ADC per column, read
+  noise). The pool crossbars' stuck cells and wear are not modelled here: the timing model
+  counts their writes and the report projects their lifetime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from isa.chip import Chip
+
+from . import device
+from .analog import input_levels, tiles_mvm
+from .digital import exact_matmul
+
+BYTES_PER_CHUNK = 256 * 2 ** 20
+
+
+def _flat(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """a and b broadcast over their leading axes, as [G, M, K] and [G, K, N]; and those axes."""
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = np.broadcast_to(a, lead + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+    b = np.broadcast_to(b, lead + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+    return a, b, lead
+
+
+def sample_ranges(a: np.ndarray, x_range: np.ndarray, groups: int) -> np.ndarray:
+    """Per matrix g, the DAC range of its sample ([B, 1, 1] ranges, B samples of G/B
+    matrices each) as [G, 1, 1]."""
+    return np.repeat(x_range.reshape(-1), groups // x_range.size).reshape(-1, 1, 1)
+
+
+def quantize_matrices(b: np.ndarray, chip: Chip) -> tuple[np.ndarray, np.ndarray]:
+    """Integer magnitudes of every matrix b[g] [K, N] and its scale [G, 1, N] (per column, or
+    one per matrix), as ``isa.cells.quantize_weights`` quantizes a tile."""
+    qmax = 2 ** (chip.arch.weight_bits - 1) - 1
+    peak = np.abs(b).max(axis=1, keepdims=True)
+    if not chip.mapping.per_column_scaling:
+        peak = np.broadcast_to(peak.max(axis=2, keepdims=True), peak.shape)
+    scale = (peak / qmax).astype(np.float64)
+    q = np.rint(b / np.where(scale > 0, scale, 1.0))
+    return np.clip(q, -qmax, qmax), scale
+
+
+def digital_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip) -> np.ndarray:
+    """``dbmm`` in quantized and analog modes: exact integer products, float32 result."""
+    (a, b, lead), levels = _flat(a, b), 2 ** chip.arch.input_bits - 1
+    r = sample_ranges(a, x_range, len(a))
+    bq, scale = quantize_matrices(b, chip)
+    y = exact_matmul(input_levels(a, chip.arch.input_bits, r), bq) * (r / levels) * scale
+    return y.astype(np.float32).reshape(lead + y.shape[-2:])
+
+
+def _tiles(k: int, n: int, chip: Chip) -> list[tuple[int, int, int, int]]:
+    """The crossbar windows (r0, r1, c0, c1) a [k, n] matrix is cut into."""
+    rows, cols = chip.arch.rows, chip.arch.weights_per_row
+    return [(r, min(r + rows, k), c, min(c + cols, n))
+            for r in range(0, k, rows) for c in range(0, n, cols)]
+
+
+def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
+                rng: np.random.Generator | None) -> np.ndarray:
+    """``wbmm`` in quantized (``rng`` None) and analog modes: every matrix of b programmed
+    tile by tile and read by a's rows; float32 result [..., M, N]."""
+    a, b, lead = _flat(a, b)
+    g, m, k = a.shape
+    n = b.shape[-1]
+    r = sample_ranges(a, x_range, g)
+    x = (a / r).astype(np.float32)  # each sample at its own DAC range, applied after
+    tiles = _tiles(k, n, chip)
+    free = np.full((2, chip.arch.slices, chip.arch.rows, chip.arch.weights_per_row), -1, np.int8)
+    per_matrix = len(tiles) * chip.arch.input_bits * m * chip.arch.cols * 4 * 3
+    step = max(1, BYTES_PER_CHUNK // max(per_matrix, 1))
+    out = np.zeros((g, m, n), np.float32)
+    for g0 in range(0, g, step):
+        chunk = range(g0, min(g0 + step, g))
+        progs = [device.program(b[i, r0:r1, c0:c1], chip, rng, free[:, :, :r1 - r0, :c1 - c0],
+                                float(np.abs(b[i]).max(initial=0.0)))
+                 for i in chunk for r0, r1, c0, c1 in tiles]
+        rows = max(r1 - r0 for r0, r1, _, _ in tiles)
+        xs = np.zeros((len(progs), m, rows), np.float32)
+        for t, (i, (r0, r1, _, _)) in enumerate((i, w) for i in chunk for w in tiles):
+            xs[t, :, :r1 - r0] = x[i, :, r0:r1]
+        ys = tiles_mvm(xs, np.ones((m, 1), np.float32), progs, chip, rng)
+        for t, (i, (_, _, c0, c1)) in enumerate((i, w) for i in chunk for w in tiles):
+            out[i, :, c0:c1] += ys[t, :, :c1 - c0]
+    return (out * r).astype(np.float32).reshape(lead + (m, n))
