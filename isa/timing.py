@@ -460,6 +460,7 @@ class Timeline:
     body_cells_written: int = 0
     writes_per_xbar: dict[int, int] = field(default_factory=dict)
     tiles_used: int = 0
+    body_write_pj: float = 0.0  # energy of the inference phase's writes (wbmm's included)
 
     @property
     def body_ns(self) -> float:
@@ -497,6 +498,7 @@ def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -
         if ins.op == "write":
             _count_write(tl, ctx.last_write, ins.attr("xb"), phase)
             duration = duration if units else 0.0
+            tl.body_write_pj += energy if phase == "inference" else 0.0
         if ins.op == "wbmm":
             _count_dynamic(tl, ctx.dynamic, ins.attr("xbs"), ctx.chip, phase)
         has_dst = OPCODES[ins.op].operands[:1] == ("dst",)
@@ -530,6 +532,8 @@ def _count_dynamic(tl: Timeline, work: DynamicWork, xbs: list[int], chip: Chip,
     if phase == "inference":
         tl.body_rows_written += change.rows
         tl.body_cells_written += change.cells
+        tl.body_write_pj += work.matrices * sum(tile_write_cost(chip, r, c)[1]
+                                                for r, c in tiles)
         total = work.writes(chip)
         for i, xb in enumerate(xbs):
             share = total // len(xbs) + (i < total % len(xbs))

@@ -58,8 +58,9 @@ def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
 
 def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
               rng: np.random.Generator | None) -> np.ndarray:
-    """Several tiles read by the same input vectors at once: x [T, N, R] (each tile's rows,
-    zero padded), x_range [N, 1] -> [T, N, C] (zero padded)."""
+    """Several tiles read at once: x [T, N, R] (each tile's rows, zero padded), x_range
+    [N, 1] (every tile's vectors at the same DAC ranges) or [T, N, 1] (each tile's own) ->
+    [T, N, C] (zero padded)."""
     a, d = chip.arch, chip.device
     top = 2 ** a.cell_bits - 1
     g0 = d.g_min_us / ((d.g_max_us - d.g_min_us) / top)
@@ -72,11 +73,12 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     bit_weight = 2.0 ** np.arange(a.input_bits)
     offsets = np.array([p.offset for p in progs])[None, :, None, None]
     out = np.zeros((tiles, x.shape[1], cols))
+    ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
+                                                                (tiles,) + x_range.shape)
     for part, sign in ((np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)):
         if not part.any():
             continue
-        planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits,
-                                  np.tile(x_range, (tiles, 1)))
+        planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits, ranges.reshape(-1, 1))
         planes = planes.reshape(a.input_bits, tiles, -1, rows)
         current = (planes @ g).reshape(a.input_bits, tiles, -1, signs, slices, cols)
         if rng is not None and d.read_sigma:  # every column read: sigma x its own current
@@ -97,4 +99,4 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
             per_sign[..., 0, :] - offsets * active[..., 0, 0]
         out += sign * np.einsum("btnc,b->tnc", value, bit_weight)
     levels = 2 ** a.input_bits - 1
-    return (out * (x_range[None] / levels) * scale[:, None, :]).astype(np.float32)
+    return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)

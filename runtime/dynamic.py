@@ -80,7 +80,6 @@ def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
     g, m, k = a.shape
     n = b.shape[-1]
     r = sample_ranges(a, x_range, g)
-    x = (a / r).astype(np.float32)  # each sample at its own DAC range, applied after
     tiles = _tiles(k, n, chip)
     free = np.full((2, chip.arch.slices, chip.arch.rows, chip.arch.weights_per_row), -1, np.int8)
     per_matrix = len(tiles) * chip.arch.input_bits * m * chip.arch.cols * 4 * 3
@@ -94,8 +93,10 @@ def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
         rows = max(r1 - r0 for r0, r1, _, _ in tiles)
         xs = np.zeros((len(progs), m, rows), np.float32)
         for t, (i, (r0, r1, _, _)) in enumerate((i, w) for i in chunk for w in tiles):
-            xs[t, :, :r1 - r0] = x[i, :, r0:r1]
-        ys = tiles_mvm(xs, np.ones((m, 1), np.float32), progs, chip, rng)
+            xs[t, :, :r1 - r0] = a[i, :, r0:r1]
+        ranges = np.repeat(np.broadcast_to(r[chunk.start:chunk.stop], (len(chunk), m, 1)),
+                           len(tiles), axis=0)  # each tile at its sample's DAC range
+        ys = tiles_mvm(xs, ranges, progs, chip, rng)
         for t, (i, (_, _, c0, c1)) in enumerate((i, w) for i in chunk for w in tiles):
             out[i, :, c0:c1] += ys[t, :, :c1 - c0]
-    return (out * r).astype(np.float32).reshape(lead + (m, n))
+    return out.reshape(lead + (m, n))

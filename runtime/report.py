@@ -52,6 +52,7 @@ def timing_report(program: Program, chip: Chip) -> tuple[dict, Timeline]:
         "cells_written": tl.body_cells_written / per,
         "rows_written": tl.body_rows_written / per,
         "writes_per_inference": sum(tl.writes_per_xbar.values()) / per,
+        "write_energy_share": tl.body_write_pj / energy if energy else 0.0,
         "max_writes_per_cell": max_writes,
         "projected_lifetime_inferences": (chip.device.endurance_writes / max_writes
                                           if max_writes else None),
