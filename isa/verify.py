@@ -557,7 +557,8 @@ def _blob_along_batch(c: _Ctx, ins: Instr, rank: int) -> bool:
 # opcode -> does this (verified) instruction mix samples, given the destination's rank
 _MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
     "transpose": lambda c, ins, rank: ins.attr("perm")[0] != 0,
-    "concat": lambda c, ins, rank: ins.attr("axis") % rank == 0,
+    "concat": lambda c, ins, rank: ins.attr("axis") % rank == 0 or any(
+        r[0] == "@" and c.shape(r)[0] != 1 for r in ins.operands[1:]),
     "softmax": lambda c, ins, rank: ins.attr("axis") % rank == 0,
     "pad": lambda c, ins, rank: ins.attr("pads")[0] != 0 or ins.attr("pads")[rank] != 0,
     **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "pow", "copy", "dbmm",

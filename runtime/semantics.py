@@ -177,7 +177,14 @@ def transpose(m, ins):
 
 
 def concat(m, ins):
-    m.store(_dst(ins), np.concatenate([m.read(r) for r in ins.operands[1:]], ins.attr("axis")))
+    """A blob joined along another axis than the batch is the same for every sample (a class
+    token): it is repeated over the run's samples."""
+    batch, axis = m.shape(_dst(ins))[0], ins.attr("axis")
+    parts = [m.read(r) for r in ins.operands[1:]]
+    if axis % len(m.shape(_dst(ins))):
+        parts = [np.broadcast_to(p, (batch,) + p.shape[1:]) if r[0] == "@" else p
+                 for r, p in zip(ins.operands[1:], parts)]
+    m.store(_dst(ins), np.concatenate(parts, axis))
 
 
 def pad(m, ins):
