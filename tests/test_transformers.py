@@ -238,3 +238,15 @@ def test_written_product_costs_its_writes_and_reads_and_wears_its_crossbars():
     assert stats["writes_per_inference"] == 1  # two matrices over a batch of two
     assert stats["projected_lifetime_inferences"] == chip.device.endurance_writes
     assert stats["cells_written"] == 12 * 7 * 2 * chip.arch.slices
+
+
+# --- 5. the trained digits ViT ---------------------------------------------------------------
+@pytest.mark.parametrize("name", VIT_EXPORTS)
+def test_digits_vit_quantized_stays_within_a_point_of_float(name, digits_test):
+    """Issue 13's bar for the trained ViT in quantized mode, on the whole test split (about
+    20 s): at most 1 point below onnxruntime's float accuracy."""
+    x, y = digits_test
+    program = compile_model(os.path.join(MODELS, name))
+    (want,) = ort_run(os.path.join(MODELS, name), {"image": x})
+    quantized = run(program, x, mode="quantized", timing=False).outputs["logits"]
+    assert (quantized.argmax(1) == y).mean() >= (want.argmax(1) == y).mean() - 0.01
