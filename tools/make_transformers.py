@@ -32,12 +32,13 @@ any other key as a keyword of ``build``) overrides one for fast tests. bert-base
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from tools.make_zoo import generator_parser, save_new
 
 VIT = {
     "vit-tiny": dict(image=224, patch=16, dim=192, depth=12, heads=3, mlp=768, classes=1000,
@@ -283,21 +284,13 @@ def filename(name: str, seed: int = 0, opset: int = 17, depth: int | None = None
 def ensure(name: str, directory: str, seed: int = 0, opset: int = 17,
            depth: int | None = None) -> str:
     """Path of the model in ``directory`` (``filename``), generating it if it is not there."""
-    path = os.path.join(directory, filename(name, seed, opset, depth))
-    if not os.path.exists(path):
-        os.makedirs(directory, exist_ok=True)
-        overrides = {} if depth is None else {"depth": depth}
-        tmp = path + ".tmp"
-        onnx.save(build(name, seed, opset, **overrides), tmp)
-        os.replace(tmp, path)
-    return path
+    overrides = {} if depth is None else {"depth": depth}
+    return save_new(os.path.join(directory, filename(name, seed, opset, depth)),
+                    lambda: build(name, seed, opset, **overrides))
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join("models", "zoo"), help="output directory")
-    p.add_argument("--only", choices=NAMES, action="append", help="generate only these")
-    p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    p = generator_parser(__doc__, NAMES)
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (13: decomposed LayerNorm)")
     p.add_argument("--depth", type=int, help="number of blocks (default: the config's)")
     args = p.parse_args(argv)

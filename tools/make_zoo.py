@@ -157,23 +157,32 @@ def build(name: str, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def ensure(name: str, directory: str, seed: int = 0) -> str:
-    """Path of ``name`` in ``directory``, generating it if it is not there yet."""
-    path = os.path.join(directory, f"{name}.onnx")
+def save_new(path: str, make) -> str:
+    """``path``, after writing ``make()`` (a ModelProto) there atomically if it is missing."""
     if not os.path.exists(path):
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = path + ".tmp"
-        onnx.save(build(name, seed), tmp)
+        onnx.save(make(), tmp)
         os.replace(tmp, path)
     return path
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def ensure(name: str, directory: str, seed: int = 0) -> str:
+    """Path of ``name`` in ``directory``, generating it if it is not there yet."""
+    return save_new(os.path.join(directory, f"{name}.onnx"), lambda: build(name, seed))
+
+
+def generator_parser(doc: str, names) -> argparse.ArgumentParser:
+    """The options every model generator takes: --out, --only, --seed."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join("models", "zoo"), help="output directory")
-    p.add_argument("--only", choices=NAMES, action="append", help="generate only these")
+    p.add_argument("--only", choices=names, action="append", help="generate only these")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = generator_parser(__doc__, NAMES).parse_args(argv)
     for name in args.only or NAMES:
         print(ensure(name, args.out, args.seed))
 
