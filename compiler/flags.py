@@ -55,6 +55,7 @@ GEOMETRY_FLAGS = ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "adc
 # flag (argparse dest) -> accepted values. Geometry bounds are isa.limits' (physical arrays).
 RANGES: dict[str, Range] = {
     **{name: Range(*GEOMETRY[name]) for name in GEOMETRY_FLAGS + ("xbars",)},
+    "dynamic_xbars": Range(1, GEOMETRY["xbars"][1]),  # the pool is part of the chip's
     "batch": Range(*BATCH),                        # what a .cim header may declare
     "coef_bits": Range(2, 8),                      # a sign and a magnitude bit; stored as int8
     "coef_sparsity": Range(0, 1, high_open=True),  # a fraction; 1 would zero every coefficient

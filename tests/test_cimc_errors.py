@@ -257,6 +257,8 @@ def test_model_directory_is_named_as_such(tmp_path):
     (["--rows", "0"], "--rows must be at least 1 and at most 8192 (got 0)"),
     (["--cols", "100000"], "--cols must be at least 2 and at most 8192 (got 100000)"),
     (["--xbars", "0"], "--xbars must be at least 1 and at most 1048576 (got 0)"),
+    (["--dynamic", "write", "--dynamic-xbars", "0"],
+     "--dynamic-xbars must be at least 1 and at most 1048576 (got 0)"),
     (["--batch", "0"], "--batch must be at least 1 and at most 65536 (got 0)"),
     (["--batch", "100000"], "--batch must be at least 1 and at most 65536 (got 100000)"),
     (["--coef-bits", "9"], "--coef-bits must be at least 2 and at most 8 (got 9)"),
