@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -65,7 +66,11 @@ class _PendingBlob:
 
 class _ToProgram(lark.Transformer):
     """Tree -> dataclasses, validating instructions against the opcode table and every
-    header value against ``isa.limits``."""
+    header value against ``isa.limits``; ``pending``: the data section's blobs, read apart."""
+
+    def __init__(self, pending: list[_PendingBlob] | None = None):
+        super().__init__()
+        self.pending = pending or []
 
     def int(self, items):
         return _int(items[0])
@@ -172,7 +177,7 @@ class _ToProgram(lark.Transformer):
         for kind, value, *_ in items:
             parts.setdefault(kind, []).append(value)
         batch, free = parts["batch"][0]
-        buffers, pending = parts.get("buffer", []), parts.get("blob", [])
+        buffers, pending = parts.get("buffer", []), parts.get("blob", []) + self.pending
         _check_sizes(buffers, pending)
         return Program(chip=parts["chip"][0], batch=batch, batch_free=free,
                        ports=parts.get("port", []), buffers=buffers,
@@ -248,12 +253,44 @@ def split_checksum(text: str) -> str:
     return body
 
 
+_DATA = "\ndata\n"  # the data section's header line
+# A blob line: the grammar's ``blob`` rule, read without the grammar (blobs are most of a
+# file: lark would build a token per payload character class, a regex takes each line whole).
+_BLOB = re.compile(r"blob (@[A-Za-z0-9_.]+) crc32=([0-9a-f]{8}) (f32)\[([0-9,]*)\] "
+                   r"zlib:([A-Za-z0-9+/=]*)[ \t]*")
+
+
+def _blob_lines(data: str, first_line: int) -> list[_PendingBlob]:
+    """The data section's blob lines (``first_line``: the file line of the first), each a
+    _PendingBlob, or IsaError at the first line that is not one."""
+    pending = []
+    for n, line in enumerate(data.split("\n")[:-1]):
+        m = _BLOB.fullmatch(line)
+        if m is None:
+            what = line.strip()
+            if not what:
+                continue
+            raise IsaError(f"unexpected {what[:30]!r} in the data section; expected a blob "
+                           "line: blob @NAME crc32=HEX f32[SHAPE] zlib:PAYLOAD",
+                           first_line + n, 1)
+        name = lark.Token("BLOB", m.group(1), line=first_line + n, column=6)
+        dims = m.group(4)
+        ttype = TensorType(m.group(3), tuple(_int(d) for d in dims.split(",")) if dims else ())
+        _check_type(ttype, f"blob {name!s}", name)
+        pending.append(_PendingBlob(name, m.group(2), ttype, m.group(5)))
+    return pending
+
+
 def parse(text: str, check_sum: bool = True) -> Program:
-    """Parse a whole ``.cim`` text. With ``check_sum`` the file checksum must match."""
+    """Parse a whole ``.cim`` text. With ``check_sum`` the file checksum must match. The
+    header and text go through the grammar; the data section's blob lines are read line by
+    line (``_BLOB``) and decoded straight into arrays."""
     body = split_checksum(text) if check_sum else text.rsplit("\n" + _END, 1)[0] + "\n"
+    cut = body.find(_DATA)
+    head, data = (body, "") if cut < 0 else (body[:cut + len(_DATA)], body[cut + len(_DATA):])
     try:
-        tree = _lark().parse(body)
-        program = _ToProgram().transform(tree)
+        tree = _lark().parse(head)
+        program = _ToProgram(_blob_lines(data, head.count("\n") + 1)).transform(tree)
     except lark.exceptions.VisitError as exc:
         if isinstance(exc.orig_exc, IsaError):
             raise exc.orig_exc from None
