@@ -39,7 +39,9 @@ def _geometry_flags(p: argparse.ArgumentParser) -> None:
     arch = Chip().arch
     for name, text in [("rows", "crossbar rows"), ("cols", "crossbar columns in cells"),
                        ("cell_bits", "bits per RRAM cell"), ("weight_bits", "bits per weight"),
-                       ("input_bits", "DAC input bits"), ("adc_bits", "ADC bits")]:
+                       ("input_bits", "DAC input bits"),
+                       ("dac_bits", "input bits the DAC applies a step (1: bit-serial)"),
+                       ("adc_bits", "ADC bits")]:
         low, high = flags.RANGES[name].low, flags.RANGES[name].high
         p.add_argument(flags.flag(name), type=int, metavar="N",
                        help=f"{text}, {low:.0f}..{high:.0f} (default: the chip's; "

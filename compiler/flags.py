@@ -50,7 +50,8 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-GEOMETRY_FLAGS = ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "adc_bits")
+GEOMETRY_FLAGS = ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "dac_bits",
+                  "adc_bits")
 
 # flag (argparse dest) -> accepted values. Geometry bounds are isa.limits' (physical arrays).
 RANGES: dict[str, Range] = {

@@ -44,6 +44,9 @@ def geometry_problem(chip: ChipGeometry) -> tuple[str, str] | None:
         value = getattr(chip, name)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             return name, f"{name} = {value!r} is out of range ({low}..{high})"
+    if chip.dac_bits > chip.input_bits:
+        return "dac_bits", (f"dac_bits = {chip.dac_bits} is more than input_bits = "
+                            f"{chip.input_bits} (a DAC step applies at most every input bit)")
     if chip.cols < 2 * chip.slices:
         return "cols", (f"cols = {chip.cols} cannot hold one {chip.weight_bits}-bit weight "
                         f"({chip.slices} slices x 2 differential cells)")

@@ -35,6 +35,12 @@ class ChipGeometry:
         return -(-self.weight_bits // self.cell_bits)
 
     @property
+    def input_steps(self) -> int:
+        """DAC steps an input vector takes: input_bits, dac_bits at a time (1: bit-serial;
+        input_bits: one multi-level step, e.g. pulse-width input)."""
+        return -(-self.input_bits // self.dac_bits)
+
+    @property
     def weights_per_row(self) -> int:
         """Logical weight columns one crossbar holds: cols / (2 differential cells x slices)."""
         return max(1, self.cols // (2 * self.slices))

@@ -67,15 +67,21 @@ def cells_per_weight(chip: Chip) -> int:
 
 
 def mvm_cost(chip: Chip, rows: int, cols: int, vectors: int) -> Cost:
-    """``vectors`` input vectors through a tile of ``rows`` x ``cols`` weights: input_bits +
-    mvm_extra_steps steps each; per step the array read and one DAC per row, per input bit
-    one ADC conversion per physical column."""
+    """``vectors`` input vectors through a tile of ``rows`` x ``cols`` weights: input_steps
+    (input_bits / dac_bits) + mvm_extra_steps steps each; per step the array read and one DAC
+    conversion per row, per input step one ADC conversion per physical column."""
     t, e, a = chip.timing, chip.energy, chip.arch
-    steps = a.input_bits + t.mvm_extra_steps
+    steps = a.input_steps + t.mvm_extra_steps
     phys_cols = cols * cells_per_weight(chip)
-    energy = vectors * (steps * (e.xbar_step_pj + rows * e.dac_pj)
-                        + a.input_bits * phys_cols * e.adc_pj)
+    energy = vectors * (steps * (e.xbar_step_pj + rows * dac_pj(chip))
+                        + a.input_steps * phys_cols * e.adc_pj)
     return vectors * steps * t.mvm_step_ns, energy
+
+
+def dac_pj(chip: Chip) -> float:
+    """One DAC conversion: ``dac_pj`` is a 1-bit DAC's; a dac_bits DAC is taken to cost its
+    2**dac_bits - 1 levels as many (an assumption: a current-steering DAC's unit cells)."""
+    return chip.energy.dac_pj * (2 ** chip.arch.dac_bits - 1)
 
 
 def verify_row_pj(chip: Chip) -> float:
@@ -159,12 +165,12 @@ def analog_combine_cost(chip: Chip, vectors: int, work: CombineWork,
     t, e, a = chip.timing, chip.energy, chip.arch
     per_read = max(1, a.weights_per_row // max(work.columns, 1))
     reads = vectors * -(-work.merged_reads // per_read)
-    steps = a.input_bits + t.mvm_extra_steps
-    conversions = vectors * work.accumulations * a.input_bits
+    steps = a.input_steps + t.mvm_extra_steps
+    conversions = vectors * work.accumulations * a.input_steps
     fetch = _coef_fetch(chip, vectors, work)
     ns = max(reads * steps * t.mvm_step_ns / max(a.xbars, 1),
              -(-fetch // t.combiner_coef_bytes_per_cycle) / t.clock_ghz)
-    energy = (reads * steps * (e.xbar_step_pj + a.rows * e.dac_pj)
+    energy = (reads * steps * (e.xbar_step_pj + a.rows * dac_pj(chip))
               + conversions * (e.adc_pj + e.combiner_acc_pj + _acc_rw_pj(chip, size))
               + fetch * sram_pj_per_byte(size.coef_bytes))
     return ns, energy

@@ -1,13 +1,15 @@
-"""Quantized and analog MVM: what a crossbar computes, bit-serially, through its ADCs.
+"""Quantized and analog MVM: what a crossbar computes, step by step, through its ADCs.
 
 Inputs are split into positive and negative parts, quantized to ``input_bits`` against a
-range (the buffer's calibrated range, else each sample's own maximum), and applied one bit
-per step (1-bit DAC). Each step, every physical column's current (in level steps, Gmin
+range (the buffer's calibrated range, else each sample's own maximum), and applied
+``dac_bits`` bits per step: one bit (the default 1-bit DAC, bit-serial), or a digit of
+0..2**dac_bits - 1 levels from a multi-bit DAC, whose column currents, and so the ADC's full
+scale, grow by that factor. Each step, every physical column's current (in level steps, Gmin
 included) goes through the ADC: clipped to the column's full scale and rounded to
 ``adc_bits``. The digital side removes the Gmin part, applies read-after-write gains, and
-shift-adds slices, signs and input bits. Analog mode adds read noise: every column current,
+shift-adds slices, signs and input steps. Analog mode adds read noise: every column current,
 at every step, times 1 + N(0, read_sigma).
-All of it is one matmul over [bit-planes x vectors, rows] @ [rows, signs x slices x cols].
+All of it is one matmul over [input steps x vectors, rows] @ [rows, signs x slices x cols].
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ def input_levels(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x / x_range * levels, -levels, levels)).astype(np.int32)
 
 
-def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
-    """Bit-planes [bits, N, R] of the levels of one sign's magnitudes x >= 0."""
+def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray,
+                     dac_bits: int = 1) -> np.ndarray:
+    """Digit-planes [steps, N, R] of the levels of one sign's magnitudes x >= 0: the DAC's
+    steps, ``dac_bits`` bits each (0..2**dac_bits - 1), least significant first."""
     q = input_levels(x, bits, x_range)
-    planes = (q[None] >> np.arange(bits, dtype=np.int32)[:, None, None]) & 1
-    return planes.astype(np.float32)  # [bits, N, R]
+    steps = -(-bits // dac_bits)
+    shifts = (dac_bits * np.arange(steps, dtype=np.int32))[:, None, None]
+    planes = (q[None] >> shifts) & (2 ** dac_bits - 1)
+    return planes.astype(np.float32)  # [steps, N, R]
 
 
 def crossbar_mvm(x: np.ndarray, x_range: np.ndarray, prog: Programmed, chip: Chip,
@@ -67,10 +73,12 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     cells, full, gain, scale = _stack(progs)
     tiles, signs, slices, rows, cols = cells.shape
     g = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols)
-    adc_levels = 2 ** a.adc_bits - 1
-    full = full.reshape(1, tiles, 1, signs, slices, cols)
+    adc_levels, top = 2 ** a.adc_bits - 1, 2 ** a.dac_bits - 1
+    steps = a.input_steps
+    # a step's column current reaches ``top`` times the cells' sum: the ADC's full scale too
+    full = full.reshape(1, tiles, 1, signs, slices, cols) * top
     slice_weight = (2.0 ** a.cell_bits) ** np.arange(slices)
-    bit_weight = 2.0 ** np.arange(a.input_bits)
+    bit_weight = (2.0 ** a.dac_bits) ** np.arange(steps)
     offsets = np.array([p.offset for p in progs])[None, :, None, None]
     out = np.zeros((tiles, x.shape[1], cols))
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
@@ -78,9 +86,10 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     for part, sign in ((np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)):
         if not part.any():
             continue
-        planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits, ranges.reshape(-1, 1))
-        planes = planes.reshape(a.input_bits, tiles, -1, rows)
-        current = (planes @ g).reshape(a.input_bits, tiles, -1, signs, slices, cols)
+        planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits, ranges.reshape(-1, 1),
+                                  a.dac_bits)
+        planes = planes.reshape(steps, tiles, -1, rows)
+        current = (planes @ g).reshape(steps, tiles, -1, signs, slices, cols)
         if rng is not None and d.read_sigma:  # every column read: sigma x its own current
             noise = rng.standard_normal(current.shape, dtype=np.float32)
             noise *= d.read_sigma
@@ -91,7 +100,7 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
         current *= adc_levels
         np.rint(current, out=current)
         current *= full / adc_levels
-        active = planes.sum(axis=3)[..., None, None, None]  # inputs at 1 this step
+        active = planes.sum(axis=3)[..., None, None, None]  # input levels applied this step
         current -= g0 * active
         current *= gain[None, :, None]
         per_sign = np.einsum("btnsqc,q->btnsc", current, slice_weight)

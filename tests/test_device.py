@@ -166,3 +166,30 @@ def test_endurance_failures_under_reprogramming(digits_test):
     fresh = run(program, x, mode="analog", timing=False).stats
     tired = run(program, x, mode="analog", chip=worn, timing=False).stats
     assert fresh["endurance_failed_cells"] == 0 and tired["endurance_failed_cells"] > 0
+
+
+@pytest.mark.parametrize("dac_bits", [1, 2, 3, 8])
+def test_multi_bit_dac_errs_only_by_its_adc_rounding(dac_bits):
+    """With Gmin = 0 and no noise, a column's current at each DAC step is an integer, so the
+    only error against the exact integer product is the ADC's rounding: at most half a level
+    of the step's full scale (the cells' sum times 2**dac_bits - 1) per physical column and
+    step, weighted as the digital side shift-adds it (issue 14: dac_bits)."""
+    from runtime.analog import input_levels
+    arch = dataclasses.replace(Chip().arch, dac_bits=dac_bits, adc_bits=10)
+    chip = _chip("device.g_min_us=0", arch=arch)
+    rng = np.random.default_rng(dac_bits)
+    w = rng.standard_normal((20, 5)).astype(np.float32)
+    x = rng.standard_normal((4, 20)).astype(np.float32)
+    x_range = np.abs(x).max(axis=1, keepdims=True)
+    stuck = np.full((2, arch.slices) + w.shape, -1, np.int8)
+    prog = device.program(w, chip, None, stuck, float(np.abs(w).max()))
+    got = crossbar_mvm(x, x_range, prog, chip, None)
+    levels = 2 ** arch.input_bits - 1
+    q, scale = device.quantize_weights(w, chip, 0.0)
+    exact = (input_levels(x, arch.input_bits, x_range) @ q) * (x_range / levels) * scale
+    top, adc = 2 ** dac_bits - 1, 2 ** arch.adc_bits - 1
+    step_weights = ((2.0 ** dac_bits) ** np.arange(arch.input_steps)).sum()
+    slice_weights = (2.0 ** arch.cell_bits) ** np.arange(arch.slices)
+    per_column = (prog.full_scale * top / (2 * adc) * slice_weights[None, :, None]).sum((0, 1))
+    bound = 2 * step_weights * per_column * (x_range / levels) * scale  # two input signs
+    assert (np.abs(got - exact) <= bound * (1 + 1e-5) + 1e-6).all()

@@ -235,3 +235,20 @@ def test_spare_crossbars_hold_resident_replicas(digits_test):
     assert np.allclose(wide.outputs["logits"], exact.outputs["logits"], atol=1e-5)
     assert wide.stats["writes_per_inference"] == 0
     assert wide.stats["latency_ns_per_inference"] < exact.stats["latency_ns_per_inference"] / 2
+
+
+@pytest.mark.parametrize("dac_bits, steps", [(1, 8), (2, 4), (3, 3), (8, 1)])
+def test_a_multi_bit_dac_takes_fewer_steps_and_conversions(dac_bits, steps):
+    """ceil(input_bits / dac_bits) DAC steps (plus the pipeline's extra ones) per vector, one
+    ADC conversion per physical column and step, and each DAC conversion costing
+    2**dac_bits - 1 one-bit conversions (issue 14: dac_bits; the energy is an assumption)."""
+    from isa.timing import mvm_cost
+    chip = dataclasses.replace(Chip(), arch=dataclasses.replace(Chip().arch,
+                                                                 dac_bits=dac_bits))
+    t, e = chip.timing, chip.energy
+    ns, pj = mvm_cost(chip, 100, 10, 3)
+    total = steps + t.mvm_extra_steps
+    assert ns == 3 * total * t.mvm_step_ns
+    phys = 10 * 2 * chip.arch.slices
+    assert pj == pytest.approx(3 * (total * (e.xbar_step_pj + 100 * e.dac_pj *
+                                             (2 ** dac_bits - 1)) + steps * phys * e.adc_pj))
