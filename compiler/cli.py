@@ -41,7 +41,9 @@ def _geometry_flags(p: argparse.ArgumentParser) -> None:
                        ("cell_bits", "bits per RRAM cell"), ("weight_bits", "bits per weight"),
                        ("input_bits", "DAC input bits"),
                        ("dac_bits", "input bits the DAC applies a step (1: bit-serial)"),
-                       ("adc_bits", "ADC bits")]:
+                       ("adc_bits", "ADC bits"),
+                       ("adc_per_step", "1: an ADC conversion after every input step; 0: one "
+                                        "per MVM, after analog shift-add of the steps")]:
         low, high = flags.RANGES[name].low, flags.RANGES[name].high
         p.add_argument(flags.flag(name), type=int, metavar="N",
                        help=f"{text}, {low:.0f}..{high:.0f} (default: the chip's; "

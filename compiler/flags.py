@@ -51,7 +51,7 @@ def _number(x: float) -> str:
 
 
 GEOMETRY_FLAGS = ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "dac_bits",
-                  "adc_bits")
+                  "adc_bits", "adc_per_step")
 
 # flag (argparse dest) -> accepted values. Geometry bounds are isa.limits' (physical arrays).
 RANGES: dict[str, Range] = {

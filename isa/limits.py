@@ -26,6 +26,7 @@ GEOMETRY = {
     "input_bits": (1, 16),
     "dac_bits": (1, 16),
     "adc_bits": (1, 16),
+    "adc_per_step": (0, 1),
 }
 
 BATCH = (1, 65536)               # samples one pass of the text runs

@@ -28,6 +28,8 @@ class ChipGeometry:
     input_bits: int = 8
     dac_bits: int = 1
     adc_bits: int = 8
+    adc_per_step: int = 1  # 1: an ADC conversion after every input step; 0: one per MVM,
+    #                        after the steps are shift-added in the analog domain
 
     @property
     def slices(self) -> int:

@@ -69,12 +69,14 @@ def cells_per_weight(chip: Chip) -> int:
 def mvm_cost(chip: Chip, rows: int, cols: int, vectors: int) -> Cost:
     """``vectors`` input vectors through a tile of ``rows`` x ``cols`` weights: input_steps
     (input_bits / dac_bits) + mvm_extra_steps steps each; per step the array read and one DAC
-    conversion per row, per input step one ADC conversion per physical column."""
+    conversion per row, per input step one ADC conversion per physical column (one per MVM
+    with ``adc_per_step`` 0: the steps are shift-added in the analog domain first)."""
     t, e, a = chip.timing, chip.energy, chip.arch
     steps = a.input_steps + t.mvm_extra_steps
     phys_cols = cols * cells_per_weight(chip)
+    conversions = a.input_steps if a.adc_per_step else 1
     energy = vectors * (steps * (e.xbar_step_pj + rows * dac_pj(chip))
-                        + a.input_steps * phys_cols * e.adc_pj)
+                        + conversions * phys_cols * e.adc_pj)
     return vectors * steps * t.mvm_step_ns, energy
 
 
@@ -166,7 +168,7 @@ def analog_combine_cost(chip: Chip, vectors: int, work: CombineWork,
     per_read = max(1, a.weights_per_row // max(work.columns, 1))
     reads = vectors * -(-work.merged_reads // per_read)
     steps = a.input_steps + t.mvm_extra_steps
-    conversions = vectors * work.accumulations * a.input_steps
+    conversions = vectors * work.accumulations * (a.input_steps if a.adc_per_step else 1)
     fetch = _coef_fetch(chip, vectors, work)
     ns = max(reads * steps * t.mvm_step_ns / max(a.xbars, 1),
              -(-fetch // t.combiner_coef_bytes_per_cycle) / t.clock_ghz)

@@ -62,23 +62,35 @@ def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
     return cells, full, gain, scale
 
 
+def _adc(current: np.ndarray, full: np.ndarray, adc_levels: int) -> np.ndarray:
+    """The ADC, in place: clip each current to its full scale and round to ``adc_levels``."""
+    current /= full  # in place from here on: these arrays are the big ones
+    np.clip(current, 0.0, 1.0, out=current)
+    current *= adc_levels
+    np.rint(current, out=current)
+    current *= full / adc_levels
+    return current
+
+
 def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
               rng: np.random.Generator | None) -> np.ndarray:
     """Several tiles read at once: x [T, N, R] (each tile's rows, zero padded), x_range
     [N, 1] (every tile's vectors at the same DAC ranges) or [T, N, 1] (each tile's own) ->
-    [T, N, C] (zero padded)."""
+    [T, N, C] (zero padded). With ``arch.adc_per_step`` 0 the steps' currents are summed in
+    the analog domain, each weighted by its digit's place, and converted once, against a
+    full scale that many times larger (CrossSim's ``ADC_per_ibit = False``)."""
     a, d = chip.arch, chip.device
-    top = 2 ** a.cell_bits - 1
-    g0 = d.g_min_us / ((d.g_max_us - d.g_min_us) / top)
+    g0 = d.g_min_us / ((d.g_max_us - d.g_min_us) / (2 ** a.cell_bits - 1))
     cells, full, gain, scale = _stack(progs)
     tiles, signs, slices, rows, cols = cells.shape
     g = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols)
-    adc_levels, top = 2 ** a.adc_bits - 1, 2 ** a.dac_bits - 1
     steps = a.input_steps
-    # a step's column current reaches ``top`` times the cells' sum: the ADC's full scale too
-    full = full.reshape(1, tiles, 1, signs, slices, cols) * top
+    # a step's column current reaches 2**dac_bits - 1 times the cells' sum: so does full scale
+    full = full.reshape(1, tiles, 1, signs, slices, cols) * (2 ** a.dac_bits - 1)
     slice_weight = (2.0 ** a.cell_bits) ** np.arange(slices)
-    bit_weight = (2.0 ** a.dac_bits) ** np.arange(steps)
+    step_weight = (2.0 ** a.dac_bits) ** np.arange(steps)
+    if not a.adc_per_step:
+        full = full * step_weight.sum()
     offsets = np.array([p.offset for p in progs])[None, :, None, None]
     out = np.zeros((tiles, x.shape[1], cols))
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
@@ -95,17 +107,18 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
             noise *= d.read_sigma
             noise += 1.0
             current *= noise
-        current /= full  # in place from here on: these arrays are the big ones
-        np.clip(current, 0.0, 1.0, out=current)
-        current *= adc_levels
-        np.rint(current, out=current)
-        current *= full / adc_levels
         active = planes.sum(axis=3)[..., None, None, None]  # input levels applied this step
+        weights = step_weight
+        if not a.adc_per_step:  # analog shift-add, then one conversion
+            current = np.einsum("btnsqc,b->tnsqc", current, step_weight)[None]
+            active = np.einsum("btnsqc,b->tnsqc", active, step_weight)[None]
+            weights = np.ones(1)
+        current = _adc(current, full, 2 ** a.adc_bits - 1)
         current -= g0 * active
         current *= gain[None, :, None]
         per_sign = np.einsum("btnsqc,q->btnsc", current, slice_weight)
         value = per_sign[..., 0, :] - per_sign[..., 1, :] if signs == 2 else \
             per_sign[..., 0, :] - offsets * active[..., 0, 0]
-        out += sign * np.einsum("btnc,b->tnc", value, bit_weight)
+        out += sign * np.einsum("btnc,b->tnc", value, weights)
     levels = 2 ** a.input_bits - 1
     return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)

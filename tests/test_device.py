@@ -168,14 +168,18 @@ def test_endurance_failures_under_reprogramming(digits_test):
     assert fresh["endurance_failed_cells"] == 0 and tired["endurance_failed_cells"] > 0
 
 
+@pytest.mark.parametrize("per_step", [1, 0])
 @pytest.mark.parametrize("dac_bits", [1, 2, 3, 8])
-def test_multi_bit_dac_errs_only_by_its_adc_rounding(dac_bits):
+def test_multi_bit_dac_errs_only_by_its_adc_rounding(dac_bits, per_step):
     """With Gmin = 0 and no noise, a column's current at each DAC step is an integer, so the
     only error against the exact integer product is the ADC's rounding: at most half a level
     of the step's full scale (the cells' sum times 2**dac_bits - 1) per physical column and
-    step, weighted as the digital side shift-adds it (issue 14: dac_bits)."""
+    step, weighted as the digital side shift-adds it. With ``adc_per_step`` 0 it is half a
+    level of one conversion of the steps' weighted analog sum, whose full scale is as many
+    times larger: the same bound (issue 14: dac_bits, ADC after analog shift-add)."""
     from runtime.analog import input_levels
-    arch = dataclasses.replace(Chip().arch, dac_bits=dac_bits, adc_bits=10)
+    arch = dataclasses.replace(Chip().arch, dac_bits=dac_bits, adc_bits=10,
+                               adc_per_step=per_step)
     chip = _chip("device.g_min_us=0", arch=arch)
     rng = np.random.default_rng(dac_bits)
     w = rng.standard_normal((20, 5)).astype(np.float32)

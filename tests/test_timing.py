@@ -252,3 +252,15 @@ def test_a_multi_bit_dac_takes_fewer_steps_and_conversions(dac_bits, steps):
     phys = 10 * 2 * chip.arch.slices
     assert pj == pytest.approx(3 * (total * (e.xbar_step_pj + 100 * e.dac_pj *
                                              (2 ** dac_bits - 1)) + steps * phys * e.adc_pj))
+
+
+def test_adc_after_analog_shift_add_converts_once_per_mvm():
+    """adc_per_step 0: the array still steps through every input digit, but each physical
+    column is converted once per vector instead of once a step."""
+    from isa.timing import mvm_cost
+    base = Chip()
+    once = dataclasses.replace(base, arch=dataclasses.replace(base.arch, adc_per_step=0))
+    (ns0, pj0), (ns1, pj1) = mvm_cost(base, 100, 10, 3), mvm_cost(once, 100, 10, 3)
+    phys = 10 * 2 * base.arch.slices
+    assert ns0 == ns1
+    assert pj0 - pj1 == pytest.approx(3 * (base.arch.input_bits - 1) * phys * base.energy.adc_pj)
