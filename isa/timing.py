@@ -531,7 +531,8 @@ def _count_write(tl: Timeline, change: WriteChange, xb: int, phase: str) -> None
 
 def _count_dynamic(tl: Timeline, work: DynamicWork, xbs: list[int], chip: Chip,
                    phase: str) -> None:
-    """A wbmm's writes: every row and cell of every tile, the tiles round robin over ``xbs``."""
+    """A wbmm's writes: every row and cell of every tile, the tiles round robin over ``xbs``
+    (continuing where the last wbmm left off, so the pool wears evenly)."""
     tiles = work.tiles(chip)
     change = WriteChange(work.matrices * sum(r for r, _ in tiles),
                          work.matrices * sum(r * c for r, c in tiles) * cells_per_weight(chip))
@@ -542,7 +543,7 @@ def _count_dynamic(tl: Timeline, work: DynamicWork, xbs: list[int], chip: Chip,
         tl.body_cells_written += change.cells
         tl.body_write_pj += work.matrices * sum(tile_write_cost(chip, r, c)[1]
                                                 for r, c in tiles)
-        total = work.writes(chip)
-        for i, xb in enumerate(xbs):
+        total = work.writes(chip)  # round robin on from the least written crossbars
+        for i, xb in enumerate(sorted(xbs, key=lambda x: tl.writes_per_xbar.get(x, 0))):
             share = total // len(xbs) + (i < total % len(xbs))
             tl.writes_per_xbar[xb] = tl.writes_per_xbar.get(xb, 0) + share
