@@ -2,26 +2,37 @@
 
     python -m tools.bench_runtime [--zoo models/zoo] [--big resnet50-cifar100] [--images 2]
 
-Digits CNN on its test split, and a ResNet-50-scale model on a few random images. Per image
-is the marginal cost, (t(2N) - t(N)) / N, so programming the crossbars once per run cancels.
-Timing simulation is excluded (``timing=False``): this measures the arithmetic.
+Digits CNN on its test split, on the default (faithful) chip and on the one-pass corner
+(``ONE_PASS``: an 8-bit DAC and the ADC after analog shift-add, issue 14), and a
+ResNet-50-scale model on a few random images. Per image is the marginal cost,
+(t(2N) - t(N)) / N, so programming the crossbars once per run cancels. Timing simulation is
+excluded (``timing=False``): this measures the arithmetic. Then the digits CNN's accuracy on
+both chips, and the big model's ``.cim`` save and load time against onnxruntime's session
+creation.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import tempfile
 import time
 
 import numpy as np
 import onnxruntime as ort
 
+import isa
 from compiler import compile_model
+from isa.chip import Chip
 from runtime import run
 from tools import make_zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("ideal", "quantized", "analog")
+# The one-pass corner: every input bit in one DAC step, one ADC conversion per column per MVM
+# (CrossSim's ADC_per_ibit = False, aihwkit's one-pass MVM).
+ONE_PASS = dataclasses.replace(Chip().arch, dac_bits=8, adc_per_step=0)
 
 
 def _best(fn, repeats: int) -> float:
@@ -44,13 +55,13 @@ def _marginal(fn, images: int, repeats: int) -> float:
     return (_best(lambda: fn(2 * images), repeats) - _best(lambda: fn(images), repeats)) / images
 
 
-def bench(name: str, path: str, x: np.ndarray, repeats: int) -> list[str]:
-    """x holds 2N images; runs use the first N and all 2N."""
+def bench(name: str, path: str, x: np.ndarray, repeats: int, chip=None) -> list[str]:
+    """x holds 2N images; runs use the first N and all 2N; ``chip``: the compiled geometry."""
     n = len(x) // 2
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     name_in = sess.get_inputs()[0].name
     t_ort = _per_image(lambda k: sess.run(None, {name_in: x[:k]}), n, repeats)
-    program = compile_model(path)
+    program = compile_model(path, chip=chip)
     cells = [name, f"{t_ort * 1e3:.3f}"]
     for mode in MODES:
         t = _marginal(lambda k, m=mode: run(program, x[:k], mode=m, timing=False), n,
@@ -72,12 +83,41 @@ def main(argv=None) -> None:
     rows = [bench("digits_cnn (270 images)", os.path.join(ROOT, "models", "digits_cnn.onnx"),
                   x, args.repeats)]
     print("| " + " | ".join(rows[0]) + " |", flush=True)
+    cnn = os.path.join(ROOT, "models", "digits_cnn.onnx")
+    row = bench("digits_cnn, one-pass corner", cnn, x, args.repeats, ONE_PASS)
+    print("| " + " | ".join(row) + " |", flush=True)
     size = make_zoo.VARIANTS[args.big.split("-")[1]][0]
     big = np.random.default_rng(0).standard_normal((2 * args.images, 3, size, size))
     big = big.astype("f4")
-    row = bench(f"{args.big} ({args.images} images)", make_zoo.ensure(args.big, args.zoo), big,
-                args.repeats)
+    path = make_zoo.ensure(args.big, args.zoo)
+    row = bench(f"{args.big} ({args.images} images)", path, big, args.repeats)
     print("| " + " | ".join(row) + " |", flush=True)
+    accuracy_table(cnn, x, np.load(os.path.join(ROOT, "models", "digits_test_y.npy")))
+    load_table(args.big, path)
+
+
+def accuracy_table(path: str, x: np.ndarray, y: np.ndarray) -> None:
+    """The digits CNN's accuracy on the default chip and the one-pass corner (analog: seed 0)."""
+    print("\n| chip | quantized % | analog % |\n|---|---|---|")
+    for name, chip in (("default (faithful)", None), ("one-pass corner", ONE_PASS)):
+        program = compile_model(path, chip=chip)
+        acc = [100 * float((run(program, x, mode=m, timing=False).outputs["logits"].argmax(1)
+                            == y).mean()) for m in ("quantized", "analog")]
+        print(f"| {name} | {acc[0]:.2f} | {acc[1]:.2f} |", flush=True)
+
+
+def load_table(name: str, path: str) -> None:
+    """Saving and loading the model's program against creating an onnxruntime session."""
+    program = compile_model(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "p.cim")
+        save = _best(lambda: isa.save(program, out), 1)
+        load = _best(lambda: isa.load(out), 1)
+        mb = os.path.getsize(out) / 1e6
+    session = _best(lambda: ort.InferenceSession(path, providers=["CPUExecutionProvider"]), 3)
+    print(f"\n| model | .cim MB | save s | load s | ort session s | load / session |\n"
+          f"|---|---|---|---|---|---|\n| {name} | {mb:.0f} | {save:.2f} | {load:.2f} | "
+          f"{session:.2f} | {load / session:.0f}x |")
 
 
 if __name__ == "__main__":
