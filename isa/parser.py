@@ -71,6 +71,7 @@ class _ToProgram(lark.Transformer):
     def __init__(self, pending: list[_PendingBlob] | None = None):
         super().__init__()
         self.pending = pending or []
+        self.instrs: list[Instr] = []  # instructions read apart from the grammar
 
     def int(self, items):
         return _int(items[0])
@@ -181,7 +182,8 @@ class _ToProgram(lark.Transformer):
         _check_sizes(buffers, pending)
         return Program(chip=parts["chip"][0], batch=batch, batch_free=free,
                        ports=parts.get("port", []), buffers=buffers,
-                       text=parts.get("instr", []), blobs=[_decode(b) for b in pending])
+                       text=parts.get("instr", []) + self.instrs,
+                       blobs=[_decode(b) for b in pending])
 
 
 def _buffer_attr_ok(key: str, value) -> bool:
@@ -281,16 +283,94 @@ def _blob_lines(data: str, first_line: int) -> list[_PendingBlob]:
     return pending
 
 
+_TEXT = "\ntext\n"  # the text section's header line
+# One instruction line, as the grammar's ``instr`` rule reads it: opcode, references, key=value
+# attributes, a comment. Lines this does not take whole go to the grammar, for its message.
+_OPNAME = re.compile(r"[ \t]*([a-z][a-z0-9_]*)")
+_PIECE = re.compile(r"[ \t]*(?:([%@][A-Za-z0-9_.]+)|(,)|([a-z][a-z0-9_]*)=(\"(?:[^\"\\\n]|"
+                    r"\\.)*\"|\[[0-9,\- ]*\]|[^\s#\[\"]+)|(#.*))")
+_INT = re.compile(r"-?[0-9]+")
+_FLOAT = re.compile(r"-?([0-9]+\.[0-9]*([eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|inf)|nan")
+
+
+def _value(text: str):
+    """An attribute value as the grammar's ``value`` rule gives it, or None."""
+    if text[0] == '"':
+        return json.loads(text)
+    if text[0] == "[":
+        inner = text[1:-1].replace(" ", "")
+        parts = inner.split(",") if inner else []
+        return [_int(p) for p in parts] if all(_INT.fullmatch(p) for p in parts) else None
+    if _INT.fullmatch(text):
+        return _int(text)
+    return float(text) if _FLOAT.fullmatch(text) else None
+
+
+def _instr_items(line: str, number: int) -> list | None:
+    """The items the grammar would hand ``_ToProgram.instr`` for ``line``, or None when the
+    line is not one instruction as this reader takes them."""
+    m = _OPNAME.match(line)
+    if m is None:
+        return None
+    items = [lark.Token("OPNAME", m.group(1), line=number, column=1)]
+    pos, refs_done = m.end(), False
+    while pos < len(line):
+        p = _PIECE.match(line, pos)
+        if p is None or p.end() == pos:
+            return None if line[pos:].strip() else items
+        ref, _, key, value, comment = p.groups()
+        if ref is not None and not refs_done:
+            items.append(lark.Token("BUF" if ref[0] == "%" else "BLOB", ref, line=number,
+                                    column=p.start(1) + 1))
+        elif key is not None:
+            refs_done, parsed = True, _value(value)
+            if parsed is None:
+                return None
+            items.append((key, parsed, lark.Token("KEY", key, line=number,
+                                                  column=p.start(3) + 1)))
+        elif comment is not None:
+            items.append(lark.Token("COMMENT", comment, line=number))
+        elif ref is not None:
+            return None
+        pos = p.end()
+    return items
+
+
+def _fast_text(head: str, transformer: _ToProgram) -> tuple[str, list[Instr]] | None:
+    """The head without its instruction lines, and those instructions, when every line reads
+    (``_instr_items``); None otherwise (the grammar then reads the whole head)."""
+    start, end = head.find(_TEXT), head.rfind(_DATA)
+    if start < 0 or end < start:
+        return None
+    first = head.count("\n", 0, start + len(_TEXT)) + 1
+    instrs = []
+    for n, line in enumerate(head[start + len(_TEXT):end + 1].split("\n")[:-1]):
+        if not line.strip():
+            continue
+        items = _instr_items(line, first + n)
+        if items is None:
+            return None
+        instrs.append(transformer.instr(items)[1])
+    return head[:start + len(_TEXT)] + head[end + 1:], instrs
+
+
 def parse(text: str, check_sum: bool = True) -> Program:
     """Parse a whole ``.cim`` text. With ``check_sum`` the file checksum must match. The
-    header and text go through the grammar; the data section's blob lines are read line by
-    line (``_BLOB``) and decoded straight into arrays."""
+    header goes through the grammar; instruction lines are read one by one
+    (``_instr_items``, the grammar reads them instead when one is malformed, for its
+    message); the data section's blob lines are read line by line (``_BLOB``) and decoded
+    straight into arrays."""
     body = split_checksum(text) if check_sum else text.rsplit("\n" + _END, 1)[0] + "\n"
     cut = body.find(_DATA)
     head, data = (body, "") if cut < 0 else (body[:cut + len(_DATA)], body[cut + len(_DATA):])
     try:
+        transformer = _ToProgram(_blob_lines(data, head.count("\n") + 1))
+        fast = _fast_text(head, transformer)
+        if fast is not None:
+            transformer.instrs = fast[1]
+            head = fast[0]
         tree = _lark().parse(head)
-        program = _ToProgram(_blob_lines(data, head.count("\n") + 1)).transform(tree)
+        program = transformer.transform(tree)
     except lark.exceptions.VisitError as exc:
         if isinstance(exc.orig_exc, IsaError):
             raise exc.orig_exc from None
