@@ -504,3 +504,16 @@ def test_buffers_live_at_once_may_not_share_scratchpad_bytes():
     assert any(b.offset for b in program.buffers)  # still a declared layout
     with pytest.raises(IsaError, match="are live at the same time but overlap"):
         isa.verify.verify(program)
+
+
+def test_the_line_reader_and_the_grammar_read_programs_alike(monkeypatch):
+    """Instruction and blob lines are read without the grammar (issue 14: fast loads); with
+    that reader switched off, the grammar reads every program to the same value."""
+    import isa.parser as parser
+    from compiler import compile_model
+    from conftest import model_path
+    texts = [EVERY, isa.print_program(compile_model(model_path("digits_cnn"), max_xbars=3,
+                                                    bit_stucking="0.5:2"))]
+    fast = [isa.parse(t) for t in texts]
+    monkeypatch.setattr(parser, "_fast_text", lambda head, transformer: None)
+    assert [isa.parse(t) for t in texts] == fast
