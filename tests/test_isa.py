@@ -509,9 +509,10 @@ def test_buffers_live_at_once_may_not_share_scratchpad_bytes():
 def test_the_line_reader_and_the_grammar_read_programs_alike(monkeypatch):
     """Instruction and blob lines are read without the grammar (issue 14: fast loads); with
     that reader switched off, the grammar reads every program to the same value."""
+    from conftest import model_path
+
     import isa.parser as parser
     from compiler import compile_model
-    from conftest import model_path
     texts = [EVERY, isa.print_program(compile_model(model_path("digits_cnn"), max_xbars=3,
                                                     bit_stucking="0.5:2"))]
     fast = [isa.parse(t) for t in texts]
