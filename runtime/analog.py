@@ -14,6 +14,8 @@ All of it is one matmul over [input steps x vectors, rows] @ [rows, signs x slic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from isa.chip import Chip
@@ -40,10 +42,22 @@ def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray,
     return planes.astype(np.float32)  # [steps, N, R]
 
 
+# noise(part, shape) -> float32 N(0, 1) draws of ``shape`` for the read of input sign ``part``
+# (0 positive, 1 negative); None: no read noise
+Noise = Callable[[int, tuple], np.ndarray]
+
+
+def generator_noise(rng: np.random.Generator | None) -> Noise | None:
+    """Read noise drawn from one generator in call order (``rng`` None: none)."""
+    if rng is None:
+        return None
+    return lambda part, shape: rng.standard_normal(shape, dtype=np.float32)
+
+
 def crossbar_mvm(x: np.ndarray, x_range: np.ndarray, prog: Programmed, chip: Chip,
                  rng: np.random.Generator | None) -> np.ndarray:
     """x [N, R] (already the tile's rows), x_range [N, 1] -> [N, C] float."""
-    return tiles_mvm(x[None], x_range, [prog], chip, rng)[0]
+    return tiles_mvm(x[None], x_range, [prog], chip, generator_noise(rng))[0]
 
 
 def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
@@ -73,17 +87,19 @@ def _adc(current: np.ndarray, full: np.ndarray, adc_levels: int) -> np.ndarray:
 
 
 def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
-              rng: np.random.Generator | None) -> np.ndarray:
+              noise: Noise | None) -> np.ndarray:
     """Several tiles read at once: x [T, N, R] (each tile's rows, zero padded), x_range
     [N, 1] (every tile's vectors at the same DAC ranges) or [T, N, 1] (each tile's own) ->
     [T, N, C] (zero padded). With ``arch.adc_per_step`` 0 the steps' currents are summed in
     the analog domain, each weighted by its digit's place, and converted once, against a
-    full scale that many times larger (CrossSim's ``ADC_per_ibit = False``)."""
+    full scale that many times larger (CrossSim's ``ADC_per_ibit = False``). ``noise``: the
+    read noise's draws (analog mode), None in quantized mode."""
     a, d = chip.arch, chip.device
     g0 = d.g_min_us / ((d.g_max_us - d.g_min_us) / (2 ** a.cell_bits - 1))
     cells, full, gain, scale = _stack(progs)
     tiles, signs, slices, rows, cols = cells.shape
-    g = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols)
+    g64 = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols).astype(
+        np.float64)
     steps = a.input_steps
     # a step's column current reaches 2**dac_bits - 1 times the cells' sum: so does full scale
     full = full.reshape(1, tiles, 1, signs, slices, cols) * (2 ** a.dac_bits - 1)
@@ -95,18 +111,22 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     out = np.zeros((tiles, x.shape[1], cols))
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
                                                                 (tiles,) + x_range.shape)
-    for part, sign in ((np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)):
+    for index, (part, sign) in enumerate(((np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0))):
         if not part.any():
             continue
         planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits, ranges.reshape(-1, 1),
                                   a.dac_bits)
         planes = planes.reshape(steps, tiles, -1, rows)
-        current = (planes @ g).reshape(steps, tiles, -1, signs, slices, cols)
-        if rng is not None and d.read_sigma:  # every column read: sigma x its own current
-            noise = rng.standard_normal(current.shape, dtype=np.float32)
-            noise *= d.read_sigma
-            noise += 1.0
-            current *= noise
+        # summed in float64, where sums of these products are exact, so that a sample's
+        # currents do not depend on how many others share the product (BLAS blocks float32
+        # sums by shape): outputs do not depend on how a run is split
+        current = (planes.astype(np.float64) @ g64).astype(np.float32)
+        current = current.reshape(steps, tiles, -1, signs, slices, cols)
+        if noise is not None and d.read_sigma:  # every column read: sigma x its own current
+            draws = noise(index, current.shape)
+            draws *= d.read_sigma
+            draws += 1.0
+            current *= draws
         active = planes.sum(axis=3)[..., None, None, None]  # input levels applied this step
         weights = step_weight
         if not a.adc_per_step:  # analog shift-add, then one conversion

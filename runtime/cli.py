@@ -35,6 +35,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _megabytes(text: str) -> int:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB, got {text}")
+    return int(value * 2 ** 20)
+
+
 def build_parser() -> Parser:
     p = Parser(
         prog="cimrun", description="Run a crossbar program (.cim) on the simulated RRAM chip.")
@@ -57,6 +64,14 @@ def build_parser() -> Parser:
     p.add_argument("--trace", help="write a Chrome trace-event JSON (open it in Perfetto)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="seed (>= 0) of the run's random generators (default 0)")
+    p.add_argument("--first-sample", type=_seed, default=0, metavar="N",
+                   help="index of the first input sample in its dataset (default 0): noise is "
+                        "keyed by sample index, so a dataset split into runs with the right "
+                        "offsets gives the same outputs as one run")
+    p.add_argument("--memory-limit", type=_megabytes, metavar="MB",
+                   help="run the samples in passes that fit this many MB (estimated before "
+                        "anything is allocated; default: what this machine has free). "
+                        "Outputs do not depend on it")
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
                         "(default: PROGRAM.out.npy / .npz; not written in --mode timing)")
@@ -179,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         for warning in job.warnings:
             print(f"cimrun: warning: {warning}", file=sys.stderr)
         result = run(job.program, job.inputs, mode=args.mode, seed=args.seed, chip=job.chip,
-                     allow_nonfinite=args.allow_nonfinite, progress=not args.quiet)
+                     allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
+                     memory_limit=args.memory_limit, first_sample=args.first_sample)
         accuracy = finish(args, job, result)
     except (RunError, isa.IsaError) as exc:
         print(f"cimrun: error: {exc}", file=sys.stderr)

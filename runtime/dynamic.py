@@ -11,9 +11,10 @@ to ``weight_bits`` with a symmetric scale per column (per matrix when
 - ``dbmm`` (the digital MAC unit): exact integer products, no noise (``runtime.digital``).
 - ``wbmm`` (crossbars written per inference): every b[g] is cut into crossbar tiles, each tile
   programmed as ``write`` programs one (``device.program``: in analog mode with programming
-  noise drawn afresh at every run, keyed by the seed and the instruction) and read by a[g]'s
-  rows as ``mvm`` reads one (``analog.tiles_mvm``: bit-serial DAC, ADC per column, read
-  noise). The pool crossbars' stuck cells and wear are not modelled here: the timing model
+  noise drawn afresh at every run from a generator of its own, keyed by the seed, the
+  instruction, the sample and the head: ``runtime.noise``) and read by a[g]'s rows as ``mvm``
+  reads one (``analog.tiles_mvm``: DAC steps, ADC per column, read noise from the same
+  generator). The pool crossbars' stuck cells and wear are not modelled here: the timing model
   counts their writes and the report projects their lifetime.
 """
 
@@ -72,14 +73,29 @@ def _tiles(k: int, n: int, chip: Chip) -> list[tuple[int, int, int, int]]:
             for r in range(0, k, rows) for c in range(0, n, cols)]
 
 
+def _reads(noise, chunk: range, per: int, tiles: int):
+    """Read noise of a chunk of matrices, ``tiles`` tiles each along the tile axis, every
+    matrix and input sign from its own generator."""
+    def draws(part: int, shape: tuple):  # shape [steps, matrices x tiles, M, ...]
+        one = shape[:1] + (tiles,) + shape[2:]
+        return np.concatenate([noise(i, per, 1 + part).standard_normal(one, dtype=np.float32)
+                               for i in chunk], axis=1)
+    return draws
+
+
 def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
-                rng: np.random.Generator | None) -> np.ndarray:
-    """``wbmm`` in quantized (``rng`` None) and analog modes: every matrix of b programmed
-    tile by tile and read by a's rows; float32 result [..., M, N]."""
+                noise=None) -> np.ndarray:
+    """``wbmm`` in quantized (``noise`` None) and analog modes: every matrix of b programmed
+    tile by tile and read by a's rows; float32 result [..., M, N]. ``noise(g, per, use)``:
+    the generator of matrix g (``per`` matrices a sample) for its programming (use 0) and
+    the reads of its positive and negative inputs (1, 2)."""
     a, b, lead = _flat(a, b)
     g, m, k = a.shape
     n = b.shape[-1]
     r = sample_ranges(a, x_range, g)
+    per = g // x_range.size
+    rngs = [None] * g if noise is None else [noise(i, per, 0) for i in range(g)]
+    peaks = np.abs(b).max(axis=(1, 2), initial=0.0).tolist()  # per-matrix weight scaling
     tiles = _tiles(k, n, chip)
     free = np.full((2, chip.arch.slices, chip.arch.rows, chip.arch.weights_per_row), -1, np.int8)
     per_matrix = len(tiles) * chip.arch.input_bits * m * chip.arch.cols * 4 * 3
@@ -87,8 +103,8 @@ def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
     out = np.zeros((g, m, n), np.float32)
     for g0 in range(0, g, step):
         chunk = range(g0, min(g0 + step, g))
-        progs = [device.program(b[i, r0:r1, c0:c1], chip, rng, free[:, :, :r1 - r0, :c1 - c0],
-                                float(np.abs(b[i]).max(initial=0.0)))
+        progs = [device.program(b[i, r0:r1, c0:c1], chip, rngs[i],
+                                free[:, :, :r1 - r0, :c1 - c0], peaks[i])
                  for i in chunk for r0, r1, c0, c1 in tiles]
         rows = max(r1 - r0 for r0, r1, _, _ in tiles)
         xs = np.zeros((len(progs), m, rows), np.float32)
@@ -96,7 +112,8 @@ def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
             xs[t, :, :r1 - r0] = a[i, :, r0:r1]
         ranges = np.repeat(np.broadcast_to(r[chunk.start:chunk.stop], (len(chunk), m, 1)),
                            len(tiles), axis=0)  # each tile at its sample's DAC range
-        ys = tiles_mvm(xs, ranges, progs, chip, rng)
+        ys = tiles_mvm(xs, ranges, progs, chip, None if noise is None else _reads(
+            noise, chunk, per, len(tiles)))
         for t, (i, (_, _, c0, c1)) in enumerate((i, w) for i in chunk for w in tiles):
             out[i, :, c0:c1] += ys[t, :, :c1 - c0]
     return out.reshape(lead + (m, n))

@@ -22,8 +22,9 @@ from isa.timing import Timeline
 
 from . import device
 from .errors import RunError
-from .memory import check_memory, estimate_bytes
+from .memory import check_memory, estimate_bytes, memory_problem
 from .mvm_groups import execute_group, plan
+from .noise import SampleNoise
 from .report import timing_report
 from .semantics import SEMANTICS
 
@@ -51,10 +52,11 @@ class Machine:
     """
 
     def __init__(self, program: Program, scale: int, mode: str = "ideal",
-                 chip: Chip | None = None, seed: int = 0):
+                 chip: Chip | None = None, seed: int = 0, first: int = 0):
         self.program, self.mode, self.seed = program, mode, seed
         self.chip = chip or dataclasses.replace(Chip(), arch=program.chip)
-        self.read_rng = np.random.default_rng([seed, 3]) if mode == "analog" else None
+        # read noise and written operands' noise, keyed by sample (first: this pass's first)
+        self.noise = SampleNoise(seed, first) if mode == "analog" else None
         self.stuck: dict[int, np.ndarray] = {}
         self.writes: Counter = Counter()
         self.cell_writes: dict[int, np.ndarray] = {}
@@ -163,11 +165,11 @@ class Machine:
 
 def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
              counts: Counter, mode: str = "ideal", chip: Chip | None = None, seed: int = 0,
-             bar=None):
-    """Run the planned ``steps`` (``mvm_groups.plan`` of the text) once; return the outputs,
-    how many cells wore out and how many cells writes programmed (0 in ideal mode). ``bar``:
-    a progress bar advanced once per step."""
-    m = Machine(program, scale, mode, chip, seed)
+             bar=None, first: int = 0):
+    """Run the planned ``steps`` (``mvm_groups.plan`` of the text) once on the samples from
+    ``first`` on; return the outputs, how many cells wore out and how many cells writes
+    programmed (0 in ideal mode). ``bar``: a progress bar advanced once per step."""
+    m = Machine(program, scale, mode, chip, seed, first)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
     for step in steps:
@@ -259,42 +261,68 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
     return feeds, samples or 1
 
 
+def chunk_batches(program: Program, groups: int, mode: str,
+                  memory_limit: int | None = None) -> int:
+    """Compiled batches one pass runs: all ``groups`` when they fit, else as many as fit
+    ``memory_limit`` bytes (None: what this process may still allocate), by
+    ``memory.estimate_bytes``; one when the program is not batch free. RunError when not
+    even one fits."""
+    def fits(k: int) -> bool:
+        need = estimate_bytes(program, k * program.batch, mode)
+        return need <= memory_limit if memory_limit else memory_problem(need, "") is None
+    if not fits(1):
+        need = estimate_bytes(program, program.batch, mode)
+        if memory_limit:
+            raise RunError(f"--mode {mode} needs about {need / 2 ** 20:.0f} MB for one "
+                           f"compiled batch, over --memory-limit {memory_limit / 2 ** 20:.0f} MB")
+        check_memory(need, f"--mode {mode} on {program.batch} sample(s)")
+    if not program.batch_free:
+        return 1
+    low, high = 1, groups  # the most that fit lies in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
 def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
         chip: Chip | None = None, timing: bool = True, allow_nonfinite: bool = False,
-        progress: bool = False) -> RunResult:
+        progress: bool = False, memory_limit: int | None = None,
+        first_sample: int = 0) -> RunResult:
     """Run ``program`` on ``inputs`` (an array, or a dict by input name) and, with ``timing``,
     simulate its timing and energy on ``chip`` (default: the default chip with the program's
     geometry). Mode ``timing`` skips the arithmetic. NaN/Inf inputs are an error unless
-    ``allow_nonfinite``. ``progress``: a progress bar on a terminal for long runs.
+    ``allow_nonfinite``. ``progress``: a progress bar on a terminal for long runs. The samples
+    run in passes that fit ``memory_limit`` bytes (``chunk_batches``); noise is keyed by
+    sample (``runtime.noise``): ``first_sample`` is the index of the first input sample in
+    its dataset, so that a dataset split into runs gives the outputs of one run over all of
+    it, and the outputs never depend on how the samples are split into passes.
     Raises RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
     chip = chip or dataclasses.replace(Chip(), arch=program.chip)
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
-        samples = groups * program.batch
-        check_memory(estimate_bytes(program, samples, mode),
-                     f"--mode {mode} on {samples} sample(s)")
+        per = chunk_batches(program, groups, mode, memory_limit)
     timing_stats, timeline = timing_report(program, chip) if timing else ({}, None)
     if mode == "timing":
         return RunResult({}, {"mode": mode, "seed": seed, **timing_stats,
                               "chip": chip.to_dict()}, timeline)
     counts: Counter = Counter()
     start = time.perf_counter()
-    passes = 1 if groups == 1 or program.batch_free else groups
-    steps = plan(program.text)
-    with _progress(passes * len(steps), f"cimrun {mode}", progress) as bar:
-        if passes == 1:
-            outputs, failed, changed = _execute(program, steps, feeds, groups, counts, mode,
-                                                chip, seed, bar)
-        else:
-            b = program.batch
-            parts = [_execute(program, steps, {k: v[i * b:(i + 1) * b] for k, v in feeds.items()},
-                              1, counts, mode, chip, seed, bar) for i in range(groups)]
-            outputs = {k: _join([p[0][k] for p in parts], k) for k in parts[0][0]}
-            failed, changed = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    steps, b = plan(program.text), program.batch
+    chunks = [(i, min(per, groups - i)) for i in range(0, groups, per)]
+    def take(i: int, n: int) -> dict:  # one pass's inputs (all of them: no batch to slice)
+        return feeds if len(chunks) == 1 else {k: v[i * b:(i + n) * b] for k, v in feeds.items()}
+    with _progress(len(chunks) * len(steps), f"cimrun {mode}", progress) as bar:
+        parts = [_execute(program, steps, take(i, n), n, counts, mode, chip, seed, bar,
+                          first_sample + i * b) for i, n in chunks]
+    outputs = parts[0][0] if len(parts) == 1 else \
+        {k: _join([p[0][k] for p in parts], k) for k in parts[0][0]}
+    failed, changed = sum(p[1] for p in parts), sum(p[2] for p in parts)
     seconds = time.perf_counter() - start
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
+             "passes": len(chunks),
              "endurance_failed_cells": failed,
              "cells_changed": changed if mode != "ideal" else None,
              "compiled_batch": program.batch, "instructions": sum(counts.values()),

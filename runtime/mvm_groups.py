@@ -16,6 +16,7 @@ import numpy as np
 from isa import Instr
 
 from .analog import tiles_mvm
+from .noise import READ
 
 
 def as_vectors(a: np.ndarray) -> np.ndarray:
@@ -68,10 +69,25 @@ def _device_group(m, group: list[Instr]) -> None:
         for t, ins in enumerate(chunk):
             r0, r1 = ins.attr("rows")
             xs[t, :, :r1 - r0] = x[..., r0:r1].reshape(n, r1 - r0)
-        ys = tiles_mvm(xs, x_range, progs, m.chip, m.read_rng)
+        ys = tiles_mvm(xs, x_range, progs, m.chip, _read_noise(m, group[0], start, x.shape))
         for t, ins in enumerate(chunk):
             c0, c1 = ins.attr("cols")
             dst[:, v0:v1, c0:c1] += ys[t, :, :c1 - c0].reshape(x.shape[0], x.shape[1], c1 - c0)
+
+
+def _read_noise(m, first: Instr, start: int, vectors: tuple):
+    """The read noise of the group's tiles from ``start`` on, keyed by tile and sample: each
+    of the ``vectors`` [B, V, ...] samples' V vectors through each tile draw from their own
+    generator, however the tiles and samples are chunked (None: no noise)."""
+    if m.noise is None:
+        return None
+    b, v = vectors[:2]
+
+    def draws(part: int, shape: tuple):  # shape [steps, tiles, B*V, ...]
+        one = shape[:1] + (1, v) + shape[3:]
+        return np.concatenate([m.noise.normal(READ, (first.line, start + t, part), b, one,
+                                              axis=2) for t in range(shape[1])], axis=1)
+    return draws
 
 
 def _ideal_group(m, group: list[Instr]) -> None:

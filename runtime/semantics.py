@@ -18,6 +18,7 @@ from isa import windows as win
 from .digital import quantized_matmul
 from .dynamic import digital_bmm, written_bmm
 from .mvm_groups import as_vectors, execute_group
+from .noise import DYNAMIC
 
 F32 = np.float32
 
@@ -84,8 +85,9 @@ def wbmm(m, ins):
     if m.mode == "ideal":
         y = kernels.bmm(a, b)
     else:
-        rng = np.random.default_rng([m.seed, 5, ins.line]) if m.mode == "analog" else None
-        y = written_bmm(a, b, _bmm_range(m, ins), m.chip, rng)
+        noise = None if m.noise is None else (lambda g, per, use: m.noise.generator(
+            DYNAMIC, (ins.line, g % per, use), g // per))  # g: head g % per of sample g // per
+        y = written_bmm(a, b, _bmm_range(m, ins), m.chip, noise)
     m.store(_dst(ins), y)
 
 

@@ -1,0 +1,64 @@
+"""Results do not depend on how a run's samples are split (issue 14, point 5): noise is keyed
+by sample index, products are summed in an order the batch size does not change, and
+``--memory-limit`` runs the samples in passes that fit it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import MODELS, cli, fails, model_path
+
+from compiler import compile_model
+from runtime import run
+from runtime.memory import estimate_bytes
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return compile_model(model_path("digits_cnn"))
+
+
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+def test_memory_limit_and_dataset_splits_do_not_change_outputs(cnn, mode, digits_test):
+    x = digits_test[0][:30]
+    whole = run(cnn, x, mode=mode, seed=3, timing=False)
+    limit = (estimate_bytes(cnn, 4, mode) + estimate_bytes(cnn, 5, mode)) // 2  # 4 a pass
+    chunked = run(cnn, x, mode=mode, seed=3, timing=False, memory_limit=limit)
+    assert whole.stats["passes"] == 1 and chunked.stats["passes"] == 8
+    split = [run(cnn, x[i:i + 7], mode=mode, seed=3, timing=False, first_sample=i)
+             for i in range(0, 30, 7)]
+    want = whole.outputs["logits"]
+    assert np.array_equal(chunked.outputs["logits"], want)
+    assert np.array_equal(np.concatenate([r.outputs["logits"] for r in split]), want)
+
+
+def test_a_sample_keeps_its_noise_whoever_it_runs_with(cnn, digits_test):
+    """Sample 5 alone (at its index) equals sample 5 in a batch; another index differs."""
+    x = digits_test[0][:8]
+    batch = run(cnn, x, mode="analog", timing=False).outputs["logits"]
+    alone = run(cnn, x[5:6], mode="analog", timing=False, first_sample=5).outputs["logits"]
+    moved = run(cnn, x[5:6], mode="analog", timing=False, first_sample=6).outputs["logits"]
+    assert np.array_equal(alone[0], batch[5]) and not np.array_equal(moved[0], batch[5])
+
+
+def test_written_products_keep_their_noise_across_splits():
+    program = compile_model(os.path.join(MODELS, "bert_tiny_torch.onnx"), dynamic="write")
+    ids = np.load(os.path.join(MODELS, "bert_tiny_ids.npy"))
+    mask = np.load(os.path.join(MODELS, "bert_tiny_mask.npy"))
+    whole = run(program, {"input_ids": ids, "attention_mask": mask}, mode="analog",
+                timing=False).outputs["logits"]
+    parts = [run(program, {"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]},
+                 mode="analog", timing=False, first_sample=i).outputs["logits"]
+             for i in range(len(ids))]
+    assert np.array_equal(np.concatenate(parts), whole)
+
+
+def test_a_memory_limit_below_one_batch_is_a_clear_error(tmp_path):
+    program = str(tmp_path / "cnn.cim")
+    assert cli("cimc", model_path("digits_cnn"), "-o", program).returncode == 0
+    fails(cli("cimrun", program, "--input", os.path.join(MODELS, "digits_sample.npy"),
+              "--mode", "analog", "--memory-limit", "1"),
+          "for one compiled batch, over --memory-limit 1 MB")
+    fails(cli("cimrun", program, "--memory-limit", "0"), "--memory-limit")
