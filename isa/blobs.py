@@ -18,7 +18,6 @@ from .errors import IsaError
 from .limits import tensor_bytes
 from .program import DTYPES, TensorType
 
-
 PROBE = 1 << 16  # bytes compressed to decide whether compressing a blob pays
 
 
