@@ -31,14 +31,17 @@ from .chip import Chip
 UNKNOWN = -1  # a cell state nothing has been written to
 
 
-def quantize_weights(tile: np.ndarray, chip: Chip, tensor_max: float):
-    """Signed integer magnitudes and the per-column scale."""
+def quantize_weights(tile: np.ndarray, chip: Chip, tensor_max):
+    """Signed integer magnitudes and the per-column scale of a tile [R, C] (scale [C]), or of
+    every matrix of a stack [..., R, C] (scale [..., C]). ``tensor_max``: the largest
+    magnitude (one per matrix of a stack) when ``mapping.per_column_scaling`` is 0."""
     qmax = 2 ** (chip.arch.weight_bits - 1) - 1
-    peak = np.abs(tile).max(axis=0) if chip.mapping.per_column_scaling else \
-        np.full(tile.shape[1], tensor_max)
+    peak = np.abs(tile).max(axis=-2) if chip.mapping.per_column_scaling else \
+        np.broadcast_to(np.asarray(tensor_max, np.float64)[..., None],
+                        tile.shape[:-2] + tile.shape[-1:])
     # An all-zero column gets scale 0: whatever its cells hold, its digital output is zero.
     scale = (peak / qmax).astype(np.float64)
-    q = np.rint(tile / np.where(scale > 0, scale, 1.0))
+    q = np.rint(tile / np.where(scale > 0, scale, 1.0)[..., None, :])
     return np.clip(q, -qmax, qmax).astype(np.int64), scale
 
 

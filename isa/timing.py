@@ -41,7 +41,7 @@ from .combiner import (
 )
 from .digital import weight_bytes, weight_sram_bytes
 from .opcodes import OPCODES
-from .program import Instr, Program
+from .program import ChipGeometry, Instr, Program
 from .resources import weight_store_bytes
 
 Cost = tuple[float, float]  # (duration ns, energy pJ)
@@ -206,6 +206,14 @@ def dbmm_cost(chip: Chip, macs: int) -> Cost:
     return -(-macs // t.digital_macs) / t.clock_ghz, macs * chip.energy.digital_mac_pj
 
 
+def tile_windows(k: int, n: int, arch: ChipGeometry) -> list[tuple[int, int, int, int]]:
+    """The crossbar windows (r0, r1, c0, c1) a whole [k, n] matrix written per inference is
+    cut into, each at most rows x weights_per_row (``wbmm``)."""
+    r, c = arch.rows, arch.weights_per_row
+    return [(r0, min(r0 + r, k), c0, min(c0 + c, n))
+            for r0 in range(0, k, r) for c0 in range(0, n, c)]
+
+
 @dataclass(frozen=True)
 class DynamicWork:
     """A ``wbmm``: ``matrices`` products [m, k] @ [k, n] over a pool of ``pool`` crossbars."""
@@ -217,9 +225,7 @@ class DynamicWork:
 
     def tiles(self, chip: Chip) -> list[tuple[int, int]]:
         """(rows, weights) of the crossbar tiles one [k, n] matrix is cut into."""
-        r, c = chip.arch.rows, chip.arch.weights_per_row
-        return [(min(r, self.k - r0), min(c, self.n - c0))
-                for r0 in range(0, self.k, r) for c0 in range(0, self.n, c)]
+        return [(r1 - r0, c1 - c0) for r0, r1, c0, c1 in tile_windows(self.k, self.n, chip.arch)]
 
     def writes(self, chip: Chip) -> int:
         """Tile writes per run: every tile of every matrix."""
@@ -322,9 +328,7 @@ class _Ctx:
         return tuple(self.blobs[ref[1:]].data.shape) if ref[0] == "@" else self.shapes[ref[1:]]
 
     def elems(self, ref: str) -> int:
-        if ref[0] == "@":
-            return int(self.blobs[ref[1:]].data.size)
-        return int(np.prod(self.shapes[ref[1:]], dtype=np.int64))
+        return int(np.prod(self.shape(ref), dtype=np.int64))
 
 
 def _mvm(c: _Ctx, ins: Instr) -> Cost:
@@ -520,12 +524,18 @@ def simulate(program: Program, chip: Chip, scale: int = 1, units: bool = True) -
     return tl
 
 
-def _count_write(tl: Timeline, change: WriteChange, xb: int, phase: str) -> None:
+def _count_cells(tl: Timeline, change: WriteChange, phase: str) -> None:
+    """Rows and cells written, in all and in the inference phase."""
     tl.rows_written += change.rows
     tl.cells_written += change.cells
     if phase == "inference":
         tl.body_rows_written += change.rows
         tl.body_cells_written += change.cells
+
+
+def _count_write(tl: Timeline, change: WriteChange, xb: int, phase: str) -> None:
+    _count_cells(tl, change, phase)
+    if phase == "inference":
         tl.writes_per_xbar[xb] = tl.writes_per_xbar.get(xb, 0) + (change.rows > 0)
 
 
@@ -534,13 +544,10 @@ def _count_dynamic(tl: Timeline, work: DynamicWork, xbs: list[int], chip: Chip,
     """A wbmm's writes: every row and cell of every tile, the tiles round robin over ``xbs``
     (continuing where the last wbmm left off, so the pool wears evenly)."""
     tiles = work.tiles(chip)
-    change = WriteChange(work.matrices * sum(r for r, _ in tiles),
-                         work.matrices * sum(r * c for r, c in tiles) * cells_per_weight(chip))
-    tl.rows_written += change.rows
-    tl.cells_written += change.cells
+    _count_cells(tl, WriteChange(work.matrices * sum(r for r, _ in tiles),
+                                 work.matrices * sum(r * c for r, c in tiles)
+                                 * cells_per_weight(chip)), phase)
     if phase == "inference":
-        tl.body_rows_written += change.rows
-        tl.body_cells_written += change.cells
         tl.body_write_pj += work.matrices * sum(tile_write_cost(chip, r, c)[1]
                                                 for r, c in tiles)
         total = work.writes(chip)  # round robin on from the least written crossbars

@@ -23,12 +23,12 @@ from __future__ import annotations
 import numpy as np
 
 from isa.chip import Chip
+from isa.timing import tile_windows
 
 from . import device
 from .analog import input_levels, tiles_mvm
 from .digital import exact_matmul
-
-BYTES_PER_CHUNK = 256 * 2 ** 20
+from .mvm_groups import BYTES_PER_CHUNK, read_bytes
 
 
 def _flat(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -45,32 +45,14 @@ def sample_ranges(a: np.ndarray, x_range: np.ndarray, groups: int) -> np.ndarray
     return np.repeat(x_range.reshape(-1), groups // x_range.size).reshape(-1, 1, 1)
 
 
-def quantize_matrices(b: np.ndarray, chip: Chip) -> tuple[np.ndarray, np.ndarray]:
-    """Integer magnitudes of every matrix b[g] [K, N] and its scale [G, 1, N] (per column, or
-    one per matrix), as ``isa.cells.quantize_weights`` quantizes a tile."""
-    qmax = 2 ** (chip.arch.weight_bits - 1) - 1
-    peak = np.abs(b).max(axis=1, keepdims=True)
-    if not chip.mapping.per_column_scaling:
-        peak = np.broadcast_to(peak.max(axis=2, keepdims=True), peak.shape)
-    scale = (peak / qmax).astype(np.float64)
-    q = np.rint(b / np.where(scale > 0, scale, 1.0))
-    return np.clip(q, -qmax, qmax), scale
-
-
 def digital_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip) -> np.ndarray:
     """``dbmm`` in quantized and analog modes: exact integer products, float32 result."""
     (a, b, lead), levels = _flat(a, b), 2 ** chip.arch.input_bits - 1
     r = sample_ranges(a, x_range, len(a))
-    bq, scale = quantize_matrices(b, chip)
-    y = exact_matmul(input_levels(a, chip.arch.input_bits, r), bq) * (r / levels) * scale
+    bq, scale = device.quantize_weights(b, chip, np.abs(b).max(axis=(1, 2), initial=0.0))
+    y = exact_matmul(input_levels(a, chip.arch.input_bits, r), bq) * (r / levels) * \
+        scale[:, None, :]
     return y.astype(np.float32).reshape(lead + y.shape[-2:])
-
-
-def _tiles(k: int, n: int, chip: Chip) -> list[tuple[int, int, int, int]]:
-    """The crossbar windows (r0, r1, c0, c1) a [k, n] matrix is cut into."""
-    rows, cols = chip.arch.rows, chip.arch.weights_per_row
-    return [(r, min(r + rows, k), c, min(c + cols, n))
-            for r in range(0, k, rows) for c in range(0, n, cols)]
 
 
 def _reads(noise, chunk: range, per: int, tiles: int):
@@ -96,10 +78,9 @@ def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
     per = g // x_range.size
     rngs = [None] * g if noise is None else [noise(i, per, 0) for i in range(g)]
     peaks = np.abs(b).max(axis=(1, 2), initial=0.0).tolist()  # per-matrix weight scaling
-    tiles = _tiles(k, n, chip)
+    tiles = tile_windows(k, n, chip.arch)
     free = np.full((2, chip.arch.slices, chip.arch.rows, chip.arch.weights_per_row), -1, np.int8)
-    per_matrix = len(tiles) * chip.arch.input_bits * m * chip.arch.cols * 4 * 3
-    step = max(1, BYTES_PER_CHUNK // max(per_matrix, 1))
+    step = max(1, BYTES_PER_CHUNK // max(len(tiles) * read_bytes(chip.arch, m), 1))
     out = np.zeros((g, m, n), np.float32)
     for g0 in range(0, g, step):
         chunk = range(g0, min(g0 + step, g))

@@ -15,7 +15,7 @@ from isa import Program
 from isa.limits import memory_problem, tensor_bytes
 
 from .errors import RunError
-from .mvm_groups import BYTES_PER_CHUNK
+from .mvm_groups import BYTES_PER_CHUNK, read_bytes
 
 TEMPORARIES = 2         # an instruction's temporaries, in units of the largest buffer
 EVENT_BYTES = 400       # one timeline event (two timelines: the schedule and its bound)
@@ -25,7 +25,6 @@ TILE_CELL_BYTES = {"quantized": 4 + 8, "analog": 4 + 8 + 8}
 # Bytes per physical cell of the whole crossbar: analog's stuck mask int8 and wear counts int64.
 CROSSBAR_CELL_BYTES = {"quantized": 0, "analog": 1 + 8}
 PROGRAMMING_BYTES = 48  # per cell of the tile being programmed: encode's temporaries
-READ_BYTES = 4 * 3      # per input bit, vector and physical column of a crossbar read
 
 
 def _groups(program: Program, samples: int) -> int:
@@ -70,8 +69,7 @@ def _device_read(program: Program, scale: int) -> int:
         if ins.op == "mvm":
             v0, v1 = ins.attr("vecs")
             vectors = shapes[ins.operands[1][1:]].type.shape[0] * scale * (v1 - v0)
-            largest = max(largest, program.chip.input_bits * vectors * program.chip.cols
-                          * READ_BYTES)
+            largest = max(largest, read_bytes(program.chip, vectors))
     return max(largest, BYTES_PER_CHUNK) if largest else 0
 
 

@@ -48,6 +48,13 @@ def execute_group(m, group: list[Instr]) -> None:
 
 
 BYTES_PER_CHUNK = 256 * 2 ** 20
+READ_BYTES = 4 * 3  # per input bit, vector and physical column of a crossbar read
+
+
+def read_bytes(arch, vectors: int) -> int:
+    """The working set of one tile's batched read by ``vectors`` vectors (``tiles_mvm``'s
+    planes, currents and noise)."""
+    return arch.input_bits * vectors * arch.cols * READ_BYTES
 
 
 def _device_group(m, group: list[Instr]) -> None:
@@ -58,8 +65,7 @@ def _device_group(m, group: list[Instr]) -> None:
     x_range = m.input_range(group[0].operands[1], src)
     x_range = np.broadcast_to(x_range, x.shape[:2] + (1,)).reshape(-1, 1)
     n = x.shape[0] * x.shape[1]
-    per_tile = m.chip.arch.input_bits * n * m.chip.arch.cols * 4 * 3
-    step = max(1, BYTES_PER_CHUNK // max(per_tile, 1))
+    step = max(1, BYTES_PER_CHUNK // max(read_bytes(m.chip.arch, n), 1))
     for start in range(0, len(group), step):
         chunk = group[start:start + step]
         progs = [m.xbar(i.attr("xb"), (i.attr("rows")[1] - i.attr("rows")[0],

@@ -60,6 +60,7 @@ from isa.timing import (
     digital_cost,
     dmatmul_cost,
     mvm_cost,
+    tile_windows,
     tile_write_cost,
     wbmm_cost,
     write_change,
@@ -148,8 +149,8 @@ class _Plan:
         if op.kind == "dyn_digital":
             ns = dbmm_cost(self.chip, g * m * k * n)[0]
         else:
-            work = DynamicWork(g, m, k, n, 1)
-            ns = wbmm_cost(self.chip, DynamicWork(g, m, k, n, len(work.tiles(self.chip))))[0]
+            pool = len(tile_windows(k, n, self.chip.arch))
+            ns = wbmm_cost(self.chip, DynamicWork(g, m, k, n, pool))[0]
         self.machine.issue(OPCODES[OPS[op.kind].opcode].unit, ns, self._srcs(op.inputs),
                            op.outputs[0])
 
@@ -402,11 +403,9 @@ def _dynamic_pool(graph: Graph, ctx) -> None:
     ops = [op for op in graph.ops() if op.kind == "dyn_write"]
     if not ops:
         return
-    chip = ctx.chip
-
     def tiles(op: Op) -> int:
         k, n = graph.shape(op.inputs[0])[-1], graph.shape(op.outputs[0])[-1]
-        return -(-k // chip.rows) * -(-n // chip.weights_per_row)
+        return len(tile_windows(k, n, ctx.chip))
     size = ctx.dynamic_xbars or max(map(tiles, ops))
     pool = list(range(graph.xbars, graph.xbars + size))
     for op in ops:
