@@ -30,6 +30,7 @@ from .frontend import accept, load_model
 from .limits import Limits
 from .passes import PIPELINE
 from .passes.basis_decompose import check_fits
+from .passes.lower_to_crossbar import DYNAMIC
 from .passes.schedule import SCHEDULES
 
 SIGPIPE_STATUS = 141  # what a shell reports for a Unix tool whose reader went away
@@ -129,7 +130,7 @@ def build_parser() -> Parser:
                         "(dmatmul) instead of crossbars: all of them, the first and/or last in "
                         "graph order, or ONNX node names, comma-separated (BasisN leaves them "
                         "alone; default: none)")
-    p.add_argument("--dynamic", choices=("digital", "write"), default="digital",
+    p.add_argument("--dynamic", choices=tuple(DYNAMIC), default="digital",
                    help="how products of two computed operands (attention's Q K^T and "
                         "weights x V) are mapped: on the digital MAC unit (dbmm), or by writing "
                         "their second operand into crossbars at every inference (wbmm: the "

@@ -31,7 +31,7 @@ from .ir import Graph
 from .limits import Limits
 from .passes import PASSES, PIPELINE, check_pipeline, with_pass
 from .passes.basis_decompose import reconstruction_warning
-from .passes.lower_to_crossbar import digital_layers, matrix_layers
+from .passes.lower_to_crossbar import DYNAMIC, digital_layers, matrix_layers
 from .printer import format_dot, format_graph
 from .progress import bar
 from .verify import verify
@@ -113,8 +113,9 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     if ctx is None:
         ctx = _context(chip, chip_config, max_xbars=max_xbars, schedule=schedule,
                        limits=limits or Limits(), progress=progress)
-    if dynamic not in ("digital", "write"):
-        raise CompileError(f"--dynamic {dynamic!r} is not a policy; choose digital or write")
+    if dynamic not in DYNAMIC:
+        raise CompileError(f"--dynamic {dynamic!r} is not a policy; choose from "
+                           f"{', '.join(DYNAMIC)}")
     if dynamic_xbars is not None and dynamic_xbars < 1:
         raise CompileError(f"--dynamic-xbars must be at least 1, got {dynamic_xbars}")
     ctx.dynamic, ctx.dynamic_xbars = dynamic, dynamic_xbars

@@ -177,10 +177,11 @@ def clip(graph, op):
 
 def pad(graph, op):
     rank = len(graph.shape(op.inputs[0]))
-    pads = [int(p) for p in graph.constants[op.inputs[1]]] if len(op.inputs) > 1 else \
-        list(op.attrs.get("pads"))
-    if len(op.inputs) > 3 and op.inputs[3]:
-        axes = [int(a) % rank for a in graph.constants[op.inputs[3]]]
+    pads = _const_ints(graph, op, 1)
+    pads = list(op.attrs.get("pads")) if pads is None else pads
+    axes = _const_ints(graph, op, 3)
+    if axes is not None:
+        axes = [a % rank for a in axes]
         full = [0] * 2 * rank
         for i, ax in enumerate(axes):
             full[ax], full[rank + ax] = pads[i], pads[len(axes) + i]

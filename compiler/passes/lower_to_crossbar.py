@@ -195,9 +195,7 @@ DYNAMIC = {"digital": "dyn_digital", "write": "dyn_write"}
 
 
 def _lower_dynamic(graph: Graph, op: Op, ctx) -> None:
-    if ctx.dynamic not in DYNAMIC:
-        raise CompileError(f"--dynamic {ctx.dynamic!r} is not a policy; choose from "
-                           f"{', '.join(DYNAMIC)}")
+    """The policy ``ctx.dynamic`` (a key of ``DYNAMIC``, checked by ``compile_model``)."""
     graph.add_op(DYNAMIC[ctx.dynamic], op.inputs, op.outputs, {}, op.origin)
 
 
@@ -205,11 +203,11 @@ LOWER = {"conv": _lower_conv, "matmul": _lower_matmul, "dynmatmul": _lower_dynam
 
 
 def run(graph: Graph, ctx) -> Graph:
-    ops = [o for o in graph.ops() if o.kind in ("conv", "matmul")]
-    ctx.limits.check_weights(sum(matrix_bytes(graph, op) for op in ops),
+    ops = [o for o in graph.ops() if o.kind in LOWER]
+    ctx.limits.check_weights(sum(matrix_bytes(graph, op) for op in ops
+                                 if op.kind != "dynmatmul"),
                              "the model (its crossbar weight matrices)")
-    for op in bar([o for o in graph.ops() if o.kind in LOWER], ctx.progress,
-                  "lower-to-crossbar", "layer"):
+    for op in bar(ops, ctx.progress, "lower-to-crossbar", "layer"):
         graph.remove_op(op)
         LOWER[op.kind](graph, op, ctx)
     graph.drop_dead()
