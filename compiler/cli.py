@@ -245,6 +245,18 @@ def _compile(args, output: str) -> Program:
     return program
 
 
+def compile_argv(argv: list[str]) -> Program:
+    """What ``cimc ARGV`` does, for a program that calls it (cimsweep's workers): the program
+    written to ``-o``. Usage errors raise CompileError instead of exiting."""
+    p = build_parser()
+
+    def error(message: str):
+        raise CompileError(message)
+    p.error = error
+    args = p.parse_args(argv)
+    return _compile(args, args.output or os.path.splitext(args.model)[0] + ".cim")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = args.output or os.path.splitext(args.model)[0] + ".cim"

@@ -1,0 +1,213 @@
+"""Running a sweep: compile each distinct configuration once, run every point not yet in the
+journal, record each row as it finishes, then write the merged results table.
+
+A configuration's program is cached by content hash (``spec.Compile.key``) in the sweep's
+cache directory and shared by every point that uses it: workers on this machine read the
+file, Ray workers get its bytes from Ray's object store. Points of a configuration start as
+soon as its program exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from isa import IsaError
+from isa.files import check_writable, load_array, write_atomic
+
+from . import tasks
+from .errors import SweepError
+from .results import Journal, journal_path, merge, write_table
+from .spec import Point, Sweep
+
+
+@dataclass
+class Outcome:
+    """What a call to ``run_sweep`` did."""
+    points: int       # in the sweep
+    skipped: int      # already in the journal
+    ran: int
+    failed: int
+    compiled: int
+    seconds: float
+    results: str
+
+
+def code_version() -> str:
+    """A hash of the compiler's and ISA's code: a cached program is reused only by the code
+    that built it."""
+    h = hashlib.sha256()
+    for package in ("compiler", "isa"):
+        for name, entry in sorted(_files(resources.files(package), package)):
+            h.update(name.encode())
+            h.update(entry.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _files(root, prefix: str):
+    for entry in root.iterdir():
+        name = f"{prefix}/{entry.name}"
+        if entry.is_dir() and entry.name != "__pycache__":
+            yield from _files(entry, name)
+        elif entry.name.endswith((".py", ".lark", ".toml")):
+            yield name, entry
+
+
+def dataset(sweep: Sweep):
+    """The sweep's inputs and labels (None without them), the first ``samples`` of each."""
+    if sweep.inputs is None:
+        return None, None, None
+    try:
+        x = load_array(sweep.inputs, "[dataset] inputs")
+        y = load_array(sweep.labels, "[dataset] labels") if sweep.labels else None
+    except IsaError as exc:
+        raise SweepError(f"{sweep.path}: {exc}") from None
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    if y is not None and (isinstance(y, dict) or len(y) != n):
+        raise SweepError(f"{sweep.path}: [dataset] labels: expected one label per input "
+                         f"sample ({n})")
+    if sweep.samples is not None:
+        if sweep.samples > n:
+            raise SweepError(f"{sweep.path}: [dataset] samples = {sweep.samples}, but inputs "
+                             f"hold {n}")
+        n = sweep.samples
+    return x, y, n
+
+
+def pending(sweep: Sweep, points: list[Point], journal: Journal,
+            retry_failed: bool) -> list[Point]:
+    """The points still to run: not in the journal (with ``retry_failed``: or failed)."""
+    def finished(p: Point) -> bool:
+        row = journal.rows.get(p.key)
+        return row is not None and (row["status"] == "ok" or not retry_failed)
+    return [p for p in points if not finished(p)]
+
+
+def _row(point: Point, program: str, value: dict) -> dict:
+    return {"key": point.key, "setting": point.setting, **dict(point.params),
+            "seed": point.seed, "mode": point.mode, "shard": point.shard,
+            "start": point.start, "stop": point.stop, "program": program, **value}
+
+
+def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool = True,
+              say=print) -> Outcome:
+    """Run ``sweep`` on ``executor``, resuming from its journal. SweepError before any work
+    for a problem with the files."""
+    start = time.perf_counter()
+    try:
+        check_writable(sweep.results, "results")
+    except IsaError as exc:
+        raise SweepError(f"{sweep.path}: {exc}") from None
+    os.makedirs(sweep.cache, exist_ok=True)
+    x, y, samples = dataset(sweep)
+    points = sweep.points(samples)
+    journal = Journal(journal_path(sweep.results))
+    todo = pending(sweep, points, journal, retry_failed)
+    version = code_version()
+    groups: dict[str, list[Point]] = {}
+    configs = {}
+    for p in todo:
+        key = p.compile.key(version)
+        groups.setdefault(key, []).append(p)
+        configs[key] = p.compile
+    state = _State(sweep, executor, journal, x, y, groups, progress, len(todo))
+    say(f"cimsweep: {len(points)} points, {len(points) - len(todo)} already recorded, "
+        f"{len(todo)} to run ({len(groups)} programs, executor {executor.name})")
+    try:
+        for key, config in configs.items():
+            path = os.path.join(sweep.cache, f"{key}.cim")
+            if os.path.isfile(path):
+                state.program_ready(key, path)
+            else:
+                state.compiles[executor.submit(tasks.compile_task, config, path,
+                                               executor.name == "ray")] = key
+        while state.running:
+            state.collect(*executor.next_done())
+    finally:
+        state.bar.close()
+        journal.close()
+        rows = [journal.rows[p.key] for p in points if p.key in journal.rows]
+        columns = [*sweep.axes, "seed", "mode"]
+        if rows:
+            write_table(sweep.results, merge(rows, columns, sweep.metrics))
+    return Outcome(len(points), len(points) - len(todo), state.ran, state.failed,
+                   state.compiled, time.perf_counter() - start, sweep.results)
+
+
+class _State:
+    """The driver's bookkeeping while tasks run."""
+
+    def __init__(self, sweep, executor, journal, x, y, groups, progress, total):
+        from tqdm import tqdm
+        self.sweep, self.executor, self.journal = sweep, executor, journal
+        self.x, self.y, self.groups = x, y, groups
+        self.compiles: dict[int, str] = {}   # task id -> program key
+        self.runs: dict[int, tuple[Point, str]] = {}
+        self.shards: dict[tuple[int, int], tuple] = {}
+        self.ran = self.failed = self.compiled = 0
+        self.bar = tqdm(total=total, desc="cimsweep", unit="point", disable=not progress,
+                        dynamic_ncols=True)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.compiles or self.runs)
+
+    def _shared(self, start: int, stop: int):
+        if (start, stop) not in self.shards:
+            share = self.executor.share
+            self.shards[start, stop] = (share(tasks.shard(self.x, start, stop)),
+                                        share(tasks.shard(self.y, start, stop)))
+        return self.shards[start, stop]
+
+    def program_ready(self, key: str, path: str, data: bytes | None = None) -> None:
+        """Submit every point of program ``key``."""
+        if self.executor.name == "ray":
+            if data is None:
+                with open(path, "rb") as f:
+                    data = f.read()
+            source = self.executor.share(data)
+        else:
+            source = path
+        for p in self.groups[key]:
+            x, y = self._shared(p.start, p.stop) if p.mode != "timing" else (None, None)
+            tid = self.executor.submit(tasks.run_task, p, key, source, x, y,
+                                       self.sweep.metrics)
+            self.runs[tid] = (p, key)
+
+    def collect(self, tid: int, ok: bool, value) -> None:
+        if tid in self.compiles:
+            key = self.compiles.pop(tid)
+            error = value.get("error") if ok else f"compile: {value}"
+            if error:
+                for p in self.groups[key]:
+                    self._record(p, key, {"status": "error", "error": error})
+                return
+            self.compiled += 1
+            path = os.path.join(self.sweep.cache, f"{key}.cim")
+            if "data" in value:
+                def write(tmp: str) -> None:
+                    with open(tmp, "wb") as f:
+                        f.write(value["data"])
+                write_atomic(path, write)
+            self.program_ready(key, path, value.get("data"))
+            return
+        point, key = self.runs.pop(tid)
+        self._record(point, key, value if ok else {"status": "error", "error": value})
+
+    def _record(self, point: Point, key: str, value: dict) -> None:
+        row = _row(point, key, value)
+        self.journal.append(row)
+        self.ran += 1
+        self.failed += row["status"] != "ok"
+        self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+
+
+def summary_line(outcome: Outcome) -> str:
+    return (f"cimsweep: {outcome.ran} points run ({outcome.failed} failed), "
+            f"{outcome.skipped} already recorded, {outcome.compiled} programs compiled, "
+            f"{outcome.seconds:.1f} s; results in {outcome.results}")
+

@@ -1,0 +1,178 @@
+"""Results: a journal appended one row per finished point, and the table made from it.
+
+The journal (``STEM.jsonl`` beside the results file) gets each row as soon as its point
+finishes, flushed and fsynced, so a sweep killed at any moment keeps every finished point; a
+row cut short by the kill is dropped when the journal is next opened. The results file
+(``.parquet`` via pyarrow, or ``.csv``) is written atomically from the journal: one row per
+setting, its shards merged into one accuracy with a 95 % Wilson interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+
+from isa.files import write_atomic
+
+from .errors import SweepError
+
+Z95 = 1.959963984540054
+
+
+def journal_path(results: str) -> str:
+    return os.path.splitext(results)[0] + ".jsonl"
+
+
+class Journal:
+    """The rows recorded so far (``rows``, by point key) and an ``append`` that persists one
+    before returning."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: dict[str, dict] = {}
+        if os.path.exists(path):
+            self._read()
+        self.file = open(path, "a", encoding="utf-8")
+
+    def _read(self) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        whole = data[:data.rfind(b"\n") + 1]  # a last line without its newline was cut short
+        if len(whole) < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(len(whole))
+        for number, line in enumerate(whole.decode().splitlines(), 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise SweepError(f"{self.path}:{number}: not a results row; remove the file "
+                                 "to start the sweep over") from None
+            self.rows[row["key"]] = row
+
+    def append(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.rows[row["key"]] = row
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def wilson(correct: int, n: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion ``correct / n``."""
+    if n == 0:
+        return math.nan, math.nan
+    p = correct / n
+    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 / (1 + Z95 ** 2 / n) * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n))
+    return centre - half, centre + half
+
+
+def merge(rows: list[dict], columns: list[str], metrics: list[str]) -> list[dict]:
+    """One row per setting (``setting`` key) from its shard rows, in first-seen order: the
+    setting's columns, samples, correct, accuracy with its interval, the timing metrics
+    (from shard 0), the seconds spent, and ``error`` (the first shard's that failed)."""
+    by: dict[str, list[dict]] = {}
+    for row in rows:
+        by.setdefault(row["setting"], []).append(row)
+    merged = []
+    for shards in by.values():
+        first = min(shards, key=lambda r: r["shard"])
+        out = {c: first.get(c) for c in columns}
+        failed = [r for r in shards if r["status"] != "ok"]
+        out["status"] = "error" if failed else "ok"
+        out["error"] = failed[0]["error"] if failed else None
+        out["shards"] = len(shards)
+        if "accuracy" in metrics:
+            n = sum(r.get("samples") or 0 for r in shards)
+            correct = sum(r.get("correct") or 0 for r in shards)
+            ok = not failed and n > 0
+            low, high = wilson(correct, n) if ok else (None, None)
+            out.update(samples=n if ok else None, correct=correct if ok else None,
+                       accuracy=correct / n if ok else None, accuracy_low=low,
+                       accuracy_high=high)
+        for m in metrics:
+            if m != "accuracy":
+                out[m] = first.get(m)
+        out["crossbars"] = first.get("crossbars")
+        out["seconds"] = sum(r.get("seconds") or 0.0 for r in shards)
+        merged.append(out)
+    return merged
+
+
+def write_table(path: str, rows: list[dict]) -> None:
+    """Write ``rows`` to ``path`` (.parquet or .csv) atomically."""
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    if path.endswith(".parquet"):
+        pa, pq = _arrow()
+        table = pa.Table.from_pylist(rows, schema=_schema(pa, rows, columns))
+        write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(buffer.getvalue())
+    write_atomic(path, write)
+
+
+def _schema(pa, rows: list[dict], columns: list[str]):
+    """A column of ints and floats is float64, of mixed kinds a string (a grid may mix
+    numbers and names, as ``basis = [4, "auto"]``)."""
+    fields = []
+    for c in columns:
+        kinds = {type(r.get(c)) for r in rows} - {type(None)}
+        if kinds <= {bool}:
+            kind = pa.bool_()
+        elif kinds <= {int}:
+            kind = pa.int64()
+        elif kinds <= {int, float}:
+            kind = pa.float64()
+        else:
+            kind = pa.string()
+        fields.append(pa.field(c, kind))
+    return pa.schema(fields)
+
+
+def read_table(path: str) -> list[dict]:
+    """The rows of a results file (.parquet, .csv or the .jsonl journal)."""
+    if not os.path.isfile(path):
+        raise SweepError(f"{path}: no such file")
+    if path.endswith(".parquet"):
+        _, pq = _arrow()
+        return pq.read_table(path).to_pylist()
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+    if path.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    raise SweepError(f"{path}: expected a .parquet, .csv or .jsonl results file")
+
+
+def _number(text: str):
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def _arrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SweepError("Parquet results need pyarrow: pip install 'cimstack[sweep]', or "
+                         "name a .csv results file") from None
+    return pa, pq
