@@ -36,6 +36,13 @@ def _chip(chip: ChipGeometry) -> str:
     return "chip " + " ".join(f"{k}={getattr(chip, k)}" for k in chip.__dataclass_fields__)
 
 
+def text_line(p: Program, index: int) -> int:
+    """The 1-based line of ``p.text[index]`` in ``print_program(p)``: the ``line`` the parser
+    records, so that a program compiled in memory (every ``line`` 0) and the same program
+    read from its file key their noise, and name their instructions, alike."""
+    return 5 + len(p.ports) + len(p.buffers) + index
+
+
 def print_program(p: Program) -> str:
     """Canonical text; the last line is the file checksum over everything before it."""
     out = [f"cim {p.version}", _chip(p.chip),

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from isa import Instr, Program, cells
 from isa.chip import Chip
+from isa.printer import text_line
 from isa.timing import Timeline
 
 from . import device
@@ -57,6 +58,8 @@ class Machine:
         self.chip = chip or dataclasses.replace(Chip(), arch=program.chip)
         # read noise and written operands' noise, keyed by sample (first: this pass's first)
         self.noise = SampleNoise(seed, first) if mode == "analog" else None
+        # each instruction's line in the program's text (noise keys, messages), by identity
+        self.lines = {id(ins): text_line(program, i) for i, ins in enumerate(program.text)}
         self.stuck: dict[int, np.ndarray] = {}
         self.writes: Counter = Counter()
         self.cell_writes: dict[int, np.ndarray] = {}
@@ -158,8 +161,8 @@ class Machine:
         tile = self.xbars.get(xb)
         held = None if tile is None else getattr(tile, "target", tile).shape[-2:]
         if held != tuple(shape):
-            raise RunError(f"line {ins.line}: mvm on crossbar {xb} expects a {shape} tile, "
-                           f"it holds {held}")
+            raise RunError(f"line {self.lines[id(ins)]}: mvm on crossbar {xb} expects a "
+                           f"{shape} tile, it holds {held}")
         return tile
 
 
@@ -180,9 +183,10 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
             else:
                 SEMANTICS[ins.op](m, ins)
         except RunError as exc:
-            raise RunError(f"line {ins.line} ({ins.op}): {exc}") from None
+            raise RunError(f"line {m.lines[id(ins)]} ({ins.op}): {exc}") from None
         except (ValueError, IndexError, TypeError) as exc:  # a program the checks let through
-            raise RunError(f"line {ins.line} ({ins.op}): cannot execute: {exc}") from None
+            raise RunError(f"line {m.lines[id(ins)]} ({ins.op}): cannot execute: {exc}"
+                           ) from None
         counts[ins.op] += len(step) if isinstance(step, list) else 1
         if bar is not None:
             bar.update()

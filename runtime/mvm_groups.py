@@ -91,7 +91,7 @@ def _read_noise(m, first: Instr, start: int, vectors: tuple):
 
     def draws(part: int, shape: tuple):  # shape [steps, tiles, B*V, ...]
         one = shape[:1] + (1, v) + shape[3:]
-        return np.concatenate([m.noise.normal(READ, (first.line, start + t, part), b, one,
+        return np.concatenate([m.noise.normal(READ, (m.lines[id(first)], start + t, part), b, one,
                                               axis=2) for t in range(shape[1])], axis=1)
     return draws
 

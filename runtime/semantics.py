@@ -85,8 +85,9 @@ def wbmm(m, ins):
     if m.mode == "ideal":
         y = kernels.bmm(a, b)
     else:
+        line = m.lines[id(ins)]  # g below: head g % per of sample g // per
         noise = None if m.noise is None else (lambda g, per, use: m.noise.generator(
-            DYNAMIC, (ins.line, g % per, use), g // per))  # g: head g % per of sample g // per
+            DYNAMIC, (line, g % per, use), g // per))
         y = written_bmm(a, b, _bmm_range(m, ins), m.chip, noise)
     m.store(_dst(ins), y)
 

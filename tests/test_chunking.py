@@ -43,6 +43,20 @@ def test_a_sample_keeps_its_noise_whoever_it_runs_with(cnn, digits_test):
     assert np.array_equal(alone[0], batch[5]) and not np.array_equal(moved[0], batch[5])
 
 
+def test_a_program_runs_alike_from_memory_and_from_its_file(cnn, digits_test, tmp_path):
+    """Noise is keyed by each instruction's line in the program's text, which a program
+    compiled in memory (never printed: every ``Instr.line`` is 0) has too; keyed by
+    ``Instr.line``, every instruction of such a program shared one read-noise stream."""
+    import isa
+    isa.save(cnn, str(tmp_path / "cnn.cim"))
+    loaded = isa.load(str(tmp_path / "cnn.cim"))
+    x = digits_test[0][:6]
+    ours = run(cnn, x, mode="analog", seed=5, timing=False).outputs["logits"]
+    theirs = run(loaded, x, mode="analog", seed=5, timing=False).outputs["logits"]
+    assert {i.line for i in cnn.text} == {0}  # the case this guards
+    assert np.array_equal(ours, theirs)
+
+
 def test_written_products_keep_their_noise_across_splits():
     program = compile_model(os.path.join(MODELS, "bert_tiny_torch.onnx"), dynamic="write")
     ids = np.load(os.path.join(MODELS, "bert_tiny_ids.npy"))

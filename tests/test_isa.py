@@ -518,3 +518,13 @@ def test_the_line_reader_and_the_grammar_read_programs_alike(monkeypatch):
     fast = [isa.parse(t) for t in texts]
     monkeypatch.setattr(parser, "_fast_text", lambda head, transformer: None)
     assert [isa.parse(t) for t in texts] == fast
+
+
+def test_text_line_is_the_line_the_parser_records():
+    from conftest import model_path
+
+    from compiler import compile_model
+    from isa.printer import text_line
+    program = isa.parse(isa.print_program(compile_model(model_path("digits_cnn"))))
+    assert [i.line for i in program.text] == [text_line(program, k)
+                                              for k in range(len(program.text))]
