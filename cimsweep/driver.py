@@ -101,8 +101,8 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
         check_writable(sweep.results, "results")
     except IsaError as exc:
         raise SweepError(f"{sweep.path}: {exc}") from None
-    os.makedirs(sweep.cache, exist_ok=True)
     x, y, samples = dataset(sweep)
+    os.makedirs(sweep.cache, exist_ok=True)
     points = sweep.points(samples)
     journal = Journal(journal_path(sweep.results))
     todo = pending(sweep, points, journal, retry_failed)

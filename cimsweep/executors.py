@@ -88,6 +88,8 @@ class LocalExecutor:
         return tid
 
     def _dispatch(self) -> None:
+        for worker in [w for w in self.workers if w not in self.busy and not w[0].is_alive()]:
+            self._bury(worker)  # an idle worker died (killed): replaced below
         while len(self.workers) < self.jobs and len(self.workers) < len(self.busy) + len(
                 self.queue):
             self._start()
@@ -96,7 +98,10 @@ class LocalExecutor:
                 tid = self.queue.popleft()
                 self.attempts[tid] += 1
                 fn, args = self.tasks[tid]
-                worker[1].send((tid, fn, args))
+                try:
+                    worker[1].send((tid, fn, args))
+                except OSError:  # it died just now: next_done sees it and retries the task
+                    pass
                 self.busy[worker] = tid
 
     def next_done(self) -> tuple[int, bool, object]:
@@ -136,7 +141,7 @@ class LocalExecutor:
     def _bury(self, worker):
         """Remove a dead worker; its exit code."""
         proc, conn = worker
-        del self.busy[worker]
+        self.busy.pop(worker, None)
         self.workers.remove(worker)
         conn.close()
         proc.join(timeout=5)
@@ -193,6 +198,9 @@ class RayExecutor:
         tid = self.refs.pop(ready[0])
         try:
             return tid, True, self.ray.get(ready[0])
+        except self.ray.exceptions.RayTaskError as exc:  # its first line names only the task
+            lines = [line for line in str(exc.cause).splitlines() if line.strip()]
+            return tid, False, f"{type(exc.cause).__name__}: {lines[-1] if lines else ''}"
         except self.ray.exceptions.RayError as exc:
             return tid, False, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
 
