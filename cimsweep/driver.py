@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -115,7 +116,7 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
         configs[key] = p.compile
     state = _State(sweep, executor, journal, x, y, groups, progress, len(todo))
     say(f"cimsweep: {len(points)} points, {len(points) - len(todo)} already recorded, "
-        f"{len(todo)} to run ({len(groups)} programs, executor {executor.name})")
+        f"{len(todo)} to run ({_plural(len(groups), 'program')}, executor {executor.name})")
     try:
         for key, config in configs.items():
             path = os.path.join(sweep.cache, f"{key}.cim")
@@ -123,7 +124,7 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
                 state.program_ready(key, path)
             else:
                 state.compiles[executor.submit(tasks.compile_task, config, path,
-                                               executor.name == "ray")] = key
+                                               executor.name == "ray", later=True)] = key
         while state.running:
             state.collect(*executor.next_done())
     finally:
@@ -186,6 +187,10 @@ class _State:
                     self._record(p, key, {"status": "error", "error": error})
                 return
             self.compiled += 1
+            first = self.groups[key][0]  # the program's warnings are all its points'
+            where = " ".join(f"{k}={v}" for k, v in first.params)
+            for warning in value.get("warnings", []):
+                self.bar.write(f"cimsweep: warning: {where}: {warning}", file=sys.stderr)
             path = os.path.join(self.sweep.cache, f"{key}.cim")
             if "data" in value:
                 def write(tmp: str) -> None:
@@ -206,8 +211,13 @@ class _State:
         self.bar.update(1)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def summary_line(outcome: Outcome) -> str:
-    return (f"cimsweep: {outcome.ran} points run ({outcome.failed} failed), "
-            f"{outcome.skipped} already recorded, {outcome.compiled} programs compiled, "
+    return (f"cimsweep: {_plural(outcome.ran, 'point')} run ({outcome.failed} failed), "
+            f"{outcome.skipped} already recorded, "
+            f"{_plural(outcome.compiled, 'program')} compiled, "
             f"{outcome.seconds:.1f} s; results in {outcome.results}")
 

@@ -52,7 +52,8 @@ class LocalExecutor:
             raise SweepError(f"--jobs {jobs}: must be at least 1")
         self.jobs = jobs
         self.ctx = mp.get_context("spawn")
-        self.queue: deque = deque()     # (tid, fn, args) waiting for a worker
+        self.queue: deque = deque()     # task ids waiting for a worker, first out first
+        self.later: deque = deque()     # ... and those submitted with later=True
         self.tasks: dict[int, tuple] = {}
         self.attempts: dict[int, int] = {}
         self.busy: dict = {}            # worker -> tid
@@ -80,22 +81,24 @@ class LocalExecutor:
     def share(self, value):
         return value
 
-    def submit(self, fn, *args) -> int:
+    def submit(self, fn, *args, later: bool = False) -> int:
+        """Queue ``fn(*args)``; ``later``: after every task submitted without it (so that
+        points run as soon as their program exists, before the other compiles)."""
         tid = next(self.ids)
         self.tasks[tid] = (fn, args)
         self.attempts[tid] = 0
-        self.queue.append(tid)
+        (self.later if later else self.queue).append(tid)
         return tid
 
     def _dispatch(self) -> None:
         for worker in [w for w in self.workers if w not in self.busy and not w[0].is_alive()]:
             self._bury(worker)  # an idle worker died (killed): replaced below
-        while len(self.workers) < self.jobs and len(self.workers) < len(self.busy) + len(
-                self.queue):
+        waiting = len(self.queue) + len(self.later)
+        while len(self.workers) < self.jobs and len(self.workers) < len(self.busy) + waiting:
             self._start()
         for worker in self.workers:
-            if worker not in self.busy and self.queue:
-                tid = self.queue.popleft()
+            if worker not in self.busy and (self.queue or self.later):
+                tid = (self.queue or self.later).popleft()
                 self.attempts[tid] += 1
                 fn, args = self.tasks[tid]
                 try:
@@ -186,7 +189,9 @@ class RayExecutor:
     def share(self, value):
         return self.ray.put(value)
 
-    def submit(self, fn, *args) -> int:
+    def submit(self, fn, *args, later: bool = False) -> int:
+        """Submit ``fn(*args)`` as a Ray task (``later`` is the local pool's ordering hint:
+        Ray schedules by its own rules)."""
         if fn not in self.remote:
             self.remote[fn] = self.ray.remote(num_cpus=1, max_retries=ATTEMPTS - 1)(fn)
         tid = next(self.ids)

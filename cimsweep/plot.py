@@ -5,8 +5,9 @@ keys, case). Each figure is drawn only when the table has what it needs:
 
 - ``accuracy-vs-AXIS``: for every numeric axis with several values, mean accuracy over seeds
   with a standard-deviation error bar, one line per combination of the other axes;
-- ``edp-vs-crossbars``: EDP against the crossbars each program uses, one line per mapping
-  (per combination of the other axes when there is no mapping axis), log scales;
+- ``edp-vs-crossbars`` and ``edp-vs-area``: EDP against the crossbars each program uses and
+  against the chip's area, one line per mapping (per combination of the other axes when
+  there is no mapping axis), log scales;
 - ``pareto-edp`` and ``pareto-area``: every setting's mean accuracy against its EDP (or area),
   the Pareto-optimal settings joined and labelled.
 """
@@ -85,24 +86,29 @@ def _pick(keys: list[str], lines: dict, rest: tuple) -> tuple:
     return tuple(v for k, v in zip(keys, rest) if k in varying)
 
 
-def edp_figure(rows, axes, save) -> list[str]:
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("edp") is not None
-          and r.get("crossbars") is not None]
-    if len({r["crossbars"] for r in ok}) < 2:
-        return []
-    split = [a for a in axes if a not in ("xbars",)]
-    lines: dict[tuple, dict] = defaultdict(dict)
-    for r in ok:
-        lines[tuple(r[a] for a in split)][r["crossbars"]] = r["edp"]
-    fig, ax = _figure()
-    for rest, points in sorted(lines.items(), key=lambda kv: str(kv[0])):
-        xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o",
-                label=_label(_varying(split, lines), _pick(split, lines, rest)))
-    ax.set(xscale="log", yscale="log", xlabel="crossbars on the chip",
-           ylabel=f"EDP per inference ({ok[0].get('edp_units', 'pJ*ns')})",
-           title="energy-delay product against crossbar count")
-    return [save(fig, ax, "edp-vs-crossbars")]
+def edp_figures(rows, axes, save) -> list[str]:
+    """EDP against the crossbars each program uses and against its area, one line per
+    mapping (per combination of the other axes), where either varies."""
+    written = []
+    for x, label, name in (("crossbars", "crossbars on the chip", "crossbars"),
+                           ("area_mm2", "chip area (mm2)", "area")):
+        ok = [r for r in rows if r.get("status") == "ok" and r.get("edp") is not None
+              and r.get(x) is not None]
+        if len({r[x] for r in ok}) < 2:
+            continue
+        split = [a for a in axes if a != "xbars"]
+        lines: dict[tuple, dict] = defaultdict(dict)
+        for r in ok:
+            lines[tuple(r[a] for a in split)][r[x]] = r["edp"]
+        fig, ax = _figure()
+        for rest, points in sorted(lines.items(), key=lambda kv: str(kv[0])):
+            xs = sorted(points)
+            ax.plot(xs, [points[v] for v in xs], marker="o",
+                    label=_label(_varying(split, lines), _pick(split, lines, rest)))
+        ax.set(xscale="log", yscale="log", xlabel=label, ylabel="EDP per inference (pJ*ns)",
+               title=f"energy-delay product against {label.split(' (')[0]}")
+        written.append(save(fig, ax, f"edp-vs-{name}"))
+    return written
 
 
 def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
@@ -175,7 +181,7 @@ def plot_results(path: str, out: str | None = None) -> list[str]:
         plt.close(fig)
         return target
     axes = _axes(rows)
-    written = accuracy_figures(rows, axes, save) + edp_figure(rows, axes, save) \
+    written = accuracy_figures(rows, axes, save) + edp_figures(rows, axes, save) \
         + pareto_figures(rows, axes, save)
     if not written:
         raise SweepError(f"{path}: no figure applies (no numeric axis with several values, "

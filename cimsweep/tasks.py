@@ -4,6 +4,8 @@ records its error and the sweep goes on."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import time
@@ -31,20 +33,31 @@ def _message(exc: Exception) -> str:
 
 def compile_task(config: Compile, path: str, ship: bool) -> dict:
     """Compile ``config`` to ``path`` (``ship``: into a temporary file whose bytes are
-    returned, for a driver on another machine to cache). ``{"error": ...}`` on failure."""
+    returned, for a driver on another machine to cache). ``{"error": ...}`` on failure;
+    cimc's warnings are returned (``warnings``), not printed by the worker."""
     from compiler.cli import compile_argv
     start = time.perf_counter()
+    stderr = io.StringIO()
     try:
-        if not ship:
-            compile_argv(config.argv(path))
-            return {"seconds": time.perf_counter() - start}
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "program.cim")
-            compile_argv(config.argv(out))
-            with open(out, "rb") as f:
-                return {"seconds": time.perf_counter() - start, "data": f.read()}
+        with contextlib.redirect_stderr(stderr):
+            if not ship:
+                compile_argv(config.argv(path))
+                return {"seconds": time.perf_counter() - start, **_warnings(stderr)}
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "program.cim")
+                compile_argv(config.argv(out))
+                with open(out, "rb") as f:
+                    return {"seconds": time.perf_counter() - start, "data": f.read(),
+                            **_warnings(stderr)}
     except Exception as exc:  # recorded in the point's row
         return {"error": f"compile: {_message(exc)}"}
+
+
+def _warnings(stderr: io.StringIO) -> dict:
+    prefix = "cimc: warning: "
+    lines = [line.removeprefix(prefix) for line in stderr.getvalue().splitlines()
+             if line.startswith(prefix)]
+    return {"warnings": lines} if lines else {}
 
 
 def _program(key: str, source) -> isa.Program:

@@ -516,7 +516,7 @@ def test_plot_writes_the_standard_figures(tmp_path, capsys):
     status, out, _ = main(["plot", path, "-o", out_dir], capsys)
     assert status == 0
     names = ["accuracy-vs-xbars", "accuracy-vs-device_read_sigma", "edp-vs-crossbars",
-             "pareto-edp", "pareto-area"]
+             "edp-vs-area", "pareto-edp", "pareto-area"]
     expected = [out_dir / f"digits.{name}.png" for name in names]
     assert out.splitlines() == [f"cimsweep: wrote {p}" for p in expected]
     assert sorted(os.listdir(out_dir)) == sorted(p.name for p in expected)
