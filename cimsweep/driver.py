@@ -21,7 +21,7 @@ from isa.files import check_writable, load_array, write_atomic
 
 from . import tasks
 from .errors import SweepError
-from .results import Journal, journal_path, merge, write_table
+from .results import Journal, journal_path, merge, require_arrow, write_table
 from .spec import Point, Sweep
 
 
@@ -102,6 +102,8 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
         check_writable(sweep.results, "results")
     except IsaError as exc:
         raise SweepError(f"{sweep.path}: {exc}") from None
+    if sweep.results.endswith(".parquet"):
+        require_arrow()  # before the work whose rows it would write
     x, y, samples = dataset(sweep)
     os.makedirs(sweep.cache, exist_ok=True)
     points = sweep.points(samples)

@@ -108,7 +108,7 @@ def write_table(path: str, rows: list[dict]) -> None:
     """Write ``rows`` to ``path`` (.parquet or .csv) atomically."""
     columns = list(dict.fromkeys(c for row in rows for c in row))
     if path.endswith(".parquet"):
-        pa, pq = _arrow()
+        pa, pq = require_arrow()
         table = pa.Table.from_pylist(rows, schema=_schema(pa, rows, columns))
         write_atomic(path, lambda tmp: pq.write_table(table, tmp))
         return
@@ -146,7 +146,7 @@ def read_table(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise SweepError(f"{path}: no such file")
     if path.endswith(".parquet"):
-        _, pq = _arrow()
+        _, pq = require_arrow()
         return pq.read_table(path).to_pylist()
     if path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
@@ -168,7 +168,7 @@ def _number(text: str):
     return {"True": True, "False": False}.get(text, text)
 
 
-def _arrow():
+def require_arrow():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

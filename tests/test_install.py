@@ -30,7 +30,8 @@ SAMPLE = os.path.join(MODELS, "digits_sample.npy")
 # models/ is data the test reads in place; it is not package data.
 NOT_SOURCE = {".git", ".venv", "build", "dist", "out", "models",
               ".pytest_cache", ".hypothesis", ".ruff_cache"}
-DEV_ONLY = ["pytest", "hypothesis", "sklearn", "matplotlib", "torch", "ruff"]
+DEV_ONLY = ["pytest", "hypothesis", "sklearn", "matplotlib", "torch", "ruff", "ray",
+            "pyarrow"]
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,13 @@ def run(install: Install, cwd: Path, tool: str, *args: str) -> str:
 
 PROBE = f"""
 import importlib.util, json, os, sysconfig
-import compiler, isa, runtime
+import cimsweep, compiler, isa, runtime
 from isa.chip import presets
 purelib = sysconfig.get_paths()["purelib"]
 print(json.dumps({{
     "purelib": purelib,
     "top_level": sorted(os.listdir(purelib)),
-    "modules": {{m.__name__: m.__file__ for m in (compiler, isa, runtime)}},
+    "modules": {{m.__name__: m.__file__ for m in (cimsweep, compiler, isa, runtime)}},
     "dev_only_found": [n for n in {DEV_ONLY!r} if importlib.util.find_spec(n)],
     "presets": presets(),
 }}))
@@ -112,13 +113,37 @@ def test_packages_import_from_site_packages_without_dev_extras(probe):
         assert purelib in Path(file).parents, f"{name} imported from {file}, not {purelib}"
         assert REPO not in Path(file).parents
     assert not {"tests", "tools"} & set(probe["top_level"])
-    assert {"compiler", "isa", "runtime"} <= set(probe["top_level"])
+    assert {"cimsweep", "compiler", "isa", "runtime"} <= set(probe["top_level"])
     assert probe["dev_only_found"] == []
 
 
 def test_help(install, tmp_path):
     assert "usage: cimc" in run(install, tmp_path, "cimc", "--help")
     assert "usage: cimrun" in run(install, tmp_path, "cimrun", "--help")
+    assert "usage: cimsweep" in run(install, tmp_path, "cimsweep", "--help")
+
+
+def test_sweep_without_the_sweep_extra(install, tmp_path):
+    """CSV results need neither pyarrow nor matplotlib; Parquet, plots and Ray say which
+    extra to install."""
+    x = np.load(os.path.join(MODELS, "digits_test_x.npy"))[:8]
+    y = np.load(os.path.join(MODELS, "digits_test_y.npy"))[:8]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    body = (f'[models]\nmlp = "{model_path("digits_mlp")}"\n[dataset]\ninputs = "x.npy"\n'
+            'labels = "y.npy"\nshards = 2\n[grid]\nadc-bits = [6, 8]\n')
+    (tmp_path / "s.toml").write_text('results = "s.csv"\n' + body)
+    out = run(install, tmp_path, "cimsweep", "s.toml", "--jobs", "2")
+    assert "4 points run (0 failed)" in out, out
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("model,adc_bits,seed,mode,status")
+    (tmp_path / "p.toml").write_text('results = "p.parquet"\n' + body)
+    for args, extra in ((["p.toml"], "cimstack[sweep]"), (["plot", "s.csv"], "cimstack[sweep]"),
+                        (["s.toml", "--executor", "ray"], "cimstack[ray]")):
+        proc = subprocess.run([str(install.bin / "cimsweep"), *args], cwd=tmp_path,
+                              env=install.env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and extra in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "p.jsonl").exists()  # refused before any point ran
 
 
 def test_compile_and_run_on_every_preset(install, probe, tmp_path):
