@@ -1,0 +1,135 @@
+"""FROZEN: runtime/analog.py's crossbar arithmetic as of commit 6c41dca (issue 14), kept as
+the test oracle that faster implementations must match bit for bit
+(tests/test_analog_oracle.py). Do not edit, refactor or speed this up: its value is that it
+does not change. Only the module docstring and the imports differ from the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from isa.chip import Chip
+from runtime.device import Programmed
+
+
+def input_levels(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
+    """Signed integer levels of x as the DAC applies them: each sign's magnitude scaled to
+    ``bits`` bits of ``x_range`` (2**bits - 1 at full scale), clipped and rounded (the
+    digital unit's inputs too, ``runtime.digital``)."""
+    levels = 2 ** bits - 1
+    return np.rint(np.clip(x / x_range * levels, -levels, levels)).astype(np.int32)
+
+
+def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray,
+                     dac_bits: int = 1) -> np.ndarray:
+    """Digit-planes [steps, N, R] of the levels of one sign's magnitudes x >= 0: the DAC's
+    steps, ``dac_bits`` bits each (0..2**dac_bits - 1), least significant first."""
+    q = input_levels(x, bits, x_range)
+    steps = -(-bits // dac_bits)
+    shifts = (dac_bits * np.arange(steps, dtype=np.int32))[:, None, None]
+    planes = (q[None] >> shifts) & (2 ** dac_bits - 1)
+    return planes.astype(np.float32)  # [steps, N, R]
+
+
+# noise(part, shape) -> float32 N(0, 1) draws of ``shape`` for the read of input sign ``part``
+# (0 positive, 1 negative); None: no read noise
+Noise = Callable[[int, tuple], np.ndarray]
+
+
+def generator_noise(rng: np.random.Generator | None) -> Noise | None:
+    """Read noise drawn from one generator in call order (``rng`` None: none)."""
+    if rng is None:
+        return None
+    return lambda part, shape: rng.standard_normal(shape, dtype=np.float32)
+
+
+def crossbar_mvm(x: np.ndarray, x_range: np.ndarray, prog: Programmed, chip: Chip,
+                 rng: np.random.Generator | None) -> np.ndarray:
+    """x [N, R] (already the tile's rows), x_range [N, 1] -> [N, C] float."""
+    return tiles_mvm(x[None], x_range, [prog], chip, generator_noise(rng))[0]
+
+
+def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
+    """Tiles padded to a common [R, C]: cells 0 (no current), full scale 1, scale 0."""
+    signs, slices = progs[0].cells.shape[:2]
+    rows = max(p.cells.shape[2] for p in progs)
+    cols = max(p.cells.shape[3] for p in progs)
+    cells = np.zeros((len(progs), signs, slices, rows, cols), np.float32)
+    full = np.ones((len(progs), signs, slices, cols), np.float32)
+    gain = np.ones((len(progs), signs, slices, cols), np.float32)
+    scale = np.zeros((len(progs), cols))
+    for t, p in enumerate(progs):
+        r, c = p.cells.shape[2:]
+        cells[t, :, :, :r, :c], full[t, :, :, :c] = p.cells, p.full_scale
+        gain[t, :, :, :c], scale[t, :c] = p.gain, p.scale
+    return cells, full, gain, scale
+
+
+def _adc(current: np.ndarray, full: np.ndarray, adc_levels: int) -> np.ndarray:
+    """The ADC, in place: clip each current to its full scale and round to ``adc_levels``."""
+    current /= full  # in place from here on: these arrays are the big ones
+    np.clip(current, 0.0, 1.0, out=current)
+    current *= adc_levels
+    np.rint(current, out=current)
+    current *= full / adc_levels
+    return current
+
+
+def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
+              noise: Noise | None) -> np.ndarray:
+    """Several tiles read at once: x [T, N, R] (each tile's rows, zero padded), x_range
+    [N, 1] (every tile's vectors at the same DAC ranges) or [T, N, 1] (each tile's own) ->
+    [T, N, C] (zero padded). With ``arch.adc_per_step`` 0 the steps' currents are summed in
+    the analog domain, each weighted by its digit's place, and converted once, against a
+    full scale that many times larger (CrossSim's ``ADC_per_ibit = False``). ``noise``: the
+    read noise's draws (analog mode), None in quantized mode."""
+    a, d = chip.arch, chip.device
+    g0 = d.g_min_us / ((d.g_max_us - d.g_min_us) / (2 ** a.cell_bits - 1))
+    cells, full, gain, scale = _stack(progs)
+    tiles, signs, slices, rows, cols = cells.shape
+    g64 = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols).astype(
+        np.float64)
+    steps = a.input_steps
+    # a step's column current reaches 2**dac_bits - 1 times the cells' sum: so does full scale
+    full = full.reshape(1, tiles, 1, signs, slices, cols) * (2 ** a.dac_bits - 1)
+    slice_weight = (2.0 ** a.cell_bits) ** np.arange(slices)
+    step_weight = (2.0 ** a.dac_bits) ** np.arange(steps)
+    if not a.adc_per_step:
+        full = full * step_weight.sum()
+    offsets = np.array([p.offset for p in progs])[None, :, None, None]
+    out = np.zeros((tiles, x.shape[1], cols))
+    ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
+                                                                (tiles,) + x_range.shape)
+    for index, (part, sign) in enumerate(((np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0))):
+        if not part.any():
+            continue
+        planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits, ranges.reshape(-1, 1),
+                                  a.dac_bits)
+        planes = planes.reshape(steps, tiles, -1, rows)
+        # summed in float64, where sums of these products are exact, so that a sample's
+        # currents do not depend on how many others share the product (BLAS blocks float32
+        # sums by shape): outputs do not depend on how a run is split
+        current = (planes.astype(np.float64) @ g64).astype(np.float32)
+        current = current.reshape(steps, tiles, -1, signs, slices, cols)
+        if noise is not None and d.read_sigma:  # every column read: sigma x its own current
+            draws = noise(index, current.shape)
+            draws *= d.read_sigma
+            draws += 1.0
+            current *= draws
+        active = planes.sum(axis=3)[..., None, None, None]  # input levels applied this step
+        weights = step_weight
+        if not a.adc_per_step:  # analog shift-add, then one conversion
+            current = np.einsum("btnsqc,b->tnsqc", current, step_weight)[None]
+            active = np.einsum("btnsqc,b->tnsqc", active, step_weight)[None]
+            weights = np.ones(1)
+        current = _adc(current, full, 2 ** a.adc_bits - 1)
+        current -= g0 * active
+        current *= gain[None, :, None]
+        per_sign = np.einsum("btnsqc,q->btnsc", current, slice_weight)
+        value = per_sign[..., 0, :] - per_sign[..., 1, :] if signs == 2 else \
+            per_sign[..., 0, :] - offsets * active[..., 0, 0]
+        out += sign * np.einsum("btnc,b->tnc", value, weights)
+    levels = 2 ** a.input_bits - 1
+    return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)

@@ -1,0 +1,91 @@
+"""The crossbar arithmetic against its frozen reference (issue 14, point 5): whatever makes
+``runtime.analog.tiles_mvm`` faster must keep its results bit for bit, in quantized mode and,
+given the same noise draws, in analog mode (``tests/oracle/analog_reference.py`` is the
+implementation as it was before any speed-up, never to be edited)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from oracle import analog_reference
+
+from isa.chip import Chip, ChipGeometry
+from runtime import analog, device
+
+
+def _chip(cell_bits: int, dac_bits: int, adc_per_step: int, differential: int,
+          adc_bits: int = 8) -> Chip:
+    arch = dataclasses.replace(ChipGeometry(), rows=32, cols=8 * 8 // cell_bits,
+                               cell_bits=cell_bits, dac_bits=dac_bits,
+                               adc_per_step=adc_per_step, adc_bits=adc_bits)
+    chip = Chip()
+    return dataclasses.replace(chip, arch=arch, mapping=dataclasses.replace(
+        chip.mapping, differential=differential))
+
+
+def _tiles(chip: Chip, analog_mode: bool, rng: np.random.Generator, count: int = 3):
+    """``count`` programmed tiles of different shapes (padding exercised), stuck cells on."""
+    a = chip.arch
+    progs = []
+    for t in range(count):
+        r, c = a.rows - 5 * t, a.weights_per_row - t
+        tile = rng.standard_normal((r, c)).astype(np.float32)
+        stuck = device.stuck_mask(rng, (2, a.slices, r, c), chip) if analog_mode else \
+            np.full((2, a.slices, r, c), -1, np.int8)
+        progs.append(device.program(tile, chip, rng if analog_mode else None, stuck,
+                                    float(np.abs(tile).max())))
+    return progs
+
+
+def _inputs(chip: Chip, tiles: int, rng: np.random.Generator, per_tile_range: bool):
+    x = rng.standard_normal((tiles, 7, chip.arch.rows)).astype(np.float32)
+    x[:, 2] = np.maximum(x[:, 2], 0)          # a vector with no negative part
+    x[:, 3] = 0                               # and an all-zero one
+    x[:, :, -4:] = 0                          # padding rows
+    peak = np.abs(x).max(axis=(0, 2))[:, None] + 1e-3
+    ranges = np.broadcast_to(peak[None], (tiles,) + peak.shape).copy() * (
+        1 + np.arange(tiles))[:, None, None] if per_tile_range else 0.8 * peak
+    return x, ranges.astype(np.float32)
+
+
+def _noise(seed: int):
+    """The same read-noise draws for both implementations, call by call."""
+    def draws(part: int, shape: tuple) -> np.ndarray:
+        return np.random.default_rng([seed, part, *shape]).standard_normal(shape,
+                                                                           dtype=np.float32)
+    return draws
+
+
+GEOMETRIES = [(c, d, s, diff) for c in (1, 2, 4) for d in (1, 2, 8) for s in (1, 0)
+              for diff in (1, 0)]
+
+
+@pytest.mark.parametrize("cell_bits,dac_bits,adc_per_step,differential", GEOMETRIES)
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+def test_tiles_mvm_matches_the_frozen_reference(cell_bits, dac_bits, adc_per_step,
+                                                differential, mode):
+    chip = _chip(cell_bits, dac_bits, adc_per_step, differential)
+    rng = np.random.default_rng([cell_bits, dac_bits, adc_per_step, differential])
+    progs = _tiles(chip, mode == "analog", rng)
+    for per_tile_range in (False, True):
+        x, ranges = _inputs(chip, len(progs), rng, per_tile_range)
+        noise = _noise(7) if mode == "analog" else None
+        want = analog_reference.tiles_mvm(x, ranges, progs, chip, noise)
+        got = analog.tiles_mvm(x, ranges, progs, chip, noise)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_the_oracle_is_not_vacuous():
+    """The reference computes something that depends on what it is given: ADC bits change
+    its quantized result, and noise its analog one."""
+    rng = np.random.default_rng(0)
+    chip = _chip(2, 1, 1, 1)
+    progs = _tiles(chip, False, rng)
+    x, ranges = _inputs(chip, len(progs), rng, False)
+    fine = analog_reference.tiles_mvm(x, ranges, progs, chip, None)
+    coarse = analog_reference.tiles_mvm(x, ranges, progs, _chip(2, 1, 1, 1, adc_bits=3), None)
+    noisy = analog_reference.tiles_mvm(x, ranges, progs, chip, _noise(1))
+    assert not np.array_equal(fine, coarse) and not np.array_equal(fine, noisy)
+    assert np.abs(fine).max() > 0 and np.array_equal(fine[:, 3], np.zeros_like(fine[:, 3]))
