@@ -35,6 +35,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count (1..1024)")
+    return value
+
+
 def _megabytes(text: str) -> int:
     value = float(text)
     if not value > 0:
@@ -72,6 +82,10 @@ def build_parser() -> Parser:
                    help="run the samples in passes that fit this many MB (estimated before "
                         "anything is allocated; default: what this machine has free). "
                         "Outputs do not depend on it")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="threads for quantized and analog crossbar reads (default: one per "
+                        f"core, {os.cpu_count()} here; BLAS then runs on one). Outputs do "
+                        "not depend on it")
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
                         "(default: PROGRAM.out.npy / .npz; not written in --mode timing)")
@@ -195,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cimrun: warning: {warning}", file=sys.stderr)
         result = run(job.program, job.inputs, mode=args.mode, seed=args.seed, chip=job.chip,
                      allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
-                     memory_limit=args.memory_limit, first_sample=args.first_sample)
+                     memory_limit=args.memory_limit, first_sample=args.first_sample,
+                     threads=args.threads)
         accuracy = finish(args, job, result)
     except (RunError, isa.IsaError) as exc:
         print(f"cimrun: error: {exc}", file=sys.stderr)

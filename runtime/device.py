@@ -36,7 +36,8 @@ class Programmed:
     """What one crossbar holds after a write."""
 
     cells: np.ndarray      # [signs, slices, R, C] conductance in level steps (g0 included)
-    target: np.ndarray     # [signs, slices, R, C] the digits the cells hold (kept ones too)
+    target: np.ndarray | None  # [signs, slices, R, C] the digits the cells hold (kept ones
+    #                            too); None once a crossbar written only once is programmed
     scale: np.ndarray      # [C] weight per unit magnitude
     gain: np.ndarray       # [signs, slices, C] digital correction from read-after-write
     full_scale: np.ndarray  # [signs, slices, C] ADC full scale (level steps)

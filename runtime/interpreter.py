@@ -8,12 +8,16 @@ compiled batch in one vectorised pass; otherwise the samples run in chunks of th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from isa import Instr, Program, cells
@@ -53,8 +57,10 @@ class Machine:
     """
 
     def __init__(self, program: Program, scale: int, mode: str = "ideal",
-                 chip: Chip | None = None, seed: int = 0, first: int = 0):
+                 chip: Chip | None = None, seed: int = 0, first: int = 0, pool=None):
         self.program, self.mode, self.seed = program, mode, seed
+        # crossbar reads spread over a thread pool's workers (None: this thread)
+        self.pool, self.threads = pool, pool._max_workers if pool is not None else 1
         self.chip = chip or dataclasses.replace(Chip(), arch=program.chip)
         # read noise and written operands' noise, keyed by sample (first: this pass's first)
         self.noise = SampleNoise(seed, first) if mode == "analog" else None
@@ -121,8 +127,12 @@ class Machine:
         if xb in self.rewritten:
             self.last_digits.setdefault(xb, cells.blank(self.chip))[win] = prog.target
             self.last_held.setdefault(xb, np.zeros(self.last_digits[xb].shape))[win] = prog.held
-        if self.mode == "analog":
-            self._wear(xb, win, changed)
+            if self.mode == "analog":
+                self._wear(xb, win, changed)
+        else:  # written once: no later write needs its digits, and one write wears out
+            # no cell (endurance is at least 1), so only what reads use is kept (ResNet-50:
+            # 1 GB instead of 6)
+            prog = dataclasses.replace(prog, target=None, held=None)
         self.xbars[xb] = prog
 
     def _wear(self, xb: int, win: tuple, changed: np.ndarray) -> None:
@@ -157,9 +167,15 @@ class Machine:
         peak = np.abs(src).max(axis=(1, 2), keepdims=True)
         return np.where(peak > 0, peak, 1.0)
 
+    def map(self, fn, items: list) -> list:
+        """``[fn(item) for item in items]``, on the pool's threads when there is one."""
+        if self.pool is None or len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self.pool.map(fn, items))
+
     def xbar(self, xb: int, shape, ins: Instr):
         tile = self.xbars.get(xb)
-        held = None if tile is None else getattr(tile, "target", tile).shape[-2:]
+        held = None if tile is None else getattr(tile, "cells", tile).shape[-2:]
         if held != tuple(shape):
             raise RunError(f"line {self.lines[id(ins)]}: mvm on crossbar {xb} expects a "
                            f"{shape} tile, it holds {held}")
@@ -168,11 +184,12 @@ class Machine:
 
 def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
              counts: Counter, mode: str = "ideal", chip: Chip | None = None, seed: int = 0,
-             bar=None, first: int = 0):
+             bar=None, first: int = 0, pool=None):
     """Run the planned ``steps`` (``mvm_groups.plan`` of the text) once on the samples from
     ``first`` on; return the outputs, how many cells wore out and how many cells writes
-    programmed (0 in ideal mode). ``bar``: a progress bar advanced once per step."""
-    m = Machine(program, scale, mode, chip, seed, first)
+    programmed (0 in ideal mode). ``bar``: a progress bar advanced once per step; ``pool``:
+    threads for crossbar reads."""
+    m = Machine(program, scale, mode, chip, seed, first, pool)
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
     for step in steps:
@@ -292,7 +309,7 @@ def chunk_batches(program: Program, groups: int, mode: str,
 def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
         chip: Chip | None = None, timing: bool = True, allow_nonfinite: bool = False,
         progress: bool = False, memory_limit: int | None = None,
-        first_sample: int = 0) -> RunResult:
+        first_sample: int = 0, threads: int | None = 1) -> RunResult:
     """Run ``program`` on ``inputs`` (an array, or a dict by input name) and, with ``timing``,
     simulate its timing and energy on ``chip`` (default: the default chip with the program's
     geometry). Mode ``timing`` skips the arithmetic. NaN/Inf inputs are an error unless
@@ -301,7 +318,8 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     sample (``runtime.noise``): ``first_sample`` is the index of the first input sample in
     its dataset, so that a dataset split into runs gives the outputs of one run over all of
     it, and the outputs never depend on how the samples are split into passes.
-    Raises RunError."""
+    ``threads``: quantized and analog crossbar reads on that many threads (None: one per
+    core); the outputs are the same for any number. Raises RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
     chip = chip or dataclasses.replace(Chip(), arch=program.chip)
@@ -318,9 +336,17 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     chunks = [(i, min(per, groups - i)) for i in range(0, groups, per)]
     def take(i: int, n: int) -> dict:  # one pass's inputs (all of them: no batch to slice)
         return feeds if len(chunks) == 1 else {k: v[i * b:(i + n) * b] for k, v in feeds.items()}
-    with _progress(len(chunks) * len(steps), f"cimrun {mode}", progress) as bar:
-        parts = [_execute(program, steps, take(i, n), n, counts, mode, chip, seed, bar,
-                          first_sample + i * b) for i, n in chunks]
+    threads = (os.cpu_count() or 1) if threads is None else threads
+    pool = ThreadPoolExecutor(threads) if threads > 1 and mode != "ideal" else None
+    # our threads replace BLAS's own: both at once would oversubscribe the cores
+    limit = threadpool_limits(1, "blas") if pool is not None else contextlib.nullcontext()
+    try:
+        with limit, _progress(len(chunks) * len(steps), f"cimrun {mode}", progress) as bar:
+            parts = [_execute(program, steps, take(i, n), n, counts, mode, chip, seed, bar,
+                              first_sample + i * b, pool) for i, n in chunks]
+    finally:
+        if pool is not None:
+            pool.shutdown()
     outputs = parts[0][0] if len(parts) == 1 else \
         {k: _join([p[0][k] for p in parts], k) for k in parts[0][0]}
     failed, changed = sum(p[1] for p in parts), sum(p[2] for p in parts)

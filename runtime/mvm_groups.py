@@ -58,41 +58,60 @@ def read_bytes(arch, vectors: int) -> int:
 
 
 def _device_group(m, group: list[Instr]) -> None:
-    """Quantized/analog: the group's tiles read in batches of tiles (memory-bounded)."""
+    """Quantized/analog: the group's tiles read in batches of tiles (memory-bounded), and
+    with ``m.threads`` > 1 those batches, and contiguous runs of samples within them, read
+    concurrently. Every output element depends only on its own sample (its inputs, DAC range
+    and noise), so the split never changes a result; partial sums are added into ``dst`` in
+    one fixed order."""
     v0, v1 = group[0].attr("vecs")
     dst, src = as_vectors(m.read(group[0].operands[0])), as_vectors(m.read(group[0].operands[1]))
     x = src[:, v0:v1]
+    b, v = x.shape[:2]
     x_range = m.input_range(group[0].operands[1], src)
-    x_range = np.broadcast_to(x_range, x.shape[:2] + (1,)).reshape(-1, 1)
-    n = x.shape[0] * x.shape[1]
-    step = max(1, BYTES_PER_CHUNK // max(read_bytes(m.chip.arch, n), 1))
-    for start in range(0, len(group), step):
-        chunk = group[start:start + step]
+    x_range = np.broadcast_to(x_range, (b, v, 1)).reshape(-1, 1)
+    step = max(1, BYTES_PER_CHUNK // max(read_bytes(m.chip.arch, b * v), 1))
+    chunks = [group[i:i + step] for i in range(0, len(group), step)]
+    parts = _sample_runs(b, max(1, m.threads // len(chunks)))
+    units = [(k, s0, s1) for k in range(len(chunks)) for s0, s1 in parts]
+
+    def read(unit: tuple[int, int, int]) -> np.ndarray:
+        k, s0, s1 = unit
+        chunk = chunks[k]
         progs = [m.xbar(i.attr("xb"), (i.attr("rows")[1] - i.attr("rows")[0],
                                        i.attr("cols")[1] - i.attr("cols")[0]), i) for i in chunk]
         rows = max(i.attr("rows")[1] - i.attr("rows")[0] for i in chunk)
-        xs = np.zeros((len(chunk), n, rows), np.float32)
+        xs = np.zeros((len(chunk), (s1 - s0) * v, rows), np.float32)
         for t, ins in enumerate(chunk):
             r0, r1 = ins.attr("rows")
-            xs[t, :, :r1 - r0] = x[..., r0:r1].reshape(n, r1 - r0)
-        ys = tiles_mvm(xs, x_range, progs, m.chip, _read_noise(m, group[0], start, x.shape))
-        for t, ins in enumerate(chunk):
+            xs[t, :, :r1 - r0] = x[s0:s1, :, r0:r1].reshape(-1, r1 - r0)
+        return tiles_mvm(xs, x_range[s0 * v:s1 * v], progs, m.chip,
+                         _read_noise(m, group[0], k * step, s0, (s1 - s0, v)))
+    for (k, s0, s1), ys in zip(units, m.map(read, units)):
+        for t, ins in enumerate(chunks[k]):
             c0, c1 = ins.attr("cols")
-            dst[:, v0:v1, c0:c1] += ys[t, :, :c1 - c0].reshape(x.shape[0], x.shape[1], c1 - c0)
+            dst[s0:s1, v0:v1, c0:c1] += ys[t, :, :c1 - c0].reshape(s1 - s0, v, c1 - c0)
 
 
-def _read_noise(m, first: Instr, start: int, vectors: tuple):
-    """The read noise of the group's tiles from ``start`` on, keyed by tile and sample: each
-    of the ``vectors`` [B, V, ...] samples' V vectors through each tile draw from their own
-    generator, however the tiles and samples are chunked (None: no noise)."""
+def _sample_runs(samples: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous, near-equal runs of ``range(samples)`` (fewer if too few)."""
+    edges = [round(i * samples / parts) for i in range(parts + 1)]
+    return [(a, z) for a, z in zip(edges, edges[1:]) if z > a]
+
+
+def _read_noise(m, first: Instr, start: int, sample: int, vectors: tuple):
+    """The read noise of the group's tiles from ``start`` on, for ``vectors`` [B, V] of the
+    pass's samples from ``sample`` on, keyed by tile and sample: each sample's V vectors
+    through each tile draw from their own generator, however the tiles and samples are
+    chunked (None: no noise)."""
     if m.noise is None:
         return None
-    b, v = vectors[:2]
+    b, v = vectors
+    line = m.lines[id(first)]
 
     def draws(part: int, shape: tuple):  # shape [steps, tiles, B*V, ...]
         one = shape[:1] + (1, v) + shape[3:]
-        return np.concatenate([m.noise.normal(READ, (m.lines[id(first)], start + t, part), b, one,
-                                              axis=2) for t in range(shape[1])], axis=1)
+        return np.concatenate([m.noise.normal(READ, (line, start + t, part), b, one, axis=2,
+                                              offset=sample) for t in range(shape[1])], axis=1)
     return draws
 
 

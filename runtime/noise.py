@@ -25,8 +25,8 @@ class SampleNoise:
         return np.random.default_rng([self.seed, purpose, *key, self.first + sample])
 
     def normal(self, purpose: int, key: tuple, samples: int, shape: tuple,
-               axis: int) -> np.ndarray:
-        """float32 N(0, 1) draws: ``shape`` for each of ``samples`` local samples, joined
-        along ``axis`` in sample order."""
-        return np.concatenate([self.generator(purpose, key, b).standard_normal(
+               axis: int, offset: int = 0) -> np.ndarray:
+        """float32 N(0, 1) draws: ``shape`` for each of ``samples`` local samples from
+        ``offset`` on, joined along ``axis`` in sample order."""
+        return np.concatenate([self.generator(purpose, key, offset + b).standard_normal(
             shape, dtype=np.float32) for b in range(samples)], axis=axis)

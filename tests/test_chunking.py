@@ -34,6 +34,32 @@ def test_memory_limit_and_dataset_splits_do_not_change_outputs(cnn, mode, digits
     assert np.array_equal(np.concatenate([r.outputs["logits"] for r in split]), want)
 
 
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+def test_threads_do_not_change_outputs(cnn, mode, digits_test):
+    """Crossbar reads split over threads (by tile batch and by runs of samples) add up to
+    the same bits as one thread, including an odd split (3 threads, 7 samples)."""
+    x = digits_test[0][:7]
+    one = run(cnn, x, mode=mode, seed=2, timing=False, threads=1).outputs["logits"]
+    for threads in (2, 3):
+        got = run(cnn, x, mode=mode, seed=2, timing=False, threads=threads).outputs["logits"]
+        assert np.array_equal(got, one), threads
+
+
+def test_cimrun_threads_flag(tmp_path):
+    program = str(tmp_path / "mlp.cim")
+    assert cli("cimc", model_path("digits_mlp"), "-o", program).returncode == 0
+    outs = []
+    for threads in ("1", "2"):
+        out = str(tmp_path / f"t{threads}.npy")
+        done = cli("cimrun", program, "--input", os.path.join(MODELS, "digits_test_x.npy"),
+                   "--mode", "analog", "--threads", threads, "-o", out, "-q")
+        assert done.returncode == 0, done.stderr
+        outs.append(np.load(out))
+    assert np.array_equal(*outs)
+    fails(cli("cimrun", program, "--threads", "0", "--mode", "timing"), "--threads",
+          "thread count")
+
+
 def test_a_sample_keeps_its_noise_whoever_it_runs_with(cnn, digits_test):
     """Sample 5 alone (at its index) equals sample 5 in a batch; another index differs."""
     x = digits_test[0][:8]
