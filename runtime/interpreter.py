@@ -31,7 +31,7 @@ from .memory import check_memory, estimate_bytes, memory_problem
 from .mvm_groups import execute_group, plan
 from .noise import SampleNoise
 from .report import timing_report
-from .semantics import SEMANTICS
+from .semantics import SEMANTICS, write_group
 
 MODES = ("ideal", "quantized", "analog", "timing")
 
@@ -109,6 +109,33 @@ class Machine:
         if self.mode == "ideal":
             self.xbars[xb] = tile  # a view of the (immutable) blob: no copy in ideal mode
             return
+        inputs = self._write_inputs(xb, tile, tensor_max, low)
+        self._written(xb, inputs, device.program(*inputs))
+
+    def program_xbars(self, writes: list[tuple]) -> None:
+        """``program_xbar(*w)`` for each ``w`` in order. With a thread pool, the device
+        programming of consecutive writes to different crossbars runs concurrently: each is
+        a function of its own inputs (drawn from per-crossbar generators), and the
+        bookkeeping (write counts, wear, cell states) stays in order."""
+        if self.mode == "ideal" or self.pool is None:
+            for w in writes:
+                self.program_xbar(*w)
+            return
+        start = 0
+        while start < len(writes):
+            end, seen = start, set()
+            while end < len(writes) and writes[end][0] not in seen:
+                seen.add(writes[end][0])
+                end += 1
+            batch = [self._write_inputs(*w) for w in writes[start:end]]
+            for w, inputs, prog in zip(writes[start:end], batch,
+                                       self.map(lambda a: device.program(*a), batch)):
+                self._written(w[0], inputs, prog)
+            start = end
+
+    def _write_inputs(self, xb: int, tile: np.ndarray, tensor_max: float,
+                      low: cells.LowWrite | None) -> tuple:
+        """``device.program``'s arguments for the next write of ``tile`` to ``xb``."""
         self.writes[xb] += 1
         rng = None
         win = cells.window(*tile.shape)
@@ -121,7 +148,11 @@ class Machine:
             prev = (self.last_digits[xb][win], self.last_held[xb][win])
             if low is not None:
                 select = low.select(xb, self.writes[xb], prev[0].shape)
-        prog = device.program(tile, self.chip, rng, stuck, tensor_max, prev, select)
+        return tile, self.chip, rng, stuck, tensor_max, prev, select
+
+    def _written(self, xb: int, inputs: tuple, prog: device.Programmed) -> None:
+        """Record a write's effects: cells changed, cell states, wear; hold ``prog``."""
+        prev, win = inputs[5], cells.window(*inputs[0].shape)
         changed = np.ones(prog.target.shape, bool) if prev is None else prev[0] != prog.target
         self.cells_changed += int(changed.sum())
         if xb in self.rewritten:
@@ -196,7 +227,7 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
         ins = step[0] if isinstance(step, list) else step
         try:
             if isinstance(step, list):
-                execute_group(m, step)
+                (write_group if ins.op == "write" else execute_group)(m, step)
             else:
                 SEMANTICS[ins.op](m, ins)
         except RunError as exc:

@@ -25,14 +25,17 @@ def as_vectors(a: np.ndarray) -> np.ndarray:
 
 
 def plan(text: list[Instr]) -> list[Instr | list[Instr]]:
-    """The text with each maximal run of same-operand mvms replaced by a list of them."""
+    """The text with each maximal run of same-operand mvms, and each run of writes, replaced
+    by a list of them (``execute_group`` and ``semantics.write_group`` run such lists)."""
     steps: list[Instr | list[Instr]] = []
     for ins in text:
         last = steps[-1] if steps else None
         if (ins.op == "mvm" and isinstance(last, list) and last[0].operands == ins.operands
                 and last[0].attr("vecs") == ins.attr("vecs")):
             last.append(ins)
-        elif ins.op == "mvm":
+        elif ins.op == "write" and isinstance(last, list) and last[0].op == "write":
+            last.append(ins)
+        elif ins.op in ("mvm", "write"):
             steps.append([ins])
         else:
             steps.append(ins)

@@ -27,14 +27,23 @@ def _dst(ins):
     return ins.operands[0]
 
 
-def write(m, ins):
-    """Program crossbar xb with the blob window; its bit stucking (``low_*`` attributes,
-    ``isa.cells.LowWrite``) applies in quantized and analog modes."""
+def _write_args(m, ins) -> tuple:
     r0, r1 = ins.attr("rows")
     c0, c1 = ins.attr("cols")
     blob = m.read(ins.operands[0])
-    m.program_xbar(ins.attr("xb"), blob[r0:r1, c0:c1], m.blob_max(ins.operands[0]),
-                   cells.LowWrite.of(ins))
+    return (ins.attr("xb"), blob[r0:r1, c0:c1], m.blob_max(ins.operands[0]),
+            cells.LowWrite.of(ins))
+
+
+def write(m, ins):
+    """Program crossbar xb with the blob window; its bit stucking (``low_*`` attributes,
+    ``isa.cells.LowWrite``) applies in quantized and analog modes."""
+    m.program_xbar(*_write_args(m, ins))
+
+
+def write_group(m, group: list) -> None:
+    """A run of writes, in order (``Machine.program_xbars`` may program several at once)."""
+    m.program_xbars([_write_args(m, ins) for ins in group])
 
 
 def mvm(m, ins):

@@ -11,6 +11,7 @@ import pytest
 from conftest import MODELS, cli, fails, model_path
 
 from compiler import compile_model
+from isa.cells import LowWrite
 from runtime import run
 from runtime.memory import estimate_bytes
 
@@ -39,10 +40,17 @@ def test_threads_do_not_change_outputs(cnn, mode, digits_test):
     """Crossbar reads split over threads (by tile batch and by runs of samples) add up to
     the same bits as one thread, including an odd split (3 threads, 7 samples)."""
     x = digits_test[0][:7]
-    one = run(cnn, x, mode=mode, seed=2, timing=False, threads=1).outputs["logits"]
-    for threads in (2, 3):
-        got = run(cnn, x, mode=mode, seed=2, timing=False, threads=threads).outputs["logits"]
-        assert np.array_equal(got, one), threads
+    # and a chip that reprograms its 4 crossbars, with bit stucking: writes to different
+    # crossbars are programmed concurrently, those of one crossbar in order
+    rotating = compile_model(model_path("digits_cnn"), max_xbars=4,
+                             bit_stucking=LowWrite(slices=1, write=0.5))
+    for program in (cnn, rotating):
+        one = run(program, x, mode=mode, seed=2, timing=False, threads=1)
+        for threads in (2, 3):
+            got = run(program, x, mode=mode, seed=2, timing=False, threads=threads)
+            assert np.array_equal(got.outputs["logits"], one.outputs["logits"]), threads
+            assert got.stats["cells_changed"] == one.stats["cells_changed"]
+            assert got.stats["endurance_failed_cells"] == one.stats["endurance_failed_cells"]
 
 
 def test_cimrun_threads_flag(tmp_path):
