@@ -15,6 +15,7 @@ import json
 import os
 import re
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 
@@ -50,7 +51,7 @@ def _check_attr(op: str, key: str, value, typ: str, token) -> object:
     return float(value) if typ == "float" else tuple(value) if typ == "ints" else value
 
 
-@dataclass(frozen=True)
+@dataclass
 class _PendingBlob:
     """A blob line as declared: decoded only once the whole header is known to be sane."""
 
@@ -58,6 +59,7 @@ class _PendingBlob:
     crc: str
     type: TensorType
     payload: str
+    decoded: Future | None = None  # its array, when decoded ahead
 
     @property
     def where(self) -> str:
@@ -215,6 +217,8 @@ def _check_sizes(buffers: list[Buffer], pending: list[_PendingBlob]) -> None:
 
 
 def _decode(b: _PendingBlob) -> Blob:
+    if b.decoded is not None:  # decoded ahead, while the header was read (``parse``)
+        return Blob(str(b.name)[1:], b.decoded.result())
     return Blob(str(b.name)[1:], blobs.decode(b.payload, b.type, b.crc, b.where))
 
 
@@ -241,18 +245,6 @@ def _lark() -> lark.Lark:
         grammar = resources.files("isa").joinpath("grammar.lark").read_text()
         _PARSER = lark.Lark(grammar, parser="lalr", propagate_positions=False)
     return _PARSER
-
-
-def split_checksum(text: str) -> str:
-    """Check the trailing ``end crc32=`` line and return the body it covers."""
-    cut = text.rfind("\n" + _END)
-    if cut < 0:
-        raise IsaError("truncated program: the final 'end crc32=...' line is missing")
-    body, tail = text[:cut + 1], text[cut + 1 + len(_END):].strip()
-    if tail != f"{zlib.crc32(body.encode('utf-8')):08x}":
-        raise IsaError(f"file checksum mismatch at line {body.count(chr(10)) + 1}: the program "
-                       "is corrupted or was edited (recompile it)")
-    return body
 
 
 _DATA = "\ndata\n"  # the data section's header line
@@ -369,11 +361,53 @@ def parse(text: str, check_sum: bool = True) -> Program:
     (``_instr_items``, the grammar reads them instead when one is malformed, for its
     message); the data section's blob lines are read line by line (``_BLOB``) and decoded
     straight into arrays."""
-    body = split_checksum(text) if check_sum else text.rsplit("\n" + _END, 1)[0] + "\n"
+    with ThreadPoolExecutor(2) as pool:
+        if check_sum:  # the checksum is computed while the rest is read, checked first
+            body = _checksum_body(text)
+            crc = pool.submit(lambda: f"{zlib.crc32(body.encode('utf-8')):08x}")
+        else:
+            body, crc = text.rsplit("\n" + _END, 1)[0] + "\n", None
+        try:
+            program = _parse_body(body, pool)
+        except IsaError:
+            _check_crc(text, body, crc)
+            raise
+        _check_crc(text, body, crc)
+    verify(program)
+    return program
+
+
+def _checksum_body(text: str) -> str:
+    """The text the trailing ``end crc32=`` line covers (IsaError if it has none)."""
+    cut = text.rfind("\n" + _END)
+    if cut < 0:
+        raise IsaError("truncated program: the final 'end crc32=...' line is missing")
+    return text[:cut + 1]
+
+
+def _check_crc(text: str, body: str, crc: Future | None) -> None:
+    if crc is not None and text[len(body) + len(_END):].strip() != crc.result():
+        raise IsaError(f"file checksum mismatch at line {body.count(chr(10)) + 1}: the program "
+                       "is corrupted or was edited (recompile it)")
+
+
+def _decode_ahead(pending: list[_PendingBlob], pool: ThreadPoolExecutor) -> None:
+    """Start decoding the blobs on ``pool`` (zlib works without the GIL) when their declared
+    sizes are within limits; ``_ToProgram`` checks everything again, in order, and takes
+    the results (or their errors) only after the header is read."""
+    size = sum(limits.tensor_bytes(b.type) for b in pending)
+    if size <= limits.MAX_DECLARED_BYTES and limits.memory_problem(size, "") is None:
+        for b in pending:
+            b.decoded = pool.submit(blobs.decode, b.payload, b.type, b.crc, b.where)
+
+
+def _parse_body(body: str, pool: ThreadPoolExecutor) -> Program:
     cut = body.find(_DATA)
     head, data = (body, "") if cut < 0 else (body[:cut + len(_DATA)], body[cut + len(_DATA):])
     try:
-        transformer = _ToProgram(_blob_lines(data, head.count("\n") + 1))
+        pending = _blob_lines(data, head.count("\n") + 1)
+        _decode_ahead(pending, pool)
+        transformer = _ToProgram(pending)
         fast = _fast_text(head, transformer)
         if fast is not None:
             transformer.instrs = fast[1]
@@ -389,7 +423,6 @@ def parse(text: str, check_sum: bool = True) -> Program:
         got = getattr(exc, "token", None) or getattr(exc, "char", "")
         raise IsaError(f"unexpected {str(got)[:30]!r}; expected one of: "
                        f"{', '.join(expected)[:200]}", exc.line, exc.column) from None
-    verify(program)
     return program
 
 

@@ -1,14 +1,17 @@
 """Seconds per image of cimrun in each mode, divided by onnxruntime's, measured in one run.
 
-    python -m tools.bench_runtime [--zoo models/zoo] [--big resnet50-cifar100] [--images 2]
+    python -m tools.bench_runtime [--zoo models/zoo] [--big resnet50-imagenet] [--images 1]
+        [--threads N]
 
 Digits CNN on its test split, on the default (faithful) chip and on the one-pass corner
 (``ONE_PASS``: an 8-bit DAC and the ADC after analog shift-add, issue 14), and a
 ResNet-50-scale model on a few random images. Per image is the marginal cost,
 (t(2N) - t(N)) / N, so programming the crossbars once per run cancels. Timing simulation is
-excluded (``timing=False``): this measures the arithmetic. Then the digits CNN's accuracy on
-both chips, and the big model's ``.cim`` save and load time against onnxruntime's session
-creation.
+excluded (``timing=False``): this measures the arithmetic. cimrun uses ``--threads`` threads
+(default: one per core, as onnxruntime does). Then one analog image of the big model end to
+end as a user runs it (``cimrun`` in a fresh process: load, programming, the image), with its
+wall time and peak memory, the digits CNN's accuracy on both chips, and the big model's
+``.cim`` save and load time against onnxruntime's session creation.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -55,6 +61,9 @@ def _marginal(fn, images: int, repeats: int) -> float:
     return (_best(lambda: fn(2 * images), repeats) - _best(lambda: fn(images), repeats)) / images
 
 
+THREADS: int | None = None  # cimrun's threads (None: one per core), set by --threads
+
+
 def bench(name: str, path: str, x: np.ndarray, repeats: int, chip=None) -> list[str]:
     """x holds 2N images; runs use the first N and all 2N; ``chip``: the compiled geometry."""
     n = len(x) // 2
@@ -64,7 +73,8 @@ def bench(name: str, path: str, x: np.ndarray, repeats: int, chip=None) -> list[
     program = compile_model(path, chip=chip)
     cells = [name, f"{t_ort * 1e3:.3f}"]
     for mode in MODES:
-        t = _marginal(lambda k, m=mode: run(program, x[:k], mode=m, timing=False), n,
+        t = _marginal(lambda k, m=mode: run(program, x[:k], mode=m, timing=False,
+                                            threads=THREADS), n,
                       repeats if mode == "ideal" else 1)
         cells += [f"{t * 1e3:.2f}", f"{t / t_ort:.1f}x"]
     return cells
@@ -73,10 +83,13 @@ def bench(name: str, path: str, x: np.ndarray, repeats: int, chip=None) -> list[
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", default=os.path.join("models", "zoo"))
-    p.add_argument("--big", default="resnet50-cifar100", choices=make_zoo.NAMES)
+    p.add_argument("--big", default="resnet50-imagenet", choices=make_zoo.NAMES)
     p.add_argument("--images", type=int, default=1, help="N for the big model (default 1)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, help="cimrun's threads (default: one per core)")
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     print("| model | ort ms/img | " + " | ".join(f"{m} ms/img | {m} / ort" for m in MODES) + " |")
     print("|" + "---|" * (2 + 2 * len(MODES)))
     x = np.load(os.path.join(ROOT, "models", "digits_test_x.npy"))
@@ -92,8 +105,28 @@ def main(argv=None) -> None:
     path = make_zoo.ensure(args.big, args.zoo)
     row = bench(f"{args.big} ({args.images} images)", path, big, args.repeats)
     print("| " + " | ".join(row) + " |", flush=True)
+    end_to_end(args.big, path, big[:1])
     accuracy_table(cnn, x, np.load(os.path.join(ROOT, "models", "digits_test_y.npy")))
     load_table(args.big, path)
+
+
+def end_to_end(name: str, path: str, image: np.ndarray) -> None:
+    """One analog image through cimrun in a fresh process: wall time and peak memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        program, x = os.path.join(tmp, "p.cim"), os.path.join(tmp, "x.npy")
+        isa.save(compile_model(path), program)
+        np.save(x, image)
+        args = [sys.executable, "-m", "runtime.cli", program, "--input", x, "--mode",
+                "analog", "-q", "-o", os.path.join(tmp, "y.npy")]
+        if THREADS:
+            args += ["--threads", str(THREADS)]
+        start = time.perf_counter()
+        subprocess.run(args, check=True, cwd=ROOT)
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20  # KB -> GB
+    print(f"\n| {name}, 1 image, analog, end to end (cimrun: load, program, run) | wall s | "
+          f"peak GB |\n|---|---|---|\n| default chip | {seconds:.1f} | {peak:.2f} |",
+          flush=True)
 
 
 def accuracy_table(path: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -101,7 +134,8 @@ def accuracy_table(path: str, x: np.ndarray, y: np.ndarray) -> None:
     print("\n| chip | quantized % | analog % |\n|---|---|---|")
     for name, chip in (("default (faithful)", None), ("one-pass corner", ONE_PASS)):
         program = compile_model(path, chip=chip)
-        acc = [100 * float((run(program, x, mode=m, timing=False).outputs["logits"].argmax(1)
+        acc = [100 * float((run(program, x, mode=m, timing=False, threads=THREADS
+                                ).outputs["logits"].argmax(1)
                             == y).mean()) for m in ("quantized", "analog")]
         print(f"| {name} | {acc[0]:.2f} | {acc[1]:.2f} |", flush=True)
 
