@@ -46,16 +46,17 @@ def quantize_weights(tile: np.ndarray, chip: Chip, tensor_max):
 
 
 def to_digits(q: np.ndarray, chip: Chip) -> tuple[np.ndarray, float]:
-    """[signs, slices, R, C] digits of signed magnitudes ``q``, plain base 2^cell_bits (the
-    offset scheme's; differential pairs use ``encode``)."""
+    """[signs, slices, R, C] digits of signed magnitudes ``q`` [R, C] (of a stack [..., R, C]:
+    [..., signs, slices, R, C]), plain base 2^cell_bits (the offset scheme's; differential
+    pairs use ``encode``)."""
     base, slices = 2 ** chip.arch.cell_bits, chip.arch.slices
     if chip.mapping.differential:
-        mags, offset = np.stack([np.maximum(q, 0), np.maximum(-q, 0)]), 0
+        mags, offset = np.stack([np.maximum(q, 0), np.maximum(-q, 0)], axis=-3), 0
     else:
         offset = 2 ** (chip.arch.weight_bits - 1)
-        mags = (q + offset)[None]
+        mags = np.expand_dims(q + offset, -3)
     powers = base ** np.arange(slices)
-    digits = (mags[:, None] // powers[None, :, None, None]) % base
+    digits = (mags[..., :, None, :, :] // powers[:, None, None]) % base
     return digits.astype(np.int64), float(offset)
 
 
@@ -88,7 +89,9 @@ def encode(q: np.ndarray, stuck: np.ndarray, noise: np.ndarray, chip: Chip,
     otherwise it is the remainder of the digits wanted. ``prev`` (digits, values) and
     ``select``: what the cells held before and which changing cells may be programmed
     (``keep_previous``); a cell not programmed keeps its value and gets no new noise.
-    Returns (digits [2, S, R, C], cell values in level steps without Gmin).
+    Returns (digits [2, S, R, C], cell values in level steps without Gmin). Every array
+    may carry leading axes (a stack of tiles: q [..., R, C], the others [..., 2, S, R, C]);
+    each tile's result is the same as alone.
     """
     top, base, slices = 2 ** chip.arch.cell_bits - 1, 2 ** chip.arch.cell_bits, chip.arch.slices
     fixed = np.where(stuck >= 0, stuck.astype(np.int64) * top, -1)
@@ -98,19 +101,21 @@ def encode(q: np.ndarray, stuck: np.ndarray, noise: np.ndarray, chip: Chip,
     for s in reversed(range(slices)):
         weight = base ** s
         want = np.clip(np.rint(rest / weight), -top, top).astype(np.int64)
-        p_fix = fixed[0, s] if aware else np.full_like(want, -1)
-        n_fix = fixed[1, s] if aware else np.full_like(want, -1)
+        at = (Ellipsis, slice(None), s, slice(None), slice(None))  # [..., sign, s, R, C]
+        p_fix = fixed[..., 0, s, :, :] if aware else np.full_like(want, -1)
+        n_fix = fixed[..., 1, s, :, :] if aware else np.full_like(want, -1)
         p = np.where(p_fix >= 0, p_fix, np.where(n_fix >= 0, np.clip(want + n_fix, 0, top),
                                                  np.maximum(want, 0)))
         n = np.where(n_fix >= 0, n_fix, np.clip(p - want, 0, top))
-        pair = np.stack([p, n])
-        before = None if prev is None else (prev[0][:, s], prev[1][:, s])
-        pair, held = keep_previous(pair, pair + noise[:, s], before,
-                                   None if select is None else select[:, s])
-        held = np.where(stuck[:, s] == 0, 0.0, np.where(stuck[:, s] == 1, top, held))
+        pair = np.stack([p, n], axis=-3)
+        before = None if prev is None else (prev[0][at], prev[1][at])
+        pair, held = keep_previous(pair, pair + noise[at], before,
+                                   None if select is None else select[at])
+        held = np.where(stuck[at] == 0, 0.0, np.where(stuck[at] == 1, top, held))
         held = np.maximum(held, -g0)  # a conductance is never below zero
-        digits[:, s], values[:, s] = pair, held
-        rest -= (held[0] - held[1]) * weight if compensate else (p - n) * weight
+        digits[at], values[at] = pair, held
+        rest -= ((held[..., 0, :, :] - held[..., 1, :, :]) * weight if compensate
+                 else (p - n) * weight)
     return digits, values
 
 

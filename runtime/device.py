@@ -71,7 +71,7 @@ def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
     if d.drift_nu and d.drift_seconds:
         out = out * (1.0 + d.drift_seconds) ** -d.drift_nu
     if d.wire_ohm:
-        signs, slices, rows, cols = out.shape
+        signs, slices, rows, cols = out.shape[-4:]
         phys_col = (np.arange(cols)[None, None, :] * 2 * slices
                     + np.arange(signs)[:, None, None] * slices
                     + np.arange(slices)[None, :, None])  # [signs, slices, cols]
@@ -88,37 +88,54 @@ def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck
     unknown), None if nothing is known; ``select``: the changing cells bit stucking lets the
     write program (``isa.cells.LowWrite``), None for all. Cells the write does not program
     keep their digit and value (``isa.cells.keep_previous``)."""
-    q, scale = quantize_weights(tile, chip, tensor_max)
+    return program_many([(tile, chip, rng, stuck, tensor_max, prev, select)])[0]
+
+
+def program_many(writes: list[tuple]) -> list[Programmed]:
+    """``program(*w)`` for every ``w`` in ``writes``, whose tiles share one shape and which
+    all have or all lack ``prev``, ``select`` and a generator: computed in one pass of
+    numpy over the stacked tiles (a crossbar's noise still comes from its own generator),
+    each tile's result the same as alone."""
+    tiles, chips, rngs, stucks, maxes, prevs, selects = zip(*writes)
+    chip = chips[0]
+    rngs = None if rngs[0] is None else rngs
+    prev = None if prevs[0] is None else (np.stack([p[0] for p in prevs]),
+                                          np.stack([p[1] for p in prevs]))
+    select = None if selects[0] is None else np.stack(selects)
+    q, scale = quantize_weights(np.stack(tiles), chip, np.asarray(maxes, np.float64))
+    stuck = np.stack(stucks)
     top = 2 ** chip.arch.cell_bits - 1
     d, mp = chip.device, chip.mapping
     step = (d.g_max_us - d.g_min_us) / top
     g0 = d.g_min_us / step
+    sigma = d.program_sigma * d.g_max_us / step
     if mp.differential:
-        stuck = stuck[:2]
-        sigma = d.program_sigma * d.g_max_us / step
-        noise = rng.normal(0.0, sigma, stuck.shape) if rng is not None else np.zeros(stuck.shape)
+        stuck = stuck[:, :2]
+        noise = np.stack([r.normal(0.0, sigma, stuck.shape[1:]) for r in rngs]) \
+            if rngs is not None else np.zeros(stuck.shape)
         digits, held = encode(q, stuck, noise, chip, bool(mp.stuck_aware),
-                              bool(mp.slice_compensation) and rng is not None, g0, prev, select)
+                              bool(mp.slice_compensation) and rngs is not None, g0, prev, select)
         offset = 0.0
     else:
         digits, offset = to_digits(q, chip)
-        stuck = stuck[:1]
+        stuck = stuck[:, :1]
         held = digits.astype(np.float64)
-        if rng is not None:
-            held = held + rng.normal(0.0, d.program_sigma * d.g_max_us / step, held.shape)
+        if rngs is not None:
+            held = held + np.stack([r.normal(0.0, sigma, held.shape[1:]) for r in rngs])
         digits, held = keep_previous(digits, held, prev, select)
         held = np.where(stuck == 0, 0.0, np.where(stuck == 1, top, held))
     cells = np.maximum(g0 + held, 0.0)
-    ideal = (g0 + digits).sum(axis=2)
-    actual = cells.sum(axis=2)
+    ideal = (g0 + digits).sum(axis=-2)
+    actual = cells.sum(axis=-2)
     # Column gains correct what was not compensated; after slice compensation the cells
     # deviate from their digits on purpose, so gains would undo it.
-    use_gain = mp.raw_calibration and rng is not None and not mp.slice_compensation
+    use_gain = mp.raw_calibration and rngs is not None and not mp.slice_compensation
     gain = np.where(actual > 0, ideal / np.where(actual > 0, actual, 1.0), 1.0) \
         if use_gain else np.ones_like(ideal)
     full = np.maximum(actual, 1e-9) * mp.adc_headroom
-    if rng is not None:
+    if rngs is not None:
         cells = read_conditions(cells, chip)
-    return Programmed(cells.astype(np.float32), digits, scale, gain.astype(np.float32),
-                      full.astype(np.float32), offset, (q * scale).astype(np.float32),
-                      held.astype(np.float64))
+    cells, gain, full = cells.astype(np.float32), gain.astype(np.float32), full.astype(np.float32)
+    weights = (q * scale[..., None, :]).astype(np.float32)
+    return [Programmed(cells[t], digits[t], scale[t], gain[t], full[t], offset, weights[t],
+                       held[t]) for t in range(len(writes))]

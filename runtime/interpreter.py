@@ -113,11 +113,12 @@ class Machine:
         self._written(xb, inputs, device.program(*inputs))
 
     def program_xbars(self, writes: list[tuple]) -> None:
-        """``program_xbar(*w)`` for each ``w`` in order. With a thread pool, the device
-        programming of consecutive writes to different crossbars runs concurrently: each is
-        a function of its own inputs (drawn from per-crossbar generators), and the
+        """``program_xbar(*w)`` for each ``w`` in order. The device programming of
+        consecutive writes to different crossbars is a function of each write's own inputs
+        (drawn from per-crossbar generators): it runs as stacks of same-shape tiles
+        (``device.program_many``), on the thread pool when there is one, while the
         bookkeeping (write counts, wear, cell states) stays in order."""
-        if self.mode == "ideal" or self.pool is None:
+        if self.mode == "ideal":
             for w in writes:
                 self.program_xbar(*w)
             return
@@ -128,8 +129,8 @@ class Machine:
                 seen.add(writes[end][0])
                 end += 1
             batch = [self._write_inputs(*w) for w in writes[start:end]]
-            for w, inputs, prog in zip(writes[start:end], batch,
-                                       self.map(lambda a: device.program(*a), batch)):
+            progs = [p for stack in self.map(device.program_many, _stacks(batch)) for p in stack]
+            for w, inputs, prog in zip(writes[start:end], batch, progs):
                 self._written(w[0], inputs, prog)
             start = end
 
@@ -211,6 +212,24 @@ class Machine:
             raise RunError(f"line {self.lines[id(ins)]}: mvm on crossbar {xb} expects a "
                            f"{shape} tile, it holds {held}")
         return tile
+
+
+STACK = 64  # tiles programmed in one stack: amortises numpy's per-call cost, bounds memory
+
+
+def _stacks(inputs: list[tuple]) -> list[list[tuple]]:
+    """``device.program`` argument tuples cut into runs ``device.program_many`` can stack:
+    consecutive, the same tile shape, alike in having a previous state, a selection and a
+    generator, at most ``STACK`` long."""
+    def kind(a: tuple) -> tuple:
+        return a[0].shape, a[2] is None, a[5] is None, a[6] is None
+    out: list[list[tuple]] = []
+    for a in inputs:
+        if out and len(out[-1]) < STACK and kind(out[-1][0]) == kind(a):
+            out[-1].append(a)
+        else:
+            out.append([a])
+    return out
 
 
 def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,

@@ -197,3 +197,38 @@ def test_multi_bit_dac_errs_only_by_its_adc_rounding(dac_bits, per_step):
     per_column = (prog.full_scale * top / (2 * adc) * slice_weights[None, :, None]).sum((0, 1))
     bound = 2 * step_weights * per_column * (x_range / levels) * scale  # two input signs
     assert (np.abs(got - exact) <= bound * (1 + 1e-5) + 1e-6).all()
+
+
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+@pytest.mark.parametrize("differential", [1, 0])
+def test_a_stack_of_tiles_programs_as_each_tile_alone(mode, differential):
+    """``device.program_many`` (one numpy pass over a stack) gives every tile exactly what
+    ``device.program`` gives it alone, with previous states and bit stucking too."""
+    import dataclasses as dc
+
+    from runtime import device
+    chip = Chip()
+    chip = dc.replace(chip, mapping=dc.replace(chip.mapping, differential=differential))
+    a, rng = chip.arch, np.random.default_rng(11)
+    shape = (2, a.slices, 20, 6)
+    writes = []
+    for t in range(4):
+        tile = rng.standard_normal((20, 6)).astype(np.float32)
+        stuck = device.stuck_mask(rng, shape, chip) if mode == "analog" else \
+            np.full(shape, -1, np.int8)
+        cells = (2 if differential else 1,) + shape[1:]  # the encoding's cell state
+        prev = (rng.integers(-1, 4, cells), 3 * rng.random(cells)) if t % 2 else None
+        select = rng.random(cells) < 0.5 if t % 2 else None  # bit stucking's choice
+        writes.append((tile, chip, None, stuck, 1.5, prev, select))
+    def fresh(t):  # each write's own generator, the same for both ways
+        return np.random.default_rng([5, t]) if mode == "analog" else None
+    with_prev = [w for w in writes if w[5] is not None]
+    without = [w for w in writes if w[5] is None]
+    for group in (with_prev, without):
+        stacked = device.program_many([w[:2] + (fresh(t),) + w[3:] for t, w in enumerate(group)])
+        alone = [device.program(*(w[:2] + (fresh(t),) + w[3:])) for t, w in enumerate(group)]
+        for s, o in zip(stacked, alone):
+            for field in ("cells", "target", "scale", "gain", "full_scale", "target_weight",
+                          "held"):
+                assert np.array_equal(getattr(s, field), getattr(o, field)), field
+            assert s.offset == o.offset
