@@ -128,10 +128,14 @@ class Machine:
             while end < len(writes) and writes[end][0] not in seen:
                 seen.add(writes[end][0])
                 end += 1
-            batch = [self._write_inputs(*w) for w in writes[start:end]]
-            progs = [p for stack in self.map(device.program_many, _stacks(batch)) for p in stack]
-            for w, inputs, prog in zip(writes[start:end], batch, progs):
-                self._written(w[0], inputs, prog)
+            stacks = _stacks([self._write_inputs(*w) for w in writes[start:end]])
+            done = iter(writes[start:end])
+            for i in range(0, len(stacks), self.threads):  # a stack per thread at a time,
+                # recorded (and trimmed) before the next: memory stays a few stacks' worth
+                work = stacks[i:i + self.threads]
+                for stack, progs in zip(work, self.map(device.program_many, work)):
+                    for inputs, prog in zip(stack, progs):
+                        self._written(next(done)[0], inputs, prog)
             start = end
 
     def _write_inputs(self, xb: int, tile: np.ndarray, tensor_max: float,
@@ -165,6 +169,7 @@ class Machine:
             # no cell (endurance is at least 1), so only what reads use is kept (ResNet-50:
             # 1 GB instead of 6)
             prog = dataclasses.replace(prog, target=None, held=None)
+            self.stuck.pop(xb, None)  # its stuck cells are in its cells now
         self.xbars[xb] = prog
 
     def _wear(self, xb: int, win: tuple, changed: np.ndarray) -> None:
