@@ -93,10 +93,9 @@ def _sweep(argv: list[str]) -> int:
 
 def _list(sweep) -> int:
     from .driver import dataset
-    from .results import Journal, journal_path
+    from .results import journal_path, read_journal
     _, _, samples = dataset(sweep)
-    path = journal_path(sweep.results)
-    rows = Journal(path).rows if os.path.exists(path) else {}
+    rows = read_journal(journal_path(sweep.results))
     for p in sweep.points(samples):
         state = rows[p.key]["status"] if p.key in rows else "to run"
         settings = " ".join(f"{k}={v}" for k, v in p.params)

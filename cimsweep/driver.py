@@ -13,6 +13,7 @@ import hashlib
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 
@@ -134,8 +135,9 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
         journal.close()
         rows = [journal.rows[p.key] for p in points if p.key in journal.rows]
         columns = [*sweep.axes, "seed", "mode"]
+        shards = Counter(p.setting for p in points)
         if rows:
-            write_table(sweep.results, merge(rows, columns, sweep.metrics))
+            write_table(sweep.results, merge(rows, columns, sweep.metrics, shards))
     return Outcome(len(points), len(points) - len(todo), state.ran, state.failed,
                    state.compiled, time.perf_counter() - start, sweep.results)
 

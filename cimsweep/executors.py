@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import signal
 from collections import deque
 from multiprocessing.connection import wait
 
@@ -24,7 +25,9 @@ ATTEMPTS = 2  # a task whose worker dies is run once more
 
 
 def _worker(conn) -> None:
-    """A local worker: run tasks from ``conn`` one at a time until it closes."""
+    """A local worker: run tasks from ``conn`` one at a time until it closes. Ctrl-C is the
+    driver's to handle (it closes the pipes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             task = conn.recv()
@@ -122,7 +125,7 @@ class LocalExecutor:
                 if worker not in self.busy:
                     continue
                 tid = self.busy[worker]
-                if ready is worker[1] and worker[1].poll():
+                if worker[1].poll():  # a reply waiting counts even if the worker died since
                     try:
                         got, ok, value = worker[1].recv()
                     except (EOFError, OSError):

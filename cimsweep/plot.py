@@ -4,10 +4,11 @@ The table's setting columns are those before ``seed`` (the sweep's axes: model, 
 keys, case). Each figure is drawn only when the table has what it needs:
 
 - ``accuracy-vs-AXIS``: for every numeric axis with several values, mean accuracy over seeds
-  with a standard-deviation error bar, one line per combination of the other axes;
+  with a standard-deviation error bar (population, ddof 0), one line per combination of the
+  other axes;
 - ``edp-vs-crossbars`` and ``edp-vs-area``: EDP against the crossbars each program uses and
-  against the chip's area, one line per mapping (per combination of the other axes when
-  there is no mapping axis), log scales;
+  against the chip's area, one line per mapping (per model when there is no mapping axis),
+  log scales;
 - ``pareto-edp`` and ``pareto-area``: every setting's mean accuracy against its EDP (or area),
   the Pareto-optimal settings joined and labelled.
 """
@@ -88,7 +89,7 @@ def _pick(keys: list[str], lines: dict, rest: tuple) -> tuple:
 
 def edp_figures(rows, axes, save) -> list[str]:
     """EDP against the crossbars each program uses and against its area, one line per
-    mapping (per combination of the other axes), where either varies."""
+    mapping (per model without a mapping axis), where either varies."""
     written = []
     for x, label, name in (("crossbars", "crossbars on the chip", "crossbars"),
                            ("area_mm2", "chip area (mm2)", "area")):
@@ -96,7 +97,7 @@ def edp_figures(rows, axes, save) -> list[str]:
               and r.get(x) is not None]
         if len({r[x] for r in ok}) < 2:
             continue
-        split = [a for a in axes if a != "xbars"]
+        split = ["mapping"] if "mapping" in axes else ["model"]  # a line per mapping
         lines: dict[tuple, dict] = defaultdict(dict)
         for r in ok:
             lines[tuple(r[a] for a in split)][r[x]] = r["edp"]

@@ -26,6 +26,18 @@ def journal_path(results: str) -> str:
     return os.path.splitext(results)[0] + ".jsonl"
 
 
+def read_journal(path: str) -> dict[str, dict]:
+    """The complete rows of a journal by key, read only (a torn last line is skipped)."""
+    rows = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):
+                    row = json.loads(line)
+                    rows[row["key"]] = row
+    return rows
+
+
 class Journal:
     """The rows recorded so far (``rows``, by point key) and an ``append`` that persists one
     before returning."""
@@ -72,25 +84,29 @@ def wilson(correct: int, n: int) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def merge(rows: list[dict], columns: list[str], metrics: list[str]) -> list[dict]:
+def merge(rows: list[dict], columns: list[str], metrics: list[str],
+          shards: dict[str, int]) -> list[dict]:
     """One row per setting (``setting`` key) from its shard rows, in first-seen order: the
     setting's columns, samples, correct, accuracy with its interval, the timing metrics
-    (from shard 0), the seconds spent, and ``error`` (the first shard's that failed)."""
+    (from shard 0), the seconds spent, and ``error`` (the first shard's that failed).
+    ``shards``: each setting's shard count; a setting missing some (an interrupted sweep)
+    is ``incomplete``, with no accuracy."""
     by: dict[str, list[dict]] = {}
     for row in rows:
         by.setdefault(row["setting"], []).append(row)
     merged = []
-    for shards in by.values():
-        first = min(shards, key=lambda r: r["shard"])
+    for parts in by.values():
+        first = min(parts, key=lambda r: r["shard"])
         out = {c: first.get(c) for c in columns}
-        failed = [r for r in shards if r["status"] != "ok"]
-        out["status"] = "error" if failed else "ok"
+        failed = [r for r in parts if r["status"] != "ok"]
+        missing = len(parts) < shards.get(first["setting"], len(parts))
+        out["status"] = "error" if failed else "incomplete" if missing else "ok"
         out["error"] = failed[0]["error"] if failed else None
-        out["shards"] = len(shards)
+        out["shards"] = len(parts)
         if "accuracy" in metrics:
-            n = sum(r.get("samples") or 0 for r in shards)
-            correct = sum(r.get("correct") or 0 for r in shards)
-            ok = not failed and n > 0
+            n = sum(r.get("samples") or 0 for r in parts)
+            correct = sum(r.get("correct") or 0 for r in parts)
+            ok = not failed and not missing and n > 0
             low, high = wilson(correct, n) if ok else (None, None)
             out.update(samples=n if ok else None, correct=correct if ok else None,
                        accuracy=correct / n if ok else None, accuracy_low=low,
@@ -99,7 +115,7 @@ def merge(rows: list[dict], columns: list[str], metrics: list[str]) -> list[dict
             if m != "accuracy":
                 out[m] = first.get(m)
         out["crossbars"] = first.get("crossbars")
-        out["seconds"] = sum(r.get("seconds") or 0.0 for r in shards)
+        out["seconds"] = sum(r.get("seconds") or 0.0 for r in parts)
         merged.append(out)
     return merged
 
@@ -109,7 +125,11 @@ def write_table(path: str, rows: list[dict]) -> None:
     columns = list(dict.fromkeys(c for row in rows for c in row))
     if path.endswith(".parquet"):
         pa, pq = require_arrow()
-        table = pa.Table.from_pylist(rows, schema=_schema(pa, rows, columns))
+        schema = _schema(pa, rows, columns)
+        text = {f.name for f in schema if f.type == pa.string()}
+        rows = [{k: str(v) if k in text and v is not None else v for k, v in r.items()}
+                for r in rows]
+        table = pa.Table.from_pylist(rows, schema=schema)
         write_atomic(path, lambda tmp: pq.write_table(table, tmp))
         return
     buffer = io.StringIO()

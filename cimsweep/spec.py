@@ -116,15 +116,21 @@ class Point:
     start: int                    # the shard's samples: [start, stop) of the dataset
     stop: int
 
+    dataset: tuple = ()            # the dataset's files (and sample count), for the keys
+
     @property
     def setting(self) -> str:
-        """What identifies the point apart from its shard (rows of one setting merge)."""
-        return _digest([self.params, self.seed])
+        """What identifies the point apart from its shard (rows of one setting merge): its
+        row's columns and everything else its result depends on (the compile
+        configuration, mode, chip and overrides, dataset), so that a changed sweep file
+        never reuses a row computed under other settings."""
+        return _digest([self.params, self.seed, self.compile.model, self.compile.flags,
+                        self.mode, self.chip, self.overrides, self.dataset])
 
     @property
     def key(self) -> str:
         """What identifies the point in the results journal (resume skips finished keys)."""
-        return _digest([self.params, self.seed, self.shard, self.start, self.stop])
+        return _digest([self.setting, self.shard, self.start, self.stop])
 
 
 @dataclass
@@ -174,7 +180,8 @@ class Sweep:
             flags.update(mapping_flags(mapping))
         comp = Compile(self.models[model], tuple(sorted(
             (k, v) for k, v in flags.items() if v is not None)))
-        return Point(params, comp, mode, flags.get("chip"), overrides, seed, shard, start, stop)
+        return Point(params, comp, mode, flags.get("chip"), overrides, seed, shard, start, stop,
+                     (self.inputs, self.labels, self.samples))
 
     def modes(self) -> set[str]:
         """Every run mode some point uses."""
@@ -223,6 +230,12 @@ def _check(path: str, data: dict) -> Sweep:
     if not isinstance(models, dict) or not models:
         fail("[models] must name at least one model: name = \"path.onnx\"")
     models = {name: _existing(here, p, f"[models] {name}", fail) for name, p in models.items()}
+    for name in ("results", "cache", "mode"):
+        if name in data and not isinstance(data[name], str):
+            fail(f"{name} = {data[name]!r}: expected a string")
+    for name in ("fixed", "grid", "cases", "dataset"):
+        if name in data and not isinstance(data[name], dict):
+            fail(f"[{name}] must be a table")
     seeds = _seeds(data.get("seeds", 1), fail)
     stem = os.path.join(here, data.get("results", os.path.splitext(os.path.basename(path))[0]
                                        + ".csv"))
@@ -241,6 +254,8 @@ def _check(path: str, data: dict) -> Sweep:
     for k, values in grid.items():
         if not isinstance(values, list) or not values:
             fail(f"[grid] {k}: expected a non-empty list of values")
+        if len({repr(v) for v in values}) < len(values):
+            fail(f"[grid] {k}: a value is listed twice ({values!r})")
         sweep.grid[_key(k, actions, fail)] = [_value(k, v, actions, here, fail) for v in values]
     for name, bundle in data.get("cases", {}).items():
         if not isinstance(bundle, dict):
@@ -256,6 +271,8 @@ def _seeds(value, fail) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return list(range(value))
     if isinstance(value, list) and value and all(isinstance(s, int) and s >= 0 for s in value):
+        if len(set(value)) < len(value):
+            fail(f"seeds {value!r}: a seed is listed twice")
         return list(value)
     fail(f"seeds {value!r}: a count (at least 1) or a list of non-negative integers")
 
@@ -333,6 +350,15 @@ def _value(key: str, value, actions: dict, here: str, fail):
     action = actions.get(dest)
     if action is not None and action.nargs == 0 and not isinstance(value, bool):
         fail(f"{key} = {value!r}: a switch; use true or false")
+    if action is not None and action.nargs != 0:
+        try:  # what cimc's parser would make of the value
+            parsed = (action.type or str)(str(value))
+        except (TypeError, ValueError):
+            fail(f"{key} = {value!r}: not a valid value for cimc {action.option_strings[-1]}")
+        if action.choices and parsed not in action.choices:
+            fail(f"{key} = {value!r}: choose from {', '.join(map(str, action.choices))}")
+    if "." in key and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        fail(f"{key} = {value!r}: expected a number (switches are 0 or 1)")
     return value
 
 

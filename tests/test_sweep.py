@@ -459,6 +459,13 @@ def test_program_cache_and_list(tmp_path, capsys):
     (dict(model="no-such-model.onnx"), ["[models] net:", "no-such-model.onnx: no such file"]),
     (dict(top={"metrics": ["accuracy", "speed"]}), ["metrics ['accuracy', 'speed']"]),
     (dict(samples=100000), ["[dataset] samples = 100000, but inputs hold 540"]),
+    (dict(seeds=[0, 0]), ["seeds [0, 0]: a seed is listed twice"]),
+    (dict(grid={"adc-bits": [8, 8]}), ["[grid] adc-bits: a value is listed twice"]),
+    (dict(grid={"schedule": ["fast"]}), ["schedule = 'fast': choose from optimized, naive"]),
+    (dict(grid={"cell-bits": [2.5]}), ["cell-bits = 2.5: not a valid value for cimc"]),
+    (dict(fixed={"mapping.stuck_aware": True}),
+     ["mapping.stuck_aware = True: expected a number (switches are 0 or 1)"]),
+    (dict(top={"cache": 5}), ["cache = 5: expected a string"]),
 ])
 def test_sweep_file_errors(tmp_path, capsys, options, needles):
     path = write_sweep(tmp_path, **options)
@@ -528,3 +535,21 @@ def test_plot_writes_the_standard_figures(tmp_path, capsys):
     results.write_table(str(single), [{**rows[0], "edp": None, "area_mm2": None}])
     status, _, err = main(["plot", single], capsys)
     assert status == 2 and err.startswith(f"cimsweep: error: {single}: no figure applies")
+
+
+def test_an_interrupted_setting_is_incomplete_and_mixed_columns_write(tmp_path):
+    """A setting with a shard missing (a sweep stopped before it) has no accuracy and says
+    ``incomplete``; a column mixing numbers and names is written to Parquet as text."""
+    row = {"key": "k0", "setting": "s", "model": "net", "basis": 4, "seed": 0,
+           "mode": "analog", "shard": 0, "status": "ok", "error": None, "samples": 30,
+           "correct": 29, "edp": 1.0, "crossbars": 3, "seconds": 0.1}
+    merged = results.merge([row], ["model", "basis", "seed", "mode"], ["accuracy", "edp"],
+                           {"s": 2})
+    assert merged[0]["status"] == "incomplete" and merged[0]["accuracy"] is None
+    whole = results.merge([row, {**row, "key": "k1", "shard": 1}],
+                          ["model", "basis", "seed", "mode"], ["accuracy"], {"s": 2})
+    assert whole[0]["status"] == "ok" and whole[0]["accuracy"] == 58 / 60
+    mixed = [{"basis": 4, "x": 1}, {"basis": "auto", "x": 2}]
+    path = str(tmp_path / "mixed.parquet")
+    results.write_table(path, mixed)
+    assert results.read_table(path) == [{"basis": "4", "x": 1}, {"basis": "auto", "x": 2}]
