@@ -81,7 +81,7 @@ def wilson(correct: int, n: int) -> tuple[float, float]:
     p = correct / n
     centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
     half = Z95 / (1 + Z95 ** 2 / n) * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n))
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)  # 1 - 1e-16 at p = 1 is 1
 
 
 def merge(rows: list[dict], columns: list[str], metrics: list[str],
