@@ -79,8 +79,7 @@ def dataset(sweep: Sweep):
     return x, y, n
 
 
-def pending(sweep: Sweep, points: list[Point], journal: Journal,
-            retry_failed: bool) -> list[Point]:
+def pending(points: list[Point], journal: Journal, retry_failed: bool) -> list[Point]:
     """The points still to run: not in the journal (with ``retry_failed``: or failed)."""
     def finished(p: Point) -> bool:
         row = journal.rows.get(p.key)
@@ -109,7 +108,7 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
     os.makedirs(sweep.cache, exist_ok=True)
     points = sweep.points(samples)
     journal = Journal(journal_path(sweep.results))
-    todo = pending(sweep, points, journal, retry_failed)
+    todo = pending(points, journal, retry_failed)
     version = code_version()
     groups: dict[str, list[Point]] = {}
     configs = {}

@@ -26,43 +26,44 @@ def journal_path(results: str) -> str:
     return os.path.splitext(results)[0] + ".jsonl"
 
 
-def read_journal(path: str) -> dict[str, dict]:
-    """The complete rows of a journal by key, read only (a torn last line is skipped)."""
-    rows = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.endswith("\n"):
-                    row = json.loads(line)
-                    rows[row["key"]] = row
+def read_rows(path: str) -> list[dict]:
+    """The complete rows of a journal, in order, read only: a last line without its
+    newline (cut short by a kill) is not a row; any other line that is not one is a
+    SweepError naming it."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")[:-1]  # what follows the last newline is cut short
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise SweepError(f"{path}:{number}: not a results row; remove the file to start "
+                             "the sweep over") from None
     return rows
+
+
+def read_journal(path: str) -> dict[str, dict]:
+    """``read_rows`` by point key."""
+    return {row["key"]: row for row in read_rows(path)}
 
 
 class Journal:
     """The rows recorded so far (``rows``, by point key) and an ``append`` that persists one
-    before returning."""
+    before returning. Opening it drops a last row cut short by a kill from the file, so the
+    next append starts on a line of its own."""
 
     def __init__(self, path: str):
         self.path = path
-        self.rows: dict[str, dict] = {}
+        self.rows = read_journal(path)
         if os.path.exists(path):
-            self._read()
+            with open(path, "r+b") as f:
+                end = f.seek(0, os.SEEK_END)
+                if end and (f.seek(end - 1), f.read(1))[1] != b"\n":  # torn: rare
+                    f.seek(0)
+                    f.truncate(f.read().rfind(b"\n") + 1)
         self.file = open(path, "a", encoding="utf-8")
-
-    def _read(self) -> None:
-        with open(self.path, "rb") as f:
-            data = f.read()
-        whole = data[:data.rfind(b"\n") + 1]  # a last line without its newline was cut short
-        if len(whole) < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(len(whole))
-        for number, line in enumerate(whole.decode().splitlines(), 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise SweepError(f"{self.path}:{number}: not a results row; remove the file "
-                                 "to start the sweep over") from None
-            self.rows[row["key"]] = row
 
     def append(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")
@@ -169,8 +170,7 @@ def read_table(path: str) -> list[dict]:
         _, pq = require_arrow()
         return pq.read_table(path).to_pylist()
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.endswith("\n")]
+        return read_rows(path)
     if path.endswith(".csv"):
         with open(path, encoding="utf-8", newline="") as f:
             return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]

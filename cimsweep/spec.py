@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -40,6 +41,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from runtime.interpreter import MODES
+from runtime.mvm_groups import even_runs
 
 from .errors import SweepError
 
@@ -68,6 +70,7 @@ TIMING_METRICS = ("cycles_per_inference", "latency_ns_per_inference", "energy_pj
 METRICS = ("accuracy", *TIMING_METRICS)
 
 
+@functools.cache
 def _cimc_flags() -> dict[str, argparse.Action]:
     """cimc's flags by argparse dest, from its own parser (the one list of them)."""
     from compiler.cli import build_parser
@@ -199,8 +202,7 @@ def mapping_flags(mapping: str) -> dict:
 
 def shard_bounds(samples: int, shards: int) -> list[tuple[int, int]]:
     """``shards`` contiguous runs of near-equal size covering ``range(samples)``."""
-    edges = [round(i * samples / shards) for i in range(shards + 1)]
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    return even_runs(samples, shards)
 
 
 def load(path: str) -> Sweep:

@@ -395,10 +395,12 @@ def _decode_ahead(pending: list[_PendingBlob], pool: ThreadPoolExecutor) -> None
     """Start decoding the blobs on ``pool`` (zlib works without the GIL) when their declared
     sizes are within limits; ``_ToProgram`` checks everything again, in order, and takes
     the results (or their errors) only after the header is read."""
-    size = sum(limits.tensor_bytes(b.type) for b in pending)
-    if size <= limits.MAX_DECLARED_BYTES and limits.memory_problem(size, "") is None:
-        for b in pending:
-            b.decoded = pool.submit(blobs.decode, b.payload, b.type, b.crc, b.where)
+    try:
+        _check_sizes([], pending)
+    except IsaError:  # raised again, in its turn, when the header's buffers are known
+        return
+    for b in pending:
+        b.decoded = pool.submit(blobs.decode, b.payload, b.type, b.crc, b.where)
 
 
 def _parse_body(body: str, pool: ThreadPoolExecutor) -> Program:

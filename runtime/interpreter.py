@@ -103,24 +103,17 @@ class Machine:
                            f"{self.shapes[ref[1:]]}")
         self.bufs[ref[1:]] = value
 
-    def program_xbar(self, xb: int, tile: np.ndarray, tensor_max: float = 0.0,
-                     low: cells.LowWrite | None = None) -> None:
-        """Write ``tile`` to crossbar ``xb`` (``low``: bit stucking; ignored in ideal mode)."""
-        if self.mode == "ideal":
-            self.xbars[xb] = tile  # a view of the (immutable) blob: no copy in ideal mode
-            return
-        inputs = self._write_inputs(xb, tile, tensor_max, low)
-        self._written(xb, inputs, device.program(*inputs))
-
     def program_xbars(self, writes: list[tuple]) -> None:
-        """``program_xbar(*w)`` for each ``w`` in order. The device programming of
+        """Write each ``(xb, tile, tensor_max, low)`` in order: crossbar ``xb`` gets ``tile``
+        (``low``: bit stucking, ``isa.cells.LowWrite``; ideal mode holds the float tile, a
+        view of the immutable blob, and ignores it). The device programming of
         consecutive writes to different crossbars is a function of each write's own inputs
         (drawn from per-crossbar generators): it runs as stacks of same-shape tiles
         (``device.program_many``), on the thread pool when there is one, while the
         bookkeeping (write counts, wear, cell states) stays in order."""
         if self.mode == "ideal":
-            for w in writes:
-                self.program_xbar(*w)
+            for xb, tile, *_ in writes:
+                self.xbars[xb] = tile
             return
         start = 0
         while start < len(writes):

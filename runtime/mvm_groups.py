@@ -74,7 +74,7 @@ def _device_group(m, group: list[Instr]) -> None:
     x_range = np.broadcast_to(x_range, (b, v, 1)).reshape(-1, 1)
     step = max(1, BYTES_PER_CHUNK // max(read_bytes(m.chip.arch, b * v), 1))
     chunks = [group[i:i + step] for i in range(0, len(group), step)]
-    parts = _sample_runs(b, max(1, m.threads // len(chunks)))
+    parts = even_runs(b, max(1, m.threads // len(chunks)))
     units = [(k, s0, s1) for k in range(len(chunks)) for s0, s1 in parts]
 
     def read(unit: tuple[int, int, int]) -> np.ndarray:
@@ -95,9 +95,10 @@ def _device_group(m, group: list[Instr]) -> None:
             dst[s0:s1, v0:v1, c0:c1] += ys[t, :, :c1 - c0].reshape(s1 - s0, v, c1 - c0)
 
 
-def _sample_runs(samples: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous, near-equal runs of ``range(samples)`` (fewer if too few)."""
-    edges = [round(i * samples / parts) for i in range(parts + 1)]
+def even_runs(count: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous, near-equal runs ``(start, stop)`` of ``range(count)`` (fewer
+    if too few): the samples of a read split over threads, or of a dataset over shards."""
+    edges = [round(i * count / parts) for i in range(parts + 1)]
     return [(a, z) for a, z in zip(edges, edges[1:]) if z > a]
 
 

@@ -38,7 +38,7 @@ def _write_args(m, ins) -> tuple:
 def write(m, ins):
     """Program crossbar xb with the blob window; its bit stucking (``low_*`` attributes,
     ``isa.cells.LowWrite``) applies in quantized and analog modes."""
-    m.program_xbar(*_write_args(m, ins))
+    write_group(m, [ins])
 
 
 def write_group(m, group: list) -> None:
