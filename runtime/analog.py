@@ -21,6 +21,8 @@ import numpy as np
 from isa.chip import Chip
 
 from .device import Programmed
+from .kernels import read_pass
+from .noise import ReadStreams
 
 
 def input_levels(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
@@ -39,7 +41,7 @@ def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray,
     steps = -(-bits // dac_bits)
     shifts = (dac_bits * np.arange(steps, dtype=np.int32))[:, None, None]
     planes = (q[None] >> shifts) & (2 ** dac_bits - 1)
-    return planes.astype(np.float32)  # [steps, N, R]
+    return planes.astype(np.float64)  # [steps, N, R]
 
 
 # noise(part, shape) -> float32 N(0, 1) draws of ``shape`` for the read of input sign ``part``
@@ -76,16 +78,6 @@ def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
     return cells, full, gain, scale
 
 
-def _adc(current: np.ndarray, full: np.ndarray, adc_levels: int) -> np.ndarray:
-    """The ADC, in place: clip each current to its full scale and round to ``adc_levels``."""
-    current /= full  # in place from here on: these arrays are the big ones
-    np.clip(current, 0.0, 1.0, out=current)
-    current *= adc_levels
-    np.rint(current, out=current)
-    current *= full / adc_levels
-    return current
-
-
 def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
               noise: Noise | None) -> np.ndarray:
     """Several tiles read at once: x [T, N, R] (each tile's rows, zero padded), x_range
@@ -100,14 +92,18 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     tiles, signs, slices, rows, cols = cells.shape
     g64 = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols).astype(
         np.float64)
-    steps = a.input_steps
+    steps, adc_levels = a.input_steps, 2 ** a.adc_bits - 1
     # a step's column current reaches 2**dac_bits - 1 times the cells' sum: so does full scale
-    full = full.reshape(1, tiles, 1, signs, slices, cols) * (2 ** a.dac_bits - 1)
+    full = full * (2 ** a.dac_bits - 1)
     slice_weight = (2.0 ** a.cell_bits) ** np.arange(slices)
     step_weight = (2.0 ** a.dac_bits) ** np.arange(steps)
-    if not a.adc_per_step:
+    if a.adc_per_step:
+        lsb = (full / adc_levels).astype(np.float64)
+        full = full.astype(np.float64)
+    else:  # the steps' currents summed, each at its digit's place: full scale that many times
         full = full * step_weight.sum()
-    offsets = np.array([p.offset for p in progs])[None, :, None, None]
+        lsb = full / adc_levels
+    offsets = np.array([p.offset for p in progs], np.float64)
     out = np.zeros((tiles, x.shape[1], cols))
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
                                                                 (tiles,) + x_range.shape)
@@ -120,25 +116,20 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
         # summed in float64, where sums of these products are exact, so that a sample's
         # currents do not depend on how many others share the product (BLAS blocks float32
         # sums by shape): outputs do not depend on how a run is split
-        current = (planes.astype(np.float64) @ g64).astype(np.float32)
-        current = current.reshape(steps, tiles, -1, signs, slices, cols)
-        if noise is not None and d.read_sigma:  # every column read: sigma x its own current
-            draws = noise(index, current.shape)
-            draws *= d.read_sigma
-            draws += 1.0
-            current *= draws
-        active = planes.sum(axis=3)[..., None, None, None]  # input levels applied this step
-        weights = step_weight
-        if not a.adc_per_step:  # analog shift-add, then one conversion
-            current = np.einsum("btnsqc,b->tnsqc", current, step_weight)[None]
-            active = np.einsum("btnsqc,b->tnsqc", active, step_weight)[None]
-            weights = np.ones(1)
-        current = _adc(current, full, 2 ** a.adc_bits - 1)
-        current -= g0 * active
-        current *= gain[None, :, None]
-        per_sign = np.einsum("btnsqc,q->btnsc", current, slice_weight)
-        value = per_sign[..., 0, :] - per_sign[..., 1, :] if signs == 2 else \
-            per_sign[..., 0, :] - offsets * active[..., 0, 0]
-        out += sign * np.einsum("btnc,b->tnc", value, weights)
+        current = (planes @ g64).reshape(steps, tiles, -1, signs, slices, cols)
+        active = planes.sum(axis=3).astype(np.float32)  # input levels applied per step
+        read_pass(current, active, full, lsb, gain, offsets, slice_weight, step_weight, g0,
+                  adc_levels, a.adc_per_step, sign, d.read_sigma,
+                  _draws(noise, index, current.shape), out)
     levels = 2 ** a.input_bits - 1
     return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)
+
+
+def _draws(noise, part: int, shape: tuple):
+    """What ``kernels.read_pass`` takes for read noise: (keys, vectors) of counter-based
+    streams, an array of draws (a ``Noise`` function's), or None."""
+    if noise is None:
+        return None
+    if isinstance(noise, ReadStreams):
+        return noise.keys(part), noise.vectors
+    return noise(part, shape)

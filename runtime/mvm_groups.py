@@ -16,7 +16,6 @@ import numpy as np
 from isa import Instr
 
 from .analog import tiles_mvm
-from .noise import READ
 
 
 def as_vectors(a: np.ndarray) -> np.ndarray:
@@ -88,7 +87,7 @@ def _device_group(m, group: list[Instr]) -> None:
             r0, r1 = ins.attr("rows")
             xs[t, :, :r1 - r0] = x[s0:s1, :, r0:r1].reshape(-1, r1 - r0)
         return tiles_mvm(xs, x_range[s0 * v:s1 * v], progs, m.chip,
-                         _read_noise(m, group[0], k * step, s0, (s1 - s0, v)))
+                         _read_noise(m, group[0], k * step, len(chunk), s0, (s1 - s0, v)))
     for (k, s0, s1), ys in zip(units, m.map(read, units)):
         for t, ins in enumerate(chunks[k]):
             c0, c1 = ins.attr("cols")
@@ -102,21 +101,16 @@ def even_runs(count: int, parts: int) -> list[tuple[int, int]]:
     return [(a, z) for a, z in zip(edges, edges[1:]) if z > a]
 
 
-def _read_noise(m, first: Instr, start: int, sample: int, vectors: tuple):
-    """The read noise of the group's tiles from ``start`` on, for ``vectors`` [B, V] of the
-    pass's samples from ``sample`` on, keyed by tile and sample: each sample's V vectors
-    through each tile draw from their own generator, however the tiles and samples are
-    chunked (None: no noise)."""
+def _read_noise(m, first: Instr, start: int, count: int, sample: int, vectors: tuple):
+    """The read noise of ``count`` of the group's tiles from ``start`` on, for ``vectors``
+    [B, V] of the pass's samples from ``sample`` on, keyed by tile and sample: each
+    sample's V vectors through each tile draw from their own stream, however the tiles and
+    samples are chunked (None: no noise)."""
     if m.noise is None:
         return None
     b, v = vectors
-    line = m.lines[id(first)]
-
-    def draws(part: int, shape: tuple):  # shape [steps, tiles, B*V, ...]
-        one = shape[:1] + (1, v) + shape[3:]
-        return np.concatenate([m.noise.normal(READ, (line, start + t, part), b, one, axis=2,
-                                              offset=sample) for t in range(shape[1])], axis=1)
-    return draws
+    return m.noise.read_streams(m.lines[id(first)], start + np.arange(count),
+                                sample + np.arange(b), v)
 
 
 def _ideal_group(m, group: list[Instr]) -> None:

@@ -1,0 +1,241 @@
+"""The digital side of a crossbar read, fused in one pass over its column currents: read
+noise, the ADC (clip to full scale, round to its levels), removing Gmin's share, the
+read-after-write gains, and shift-adding slices, signs and input steps (``analog.tiles_mvm``
+does the product before it and the DAC scaling after).
+
+Two implementations of one contract, ``read_pass``: a compiled kernel (numba, when it is
+installed and ``CIMSTACK_NUMBA`` is not ``0``) and numpy. They do the same IEEE operations
+in the same order on the same types, so their results are identical
+(``tests/test_kernels.py``); the kernel is faster because it draws the read noise where it
+is used (``noise`` counter-based streams) and reads each current once instead of once per
+pass.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import noise as nz
+
+try:  # optional at run time: numpy gives the same numbers, slower
+    import numba
+except ImportError:  # pragma: no cover - depends on the environment
+    numba = None
+
+NONE, STREAMS, DRAWS = 0, 1, 2  # where read noise comes from: none, keyed streams, an array
+
+
+def _normal(h):
+    """``noise.normal_from_bits`` on one uint64 (the same operations, so the same float32)."""
+    i = (h >> nz._INTERVAL_SHIFT) & nz._INTERVAL_MASK
+    tail = i == nz._INTERVAL_MASK
+    m = np.int64(nz._K - 1) + np.int64((h >> nz._TAIL_SHIFT) & nz._INTERVAL_MASK) if tail \
+        else np.int64(i)
+    frac = np.int64((h if tail else h >> nz._FRACTION_SHIFT) & nz._FRACTION_MASK)
+    z = nz.NORMAL_TABLE[m, 0] + np.float32(frac) * nz._UNIT * nz.NORMAL_TABLE[m, 1]
+    return z * (np.float32(1.0) - np.float32(2.0) * np.float32(np.int64(h >> nz._SIGN_SHIFT)))
+
+
+def _noisy_row(current, b, t, n, mode, key, first, sigma32, draws, row):
+    """row[:] = step b's currents of row n of tile t (all signs, slices and columns, flat),
+    each times 1 + sigma x its draw (as ``_noisy``): the draws of streams are numbers first,
+    first + 1, ... of stream ``key``."""
+    one = np.float32(1.0)
+    if mode == STREAMS:
+        for i in range(row.shape[0]):
+            d32 = _draw(_mix(key + (first + np.uint64(i)) * nz.GAMMA)) * sigma32
+            row[i] = np.float32(current[b, t, n, i]) * (d32 + one)
+    elif mode == DRAWS:
+        for i in range(row.shape[0]):
+            row[i] = np.float32(current[b, t, n, i]) * (draws[b, t, n, i] * sigma32 + one)
+    else:
+        for i in range(row.shape[0]):
+            row[i] = np.float32(current[b, t, n, i])
+
+
+def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
+           sign, sigma, mode, keys, vectors, draws, out):
+    """The kernel's loops (compiled by numba; ``read_pass`` has the contract), on flat
+    (sign, slice, column) axes: current and draws [B, T, N, S x Q x C], full, lsb and gain
+    [T, S x Q x C]. Rounding to an integer is x + 2**23 - 2**23 (2**52 in float64): half
+    to even, as np.rint, for the ADC's 0 <= x < 2**23."""
+    steps, tiles, rows, width = current.shape
+    slices, cols = slice_w.shape[0], out.shape[2]
+    signs = width // (slices * cols)
+    acc = np.zeros((signs, cols))
+    total = np.zeros(cols)
+    row = np.zeros(width, np.float32)
+    summed = np.zeros(width)
+    zero32, one32 = np.float32(0.0), np.float32(1.0)
+    sigma32, g0_32, levels32 = np.float32(sigma), np.float32(g0), np.float32(levels)
+    round32, round64 = np.float32(2.0 ** 23), 2.0 ** 52
+    for t in range(tiles):
+        for n in range(rows):
+            key = keys[t, n // vectors] if mode == STREAMS else np.uint64(0)
+            # row n's draws: its vector's place in its sample's stream, then step by step
+            first = np.uint64((n % vectors) * width + 1)
+            total[:] = 0.0
+            act64 = 0.0
+            if not per_step:
+                summed[:] = 0.0
+                for b in range(steps):
+                    act64 = act64 + np.float64(active[b, t, n]) * step_w[b]
+                    _noisy_row(current, b, t, n, mode, key,
+                           first + np.uint64(b * vectors * width), sigma32, draws, row)
+                    for i in range(width):
+                        summed[i] = summed[i] + np.float64(row[i]) * step_w[b]
+                g_act64 = g0 * act64
+                for i in range(width):  # one conversion of the summed currents
+                    cur64 = summed[i] / full[t, i]
+                    cur64 = min(max(cur64, 0.0), 1.0) * levels
+                    cur64 = (cur64 + round64) - round64
+                    summed[i] = (cur64 * lsb[t, i] - g_act64) * np.float64(gain[t, i])
+            for b in range(steps if per_step else 1):
+                acc[:, :] = 0.0
+                if per_step:
+                    _noisy_row(current, b, t, n, mode, key,
+                               first + np.uint64(b * vectors * width), sigma32, draws, row)
+                    g_act = g0_32 * active[b, t, n]
+                    for i in range(width):  # a conversion per input step
+                        cur = row[i] / np.float32(full[t, i])
+                        cur = min(max(cur, zero32), one32) * levels32
+                        cur = (cur + round32) - round32
+                        row[i] = (cur * np.float32(lsb[t, i]) - g_act) * gain[t, i]
+                for s in range(signs):
+                    for q in range(slices):
+                        at = (s * slices + q) * cols
+                        for c in range(cols):
+                            value = np.float64(row[at + c]) if per_step else summed[at + c]
+                            acc[s, c] = acc[s, c] + value * slice_w[q]
+                weight = step_w[b] if per_step else 1.0
+                act = np.float64(active[b, t, n]) if per_step else act64
+                for c in range(cols):
+                    value = acc[0, c] - acc[1, c] if signs == 2 else \
+                        acc[0, c] - offsets[t] * act
+                    total[c] = total[c] + value * weight
+            for c in range(cols):
+                out[t, n, c] = out[t, n, c] + sign * total[c]
+
+
+def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
+           sign, sigma, mode, keys, vectors, draws, out):
+    """``_loops`` vectorised over tiles, rows and columns, input step by input step."""
+    steps, tiles, rows, signs, slices, cols = current.shape
+    per_step_draws = _draws_of(mode, keys, vectors, draws, current.shape)
+    total = np.zeros((tiles, rows, cols))
+    acts = active.astype(np.float64)
+    if not per_step:
+        act64 = np.zeros((tiles, rows))
+        for b in range(steps):
+            act64 = act64 + acts[b] * step_w[b]
+    for b in range(steps if per_step else 1):
+        if per_step:
+            cur = _noisy(current[b], per_step_draws(b), sigma)
+            cur /= full.astype(np.float32)[:, None]
+            np.clip(cur, np.float32(0.0), np.float32(1.0), out=cur)
+            cur *= np.float32(levels)
+            np.rint(cur, out=cur)
+            cur *= lsb.astype(np.float32)[:, None]
+            cur -= np.float32(g0) * active[b][:, :, None, None, None]
+            cur *= gain[:, None]
+            act = acts[b]
+        else:
+            cur = np.zeros(current.shape[1:])
+            for k in range(steps):
+                cur = cur + _noisy(current[k], per_step_draws(k), sigma).astype(
+                    np.float64) * step_w[k]
+            cur /= full[:, None]
+            np.clip(cur, 0.0, 1.0, out=cur)
+            cur *= float(levels)
+            np.rint(cur, out=cur)
+            cur *= lsb[:, None]
+            cur -= g0 * act64[:, :, None, None, None]
+            cur *= gain[:, None].astype(np.float64)
+            act = act64
+        acc = np.zeros((tiles, rows, signs, cols))
+        for q in range(slices):
+            acc += cur[:, :, :, q, :].astype(np.float64) * slice_w[q]
+        value = acc[:, :, 0] - acc[:, :, 1] if signs == 2 else \
+            acc[:, :, 0] - offsets[:, None, None] * act[:, :, None]
+        total += value * (step_w[b] if per_step else 1.0)
+    out += sign * total
+
+
+def _noisy(current: np.ndarray, draws: np.ndarray | None, sigma: float) -> np.ndarray:
+    """A copy of one step's currents [T, N, S, Q, C], each times 1 + sigma x its draw."""
+    current = current.astype(np.float32)
+    if draws is None:
+        return current
+    d = draws * np.float32(sigma)
+    d += np.float32(1.0)
+    return current * d
+
+
+def _draws_of(mode, keys, vectors, draws, shape):
+    """step -> that step's draws [T, N, S, Q, C] (None: no noise)."""
+    steps, tiles, rows, signs, slices, cols = shape
+    if mode == NONE:
+        return lambda b: None
+    if mode == DRAWS:
+        return lambda b: draws[b]
+    place = np.arange(signs * slices * cols, dtype=np.uint64).reshape(signs, slices, cols)
+    vector = (np.arange(rows) % vectors).astype(np.uint64)[:, None, None, None]
+    row_keys = keys[:, np.arange(rows) // vectors][:, :, None, None, None]
+
+    def of_step(b: int) -> np.ndarray:
+        counters = (np.uint64(b * vectors) + vector) * np.uint64(signs * slices * cols) + place
+        return nz.stream_normals(row_keys, counters[None])
+    return of_step
+
+
+_kernel = None
+if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
+    # compiled on first call, then cached on disk by numba; the loops call compiled twins.
+    # error_model numpy: x / 0 is inf, not an exception (a branch per division that stops
+    # the loops from vectorising; full scales are never 0)
+    _jit = numba.njit(nogil=True, error_model="numpy",
+                      cache=os.environ.get("CIMSTACK_NUMBA_CACHE") != "0")
+    _mix, _draw = _jit(nz.mix64), _jit(_normal)
+    _noisy_row = _jit(_noisy_row)
+    _kernel = _jit(_loops)
+
+
+def read_pass(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels,
+              per_step, sign, sigma, noise, out, implementation=None) -> None:
+    """Add one input sign's read of T tiles by N rows into ``out`` [T, N, C] float64.
+
+    - current [B, T, N, S, Q, C], float64 or float32 (rounded to float32 first): each input
+      step's column currents (B steps, S signs, Q slices), in level units;
+    - active [B, T, N] float32: the input levels applied per step;
+    - full, lsb [T, S, Q, C] float64: the ADC's full scale and step (float32 values when
+      ``per_step``); gain [T, S, Q, C] float32: read-after-write gains;
+    - offsets [T]: the offset encoding's per-tile offset (used when S == 1);
+    - slice_w [Q], step_w [B]: place weights; g0: Gmin in level units; levels: the ADC's
+      top code;
+    - per_step: an ADC conversion per input step, else the steps' currents summed in the
+      analog domain at their places and converted once;
+    - sign: +1 or -1; sigma: read noise; noise: None, (keys [T, samples], vectors) of
+      ``noise.ReadStreams``, or an array of draws shaped like current;
+    - implementation: "numba" or "numpy" (default: numba when available).
+    """
+    mode, keys, vectors, draws = NONE, np.zeros((1, 1), np.uint64), 1, \
+        np.zeros((1,) * 6, np.float32)
+    if noise is not None and sigma:
+        if isinstance(noise, np.ndarray):
+            mode, draws = DRAWS, noise
+        else:
+            mode, keys, vectors = STREAMS, noise[0], noise[1]
+    kernel = _kernel if implementation != "numpy" else None
+    if implementation == "numba" and kernel is None:
+        raise RuntimeError("numba is not available")
+    if kernel is not None:  # the loops take (sign, slice, column) flat
+        steps, tiles, rows = current.shape[:3]
+        current, draws = current.reshape(steps, tiles, rows, -1), draws.reshape(
+            draws.shape[:3] + (-1,))
+        full, lsb, gain = (a.reshape(tiles, -1) for a in (full, lsb, gain))
+    args = (current, active, full, lsb, gain, np.asarray(offsets, np.float64), slice_w,
+            step_w, float(g0), float(levels), bool(per_step), float(sign), float(sigma),
+            mode, keys, int(vectors), draws, out)
+    (kernel or _numpy)(*args)

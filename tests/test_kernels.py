@@ -1,0 +1,140 @@
+"""The crossbar read's compiled kernel against its numpy twin, and the counter-based read
+noise (issue 14): the kernel must give the numpy implementation's results bit for bit, and
+the noise must be N(0, 1) and the same wherever it is computed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import MODELS, model_path
+
+from compiler import compile_model
+from runtime import kernels, run
+from runtime import noise as nz
+
+needs_numba = pytest.mark.skipif(kernels.numba is None or kernels._kernel is None,
+                                 reason="numba is not installed (or CIMSTACK_NUMBA=0)")
+
+
+def _case(rng, per_step: int, signs: int, steps: int = 4, tiles: int = 3, rows: int = 10,
+          slices: int = 2, cols: int = 5, vectors: int = 2):
+    """A read with currents spanning below zero to beyond full scale (the ADC clips both)."""
+    shape = (steps, tiles, rows, signs, slices, cols)
+    full32 = rng.uniform(20, 60, (tiles, signs, slices, cols)).astype(np.float32)
+    step_w = 2.0 ** np.arange(steps)
+    if per_step:
+        full, lsb = full32.astype(np.float64), (full32 / 255).astype(np.float64)
+    else:
+        full = full32 * step_w.sum()
+        lsb = full / 255
+    return dict(
+        current=rng.uniform(-5, 70, shape), active=rng.integers(0, 9, shape[:3]).astype(
+            np.float32), full=full, lsb=lsb,
+        gain=rng.uniform(0.9, 1.1, full32.shape).astype(np.float32),
+        offsets=rng.uniform(0, 3, tiles), slice_w=4.0 ** np.arange(slices), step_w=step_w,
+        g0=0.37, levels=255, per_step=per_step, sign=-1.0, sigma=0.05), vectors
+
+
+@needs_numba
+@pytest.mark.parametrize("per_step", [1, 0])
+@pytest.mark.parametrize("signs", [2, 1])
+@pytest.mark.parametrize("noise", ["none", "streams", "draws"])
+def test_kernel_matches_numpy_bit_for_bit(per_step, signs, noise):
+    rng = np.random.default_rng([per_step, signs, len(noise)])
+    case, vectors = _case(rng, per_step, signs)
+    shape = case["current"].shape
+    keys = rng.integers(0, 2 ** 63, (shape[1], shape[2] // vectors), dtype=np.uint64)
+    draw = {"none": None, "streams": (keys, vectors),
+            "draws": rng.standard_normal(shape).astype(np.float32)}[noise]
+    outs = []
+    for implementation in ("numba", "numpy"):
+        out = np.full((shape[1], shape[2], shape[5]), 0.25)  # read_pass adds into out
+        kernels.read_pass(**case, noise=draw, out=out, implementation=implementation)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    quiet = np.full_like(outs[0], 0.25)
+    kernels.read_pass(**case, noise=None, out=quiet, implementation="numpy")
+    assert (noise == "none") == np.array_equal(outs[0], quiet)  # noise does something
+
+
+def test_streams_are_what_read_pass_draws():
+    """With streams, read_pass's noise is stream_normals at the documented counters: passing
+    those draws as an array gives the same result (numpy and, if present, numba)."""
+    rng = np.random.default_rng(3)
+    case, vectors = _case(rng, 1, 2)
+    steps, tiles, rows, signs, slices, cols = case["current"].shape
+    keys = rng.integers(0, 2 ** 63, (tiles, rows // vectors), dtype=np.uint64)
+    b, t, n, s, q, c = np.indices(case["current"].shape)
+    counters = (((b * vectors + n % vectors) * signs + s) * slices + q) * cols + c
+    draws = nz.stream_normals(keys[t, n // vectors], counters)
+    implementations = ["numpy"] + (["numba"] if kernels._kernel is not None else [])
+    for implementation in implementations:
+        got, want = np.zeros((tiles, rows, cols)), np.zeros((tiles, rows, cols))
+        kernels.read_pass(**case, noise=(keys, vectors), out=got, implementation=implementation)
+        kernels.read_pass(**case, noise=draws, out=want, implementation=implementation)
+        assert np.array_equal(got, want)
+
+
+@needs_numba
+def test_compiled_normals_equal_numpy_ones_tails_included():
+    """Every branch of the bits-to-normal map: ordinary intervals, the tail's (its top 14
+    bits all ones), both signs, and the extremes of the fraction."""
+    rng = np.random.default_rng(0)
+    h = rng.integers(0, 2 ** 64, 20000, dtype=np.uint64, endpoint=False)
+    tail = h | np.uint64(((2 ** 14 - 1) << 49))
+    edges = np.array([0, 2 ** 64 - 1, 2 ** 63, 2 ** 63 - 1, (2 ** 14 - 1) << 49,
+                      ((2 ** 14 - 1) << 49) | (2 ** 49 - 1)], np.uint64)
+    for bits in (h, tail, edges):
+        compiled = np.array([kernels._draw(v) for v in bits], np.float32)
+        assert np.array_equal(compiled, nz.normal_from_bits(bits))
+    assert np.abs(nz.normal_from_bits(tail)).min() > 3.9  # the tail is the tail
+
+
+def test_read_noise_is_standard_normal():
+    """2 million draws of one stream: mean, variance, the distribution function (KS) and the
+    tails beyond 3 and 4 sigma, each against N(0, 1) at its sampling error."""
+    n = 2_000_000
+    z = nz.stream_normals(nz.stream_keys(11, nz.READ, 4, 0, 1, 2), np.arange(n)).astype(
+        np.float64)
+    assert abs(z.mean()) < 5 / math.sqrt(n)
+    assert abs(z.var() - 1) < 5 * math.sqrt(2 / n)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(np.sort(z)[::997] / math.sqrt(2)))
+    ecdf = (np.arange(0, n, 997) + 0.5) / n
+    assert np.abs(cdf - ecdf).max() < 1.63 / math.sqrt(n) * 3  # KS at far below 1e-6
+    for k in (3.0, 4.0):
+        expected = n * math.erfc(k / math.sqrt(2))
+        assert abs((np.abs(z) > k).sum() - expected) < 5 * math.sqrt(expected)
+    assert np.abs(z).max() < 6.01  # the cut tail
+
+
+def test_streams_differ_by_every_key_field():
+    base = (5, nz.READ, 7, 1, 0, 3)
+    keys = {int(nz.stream_keys(*base)[0])}
+    for i in range(len(base)):
+        changed = list(base)
+        changed[i] += 1
+        keys.add(int(nz.stream_keys(*changed)[0]))
+    assert len(keys) == len(base) + 1
+    a = nz.stream_normals(nz.stream_keys(*base), np.arange(1000))
+    b = nz.stream_normals(nz.stream_keys(*base[:-1], 4), np.arange(1000))
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.15
+
+
+@needs_numba
+def test_whole_analog_run_is_the_same_with_and_without_numba(monkeypatch):
+    """The digits CNN in analog mode (read noise, programming noise, stuck cells) and in the
+    one-pass corner: identical outputs from the kernel and from numpy."""
+    import dataclasses
+
+    from isa.chip import Chip
+    x = np.load(f"{MODELS}/digits_test_x.npy")[:6]
+    one_pass = dataclasses.replace(Chip().arch, dac_bits=8, adc_per_step=0)
+    for chip in (None, one_pass):
+        program = compile_model(model_path("digits_cnn"), chip=chip)
+        fast = run(program, x, mode="analog", timing=False).outputs["logits"]
+        monkeypatch.setattr(kernels, "_kernel", None)
+        slow = run(program, x, mode="analog", timing=False).outputs["logits"]
+        monkeypatch.undo()
+        assert np.array_equal(fast, slow)
