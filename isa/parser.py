@@ -337,6 +337,39 @@ def _instr_items(line: str, number: int) -> list | None:
     return items
 
 
+_N = r"(-?[0-9]{1,18})"  # an int attribute (the grammar's INT, short enough to be one)
+_PAIR = rf"\[{_N},{_N}\]"
+_NAME = r"[A-Za-z0-9_.]+"
+# The printer's lines of the opcodes that fill big programs (a write and an mvm per tile),
+# read by one regex each: operands, then exactly these int and [int,int] attributes.
+_CANONICAL = {
+    "mvm": (re.compile(rf"[ \t]*mvm (%{_NAME}), (%{_NAME}) xb={_N} rows={_PAIR} cols={_PAIR} "
+                       rf"vecs={_PAIR}[ \t]*(?:#(.*))?"), ("xb", "rows", "cols", "vecs")),
+    "write": (re.compile(rf"[ \t]*write (@{_NAME}) xb={_N} rows={_PAIR} cols={_PAIR}"
+                         rf"[ \t]*(?:#(.*))?"), ("xb", "rows", "cols")),
+}
+
+
+def _canonical_instr(line: str, number: int) -> Instr | None:
+    """The instruction of a line in the printer's form of a write or an mvm, as
+    ``_ToProgram.instr`` would make it (the regex admits only operands of the right kinds
+    and exactly the required attributes, with int values), else None."""
+    body = line.lstrip(" \t")
+    op = "mvm" if body.startswith("mvm ") else "write" if body.startswith("write ") else None
+    if op is None:
+        return None
+    pattern, keys = _CANONICAL[op]
+    m = pattern.fullmatch(line)
+    if m is None:
+        return None
+    groups = m.groups()
+    refs = len(OPCODES[op].operands)
+    values = [int(g) for g in groups[refs:-1]]
+    attrs = ((keys[0], values[0]),) + tuple(
+        (key, (values[i], values[i + 1])) for key, i in zip(keys[1:], range(1, len(values), 2)))
+    return Instr(op, groups[:refs], attrs, (groups[-1] or "").strip(), number)
+
+
 def _fast_text(head: str, transformer: _ToProgram) -> tuple[str, list[Instr]] | None:
     """The head without its instruction lines, and those instructions, when every line reads
     (``_instr_items``); None otherwise (the grammar then reads the whole head)."""
@@ -348,10 +381,13 @@ def _fast_text(head: str, transformer: _ToProgram) -> tuple[str, list[Instr]] | 
     for n, line in enumerate(head[start + len(_TEXT):end + 1].split("\n")[:-1]):
         if not line.strip():
             continue
-        items = _instr_items(line, first + n)
-        if items is None:
-            return None
-        instrs.append(transformer.instr(items)[1])
+        instr = _canonical_instr(line, first + n)
+        if instr is None:
+            items = _instr_items(line, first + n)
+            if items is None:
+                return None
+            instr = transformer.instr(items)[1]
+        instrs.append(instr)
     return head[:start + len(_TEXT)] + head[end + 1:], instrs
 
 

@@ -528,3 +528,25 @@ def test_text_line_is_the_line_the_parser_records():
     program = isa.parse(isa.print_program(compile_model(model_path("digits_cnn"))))
     assert [i.line for i in program.text] == [text_line(program, k)
                                               for k in range(len(program.text))]
+
+
+@pytest.mark.parametrize("line,canonical", [
+    ("  mvm %a, %b xb=1 rows=[0,2] cols=[0,3] vecs=[0,4]", True),
+    ("mvm %a.x, %b_1 xb=12 rows=[0,128] cols=[16,32] vecs=[0,12544]   #  conv 1 ", True),
+    ("\twrite @w.m xb=-1 rows=[0,2] cols=[0,3] # note", True),
+    ("  write @w xb=1 rows=[0,2] cols=[0,3] low_slices=1 low_write=0.25 low_seed=3", False),
+    ("  write @w xb=1 rows=[0, 2] cols=[0,3]", False),
+    ("  mvm %a, @b xb=1 rows=[0,2] cols=[0,3] vecs=[0,4]", False),
+    ("  mvm %a, %b rows=[0,2] xb=1 cols=[0,3] vecs=[0,4]", False),
+    ("  mvm %a, %b xb=1 rows=[0,2] cols=[0,3]", False),
+])
+def test_canonical_lines_read_as_the_general_reader_reads_them(line, canonical):
+    """The one-regex reader of mvm and write lines in the printer's form (issue 14: fast
+    loads) gives what the general line reader gives; other lines it declines (None) and
+    leaves to that reader, and to the grammar for errors."""
+    import isa.parser as parser
+    got = parser._canonical_instr(line, 9)
+    assert (got is not None) == canonical
+    if canonical:
+        want = parser._ToProgram([]).instr(parser._instr_items(line, 9))[1]
+        assert (got, got.line, got.note) == (want, want.line, want.note)
