@@ -123,37 +123,24 @@ def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
            sign, sigma, mode, keys, vectors, draws, out):
     """``_loops`` vectorised over tiles, rows and columns, input step by input step."""
     steps, tiles, rows, signs, slices, cols = current.shape
-    per_step_draws = _draws_of(mode, keys, vectors, draws, current.shape)
+    step_draws = _draws_of(mode, keys, vectors, draws, current.shape)
     total = np.zeros((tiles, rows, cols))
     acts = active.astype(np.float64)
-    if not per_step:
-        act64 = np.zeros((tiles, rows))
-        for b in range(steps):
-            act64 = act64 + acts[b] * step_w[b]
     for b in range(steps if per_step else 1):
         if per_step:
-            cur = _noisy(current[b], per_step_draws(b), sigma)
-            cur /= full.astype(np.float32)[:, None]
-            np.clip(cur, np.float32(0.0), np.float32(1.0), out=cur)
-            cur *= np.float32(levels)
-            np.rint(cur, out=cur)
-            cur *= lsb.astype(np.float32)[:, None]
+            cur = _convert32(_noisy(current[b], step_draws(b), sigma), full, lsb, levels)
             cur -= np.float32(g0) * active[b][:, :, None, None, None]
             cur *= gain[:, None]
             act = acts[b]
         else:
-            cur = np.zeros(current.shape[1:])
-            for k in range(steps):
-                cur = cur + _noisy(current[k], per_step_draws(k), sigma).astype(
+            cur, act = np.zeros(current.shape[1:]), np.zeros((tiles, rows))
+            for k in range(steps):  # the steps' currents, summed at their places
+                act = act + acts[k] * step_w[k]
+                cur = cur + _noisy(current[k], step_draws(k), sigma).astype(
                     np.float64) * step_w[k]
-            cur /= full[:, None]
-            np.clip(cur, 0.0, 1.0, out=cur)
-            cur *= float(levels)
-            np.rint(cur, out=cur)
-            cur *= lsb[:, None]
-            cur -= g0 * act64[:, :, None, None, None]
+            cur = _convert64(cur, full, lsb, levels)
+            cur -= g0 * act[:, :, None, None, None]
             cur *= gain[:, None].astype(np.float64)
-            act = act64
         acc = np.zeros((tiles, rows, signs, cols))
         for q in range(slices):
             acc += cur[:, :, :, q, :].astype(np.float64) * slice_w[q]
@@ -161,6 +148,27 @@ def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
             acc[:, :, 0] - offsets[:, None, None] * act[:, :, None]
         total += value * (step_w[b] if per_step else 1.0)
     out += sign * total
+
+
+def _convert32(cur, full, lsb, levels):
+    """The ADC in float32, in place: clip to full scale, round to ``levels``, back to
+    current units."""
+    cur /= full.astype(np.float32)[:, None]
+    np.clip(cur, np.float32(0.0), np.float32(1.0), out=cur)
+    cur *= np.float32(levels)
+    np.rint(cur, out=cur)
+    cur *= lsb.astype(np.float32)[:, None]
+    return cur
+
+
+def _convert64(cur, full, lsb, levels):
+    """``_convert32`` in float64 (one conversion of currents summed over input steps)."""
+    cur /= full[:, None]
+    np.clip(cur, 0.0, 1.0, out=cur)
+    cur *= float(levels)
+    np.rint(cur, out=cur)
+    cur *= lsb[:, None]
+    return cur
 
 
 def _noisy(current: np.ndarray, draws: np.ndarray | None, sigma: float) -> np.ndarray:

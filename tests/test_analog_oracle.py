@@ -12,7 +12,7 @@ import pytest
 from oracle import analog_reference
 
 from isa.chip import Chip, ChipGeometry
-from runtime import analog, device
+from runtime import analog, device, kernels
 
 
 def _chip(cell_bits: int, dac_bits: int, adc_per_step: int, differential: int,
@@ -64,8 +64,15 @@ GEOMETRIES = [(c, d, s, diff) for c in (1, 2, 4) for d in (1, 2, 8) for s in (1,
 
 @pytest.mark.parametrize("cell_bits,dac_bits,adc_per_step,differential", GEOMETRIES)
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
+@pytest.mark.parametrize("implementation", ["numba", "numpy"])
 def test_tiles_mvm_matches_the_frozen_reference(cell_bits, dac_bits, adc_per_step,
-                                                differential, mode):
+                                                differential, mode, implementation,
+                                                monkeypatch):
+    """Both implementations of the read's digital side (``runtime.kernels``)."""
+    if implementation == "numpy":
+        monkeypatch.setattr(kernels, "_kernel", None)
+    elif kernels._kernel is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
     chip = _chip(cell_bits, dac_bits, adc_per_step, differential)
     rng = np.random.default_rng([cell_bits, dac_bits, adc_per_step, differential])
     progs = _tiles(chip, mode == "analog", rng)
