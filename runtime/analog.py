@@ -78,6 +78,12 @@ def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
     return cells, full, gain, scale
 
 
+# A block of rows is read at a time: its input planes and float64 currents stay within this
+# many bytes, so that they are reused from cache instead of allocated (and page-faulted in)
+# at the size of the whole batch; rows are independent, so blocks never change a result.
+BLOCK_BYTES = 4 * 2 ** 20
+
+
 def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
               noise: Noise | None) -> np.ndarray:
     """Several tiles read at once: x [T, N, R] (each tile's rows, zero padded), x_range
@@ -87,49 +93,78 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     full scale that many times larger (CrossSim's ``ADC_per_ibit = False``). ``noise``: the
     read noise's draws (analog mode), None in quantized mode."""
     a, d = chip.arch, chip.device
-    g0 = d.g_min_us / ((d.g_max_us - d.g_min_us) / (2 ** a.cell_bits - 1))
     cells, full, gain, scale = _stack(progs)
     tiles, signs, slices, rows, cols = cells.shape
     g64 = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols).astype(
         np.float64)
-    steps, adc_levels = a.input_steps, 2 ** a.adc_bits - 1
-    # a step's column current reaches 2**dac_bits - 1 times the cells' sum: so does full scale
-    full = full * (2 ** a.dac_bits - 1)
-    slice_weight = (2.0 ** a.cell_bits) ** np.arange(slices)
-    step_weight = (2.0 ** a.dac_bits) ** np.arange(steps)
-    if a.adc_per_step:
-        lsb = (full / adc_levels).astype(np.float64)
-        full = full.astype(np.float64)
-    else:  # the steps' currents summed, each at its digit's place: full scale that many times
-        full = full * step_weight.sum()
-        lsb = full / adc_levels
-    offsets = np.array([p.offset for p in progs], np.float64)
-    out = np.zeros((tiles, x.shape[1], cols))
+    adc = _adc_constants(full, chip)
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
                                                                 (tiles,) + x_range.shape)
-    for index, (part, sign) in enumerate(((np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0))):
-        if not part.any():
-            continue
-        planes = _quantize_inputs(part.reshape(-1, rows), a.input_bits, ranges.reshape(-1, 1),
-                                  a.dac_bits)
-        planes = planes.reshape(steps, tiles, -1, rows)
-        # summed in float64, where sums of these products are exact, so that a sample's
-        # currents do not depend on how many others share the product (BLAS blocks float32
-        # sums by shape): outputs do not depend on how a run is split
-        current = (planes @ g64).reshape(steps, tiles, -1, signs, slices, cols)
-        active = planes.sum(axis=3).astype(np.float32)  # input levels applied per step
-        read_pass(current, active, full, lsb, gain, offsets, slice_weight, step_weight, g0,
-                  adc_levels, a.adc_per_step, sign, d.read_sigma,
-                  _draws(noise, index, current.shape), out)
+    parts = [(np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)]
+    present = [part.any() for part, _ in parts]
+    draws = [_draws(noise, index, (a.input_steps, tiles) + x.shape[1:2] + cells.shape[1:3]
+                    + (cols,)) if present[index] and d.read_sigma else None
+             for index in range(2)]
+    offsets = np.array([p.offset for p in progs], np.float64)
+    out = np.zeros((tiles, x.shape[1], cols))
+    block = max(1, BLOCK_BYTES // (8 * a.input_steps * tiles * (rows + g64.shape[2])))
+    for n0 in range(0, x.shape[1], block):
+        n1 = min(n0 + block, x.shape[1])
+        for index, (part, sign) in enumerate(parts):
+            if not present[index] or not part[:, n0:n1].any():
+                continue  # no input, no current: nothing to add
+            planes = _quantize_inputs(part[:, n0:n1].reshape(-1, rows), a.input_bits,
+                                      ranges[:, n0:n1].reshape(-1, 1), a.dac_bits)
+            planes = planes.reshape(a.input_steps, tiles, -1, rows)
+            # summed in float64, where sums of these products are exact, so that a sample's
+            # currents do not depend on how many others share the product (BLAS blocks
+            # float32 sums by shape): outputs do not depend on how a run is split
+            current = (planes @ g64).reshape(planes.shape[:3] + (signs, slices, cols))
+            active = planes.sum(axis=3).astype(np.float32)  # input levels applied per step
+            read_pass(current, active, *adc, gain, offsets, g0=_g0(chip), sign=sign,
+                      sigma=d.read_sigma, noise=_rows(draws[index], n0, n1),
+                      out=out[:, n0:n1])
     levels = 2 ** a.input_bits - 1
     return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)
 
 
+def _g0(chip: Chip) -> float:
+    """Gmin in units of one conductance level."""
+    a, d = chip.arch, chip.device
+    return d.g_min_us / ((d.g_max_us - d.g_min_us) / (2 ** a.cell_bits - 1))
+
+
+def _adc_constants(full: np.ndarray, chip: Chip) -> tuple:
+    """``read_pass``'s (full, lsb, slice_w, step_w, levels, per_step) for tiles whose cells
+    at full scale give ``full`` [T, S, Q, C] (float32, level units)."""
+    a = chip.arch
+    levels = 2 ** a.adc_bits - 1
+    # a step's column current reaches 2**dac_bits - 1 times the cells' sum: so does full scale
+    full = full * (2 ** a.dac_bits - 1)
+    slice_w = (2.0 ** a.cell_bits) ** np.arange(full.shape[2])
+    step_w = (2.0 ** a.dac_bits) ** np.arange(a.input_steps)
+    if a.adc_per_step:
+        lsb, full = (full / levels).astype(np.float64), full.astype(np.float64)
+    else:  # the steps' currents summed, each at its digit's place: full scale that many times
+        full = full * step_w.sum()
+        lsb = full / levels
+    return full, lsb, slice_w, step_w, levels, a.adc_per_step
+
+
 def _draws(noise, part: int, shape: tuple):
-    """What ``kernels.read_pass`` takes for read noise: (keys, vectors) of counter-based
-    streams, an array of draws (a ``Noise`` function's), or None."""
+    """What ``kernels.read_pass`` takes for the read noise of the whole read: (keys,
+    vectors) of counter-based streams, or an array of draws (a ``Noise`` function's, called
+    once with the whole read's ``shape``), or None."""
     if noise is None:
         return None
     if isinstance(noise, ReadStreams):
         return noise.keys(part), noise.vectors
     return noise(part, shape)
+
+
+def _rows(draws, n0: int, n1: int):
+    """The part of a whole read's noise that rows n0..n1 draw."""
+    if draws is None or isinstance(draws, np.ndarray):
+        return None if draws is None else draws[:, :, n0:n1]
+    keys, vectors = draws
+    return keys, vectors, n0

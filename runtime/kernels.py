@@ -56,7 +56,7 @@ def _noisy_row(current, b, t, n, mode, key, first, sigma32, draws, row):
 
 
 def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
-           sign, sigma, mode, keys, vectors, draws, out):
+           sign, sigma, mode, keys, vectors, row0, draws, out):
     """The kernel's loops (compiled by numba; ``read_pass`` has the contract), on flat
     (sign, slice, column) axes: current and draws [B, T, N, S x Q x C], full, lsb and gain
     [T, S x Q x C]. Rounding to an integer is x + 2**23 - 2**23 (2**52 in float64): half
@@ -73,9 +73,9 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
     round32, round64 = np.float32(2.0 ** 23), 2.0 ** 52
     for t in range(tiles):
         for n in range(rows):
-            key = keys[t, n // vectors] if mode == STREAMS else np.uint64(0)
+            key = keys[t, (row0 + n) // vectors] if mode == STREAMS else np.uint64(0)
             # row n's draws: its vector's place in its sample's stream, then step by step
-            first = np.uint64((n % vectors) * width + 1)
+            first = np.uint64(((row0 + n) % vectors) * width + 1)
             total[:] = 0.0
             act64 = 0.0
             if not per_step:
@@ -120,10 +120,10 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
 
 
 def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
-           sign, sigma, mode, keys, vectors, draws, out):
+           sign, sigma, mode, keys, vectors, row0, draws, out):
     """``_loops`` vectorised over tiles, rows and columns, input step by input step."""
     steps, tiles, rows, signs, slices, cols = current.shape
-    step_draws = _draws_of(mode, keys, vectors, draws, current.shape)
+    step_draws = _draws_of(mode, keys, vectors, row0, draws, current.shape)
     total = np.zeros((tiles, rows, cols))
     acts = active.astype(np.float64)
     for b in range(steps if per_step else 1):
@@ -181,7 +181,7 @@ def _noisy(current: np.ndarray, draws: np.ndarray | None, sigma: float) -> np.nd
     return current * d
 
 
-def _draws_of(mode, keys, vectors, draws, shape):
+def _draws_of(mode, keys, vectors, row0, draws, shape):
     """step -> that step's draws [T, N, S, Q, C] (None: no noise)."""
     steps, tiles, rows, signs, slices, cols = shape
     if mode == NONE:
@@ -189,8 +189,9 @@ def _draws_of(mode, keys, vectors, draws, shape):
     if mode == DRAWS:
         return lambda b: draws[b]
     place = np.arange(signs * slices * cols, dtype=np.uint64).reshape(signs, slices, cols)
-    vector = (np.arange(rows) % vectors).astype(np.uint64)[:, None, None, None]
-    row_keys = keys[:, np.arange(rows) // vectors][:, :, None, None, None]
+    n = row0 + np.arange(rows)
+    vector = (n % vectors).astype(np.uint64)[:, None, None, None]
+    row_keys = keys[:, n // vectors][:, :, None, None, None]
 
     def of_step(b: int) -> np.ndarray:
         counters = (np.uint64(b * vectors) + vector) * np.uint64(signs * slices * cols) + place
@@ -210,8 +211,8 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _kernel = _jit(_loops)
 
 
-def read_pass(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels,
-              per_step, sign, sigma, noise, out, implementation=None) -> None:
+def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gain, offsets,
+              g0, sign, sigma, noise, out, implementation=None) -> None:
     """Add one input sign's read of T tiles by N rows into ``out`` [T, N, C] float64.
 
     - current [B, T, N, S, Q, C], float64 or float32 (rounded to float32 first): each input
@@ -224,17 +225,18 @@ def read_pass(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, le
       top code;
     - per_step: an ADC conversion per input step, else the steps' currents summed in the
       analog domain at their places and converted once;
-    - sign: +1 or -1; sigma: read noise; noise: None, (keys [T, samples], vectors) of
-      ``noise.ReadStreams``, or an array of draws shaped like current;
+    - sign: +1 or -1; sigma: read noise; noise: None, an array of draws shaped like
+      current, or (keys [T, samples], vectors[, row0]) of ``noise.ReadStreams``: row n is
+      row row0 + n of the read those streams key (default 0);
     - implementation: "numba" or "numpy" (default: numba when available).
     """
-    mode, keys, vectors, draws = NONE, np.zeros((1, 1), np.uint64), 1, \
+    mode, keys, vectors, row0, draws = NONE, np.zeros((1, 1), np.uint64), 1, 0, \
         np.zeros((1,) * 6, np.float32)
     if noise is not None and sigma:
         if isinstance(noise, np.ndarray):
             mode, draws = DRAWS, noise
         else:
-            mode, keys, vectors = STREAMS, noise[0], noise[1]
+            mode, (keys, vectors, row0) = STREAMS, (tuple(noise) + (0,))[:3]
     kernel = _kernel if implementation != "numpy" else None
     if implementation == "numba" and kernel is None:
         raise RuntimeError("numba is not available")
@@ -245,5 +247,5 @@ def read_pass(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, le
         full, lsb, gain = (a.reshape(tiles, -1) for a in (full, lsb, gain))
     args = (current, active, full, lsb, gain, np.asarray(offsets, np.float64), slice_w,
             step_w, float(g0), float(levels), bool(per_step), float(sign), float(sigma),
-            mode, keys, int(vectors), draws, out)
+            mode, keys, int(vectors), int(row0), draws, out)
     (kernel or _numpy)(*args)

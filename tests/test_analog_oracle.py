@@ -96,3 +96,17 @@ def test_the_oracle_is_not_vacuous():
     noisy = analog_reference.tiles_mvm(x, ranges, progs, chip, _noise(1))
     assert not np.array_equal(fine, coarse) and not np.array_equal(fine, noisy)
     assert np.abs(fine).max() > 0 and np.array_equal(fine[:, 3], np.zeros_like(fine[:, 3]))
+
+
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+def test_reading_in_blocks_of_rows_changes_nothing(mode, monkeypatch):
+    """``tiles_mvm`` reads blocks of rows (``BLOCK_BYTES``); blocks of a single row give
+    the frozen reference's result too."""
+    monkeypatch.setattr(analog, "BLOCK_BYTES", 1)
+    chip = _chip(2, 1, 1, 1)
+    rng = np.random.default_rng(5)
+    progs = _tiles(chip, mode == "analog", rng)
+    x, ranges = _inputs(chip, len(progs), rng, True)
+    noise = _noise(3) if mode == "analog" else None
+    want = analog_reference.tiles_mvm(x, ranges, progs, chip, noise)
+    assert np.array_equal(analog.tiles_mvm(x, ranges, progs, chip, noise), want)

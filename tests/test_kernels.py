@@ -72,7 +72,8 @@ def test_streams_are_what_read_pass_draws():
     implementations = ["numpy"] + (["numba"] if kernels._kernel is not None else [])
     for implementation in implementations:
         got, want = np.zeros((tiles, rows, cols)), np.zeros((tiles, rows, cols))
-        kernels.read_pass(**case, noise=(keys, vectors), out=got, implementation=implementation)
+        kernels.read_pass(**case, noise=(keys, vectors), out=got,
+                          implementation=implementation)
         kernels.read_pass(**case, noise=draws, out=want, implementation=implementation)
         assert np.array_equal(got, want)
 
@@ -138,3 +139,15 @@ def test_whole_analog_run_is_the_same_with_and_without_numba(monkeypatch):
         slow = run(program, x, mode="analog", timing=False).outputs["logits"]
         monkeypatch.undo()
         assert np.array_equal(fast, slow)
+
+
+def test_blocks_of_rows_draw_the_same_streams(monkeypatch):
+    """An analog run whose crossbar reads go one row at a time (``analog.BLOCK_BYTES``)
+    draws each row's noise from the same place in its stream as a run in big blocks."""
+    from runtime import analog
+    x = np.load(f"{MODELS}/digits_test_x.npy")[:3]
+    program = compile_model(model_path("digits_cnn"))
+    whole = run(program, x, mode="analog", timing=False).outputs["logits"]
+    monkeypatch.setattr(analog, "BLOCK_BYTES", 1)
+    rows = run(program, x, mode="analog", timing=False).outputs["logits"]
+    assert np.array_equal(whole, rows)
