@@ -78,10 +78,13 @@ def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
     return cells, full, gain, scale
 
 
-# A block of rows is read at a time: its input planes and float64 currents stay within this
-# many bytes, so that they are reused from cache instead of allocated (and page-faulted in)
-# at the size of the whole batch; rows are independent, so blocks never change a result.
+# A block of tiles x rows is read at a time: its input planes and float64 currents stay
+# within this many bytes (but a block has at least MIN_BLOCK_ROWS rows, for an efficient
+# product), so that they are reused from cache instead of allocated (and page-faulted in) at
+# the size of the whole batch; rows and tiles are independent, so blocks never change a
+# result.
 BLOCK_BYTES = 4 * 2 ** 20
+MIN_BLOCK_ROWS = 256
 
 
 def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
@@ -97,7 +100,6 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     tiles, signs, slices, rows, cols = cells.shape
     g64 = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols).astype(
         np.float64)
-    adc = _adc_constants(full, chip)
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
                                                                 (tiles,) + x_range.shape)
     parts = [(np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)]
@@ -105,25 +107,29 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     draws = [_draws(noise, index, (a.input_steps, tiles) + x.shape[1:2] + cells.shape[1:3]
                     + (cols,)) if present[index] and d.read_sigma else None
              for index in range(2)]
-    offsets = np.array([p.offset for p in progs], np.float64)
     out = np.zeros((tiles, x.shape[1], cols))
-    block = max(1, BLOCK_BYTES // (8 * a.input_steps * tiles * (rows + g64.shape[2])))
-    for n0 in range(0, x.shape[1], block):
-        n1 = min(n0 + block, x.shape[1])
-        for index, (part, sign) in enumerate(parts):
-            if not present[index] or not part[:, n0:n1].any():
-                continue  # no input, no current: nothing to add
-            planes = _quantize_inputs(part[:, n0:n1].reshape(-1, rows), a.input_bits,
-                                      ranges[:, n0:n1].reshape(-1, 1), a.dac_bits)
-            planes = planes.reshape(a.input_steps, tiles, -1, rows)
-            # summed in float64, where sums of these products are exact, so that a sample's
-            # currents do not depend on how many others share the product (BLAS blocks
-            # float32 sums by shape): outputs do not depend on how a run is split
-            current = (planes @ g64).reshape(planes.shape[:3] + (signs, slices, cols))
-            active = planes.sum(axis=3).astype(np.float32)  # input levels applied per step
-            read_pass(current, active, *adc, gain, offsets, g0=_g0(chip), sign=sign,
-                      sigma=d.read_sigma, noise=_rows(draws[index], n0, n1),
-                      out=out[:, n0:n1])
+    row_bytes = 8 * a.input_steps * (rows + g64.shape[2])  # one tile's, per row
+    n_step = min(x.shape[1], max(MIN_BLOCK_ROWS, BLOCK_BYTES // (row_bytes * tiles)))
+    t_step = max(1, BLOCK_BYTES // (row_bytes * n_step))
+    for t0, t1 in ((t, min(t + t_step, tiles)) for t in range(0, tiles, t_step)):
+        adc = _adc_constants(full[t0:t1], chip)
+        offsets = np.array([p.offset for p in progs[t0:t1]], np.float64)
+        for n0, n1 in ((n, min(n + n_step, x.shape[1])) for n in range(0, x.shape[1], n_step)):
+            for index, (part, sign) in enumerate(parts):
+                block = part[t0:t1, n0:n1]
+                if not present[index] or not block.any():
+                    continue  # no input, no current: nothing to add
+                planes = _quantize_inputs(block.reshape(-1, rows), a.input_bits,
+                                          ranges[t0:t1, n0:n1].reshape(-1, 1), a.dac_bits)
+                planes = planes.reshape((a.input_steps,) + block.shape)
+                # summed in float64, where sums of these products are exact, so that a
+                # sample's currents do not depend on how many others share the product (BLAS
+                # blocks float32 sums by shape): outputs do not depend on how a run is split
+                current = (planes @ g64[t0:t1]).reshape(planes.shape[:3] + (signs, slices, cols))
+                active = planes.sum(axis=3).astype(np.float32)  # input levels per step
+                read_pass(current, active, *adc, gain[t0:t1], offsets, g0=_g0(chip),
+                          sign=sign, sigma=d.read_sigma,
+                          noise=_block(draws[index], t0, t1, n0, n1), out=out[t0:t1, n0:n1])
     levels = 2 ** a.input_bits - 1
     return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)
 
@@ -162,9 +168,9 @@ def _draws(noise, part: int, shape: tuple):
     return noise(part, shape)
 
 
-def _rows(draws, n0: int, n1: int):
-    """The part of a whole read's noise that rows n0..n1 draw."""
+def _block(draws, t0: int, t1: int, n0: int, n1: int):
+    """The part of a whole read's noise that tiles t0..t1 and rows n0..n1 draw."""
     if draws is None or isinstance(draws, np.ndarray):
-        return None if draws is None else draws[:, :, n0:n1]
+        return None if draws is None else draws[:, t0:t1, n0:n1]
     keys, vectors = draws
-    return keys, vectors, n0
+    return keys[t0:t1], vectors, n0

@@ -109,8 +109,10 @@ def workload_bound_ns(program: Program, chip: Chip, tl: Timeline) -> dict[str, f
         if e.phase == "inference" and e.op != "write":
             work["mvm" if e.op == "mvm" else e.unit] += e.end - e.start
     tiles = body_tiles(program)
-    by_tile = write_floor_ns(program, chip, tiles)
-    must = sorted(by_tile.values())[:max(0, len(tiles) - xbars)]
+    # the writes some tile must wait for: none when every body tile has a crossbar of its
+    # own (the floor's row hashing then costs seconds on a big program for nothing)
+    spare = len(tiles) - xbars
+    must = sorted(write_floor_ns(program, chip, tiles).values())[:spare] if spare > 0 else []
     writes = sum(must)
     terms = {"critical_path": critical_path_ns(program, chip, tl),
              "crossbars": (work["mvm"] + writes) / xbars,

@@ -100,9 +100,10 @@ def test_the_oracle_is_not_vacuous():
 
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
 def test_reading_in_blocks_of_rows_changes_nothing(mode, monkeypatch):
-    """``tiles_mvm`` reads blocks of rows (``BLOCK_BYTES``); blocks of a single row give
-    the frozen reference's result too."""
-    monkeypatch.setattr(analog, "BLOCK_BYTES", 1)
+    """``tiles_mvm`` reads blocks of tiles x rows (``BLOCK_BYTES``); blocks of one tile and
+    one row give the frozen reference's result too."""
+    monkeypatch.setattr(analog, "BLOCK_BYTES", 1)  # one tile, one row a block
+    monkeypatch.setattr(analog, "MIN_BLOCK_ROWS", 1)
     chip = _chip(2, 1, 1, 1)
     rng = np.random.default_rng(5)
     progs = _tiles(chip, mode == "analog", rng)

@@ -142,12 +142,14 @@ def test_whole_analog_run_is_the_same_with_and_without_numba(monkeypatch):
 
 
 def test_blocks_of_rows_draw_the_same_streams(monkeypatch):
-    """An analog run whose crossbar reads go one row at a time (``analog.BLOCK_BYTES``)
-    draws each row's noise from the same place in its stream as a run in big blocks."""
+    """An analog run whose crossbar reads go one tile and one row at a time
+    (``analog.BLOCK_BYTES``) draws each row's noise from the same place in its stream as a
+    run in big blocks."""
     from runtime import analog
     x = np.load(f"{MODELS}/digits_test_x.npy")[:3]
     program = compile_model(model_path("digits_cnn"))
     whole = run(program, x, mode="analog", timing=False).outputs["logits"]
-    monkeypatch.setattr(analog, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(analog, "BLOCK_BYTES", 1)  # one tile, one row a block
+    monkeypatch.setattr(analog, "MIN_BLOCK_ROWS", 1)
     rows = run(program, x, mode="analog", timing=False).outputs["logits"]
     assert np.array_equal(whole, rows)
