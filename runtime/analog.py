@@ -9,7 +9,8 @@ included) goes through the ADC: clipped to the column's full scale and rounded t
 ``adc_bits``. The digital side removes the Gmin part, applies read-after-write gains, and
 shift-adds slices, signs and input steps. Analog mode adds read noise: every column current,
 at every step, times 1 + N(0, read_sigma).
-All of it is one matmul over [input steps x vectors, rows] @ [rows, signs x slices x cols].
+The currents are one float64 product per tile, [input steps x vectors, rows] @ [rows, signs x
+slices x cols], in blocks of rows; ``kernels.read_pass`` does everything after it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from isa.chip import Chip
 
 from .device import Programmed
-from .kernels import read_pass
+from .kernels import Streams, read_pass
 from .noise import ReadStreams
 
 
@@ -104,10 +105,13 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                                                                 (tiles,) + x_range.shape)
     parts = [(np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)]
     present = [part.any() for part, _ in parts]
+    widths = np.array([p.cells.shape[3] for p in progs], np.int64)  # each tile's own
     draws = [_draws(noise, index, (a.input_steps, tiles) + x.shape[1:2] + cells.shape[1:3]
-                    + (cols,)) if present[index] and d.read_sigma else None
+                    + (cols,), widths) if present[index] and d.read_sigma else None
              for index in range(2)]
     out = np.zeros((tiles, x.shape[1], cols))
+    if x.shape[1] == 0:
+        return out.astype(np.float32)
     row_bytes = 8 * a.input_steps * (rows + g64.shape[2])  # one tile's, per row
     n_step = min(x.shape[1], max(MIN_BLOCK_ROWS, BLOCK_BYTES // (row_bytes * tiles)))
     t_step = max(1, BLOCK_BYTES // (row_bytes * n_step))
@@ -157,14 +161,15 @@ def _adc_constants(full: np.ndarray, chip: Chip) -> tuple:
     return full, lsb, slice_w, step_w, levels, a.adc_per_step
 
 
-def _draws(noise, part: int, shape: tuple):
-    """What ``kernels.read_pass`` takes for the read noise of the whole read: (keys,
-    vectors) of counter-based streams, or an array of draws (a ``Noise`` function's, called
-    once with the whole read's ``shape``), or None."""
+def _draws(noise, part: int, shape: tuple, widths: np.ndarray):
+    """What ``kernels.read_pass`` takes for the read noise of the whole read: ``Streams``
+    (draws numbered by each tile's own width ``widths``, so that they do not depend on which
+    tiles share the read), or an array of draws (a ``Noise`` function's, called once with
+    the whole read's ``shape``), or None."""
     if noise is None:
         return None
     if isinstance(noise, ReadStreams):
-        return noise.keys(part), noise.vectors
+        return Streams(noise.keys(part), noise.vectors, 0, widths)
     return noise(part, shape)
 
 
@@ -172,5 +177,4 @@ def _block(draws, t0: int, t1: int, n0: int, n1: int):
     """The part of a whole read's noise that tiles t0..t1 and rows n0..n1 draw."""
     if draws is None or isinstance(draws, np.ndarray):
         return None if draws is None else draws[:, t0:t1, n0:n1]
-    keys, vectors = draws
-    return keys[t0:t1], vectors, n0
+    return draws._replace(keys=draws.keys[t0:t1], row0=n0, widths=draws.widths[t0:t1])

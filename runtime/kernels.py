@@ -14,6 +14,7 @@ pass.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 NONE, STREAMS, DRAWS = 0, 1, 2  # where read noise comes from: none, keyed streams, an array
 
 
+class Streams(NamedTuple):
+    """Read noise from counter-based streams (``noise.ReadStreams``): row n of the read is
+    row row0 + n of the read the keys [T, samples] are for, sample (row0 + n) // vectors;
+    widths [T]: each tile's own columns (None: all of the read's), which number the draws."""
+
+    keys: np.ndarray
+    vectors: int
+    row0: int = 0
+    widths: np.ndarray | None = None
+
+
 def _normal(h):
     """``noise.normal_from_bits`` on one uint64 (the same operations, so the same float32)."""
     i = (h >> nz._INTERVAL_SHIFT) & nz._INTERVAL_MASK
@@ -38,15 +50,21 @@ def _normal(h):
     return z * (np.float32(1.0) - np.float32(2.0) * np.float32(np.int64(h >> nz._SIGN_SHIFT)))
 
 
-def _noisy_row(current, b, t, n, mode, key, first, sigma32, draws, row):
-    """row[:] = step b's currents of row n of tile t (all signs, slices and columns, flat),
-    each times 1 + sigma x its draw (as ``_noisy``): the draws of streams are numbers first,
-    first + 1, ... of stream ``key``."""
+def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, row):
+    """row[:] = step b's currents of row n of tile t (all signs, slices and columns, flat;
+    ``cols`` columns, the first ``own`` the tile's own), each times 1 + sigma x its draw (as
+    ``_noisy``). A stream's draw for (sign, slice) k and own column c is its number
+    state0 - 1 + k x own + c; padding columns carry no current and draw nothing."""
     one = np.float32(1.0)
     if mode == STREAMS:
         for i in range(row.shape[0]):
-            d32 = _draw(_mix(key + (first + np.uint64(i)) * nz.GAMMA)) * sigma32
-            row[i] = np.float32(current[b, t, n, i]) * (d32 + one)
+            c = i % cols
+            if c < own:
+                j = state0 + np.uint64((i // cols) * own + c)
+                d32 = _draw(_mix(key + j * nz.GAMMA)) * sigma32
+                row[i] = np.float32(current[b, t, n, i]) * (d32 + one)
+            else:
+                row[i] = np.float32(current[b, t, n, i])
     elif mode == DRAWS:
         for i in range(row.shape[0]):
             row[i] = np.float32(current[b, t, n, i]) * (draws[b, t, n, i] * sigma32 + one)
@@ -56,7 +74,7 @@ def _noisy_row(current, b, t, n, mode, key, first, sigma32, draws, row):
 
 
 def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
-           sign, sigma, mode, keys, vectors, row0, draws, out):
+           sign, sigma, mode, keys, vectors, row0, widths, draws, out):
     """The kernel's loops (compiled by numba; ``read_pass`` has the contract), on flat
     (sign, slice, column) axes: current and draws [B, T, N, S x Q x C], full, lsb and gain
     [T, S x Q x C]. Rounding to an integer is x + 2**23 - 2**23 (2**52 in float64): half
@@ -74,8 +92,12 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
     for t in range(tiles):
         for n in range(rows):
             key = keys[t, (row0 + n) // vectors] if mode == STREAMS else np.uint64(0)
-            # row n's draws: its vector's place in its sample's stream, then step by step
-            first = np.uint64(((row0 + n) % vectors) * width + 1)
+            # row n's draws: its vector's place in its sample's stream, then step by step,
+            # numbered by the tile's own width (not the padded one: that depends on which
+            # tiles share the read)
+            own = widths[t]
+            own_width = signs * slices * own
+            state0 = np.uint64(((row0 + n) % vectors) * own_width + 1)
             total[:] = 0.0
             act64 = 0.0
             if not per_step:
@@ -83,7 +105,8 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
                 for b in range(steps):
                     act64 = act64 + np.float64(active[b, t, n]) * step_w[b]
                     _noisy_row(current, b, t, n, mode, key,
-                           first + np.uint64(b * vectors * width), sigma32, draws, row)
+                               state0 + np.uint64(b * vectors * own_width), cols, own,
+                               sigma32, draws, row)
                     for i in range(width):
                         summed[i] = summed[i] + np.float64(row[i]) * step_w[b]
                 g_act64 = g0 * act64
@@ -96,7 +119,8 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
                 acc[:, :] = 0.0
                 if per_step:
                     _noisy_row(current, b, t, n, mode, key,
-                               first + np.uint64(b * vectors * width), sigma32, draws, row)
+                               state0 + np.uint64(b * vectors * own_width), cols, own,
+                               sigma32, draws, row)
                     g_act = g0_32 * active[b, t, n]
                     for i in range(width):  # a conversion per input step
                         cur = row[i] / np.float32(full[t, i])
@@ -120,10 +144,10 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
 
 
 def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
-           sign, sigma, mode, keys, vectors, row0, draws, out):
+           sign, sigma, mode, keys, vectors, row0, widths, draws, out):
     """``_loops`` vectorised over tiles, rows and columns, input step by input step."""
     steps, tiles, rows, signs, slices, cols = current.shape
-    step_draws = _draws_of(mode, keys, vectors, row0, draws, current.shape)
+    step_draws = _draws_of(mode, keys, vectors, row0, widths, draws, current.shape)
     total = np.zeros((tiles, rows, cols))
     acts = active.astype(np.float64)
     for b in range(steps if per_step else 1):
@@ -181,21 +205,27 @@ def _noisy(current: np.ndarray, draws: np.ndarray | None, sigma: float) -> np.nd
     return current * d
 
 
-def _draws_of(mode, keys, vectors, row0, draws, shape):
-    """step -> that step's draws [T, N, S, Q, C] (None: no noise)."""
+def _draws_of(mode, keys, vectors, row0, widths, draws, shape):
+    """step -> that step's draws [T, N, S, Q, C] (None: no noise); streams numbered as
+    ``_noisy_row`` numbers them, padding columns 0."""
     steps, tiles, rows, signs, slices, cols = shape
     if mode == NONE:
         return lambda b: None
     if mode == DRAWS:
         return lambda b: draws[b]
-    place = np.arange(signs * slices * cols, dtype=np.uint64).reshape(signs, slices, cols)
+    own = widths.astype(np.uint64)[:, None, None, None, None]  # [T, 1, 1, 1, 1]
+    sq = np.arange(signs * slices, dtype=np.uint64).reshape(signs, slices, 1)
+    place = sq * own + np.arange(cols, dtype=np.uint64)  # [T, 1, S, Q, C]
+    padding = np.arange(cols)[None, None, None, None, :] >= widths[:, None, None, None, None]
     n = row0 + np.arange(rows)
-    vector = (n % vectors).astype(np.uint64)[:, None, None, None]
+    vector = (n % vectors).astype(np.uint64)[None, :, None, None, None]
     row_keys = keys[:, n // vectors][:, :, None, None, None]
 
     def of_step(b: int) -> np.ndarray:
-        counters = (np.uint64(b * vectors) + vector) * np.uint64(signs * slices * cols) + place
-        return nz.stream_normals(row_keys, counters[None])
+        counters = (np.uint64(b * vectors) + vector) * (np.uint64(signs * slices) * own) + place
+        z = nz.stream_normals(row_keys, counters)
+        z[np.broadcast_to(padding, z.shape)] = 0.0  # no current, no draw (a factor of 1)
+        return z
     return of_step
 
 
@@ -226,17 +256,18 @@ def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gai
     - per_step: an ADC conversion per input step, else the steps' currents summed in the
       analog domain at their places and converted once;
     - sign: +1 or -1; sigma: read noise; noise: None, an array of draws shaped like
-      current, or (keys [T, samples], vectors[, row0]) of ``noise.ReadStreams``: row n is
-      row row0 + n of the read those streams key (default 0);
+      current, or ``Streams``;
     - implementation: "numba" or "numpy" (default: numba when available).
     """
     mode, keys, vectors, row0, draws = NONE, np.zeros((1, 1), np.uint64), 1, 0, \
         np.zeros((1,) * 6, np.float32)
+    widths = np.full(current.shape[1], current.shape[5], np.int64)
     if noise is not None and sigma:
         if isinstance(noise, np.ndarray):
             mode, draws = DRAWS, noise
         else:
-            mode, (keys, vectors, row0) = STREAMS, (tuple(noise) + (0,))[:3]
+            mode, keys, vectors, row0 = STREAMS, noise.keys, noise.vectors, noise.row0
+            widths = widths if noise.widths is None else np.asarray(noise.widths, np.int64)
     kernel = _kernel if implementation != "numpy" else None
     if implementation == "numba" and kernel is None:
         raise RuntimeError("numba is not available")
@@ -247,5 +278,5 @@ def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gai
         full, lsb, gain = (a.reshape(tiles, -1) for a in (full, lsb, gain))
     args = (current, active, full, lsb, gain, np.asarray(offsets, np.float64), slice_w,
             step_w, float(g0), float(levels), bool(per_step), float(sign), float(sigma),
-            mode, keys, int(vectors), int(row0), draws, out)
+            mode, keys, int(vectors), int(row0), widths, draws, out)
     (kernel or _numpy)(*args)

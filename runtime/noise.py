@@ -12,7 +12,7 @@ input sign, sample); its bits are SplitMix64's (Steele, Lea and Flood, OOPSLA 20
 state k + (j + 1) * gamma through its finalizer), turned into N(0, 1) by inverting the
 normal distribution function from a table (``NORMAL_TABLE``) with linear interpolation:
 only integer operations, a table read and float32 multiplies and adds, so both
-implementations agree bit for bit. The tails beyond 6.0 sigma (probability 2e-9) are cut.
+implementations agree bit for bit. The tails beyond 6.01 sigma (probability 2e-9) are cut.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ class ReadStreams:
     """The read noise of a batch of tile reads: ``keys(part)`` are the uint64 stream keys
     [tiles, samples] for the reads of input sign ``part`` (0 positive, 1 negative); row n of
     the read belongs to sample n // ``vectors``, and its draw for step b, vector v = n %
-    ``vectors``, sign s, slice q, column c is number (((b V + v) S + s) Q + q) C + c of its
-    sample's stream."""
+    ``vectors``, sign s, slice q, column c of a tile of C columns (its own, not padded) is
+    number (((b V + v) S + s) Q + q) C + c of its sample's stream."""
 
     keys: object  # Callable[[int], np.ndarray]
     vectors: int

@@ -110,3 +110,28 @@ def test_a_memory_limit_below_one_batch_is_a_clear_error(tmp_path):
               "--mode", "analog", "--memory-limit", "1"),
           "for one compiled batch, over --memory-limit 1 MB")
     fails(cli("cimrun", program, "--memory-limit", "0"), "--memory-limit")
+
+
+def test_tiles_of_different_widths_read_alone_or_together_alike(monkeypatch):
+    """A layer of 20 outputs is a 16-column tile and a 4-column one; read together, the
+    narrow one is padded to 16 columns. Its read noise is numbered by its own width, so it
+    is the same whether a read holds both tiles or one (as a smaller memory budget or pass
+    makes it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from runtime import mvm_groups
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((64, 20)), rng.standard_normal((20, 10))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])], "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(w.astype(np.float32), n) for w, n in ((w1, "w1"), (w2, "w2"))])
+    program = compile_model(helper.make_model(graph))
+    assert {i.attr("cols") for i in program.text if i.op == "mvm"} >= {(0, 16), (16, 20)}
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    together = run(program, x, mode="analog", timing=False).outputs["y"]
+    monkeypatch.setattr(mvm_groups, "BYTES_PER_CHUNK", 1)  # one tile a read
+    alone = run(program, x, mode="analog", timing=False).outputs["y"]
+    assert np.array_equal(together, alone)

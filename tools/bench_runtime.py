@@ -134,9 +134,9 @@ def end_to_end(name: str, path: str, image: np.ndarray) -> None:
             args += ["--threads", str(THREADS)]
         done = subprocess.run([sys.executable, "-c", _LAUNCH] + args, check=True, cwd=ROOT,
                               capture_output=True, text=True)
-        seconds, peak = (float(v) for v in done.stdout.split()[-2:])  # s, GB
+        seconds, peak = (float(v) for v in done.stdout.split()[-2:])  # s, GiB
     print(f"\n| {name}, 1 image, analog, end to end (cimrun: load, program, run) | wall s | "
-          f"peak GB |\n|---|---|---|\n| default chip | {seconds:.1f} | {peak:.2f} |",
+          f"peak GiB |\n|---|---|---|\n| default chip | {seconds:.1f} | {peak:.2f} |",
           flush=True)
 
 
