@@ -57,14 +57,13 @@ def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, r
     state0 - 1 + k x own + c; padding columns carry no current and draw nothing."""
     one = np.float32(1.0)
     if mode == STREAMS:
-        for i in range(row.shape[0]):
-            c = i % cols
-            if c < own:
-                j = state0 + np.uint64((i // cols) * own + c)
-                d32 = _draw(_mix(key + j * nz.GAMMA)) * sigma32
-                row[i] = np.float32(current[b, t, n, i]) * (d32 + one)
-            else:
-                row[i] = np.float32(current[b, t, n, i])
+        for k in range(row.shape[0] // cols):
+            at, j = k * cols, state0 + np.uint64(k * own)
+            for c in range(own):
+                d32 = _draw(_mix(key + (j + np.uint64(c)) * nz.GAMMA)) * sigma32
+                row[at + c] = np.float32(current[b, t, n, at + c]) * (d32 + one)
+            for c in range(own, cols):
+                row[at + c] = np.float32(current[b, t, n, at + c])
     elif mode == DRAWS:
         for i in range(row.shape[0]):
             row[i] = np.float32(current[b, t, n, i]) * (draws[b, t, n, i] * sigma32 + one)
