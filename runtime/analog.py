@@ -131,8 +131,8 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                 # blocks float32 sums by shape): outputs do not depend on how a run is split
                 current = (planes @ g64[t0:t1]).reshape(planes.shape[:3] + (signs, slices, cols))
                 active = planes.sum(axis=3).astype(np.float32)  # input levels per step
-                read_pass(current, active, *adc, gain[t0:t1], offsets, g0=_g0(chip),
-                          sign=sign, sigma=d.read_sigma,
+                read_pass(current, active, **adc, gain=gain[t0:t1], offsets=offsets,
+                          g0=_g0(chip), sign=sign, sigma=d.read_sigma,
                           noise=_block(draws[index], t0, t1, n0, n1), out=out[t0:t1, n0:n1])
     levels = 2 ** a.input_bits - 1
     return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)
@@ -144,9 +144,9 @@ def _g0(chip: Chip) -> float:
     return d.g_min_us / ((d.g_max_us - d.g_min_us) / (2 ** a.cell_bits - 1))
 
 
-def _adc_constants(full: np.ndarray, chip: Chip) -> tuple:
-    """``read_pass``'s (full, lsb, slice_w, step_w, levels, per_step) for tiles whose cells
-    at full scale give ``full`` [T, S, Q, C] (float32, level units)."""
+def _adc_constants(full: np.ndarray, chip: Chip) -> dict:
+    """``read_pass``'s full, lsb, slice_w, step_w, levels and per_step arguments for tiles
+    whose cells at full scale give ``full`` [T, S, Q, C] (float32, level units)."""
     a = chip.arch
     levels = 2 ** a.adc_bits - 1
     # a step's column current reaches 2**dac_bits - 1 times the cells' sum: so does full scale
@@ -158,7 +158,8 @@ def _adc_constants(full: np.ndarray, chip: Chip) -> tuple:
     else:  # the steps' currents summed, each at its digit's place: full scale that many times
         full = full * step_w.sum()
         lsb = full / levels
-    return full, lsb, slice_w, step_w, levels, a.adc_per_step
+    return dict(full=full, lsb=lsb, slice_w=slice_w, step_w=step_w, levels=levels,
+                per_step=a.adc_per_step)
 
 
 def _draws(noise, part: int, shape: tuple, widths: np.ndarray):
