@@ -21,7 +21,7 @@ import numpy as np
 
 from isa.chip import Chip
 
-from .device import Programmed
+from .device import Programmed, gmin_levels
 from .kernels import Streams, read_pass
 from .noise import ReadStreams
 
@@ -109,6 +109,7 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     draws = [_draws(noise, index, (a.input_steps, tiles) + x.shape[1:2] + cells.shape[1:3]
                     + (cols,), widths) if present[index] and d.read_sigma else None
              for index in range(2)]
+    g0 = gmin_levels(chip)
     out = np.zeros((tiles, x.shape[1], cols))
     if x.shape[1] == 0:
         return out.astype(np.float32)
@@ -132,16 +133,10 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                 current = (planes @ g64[t0:t1]).reshape(planes.shape[:3] + (signs, slices, cols))
                 active = planes.sum(axis=3).astype(np.float32)  # input levels per step
                 read_pass(current, active, **adc, gain=gain[t0:t1], offsets=offsets,
-                          g0=_g0(chip), sign=sign, sigma=d.read_sigma,
+                          g0=g0, sign=sign, sigma=d.read_sigma,
                           noise=_block(draws[index], t0, t1, n0, n1), out=out[t0:t1, n0:n1])
     levels = 2 ** a.input_bits - 1
     return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)
-
-
-def _g0(chip: Chip) -> float:
-    """Gmin in units of one conductance level."""
-    a, d = chip.arch, chip.device
-    return d.g_min_us / ((d.g_max_us - d.g_min_us) / (2 ** a.cell_bits - 1))
 
 
 def _adc_constants(full: np.ndarray, chip: Chip) -> dict:

@@ -48,6 +48,18 @@ class Programmed:
     #                                 float64, so a kept cell reads back bit for bit)
 
 
+def level_step_us(chip: Chip) -> float:
+    """The conductance between adjacent cell levels (uS)."""
+    d = chip.device
+    return (d.g_max_us - d.g_min_us) / (2 ** chip.arch.cell_bits - 1)
+
+
+def gmin_levels(chip: Chip) -> float:
+    """Gmin in units of one level step: the current every applied input level adds on top
+    of its cells' digits (programming adds it to the cells, reads remove it)."""
+    return chip.device.g_min_us / level_step_us(chip)
+
+
 def stuck_mask(rng: np.random.Generator, shape, chip: Chip) -> np.ndarray:
     """-1 free, 0 stuck at Gmin, 1 stuck at Gmax, per physical cell."""
     u = rng.random(shape)
@@ -66,7 +78,7 @@ def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
     them.
     """
     d = chip.device
-    step_us = (d.g_max_us - d.g_min_us) / (2 ** chip.arch.cell_bits - 1)
+    step_us = level_step_us(chip)
     out = cells
     if d.drift_nu and d.drift_seconds:
         out = out * (1.0 + d.drift_seconds) ** -d.drift_nu
@@ -106,9 +118,8 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
     stuck = np.stack(stucks)
     top = 2 ** chip.arch.cell_bits - 1
     d, mp = chip.device, chip.mapping
-    step = (d.g_max_us - d.g_min_us) / top
-    g0 = d.g_min_us / step
-    sigma = d.program_sigma * d.g_max_us / step
+    g0 = gmin_levels(chip)
+    sigma = d.program_sigma * d.g_max_us / level_step_us(chip)
     if mp.differential:
         stuck = stuck[:, :2]
         noise = np.stack([r.normal(0.0, sigma, stuck.shape[1:]) for r in rngs]) \
