@@ -67,12 +67,12 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 def activation(kind: str, x: np.ndarray, attrs: Mapping) -> np.ndarray:
     """The activation ``kind`` (a key of ACTIVATIONS) of x with its attributes."""
-    return ACTIVATIONS[kind](x, attrs).astype(F32)
+    return ACTIVATIONS[kind](x, attrs).astype(F32, copy=False)
 
 
 def binary(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The binary op ``kind`` (a key of BINARY) of a and b, broadcast."""
-    return BINARY[kind](a, b).astype(F32)
+    return BINARY[kind](a, b).astype(F32, copy=False)
 
 
 def unpatch(cols: np.ndarray, shape) -> np.ndarray:
@@ -85,8 +85,10 @@ def maxpool(x: np.ndarray, kernel, strides, pads, dilations, out) -> np.ndarray:
     and ``out`` beyond the explicit padding (ceil mode) reads more -inf."""
     widths = win.pad_for(x.shape[2:], out, kernel, strides, pads, dilations)
     xp = np.pad(x, [(0, 0), (0, 0)] + widths, constant_values=-np.inf)
-    return win.windows(xp, kernel, strides, dilations, out).max(
-        axis=tuple(range(-len(kernel), 0)))
+    result = None
+    for _, view in win.offset_views(xp, kernel, strides, dilations, out):
+        result = view.copy() if result is None else np.maximum(result, view, out=result)
+    return result
 
 
 def avgpool(x: np.ndarray, kernel, strides, pads, dilations, out, count_pad) -> np.ndarray:
@@ -161,7 +163,7 @@ def permute(x: np.ndarray, perm) -> np.ndarray:
     indices (float32 integers in a blob, or ints); None: x itself."""
     if perm is None:
         return x
-    return x[..., np.asarray(perm).astype(np.int64)].astype(F32)
+    return x[..., np.asarray(perm).astype(np.int64)].astype(F32, copy=False)
 
 
 def combine(proj: np.ndarray, levels: np.ndarray, scale: np.ndarray) -> np.ndarray:

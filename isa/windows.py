@@ -39,11 +39,40 @@ def pad_for(spatial, out, kernel, strides, pads, dilations) -> list[tuple[int, i
     return result
 
 
+def offset_views(xp: np.ndarray, kernel, strides, dilations, out, first: int = 2):
+    """(offset, view [..., *out, ...]) per kernel offset over an already padded array whose
+    spatial axes start at axis ``first`` ([B, C, *S]; 1 for channels last): the inputs each
+    window position reads at that offset. Reductions and copies over these few large strided
+    views run much faster in numpy than over the windows' small last axes."""
+    for offs in np.ndindex(*kernel):
+        index = tuple(slice(o * d, o * d + (m - 1) * s + 1, s)
+                      for o, d, m, s in zip(offs, dilations, out, strides))
+        yield offs, xp[(slice(None),) * first + index]
+
+
 def im2col(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
-    """[B, C, *S] -> patches [B, prod(out S), C*prod(kernel)], channel-major, zero padded."""
+    """[B, C, *S] -> patches [B, prod(out S), C*prod(kernel)], channel-major, zero padded:
+    always a new array (never a view of x)."""
     n = len(kernel)
     out = out_size(x.shape[2:], kernel, strides, pads, dilations)
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[n + i]) for i in range(n)])
-    v = windows(xp, kernel, strides, dilations, out)  # [B, C, *out, *kernel]
-    order = (0,) + tuple(range(2, 2 + n)) + (1,) + tuple(range(2 + n, 2 + 2 * n))
-    return v.transpose(order).reshape(x.shape[0], -1, x.shape[1] * int(np.prod(kernel)))
+    b, c = x.shape[:2]
+    if c < kernel[-1]:
+        # few channels (an RGB stem): numpy's copy loops innermost over the destination's
+        # smallest stride, which is the channel axis per offset but the window's last axis here
+        xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[n + i]) for i in range(n)])
+        v = windows(xp, kernel, strides, dilations, out)  # [B, C, *out, *kernel]
+        order = (0,) + tuple(range(2, 2 + n)) + (1,) + tuple(range(2 + n, 2 + 2 * n))
+        cols = np.array(v.transpose(order), order="C")
+    else:
+        # channels last first, so that each offset's copy reads runs of channels instead of
+        # striding across whole channel planes
+        xp = np.moveaxis(x, 1, -1)
+        if any(pads):
+            inner = tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))
+            xp = np.zeros((b,) + tuple(s + pads[i] + pads[n + i]
+                                       for i, s in enumerate(x.shape[2:])) + (c,), x.dtype)
+            xp[(slice(None),) + inner] = np.moveaxis(x, 1, -1)
+        cols = np.empty((b, *out, c, *kernel), x.dtype)
+        for offs, view in offset_views(xp, kernel, strides, dilations, out, first=1):
+            cols[(Ellipsis,) + offs] = view
+    return cols.reshape(b, -1, c * int(np.prod(kernel)))

@@ -131,6 +131,9 @@ def fill(m, ins):
 
 
 def copy(m, ins):
+    # astype keeps the broadcast's strides (the batch axis innermost), and later elementwise
+    # results keep that layout; numpy's reductions (gavgpool) and ideal mode's matmuls round
+    # differently on it than on C order. Quantized and analog results are pinned to it.
     m.store(_dst(ins), np.broadcast_to(m.read(ins.operands[1]), m.shape(_dst(ins))).astype(F32))
 
 
@@ -140,8 +143,8 @@ def _window(ins) -> list:
 
 def im2col(m, ins):
     x = m.read(ins.operands[1])
-    # a copy: a 1x1 window can be a view of x, and mvms accumulate into their operands
-    patches = np.array(win.im2col(x, *_window(ins)).reshape(m.shape(_dst(ins))))
+    # im2col's patches are a new array, never a view of x: mvms accumulate into their operands
+    patches = win.im2col(x, *_window(ins)).reshape(m.shape(_dst(ins)))
     m.store(_dst(ins), kernels.permute(patches, ins.attr("perm")))
 
 
@@ -168,7 +171,9 @@ def _global(kernel):
 
 def _binary(m, ins):
     y = kernels.binary(ins.op, m.read(ins.operands[1]), m.read(ins.operands[2]))
-    m.store(_dst(ins), np.broadcast_to(y, m.shape(_dst(ins))).astype(F32))
+    shape = m.shape(_dst(ins))
+    fresh = isinstance(y, np.ndarray) and y.shape == shape  # a ufunc's result: a new array
+    m.store(_dst(ins), y if fresh else np.broadcast_to(y, shape).astype(F32))
 
 
 def _unary(m, ins):
