@@ -26,8 +26,9 @@ from isa.printer import text_line
 from isa.timing import Timeline
 
 from . import device
+from .epilogues import Fused, fuse, run_fused
 from .errors import RunError
-from .memory import check_memory, estimate_bytes, memory_problem
+from .memory import check_memory, estimate_bytes, keep_freed_memory, memory_problem
 from .mvm_groups import execute_group, plan
 from .noise import SampleNoise
 from .report import timing_report
@@ -233,7 +234,8 @@ def _stacks(inputs: list[tuple]) -> list[list[tuple]]:
 def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
              counts: Counter, mode: str = "ideal", chip: Chip | None = None, seed: int = 0,
              bar=None, first: int = 0, pool=None):
-    """Run the planned ``steps`` (``mvm_groups.plan`` of the text) once on the samples from
+    """Run the planned ``steps`` (``mvm_groups.plan`` of the text; in ideal mode
+    ``epilogues.fuse`` of that) once on the samples from
     ``first`` on; return the outputs, how many cells wore out and how many cells writes
     programmed (0 in ideal mode). ``bar``: a progress bar advanced once per step; ``pool``:
     threads for crossbar reads."""
@@ -241,9 +243,13 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
     for port in program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
     for step in steps:
-        ins = step[0] if isinstance(step, list) else step
+        instrs = step.instrs if isinstance(step, Fused) else \
+            step if isinstance(step, list) else [step]
+        ins = instrs[0]
         try:
-            if isinstance(step, list):
+            if isinstance(step, Fused):
+                run_fused(m, step)
+            elif isinstance(step, list):
                 (write_group if ins.op == "write" else execute_group)(m, step)
             else:
                 SEMANTICS[ins.op](m, ins)
@@ -252,7 +258,7 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
         except (ValueError, IndexError, TypeError) as exc:  # a program the checks let through
             raise RunError(f"line {m.lines[id(ins)]} ({ins.op}): cannot execute: {exc}"
                            ) from None
-        counts[ins.op] += len(step) if isinstance(step, list) else 1
+        counts.update(i.op for i in instrs)
         if bar is not None:
             bar.update()
         if m.halted:
@@ -367,7 +373,8 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     its dataset, so that a dataset split into runs gives the outputs of one run over all of
     it, and the outputs never depend on how the samples are split into passes.
     ``threads``: quantized and analog crossbar reads on that many threads (None: one per
-    core); the outputs are the same for any number. Raises RunError."""
+    core); the outputs are the same for any number. The first run sets this process's
+    malloc to keep freed memory for reuse (``memory.keep_freed_memory``). Raises RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
     chip = chip or dataclasses.replace(Chip(), arch=program.chip)
@@ -378,9 +385,12 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     if mode == "timing":
         return RunResult({}, {"mode": mode, "seed": seed, **timing_stats,
                               "chip": chip.to_dict()}, timeline)
+    keep_freed_memory()
     counts: Counter = Counter()
     start = time.perf_counter()
     steps, b = plan(program.text), program.batch
+    if mode == "ideal":
+        steps = fuse(steps, program)
     chunks = [(i, min(per, groups - i)) for i in range(0, groups, per)]
     def take(i: int, n: int) -> dict:  # one pass's inputs (all of them: no batch to slice)
         return feeds if len(chunks) == 1 else {k: v[i * b:(i + n) * b] for k, v in feeds.items()}

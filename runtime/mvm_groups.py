@@ -114,6 +114,17 @@ def _read_noise(m, first: Instr, start: int, count: int, sample: int, vectors: t
 
 
 def _ideal_group(m, group: list[Instr]) -> None:
+    v0, v1 = group[0].attr("vecs")
+    c_lo = min(i.attr("cols")[0] for i in group)
+    c_hi = max(i.attr("cols")[1] for i in group)
+    dst = as_vectors(m.read(group[0].operands[0]))
+    dst[:, v0:v1, c_lo:c_hi] += ideal_product(m, group)
+
+
+def ideal_product(m, group: list[Instr]) -> np.ndarray:
+    """What an ideal-mode mvm group adds into its destination's vectors ``vecs`` and its
+    tiles' columns (lowest to highest): ``src @ matrix``, the matrix assembled from what the
+    crossbars hold now. A new array [B, V, columns]."""
     r_lo = min(i.attr("rows")[0] for i in group)
     r_hi = max(i.attr("rows")[1] for i in group)
     c_lo = min(i.attr("cols")[0] for i in group)
@@ -124,5 +135,5 @@ def _ideal_group(m, group: list[Instr]) -> None:
         matrix[r0 - r_lo:r1 - r_lo, c0 - c_lo:c1 - c_lo] += m.xbar(ins.attr("xb"),
                                                                    (r1 - r0, c1 - c0), ins)
     v0, v1 = group[0].attr("vecs")
-    dst, src = as_vectors(m.read(group[0].operands[0])), as_vectors(m.read(group[0].operands[1]))
-    dst[:, v0:v1, c_lo:c_hi] += src[:, v0:v1, r_lo:r_hi] @ matrix
+    src = as_vectors(m.read(group[0].operands[1]))
+    return src[:, v0:v1, r_lo:r_hi] @ matrix

@@ -5,6 +5,9 @@ by sample index, products are summed in an order the batch size does not change,
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +138,14 @@ def test_tiles_of_different_widths_read_alone_or_together_alike(monkeypatch):
     monkeypatch.setattr(mvm_groups, "BYTES_PER_CHUNK", 1)  # one tile a read
     alone = run(program, x, mode="analog", timing=False).outputs["y"]
     assert np.array_equal(together, alone)
+
+
+@pytest.mark.parametrize("setting, keeps", [("", platform.libc_ver()[0] == "glibc"),
+                                            ("0", False)])
+def test_runs_keep_freed_memory_for_reuse_unless_told_not_to(setting, keeps):
+    """``run`` has glibc keep freed memory (``memory.keep_freed_memory``);
+    ``CIMSTACK_KEEP_FREED=0`` leaves malloc as it is."""
+    code = "from runtime.memory import keep_freed_memory; print(keep_freed_memory())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "CIMSTACK_KEEP_FREED": setting})
+    assert done.stdout.strip() == str(keeps)

@@ -1,0 +1,51 @@
+"""Ideal mode runs a layer's bias copy, mvm group and in-place activation as one step."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import MODELS
+
+from compiler import compile_model
+from runtime import run
+from runtime.epilogues import Fused, fuse
+from runtime.mvm_groups import plan
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return compile_model(os.path.join(MODELS, "digits_mlp.onnx"))
+
+
+def test_each_layer_becomes_one_step_with_its_activation(mlp):
+    steps = fuse(plan(mlp.text), mlp)
+    fused = [s for s in steps if isinstance(s, Fused)]
+    assert [(s.copy.operands[0], s.act.op if s.act else None) for s in fused] == [
+        ("%relu0", "relu"), ("%relu1", "relu"), ("%logits", None)]
+    left = [s.op for s in steps if not isinstance(s, (Fused, list))]
+    assert "copy" not in left and "relu" not in left
+
+
+def test_a_product_over_part_of_its_destination_is_not_fused(mlp):
+    steps = plan(mlp.text)
+    first = next(i for i, s in enumerate(steps) if isinstance(s, list) and s[0].op == "mvm")
+    steps[first] = steps[first][:-1]  # fc0's last column tile missing: its bias stays alone
+    fused = fuse(steps, mlp)
+    assert steps[first - 1] in fused and steps[first] in fused
+    assert sum(isinstance(s, Fused) for s in fused) == 2
+
+
+def test_a_fused_run_computes_each_layer_and_counts_every_instruction(mlp, digits_test):
+    x = digits_test[0][:32]
+    result = run(mlp, x, timing=False)
+    blobs = {b.name: np.ascontiguousarray(b.data) for b in mlp.blobs}  # as crossbars hold
+    h = x.reshape(len(x), 1, -1)
+    for layer in ("fc0", "fc1"):
+        h = np.maximum(h @ blobs[f"{layer}.matrix"] + blobs[f"{layer}.b"], 0)
+    want = (h @ blobs["fc2.matrix"] + blobs["fc2.b"]).reshape(len(x), -1)
+    assert np.array_equal(result.outputs["logits"], want)
+    assert result.stats["opcode_counts"] == dict(sorted(Counter(
+        i.op for i in mlp.text if i.op != "halt").items())) | {"halt": 1}
