@@ -42,7 +42,8 @@ class Programmed:
     gain: np.ndarray       # [signs, slices, C] digital correction from read-after-write
     full_scale: np.ndarray  # [signs, slices, C] ADC full scale (level steps)
     offset: float          # offset encoding: magnitude added to every weight (0 if differential)
-    target_weight: np.ndarray  # [R, C] the quantized weights (scale applied)
+    target_weight: np.ndarray | None  # [R, C] the quantized weights (scale applied); None
+    #                                   once a crossbar written only once is programmed
     held: np.ndarray | None = None  # [signs, slices, R, C] cell values in level steps without
     #                                 Gmin, before drift and IR drop (what a kept cell keeps;
     #                                 float64, so a kept cell reads back bit for bit)

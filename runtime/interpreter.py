@@ -28,7 +28,13 @@ from isa.timing import Timeline
 from . import device
 from .epilogues import Fused, fuse, run_fused
 from .errors import RunError
-from .memory import check_memory, estimate_bytes, keep_freed_memory, memory_problem
+from .memory import (
+    check_memory,
+    estimate_bytes,
+    keep_freed_memory,
+    memory_problem,
+    release_freed_memory,
+)
 from .mvm_groups import execute_group, plan
 from .noise import SampleNoise
 from .report import timing_report
@@ -122,15 +128,23 @@ class Machine:
             while end < len(writes) and writes[end][0] not in seen:
                 seen.add(writes[end][0])
                 end += 1
-            stacks = _stacks([self._write_inputs(*w) for w in writes[start:end]])
-            done = iter(writes[start:end])
-            for i in range(0, len(stacks), self.threads):  # a stack per thread at a time,
-                # recorded (and trimmed) before the next: memory stays a few stacks' worth
-                work = stacks[i:i + self.threads]
-                for stack, progs in zip(work, self.map(device.program_many, work)):
-                    for inputs, prog in zip(stack, progs):
-                        self._written(next(done)[0], inputs, prog)
+            # the crossbars from start to end are distinct, so their writes can be prepared
+            # a window at a time (inputs, stuck masks included, live for one window only)
+            for w0 in range(start, end, STACK * self.threads):
+                self._program_window(writes[w0:min(w0 + STACK * self.threads, end)])
             start = end
+        release_freed_memory()  # the temporaries' holes between the cells just kept
+
+    def _program_window(self, writes: list[tuple]) -> None:
+        """Program writes to distinct crossbars: a stack per thread at a time, each recorded
+        (and trimmed) before the next, so memory stays a few stacks' worth."""
+        stacks = _stacks([self._write_inputs(*w) for w in writes])
+        done = iter(writes)
+        for i in range(0, len(stacks), self.threads):
+            work = stacks[i:i + self.threads]
+            for stack, progs in zip(work, self.map(device.program_many, work)):
+                for inputs, prog in zip(stack, progs):
+                    self._written(next(done)[0], inputs, prog)
 
     def _write_inputs(self, xb: int, tile: np.ndarray, tensor_max: float,
                       low: cells.LowWrite | None) -> tuple:
@@ -161,8 +175,8 @@ class Machine:
                 self._wear(xb, win, changed)
         else:  # written once: no later write needs its digits, and one write wears out
             # no cell (endurance is at least 1), so only what reads use is kept (ResNet-50:
-            # 1 GB instead of 6)
-            prog = dataclasses.replace(prog, target=None, held=None)
+            # 1 GB instead of 6; without the quantized weights another 100 MB less)
+            prog = dataclasses.replace(prog, target=None, held=None, target_weight=None)
             self.stuck.pop(xb, None)  # its stuck cells are in its cells now
         self.xbars[xb] = prog
 

@@ -124,3 +124,15 @@ def keep_freed_memory() -> bool:
         return False
     return bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
                 and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def release_freed_memory() -> None:
+    """Give the free pages inside glibc's heap back to the OS (malloc_trim; nothing elsewhere
+    than glibc). Programming thousands of crossbars leaves holes between the cells it keeps:
+    ResNet-50's 12,504 left 0.5 GB of them, which reads did not reuse."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return

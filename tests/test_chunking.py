@@ -149,3 +149,15 @@ def test_runs_keep_freed_memory_for_reuse_unless_told_not_to(setting, keeps):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env={**os.environ, "CIMSTACK_KEEP_FREED": setting})
     assert done.stdout.strip() == str(keeps)
+
+
+def test_programming_a_window_of_crossbars_at_a_time_changes_nothing(cnn, digits_test,
+                                                                      monkeypatch):
+    """Load-phase writes are prepared and programmed a window of STACK x threads crossbars at
+    a time; windows of two (the digits CNN's 9 crossbars in five) give the same outputs."""
+    from runtime import interpreter
+    x = digits_test[0][:4]
+    want = run(cnn, x, mode="analog", timing=False).outputs["logits"]
+    monkeypatch.setattr(interpreter, "STACK", 1)
+    got = run(cnn, x, mode="analog", timing=False, threads=2).outputs["logits"]
+    assert np.array_equal(got, want)
