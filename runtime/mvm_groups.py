@@ -62,9 +62,10 @@ def read_bytes(arch, vectors: int) -> int:
 def _device_group(m, group: list[Instr]) -> None:
     """Quantized/analog: the group's tiles read in batches of tiles (memory-bounded), and
     with ``m.threads`` > 1 those batches, and contiguous runs of samples within them, read
-    concurrently. Every output element depends only on its own sample (its inputs, DAC range
-    and noise), so the split never changes a result; partial sums are added into ``dst`` in
-    one fixed order."""
+    concurrently (with fewer samples than threads, batches of at most a thread's share of
+    the tiles). Every output element depends only on its own sample (its inputs, DAC range
+    and noise) and tile, so the split never changes a result; partial sums are added into
+    ``dst`` in one fixed order."""
     v0, v1 = group[0].attr("vecs")
     dst, src = as_vectors(m.read(group[0].operands[0])), as_vectors(m.read(group[0].operands[1]))
     x = src[:, v0:v1]
@@ -72,6 +73,8 @@ def _device_group(m, group: list[Instr]) -> None:
     x_range = m.input_range(group[0].operands[1], src)
     x_range = np.broadcast_to(x_range, (b, v, 1)).reshape(-1, 1)
     step = max(1, BYTES_PER_CHUNK // max(read_bytes(m.chip.arch, b * v), 1))
+    if b < m.threads:  # too few samples to share out (one image): share the tiles out
+        step = min(step, -(-len(group) // m.threads))
     chunks = [group[i:i + step] for i in range(0, len(group), step)]
     parts = even_runs(b, max(1, m.threads // len(chunks)))
     units = [(k, s0, s1) for k in range(len(chunks)) for s0, s1 in parts]

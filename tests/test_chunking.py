@@ -41,8 +41,13 @@ def test_memory_limit_and_dataset_splits_do_not_change_outputs(cnn, mode, digits
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
 def test_threads_do_not_change_outputs(cnn, mode, digits_test):
     """Crossbar reads split over threads (by tile batch and by runs of samples) add up to
-    the same bits as one thread, including an odd split (3 threads, 7 samples)."""
+    the same bits as one thread, including an odd split (3 threads, 7 samples), and with
+    fewer samples than threads (a layer's tiles shared out instead)."""
     x = digits_test[0][:7]
+    for threads in (2, 3):
+        got = run(cnn, x[:1], mode=mode, seed=2, timing=False, threads=threads)
+        one = run(cnn, x[:1], mode=mode, seed=2, timing=False, threads=1)
+        assert np.array_equal(got.outputs["logits"], one.outputs["logits"]), threads
     # and a chip that reprograms its 4 crossbars, with bit stucking: writes to different
     # crossbars are programmed concurrently, those of one crossbar in order
     rotating = compile_model(model_path("digits_cnn"), max_xbars=4,
