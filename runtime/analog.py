@@ -89,54 +89,84 @@ MIN_BLOCK_ROWS = 256
 
 
 def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip: Chip,
-              noise: Noise | None) -> np.ndarray:
-    """Several tiles read at once: x [T, N, R] (each tile's rows, zero padded), x_range
-    [N, 1] (every tile's vectors at the same DAC ranges) or [T, N, 1] (each tile's own) ->
-    [T, N, C] (zero padded). With ``arch.adc_per_step`` 0 the steps' currents are summed in
-    the analog domain, each weighted by its digit's place, and converted once, against a
-    full scale that many times larger (CrossSim's ``ADC_per_ibit = False``). ``noise``: the
-    read noise's draws (analog mode), None in quantized mode."""
+              noise: Noise | None, inputs=None) -> np.ndarray:
+    """Several tiles read at once: x [U, N, R] (zero padded to the tiles' rows), which tile t
+    reads as x[inputs[t]] (``inputs`` None: U = T, tile t reads x[t]); x_range [N, 1] (every
+    tile's vectors at the same DAC ranges) or, with ``inputs`` None, [T, N, 1] (each tile's
+    own) -> [T, N, C] (zero padded). Tiles that read one input quantize it once and share
+    one product. With ``arch.adc_per_step`` 0 the steps' currents are summed in the analog
+    domain, each weighted by its digit's place, and converted once, against a full scale
+    that many times larger (CrossSim's ``ADC_per_ibit = False``). ``noise``: the read
+    noise's draws (analog mode), None in quantized mode."""
     a, d = chip.arch, chip.device
     cells, full, gain, scale = _stack(progs)
     tiles, signs, slices, rows, cols = cells.shape
-    g64 = cells.transpose(0, 3, 1, 2, 4).reshape(tiles, rows, signs * slices * cols).astype(
-        np.float64)
+    inputs = np.arange(tiles) if inputs is None else np.asarray(inputs)
+    if x_range.ndim == 3 and not np.array_equal(inputs, np.arange(tiles)):
+        raise ValueError("per-tile DAC ranges need one input per tile")
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
-                                                                (tiles,) + x_range.shape)
+                                                                (len(x),) + x_range.shape)
     parts = [(np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)]
     present = [part.any() for part, _ in parts]
     widths = np.array([p.cells.shape[3] for p in progs], np.int64)  # each tile's own
     draws = [_draws(noise, index, (a.input_steps, tiles) + x.shape[1:2] + cells.shape[1:3]
                     + (cols,), widths) if present[index] and d.read_sigma else None
              for index in range(2)]
-    g0 = gmin_levels(chip)
     out = np.zeros((tiles, x.shape[1], cols))
     if x.shape[1] == 0:
         return out.astype(np.float32)
-    row_bytes = 8 * a.input_steps * (rows + g64.shape[2])  # one tile's, per row
+    row_bytes = 8 * a.input_steps * (rows + signs * slices * cols)  # one tile's, per row
     n_step = min(x.shape[1], max(MIN_BLOCK_ROWS, BLOCK_BYTES // (row_bytes * tiles)))
     t_step = max(1, BLOCK_BYTES // (row_bytes * n_step))
-    for t0, t1 in ((t, min(t + t_step, tiles)) for t in range(0, tiles, t_step)):
-        adc = _adc_constants(full[t0:t1], chip)
-        offsets = np.array([p.offset for p in progs[t0:t1]], np.float64)
-        for n0, n1 in ((n, min(n + n_step, x.shape[1])) for n in range(0, x.shape[1], n_step)):
+    for u in np.unique(inputs):
+        readers = np.flatnonzero(inputs == u)
+        groups = [_TileGroup(idx, cells, full, progs, chip)
+                  for idx in (readers[j:j + t_step] for j in range(0, len(readers), t_step))]
+        for n0 in range(0, x.shape[1], n_step):
+            n1 = min(n0 + n_step, x.shape[1])
             for index, (part, sign) in enumerate(parts):
-                block = part[t0:t1, n0:n1]
+                block = part[u, n0:n1]
                 if not present[index] or not block.any():
                     continue  # no input, no current: nothing to add
-                planes = _quantize_inputs(block.reshape(-1, rows), a.input_bits,
-                                          ranges[t0:t1, n0:n1].reshape(-1, 1), a.dac_bits)
-                planes = planes.reshape((a.input_steps,) + block.shape)
-                # summed in float64, where sums of these products are exact, so that a
-                # sample's currents do not depend on how many others share the product (BLAS
-                # blocks float32 sums by shape): outputs do not depend on how a run is split
-                current = (planes @ g64[t0:t1]).reshape(planes.shape[:3] + (signs, slices, cols))
-                active = planes.sum(axis=3).astype(np.float32)  # input levels per step
-                read_pass(current, active, **adc, gain=gain[t0:t1], offsets=offsets,
-                          g0=g0, sign=sign, sigma=d.read_sigma,
-                          noise=_block(draws[index], t0, t1, n0, n1), out=out[t0:t1, n0:n1])
+                planes = _quantize_inputs(block, a.input_bits, ranges[u, n0:n1], a.dac_bits)
+                active = planes.sum(axis=2).astype(np.float32)  # input levels per step
+                for group in groups:
+                    group.read(planes, active, out, n0, n1, sign, gain, chip,
+                               _block(draws[index], group.idx, n0, n1))
     levels = 2 ** a.input_bits - 1
-    return (out * (ranges / levels) * scale[:, None, :]).astype(np.float32)
+    return (out * (ranges[inputs] / levels) * scale[:, None, :]).astype(np.float32)
+
+
+class _TileGroup:
+    """Tiles ``idx`` that read the same input, read together: their cells side by side as
+    one float64 matrix [R, tiles x signs x slices x C], so that each block of input rows is
+    one product for all of them."""
+
+    def __init__(self, idx: np.ndarray, cells: np.ndarray, full: np.ndarray, progs, chip):
+        self.idx = idx
+        self.shape = cells.shape[1:]  # signs, slices, rows, cols
+        signs, slices, rows, cols = self.shape
+        self.g64 = cells[idx].transpose(3, 0, 1, 2, 4).reshape(
+            rows, len(idx) * signs * slices * cols).astype(np.float64)
+        self.adc = _adc_constants(full[idx], chip)
+        self.offsets = np.array([progs[t].offset for t in idx], np.float64)
+        self.g0 = gmin_levels(chip)
+
+    def read(self, planes, active, out, n0, n1, sign, gain, chip, noise) -> None:
+        """Add these tiles' read of input rows n0..n1 (``planes`` [steps, rows, R], their
+        ``active`` levels [steps, rows]) by one input sign into ``out`` [T, N, C]."""
+        signs, slices, _, cols = self.shape
+        steps, k = planes.shape[0], len(self.idx)
+        # summed in float64, where sums of these products are exact, so that a sample's
+        # currents do not depend on how many others share the product (BLAS blocks float32
+        # sums by shape): outputs do not depend on how a run is split
+        current = (planes.reshape(-1, planes.shape[2]) @ self.g64).reshape(
+            steps, n1 - n0, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
+        acc = out[self.idx, n0:n1]
+        read_pass(current, np.repeat(active[:, None], k, axis=1), **self.adc,
+                  gain=gain[self.idx], offsets=self.offsets, g0=self.g0, sign=sign,
+                  sigma=chip.device.read_sigma, noise=noise, out=acc)
+        out[self.idx, n0:n1] = acc
 
 
 def _adc_constants(full: np.ndarray, chip: Chip) -> dict:
@@ -169,8 +199,8 @@ def _draws(noise, part: int, shape: tuple, widths: np.ndarray):
     return noise(part, shape)
 
 
-def _block(draws, t0: int, t1: int, n0: int, n1: int):
-    """The part of a whole read's noise that tiles t0..t1 and rows n0..n1 draw."""
+def _block(draws, idx: np.ndarray, n0: int, n1: int):
+    """The part of a whole read's noise that tiles ``idx`` and rows n0..n1 draw."""
     if draws is None or isinstance(draws, np.ndarray):
-        return None if draws is None else draws[:, t0:t1, n0:n1]
-    return draws._replace(keys=draws.keys[t0:t1], row0=n0, widths=draws.widths[t0:t1])
+        return None if draws is None else draws[:, idx, n0:n1]
+    return draws._replace(keys=draws.keys[idx], row0=n0, widths=draws.widths[idx])

@@ -84,13 +84,15 @@ def _device_group(m, group: list[Instr]) -> None:
         chunk = chunks[k]
         progs = [m.xbar(i.attr("xb"), (i.attr("rows")[1] - i.attr("rows")[0],
                                        i.attr("cols")[1] - i.attr("cols")[0]), i) for i in chunk]
-        rows = max(i.attr("rows")[1] - i.attr("rows")[0] for i in chunk)
-        xs = np.zeros((len(chunk), (s1 - s0) * v, rows), np.float32)
-        for t, ins in enumerate(chunk):
-            r0, r1 = ins.attr("rows")
-            xs[t, :, :r1 - r0] = x[s0:s1, :, r0:r1].reshape(-1, r1 - r0)
+        windows = [tuple(i.attr("rows")) for i in chunk]
+        distinct = list(dict.fromkeys(windows))  # tiles of one row window read one input
+        rows = max(r1 - r0 for r0, r1 in distinct)
+        xs = np.zeros((len(distinct), (s1 - s0) * v, rows), np.float32)
+        for u, (r0, r1) in enumerate(distinct):
+            xs[u, :, :r1 - r0] = x[s0:s1, :, r0:r1].reshape(-1, r1 - r0)
         return tiles_mvm(xs, x_range[s0 * v:s1 * v], progs, m.chip,
-                         _read_noise(m, group[0], k * step, len(chunk), s0, (s1 - s0, v)))
+                         _read_noise(m, group[0], k * step, len(chunk), s0, (s1 - s0, v)),
+                         [distinct.index(w) for w in windows])
     for (k, s0, s1), ys in zip(units, m.map(read, units)):
         for t, ins in enumerate(chunks[k]):
             c0, c1 = ins.attr("cols")
