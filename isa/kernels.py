@@ -43,6 +43,7 @@ def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
 
 
 # Elementwise activations, fn(x, attrs) with the opcode's attributes by name; call ``activation``.
+# Each returns a new array (``activation`` does not copy it again).
 ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "relu": lambda x, a: np.maximum(x, 0),
     "leakyrelu": lambda x, a: np.where(x >= 0, x, x * a["alpha"]),

@@ -69,9 +69,10 @@ def im2col(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
         xp = np.moveaxis(x, 1, -1)
         if any(pads):
             inner = tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))
-            xp = np.zeros((b,) + tuple(s + pads[i] + pads[n + i]
-                                       for i, s in enumerate(x.shape[2:])) + (c,), x.dtype)
-            xp[(slice(None),) + inner] = np.moveaxis(x, 1, -1)
+            padded = np.zeros((b,) + tuple(s + pads[i] + pads[n + i]
+                                           for i, s in enumerate(x.shape[2:])) + (c,), x.dtype)
+            padded[(slice(None),) + inner] = xp
+            xp = padded
         cols = np.empty((b, *out, c, *kernel), x.dtype)
         for offs, view in offset_views(xp, kernel, strides, dilations, out, first=1):
             cols[(Ellipsis,) + offs] = view

@@ -120,7 +120,7 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     t_step = max(1, BLOCK_BYTES // (row_bytes * n_step))
     for u in np.unique(inputs):
         readers = np.flatnonzero(inputs == u)
-        groups = [_TileGroup(idx, cells, full, progs, chip)
+        groups = [_TileGroup(idx, cells, full, gain, progs, chip)
                   for idx in (readers[j:j + t_step] for j in range(0, len(readers), t_step))]
         for n0 in range(0, x.shape[1], n_step):
             n1 = min(n0 + n_step, x.shape[1])
@@ -131,7 +131,7 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                 planes = _quantize_inputs(block, a.input_bits, ranges[u, n0:n1], a.dac_bits)
                 active = planes.sum(axis=2).astype(np.float32)  # input levels per step
                 for group in groups:
-                    group.read(planes, active, out, n0, n1, sign, gain, chip,
+                    group.read(planes, active, out, n0, sign,
                                _block(draws[index], group.idx, n0, n1))
     levels = 2 ** a.input_bits - 1
     return (out * (ranges[inputs] / levels) * scale[:, None, :]).astype(np.float32)
@@ -139,34 +139,35 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
 
 class _TileGroup:
     """Tiles ``idx`` that read the same input, read together: their cells side by side as
-    one float64 matrix [R, tiles x signs x slices x C], so that each block of input rows is
-    one product for all of them."""
+    one float64 matrix [crossbar rows, tiles x signs x slices x C], so that each block of
+    input vectors is one product for all of them."""
 
-    def __init__(self, idx: np.ndarray, cells: np.ndarray, full: np.ndarray, progs, chip):
-        self.idx = idx
-        self.shape = cells.shape[1:]  # signs, slices, rows, cols
+    def __init__(self, idx: np.ndarray, cells: np.ndarray, full: np.ndarray,
+                 gain: np.ndarray, progs, chip: Chip):
+        self.idx, self.shape = idx, cells.shape[1:]  # signs, slices, rows, cols
         signs, slices, rows, cols = self.shape
         self.g64 = cells[idx].transpose(3, 0, 1, 2, 4).reshape(
             rows, len(idx) * signs * slices * cols).astype(np.float64)
-        self.adc = _adc_constants(full[idx], chip)
-        self.offsets = np.array([progs[t].offset for t in idx], np.float64)
-        self.g0 = gmin_levels(chip)
+        self.constants = dict(_adc_constants(full[idx], chip), gain=gain[idx],
+                              offsets=np.array([progs[t].offset for t in idx], np.float64),
+                              g0=gmin_levels(chip), sigma=chip.device.read_sigma)
 
-    def read(self, planes, active, out, n0, n1, sign, gain, chip, noise) -> None:
-        """Add these tiles' read of input rows n0..n1 (``planes`` [steps, rows, R], their
-        ``active`` levels [steps, rows]) by one input sign into ``out`` [T, N, C]."""
+    def read(self, planes: np.ndarray, active: np.ndarray, out: np.ndarray, n0: int,
+             sign: float, noise) -> None:
+        """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows],
+        ``active`` [steps, vectors]: the input levels applied) by one input sign into
+        ``out`` [T, N, C]; ``noise``: the block's (``_block``)."""
         signs, slices, _, cols = self.shape
-        steps, k = planes.shape[0], len(self.idx)
+        (steps, vectors, rows), k = planes.shape, len(self.idx)
         # summed in float64, where sums of these products are exact, so that a sample's
         # currents do not depend on how many others share the product (BLAS blocks float32
         # sums by shape): outputs do not depend on how a run is split
-        current = (planes.reshape(-1, planes.shape[2]) @ self.g64).reshape(
-            steps, n1 - n0, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
-        acc = out[self.idx, n0:n1]
-        read_pass(current, np.repeat(active[:, None], k, axis=1), **self.adc,
-                  gain=gain[self.idx], offsets=self.offsets, g0=self.g0, sign=sign,
-                  sigma=chip.device.read_sigma, noise=noise, out=acc)
-        out[self.idx, n0:n1] = acc
+        current = (planes.reshape(-1, rows) @ self.g64).reshape(
+            steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
+        acc = out[self.idx, n0:n0 + vectors]
+        read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,
+                  sign=sign, noise=noise, out=acc)
+        out[self.idx, n0:n0 + vectors] = acc
 
 
 def _adc_constants(full: np.ndarray, chip: Chip) -> dict:

@@ -42,8 +42,6 @@ class Programmed:
     gain: np.ndarray       # [signs, slices, C] digital correction from read-after-write
     full_scale: np.ndarray  # [signs, slices, C] ADC full scale (level steps)
     offset: float          # offset encoding: magnitude added to every weight (0 if differential)
-    target_weight: np.ndarray | None  # [R, C] the quantized weights (scale applied); None
-    #                                   once a crossbar written only once is programmed
     held: np.ndarray | None = None  # [signs, slices, R, C] cell values in level steps without
     #                                 Gmin, before drift and IR drop (what a kept cell keeps;
     #                                 float64, so a kept cell reads back bit for bit)
@@ -148,6 +146,5 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
     if rngs is not None:
         cells = read_conditions(cells, chip)
     cells, gain, full = cells.astype(np.float32), gain.astype(np.float32), full.astype(np.float32)
-    weights = (q * scale[..., None, :]).astype(np.float32)
-    return [Programmed(cells[t], digits[t], scale[t], gain[t], full[t], offset, weights[t],
-                       held[t]) for t in range(len(writes))]
+    return [Programmed(cells[t], digits[t], scale[t], gain[t], full[t], offset, held[t])
+            for t in range(len(writes))]

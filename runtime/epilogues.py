@@ -40,7 +40,8 @@ class Fused:
 
     @property
     def instrs(self) -> list[Instr]:
-        return [self.copy, *self.group] + ([self.act] if self.act else [])
+        """The step's instructions in program order."""
+        return [self.copy, *self.group] + ([self.act] if self.act is not None else [])
 
 
 def fuse(steps: list, program: Program) -> list:
@@ -55,7 +56,7 @@ def fuse(steps: list, program: Program) -> list:
             nxt = steps[i + 2] if i + 2 < len(steps) else None
             act = nxt if _activates(nxt, steps[i].operands[0]) else None
             out.append(Fused(steps[i], steps[i + 1], act))
-            i += 3 if act else 2
+            i += 3 if act is not None else 2
         else:
             out.append(steps[i])
             i += 1
@@ -64,21 +65,24 @@ def fuse(steps: list, program: Program) -> list:
 
 def _covers(copy, group, shapes: dict) -> bool:
     """``copy`` writes a blob into a buffer that the mvm group ``group`` then adds a product
-    into, over all of its vectors and columns."""
+    into, from another buffer, over all of its vectors and from its first column to its last
+    (a column no tile covers keeps the bias, as it does unfused)."""
     if not (isinstance(copy, Instr) and copy.op == "copy" and copy.operands[1][0] == "@"
             and isinstance(group, list) and group[0].op == "mvm"
-            and group[0].operands[0] == copy.operands[0]):
+            and group[0].operands[0] == copy.operands[0]
+            and group[0].operands[1] != copy.operands[0]):  # not the bias times a matrix
         return False
     shape = shapes[copy.operands[0][1:]]
     if len(shape) < 2:
         return False
     vectors = int(np.prod(shape[1:-1], dtype=np.int64))
-    cols = sorted(tuple(ins.attr("cols")) for ins in group)
-    return (tuple(group[0].attr("vecs")) == (0, vectors) and cols[0][0] == 0
-            and max(c1 for _, c1 in cols) == shape[-1])
+    return (tuple(group[0].attr("vecs")) == (0, vectors)
+            and min(ins.attr("cols")[0] for ins in group) == 0
+            and max(ins.attr("cols")[1] for ins in group) == shape[-1])
 
 
 def _activates(step, ref: str) -> bool:
+    """``step`` is an activation of ``ref`` into itself that ``IN_PLACE`` can run."""
     return (isinstance(step, Instr) and step.op in IN_PLACE
             and list(step.operands) == [ref, ref])
 

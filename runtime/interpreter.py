@@ -92,6 +92,7 @@ class Machine:
         self.bufs: dict[str, np.ndarray] = {}
         self.xbars: dict[int, np.ndarray] = {}
         self.halted = False
+        self.trimmed = False  # the heap's free pages given back once, after the load phase
 
     def shape(self, ref: str) -> tuple[int, ...]:
         return self.shapes[ref[1:]]
@@ -133,7 +134,9 @@ class Machine:
             for w0 in range(start, end, STACK * self.threads):
                 self._program_window(writes[w0:min(w0 + STACK * self.threads, end)])
             start = end
-        release_freed_memory()  # the temporaries' holes between the cells just kept
+        if not self.trimmed:  # after the load phase: the temporaries' holes between the
+            release_freed_memory()  # cells just kept (later writes reuse what is kept)
+            self.trimmed = True
 
     def _program_window(self, writes: list[tuple]) -> None:
         """Program writes to distinct crossbars: a stack per thread at a time, each recorded
@@ -175,8 +178,8 @@ class Machine:
                 self._wear(xb, win, changed)
         else:  # written once: no later write needs its digits, and one write wears out
             # no cell (endurance is at least 1), so only what reads use is kept (ResNet-50:
-            # 1 GB instead of 6; without the quantized weights another 100 MB less)
-            prog = dataclasses.replace(prog, target=None, held=None, target_weight=None)
+            # 1 GB instead of 6)
+            prog = dataclasses.replace(prog, target=None, held=None)
             self.stuck.pop(xb, None)  # its stuck cells are in its cells now
         self.xbars[xb] = prog
 
@@ -259,7 +262,7 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
     for step in steps:
         instrs = step.instrs if isinstance(step, Fused) else \
             step if isinstance(step, list) else [step]
-        ins = instrs[0]
+        ins = step.group[0] if isinstance(step, Fused) else instrs[0]  # errors: the product
         try:
             if isinstance(step, Fused):
                 run_fused(m, step)

@@ -100,7 +100,6 @@ def check_memory(need: int, what: str) -> None:
         raise RunError(f"{problem}; run fewer samples at a time (split --input)")
 
 
-
 # glibc gives freed memory back to the OS as soon as more than its trim threshold lies free at
 # the top of the heap. A run frees and allocates arrays of the same sizes instruction after
 # instruction, so every pass faulted its pages in again: ResNet-50 in ideal mode took 40,000
@@ -113,9 +112,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep up to KEEP_FREED_BYTES of freed memory for reuse, for the
-    whole process, once (``run`` calls it; ``CIMSTACK_KEEP_FREED=0`` skips it). True when set;
-    False elsewhere than glibc."""
+    """Have glibc's malloc keep up to KEEP_FREED_BYTES of freed memory for reuse in each of
+    its arenas (the main thread's, and one per read thread at most), from now on for the
+    whole process (``run`` calls it; ``CIMSTACK_KEEP_FREED=0`` skips it). Kept memory counts
+    as in use for a later run's memory check in the same process. True when set; False
+    elsewhere than glibc."""
     if os.environ.get("CIMSTACK_KEEP_FREED") == "0" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -111,3 +111,36 @@ def test_reading_in_blocks_of_rows_changes_nothing(mode, monkeypatch):
     noise = _noise(3) if mode == "analog" else None
     want = analog_reference.tiles_mvm(x, ranges, progs, chip, noise)
     assert np.array_equal(analog.tiles_mvm(x, ranges, progs, chip, noise), want)
+
+
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+@pytest.mark.parametrize("implementation", ["numba", "numpy"])
+@pytest.mark.parametrize("block_bytes", [analog.BLOCK_BYTES, 1])
+def test_tiles_that_share_an_input_read_it_as_if_each_had_its_own(mode, implementation,
+                                                                 block_bytes, monkeypatch):
+    """``tiles_mvm``'s ``inputs``: tiles reading one input (quantized once, one product for
+    all) give the reference's result for that input repeated per tile, in blocks too."""
+    if implementation == "numpy":
+        monkeypatch.setattr(kernels, "_kernel", None)
+    elif kernels._kernel is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
+    monkeypatch.setattr(analog, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(analog, "MIN_BLOCK_ROWS", 1 if block_bytes == 1 else 256)
+    chip = _chip(2, 1, 1, 1)
+    rng = np.random.default_rng(9)
+    progs = _tiles(chip, mode == "analog", rng, count=4)
+    x, ranges = _inputs(chip, 2, rng, False)
+    inputs = [1, 0, 1, 1]
+    noise = _noise(4) if mode == "analog" else None
+    want = analog_reference.tiles_mvm(x[inputs], ranges, progs, chip, noise)
+    got = analog.tiles_mvm(x, ranges, progs, chip, noise, inputs)
+    assert np.array_equal(got, want)
+
+
+def test_per_tile_ranges_need_an_input_per_tile():
+    chip = _chip(2, 1, 1, 1)
+    rng = np.random.default_rng(2)
+    progs = _tiles(chip, False, rng, count=2)
+    x, ranges = _inputs(chip, 2, rng, True)
+    with pytest.raises(ValueError, match="one input per tile"):
+        analog.tiles_mvm(x[:1], ranges, progs, chip, None, [0, 0])

@@ -53,8 +53,7 @@ def _hand_programmed(cells_pos, full):
     cells[0, 0, :, 0] = cells_pos
     return device.Programmed(cells=cells, target=cells.astype(np.int64), scale=np.ones(1),
                              gain=np.ones((2, 1, 1), np.float32),
-                             full_scale=np.array([[[full]], [[1.0]]], np.float32), offset=0.0,
-                             target_weight=np.zeros((len(cells_pos), 1), np.float32))
+                             full_scale=np.array([[[full]], [[1.0]]], np.float32), offset=0.0)
 
 
 @pytest.mark.parametrize("x,full,expected", [
@@ -228,7 +227,6 @@ def test_a_stack_of_tiles_programs_as_each_tile_alone(mode, differential):
         stacked = device.program_many([w[:2] + (fresh(t),) + w[3:] for t, w in enumerate(group)])
         alone = [device.program(*(w[:2] + (fresh(t),) + w[3:])) for t, w in enumerate(group)]
         for s, o in zip(stacked, alone):
-            for field in ("cells", "target", "scale", "gain", "full_scale", "target_weight",
-                          "held"):
+            for field in ("cells", "target", "scale", "gain", "full_scale", "held"):
                 assert np.array_equal(getattr(s, field), getattr(o, field)), field
             assert s.offset == o.offset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 
@@ -10,8 +11,10 @@ import pytest
 from conftest import MODELS
 
 from compiler import compile_model
-from runtime import run
-from runtime.epilogues import Fused, fuse
+from isa import kernels
+from isa.printer import text_line
+from runtime import RunError, run
+from runtime.epilogues import IN_PLACE, Fused, fuse
 from runtime.mvm_groups import plan
 
 
@@ -49,3 +52,34 @@ def test_a_fused_run_computes_each_layer_and_counts_every_instruction(mlp, digit
     assert np.array_equal(result.outputs["logits"], want)
     assert result.stats["opcode_counts"] == dict(sorted(Counter(
         i.op for i in mlp.text if i.op != "halt").items())) | {"halt": 1}
+
+
+def test_a_product_of_its_own_destination_is_not_fused(mlp):
+    """``copy %y, @b; mvm %y, %y`` adds b @ W to b: the product reads the bias, so the two
+    cannot be one step."""
+    steps = plan(mlp.text)
+    first = next(i for i, s in enumerate(steps) if isinstance(s, list) and s[0].op == "mvm")
+    dst = steps[first][0].operands[0]
+    steps[first] = [dataclasses.replace(i, operands=(dst, dst)) for i in steps[first]]
+    assert not any(isinstance(s, Fused) and s.copy.operands[0] == dst
+                   for s in fuse(steps, mlp))
+
+
+def test_an_error_in_a_fused_step_names_the_products_line(mlp, digits_test):
+    text = [i for i in mlp.text if i.op != "reshape"]  # %flat is never written
+    broken = dataclasses.replace(mlp, text=text)
+    mvm = next(n for n, i in enumerate(text) if i.op == "mvm")
+    with pytest.raises(RunError, match=rf"line {text_line(broken, mvm)} \(mvm\): %flat is "
+                                       "read before anything was written"):
+        run(broken, digits_test[0][:2], timing=False)
+
+
+@pytest.mark.parametrize("kind, attrs", [("relu", {}), ("clip", {"min": -0.5, "max": 0.25})])
+def test_in_place_activations_compute_what_the_activations_do(kind, attrs):
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    x[:4] = [np.nan, -0.0, 0.0, -np.inf]
+    want = kernels.activation(kind, x, attrs)
+    got = x.copy()
+    IN_PLACE[kind](got, attrs)
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(np.signbit(got), np.signbit(want))

@@ -75,3 +75,13 @@ def test_maxpool_of_all_negative_inputs_ignores_zero_padding():
     x = -np.ones((1, 1, 2, 2), np.float32)
     got = kernels.maxpool(x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (2, 2))
     assert np.array_equal(got, x)
+
+
+def test_ceil_mode_max_pooling_reads_the_windows_past_the_edge_as_missing():
+    """A 5x5 input in 2x2 windows of stride 2 with ceil mode has 3x3 outputs: the last row
+    and column of windows hang over the edge, and their missing inputs never win."""
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 5)).astype(np.float32) - 10
+    got = kernels.maxpool(x, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (3, 3))
+    padded = np.pad(x, [(0, 0), (0, 0), (0, 1), (0, 1)], constant_values=-np.inf)
+    want = padded.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5))
+    assert np.array_equal(got, want) and np.isfinite(got).all()
