@@ -63,8 +63,9 @@ def stuck_mask(rng: np.random.Generator, shape, chip: Chip) -> np.ndarray:
     """-1 free, 0 stuck at Gmin, 1 stuck at Gmax, per physical cell."""
     u = rng.random(shape)
     d = chip.device
-    return np.where(u < d.stuck_at_gmin, 0, np.where(u < d.stuck_at_gmin + d.stuck_at_gmax,
-                                                     1, -1)).astype(np.int8)
+    # 0 below stuck_at_gmin, then 1 below both together, else -1: two comparisons, no where
+    return (u >= d.stuck_at_gmin).view(np.int8) - (
+        (u >= d.stuck_at_gmin + d.stuck_at_gmax).view(np.int8) << 1)
 
 
 def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
@@ -90,6 +91,17 @@ def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
         g_siemens = out * step_us * 1e-6
         out = out / (1.0 + d.wire_ohm * segments * g_siemens)
     return out
+
+
+def _normals(rngs, sigma: float, shape: tuple) -> np.ndarray:
+    """N(0, sigma) draws of ``shape`` [T, ...], tile t's from ``rngs[t]``: what
+    ``rngs[t].normal(0.0, sigma, shape[1:])`` stacked gives (sigma times a standard normal
+    draw), drawn in place instead of stacked."""
+    z = np.empty(shape)
+    for t, rng in enumerate(rngs):
+        rng.standard_normal(out=z[t])
+    z *= sigma
+    return z
 
 
 def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck: np.ndarray,
@@ -121,8 +133,7 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
     sigma = d.program_sigma * d.g_max_us / level_step_us(chip)
     if mp.differential:
         stuck = stuck[:, :2]
-        noise = np.stack([r.normal(0.0, sigma, stuck.shape[1:]) for r in rngs]) \
-            if rngs is not None else np.zeros(stuck.shape)
+        noise = _normals(rngs, sigma, stuck.shape) if rngs is not None else np.zeros(stuck.shape)
         digits, held = encode(q, stuck, noise, chip, bool(mp.stuck_aware),
                               bool(mp.slice_compensation) and rngs is not None, g0, prev, select)
         offset = 0.0
@@ -131,7 +142,7 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
         stuck = stuck[:, :1]
         held = digits.astype(np.float64)
         if rngs is not None:
-            held = held + np.stack([r.normal(0.0, sigma, held.shape[1:]) for r in rngs])
+            held = held + _normals(rngs, sigma, held.shape)
         digits, held = keep_previous(digits, held, prev, select)
         held = np.where(stuck == 0, 0.0, np.where(stuck == 1, top, held))
     cells = np.maximum(g0 + held, 0.0)

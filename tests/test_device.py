@@ -230,3 +230,23 @@ def test_a_stack_of_tiles_programs_as_each_tile_alone(mode, differential):
             for field in ("cells", "target", "scale", "gain", "full_scale", "held"):
                 assert np.array_equal(getattr(s, field), getattr(o, field)), field
             assert s.offset == o.offset
+
+
+@pytest.mark.parametrize("gmin, gmax", [(0.001, 0.001), (0.3, 0.2), (0.0, 0.5), (0.0, 0.0)])
+def test_stuck_masks_follow_their_definition(gmin, gmax):
+    """u < stuck_at_gmin: stuck at Gmin (0); below both fractions together: at Gmax (1);
+    else free (-1), for the generator's uniform draws u."""
+    chip = Chip()
+    chip = dataclasses.replace(chip, device=dataclasses.replace(
+        chip.device, stuck_at_gmin=gmin, stuck_at_gmax=gmax))
+    u = np.random.default_rng(4).random((2, 4, 32, 8))
+    want = np.where(u < gmin, 0, np.where(u < gmin + gmax, 1, -1))
+    got = device.stuck_mask(np.random.default_rng(4), u.shape, chip)
+    assert got.dtype == np.int8 and np.array_equal(got, want)
+
+
+def test_programming_noise_is_each_tiles_generator_normal_draws():
+    rngs = [np.random.default_rng([1, t]) for t in range(3)]
+    want = np.stack([np.random.default_rng([1, t]).normal(0.0, 0.07, (2, 4, 5, 3))
+                     for t in range(3)])
+    assert np.array_equal(device._normals(rngs, 0.07, (3, 2, 4, 5, 3)), want)
