@@ -24,8 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from isa.cells import encode, keep_previous, quantize_weights, to_digits
+from isa.cells import keep_previous, quantize_weights, to_digits
 from isa.chip import Chip
+
+from .encoding import encode
 
 __all__ = ["Programmed", "encode", "program", "quantize_weights", "read_conditions",
            "stuck_mask", "to_digits"]

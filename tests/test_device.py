@@ -11,9 +11,9 @@ from conftest import DIGITS, MODELS, cli, model_path, ort_run, rel_err
 
 import isa
 from compiler import compile_model
-from isa import ChipGeometry
+from isa import ChipGeometry, cells
 from isa.chip import Chip, with_overrides
-from runtime import device, run
+from runtime import device, encoding, run
 from runtime.analog import crossbar_mvm
 
 
@@ -250,3 +250,26 @@ def test_programming_noise_is_each_tiles_generator_normal_draws():
     want = np.stack([np.random.default_rng([1, t]).normal(0.0, 0.07, (2, 4, 5, 3))
                      for t in range(3)])
     assert np.array_equal(device._normals(rngs, 0.07, (3, 2, 4, 5, 3)), want)
+
+
+@pytest.mark.parametrize("cell_bits", [1, 2, 4])
+@pytest.mark.parametrize("aware, compensate", [(False, False), (True, False), (True, True)])
+def test_the_compiled_encoder_gives_numpys_digits_and_values(cell_bits, aware, compensate):
+    """``runtime.encoding.encode`` (numba, fresh writes) against ``isa.cells.encode``, with
+    stuck cells, programming noise and a non-contiguous stuck mask (as programming slices
+    it)."""
+    if encoding._compiled is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
+    chip = dataclasses.replace(Chip(), arch=dataclasses.replace(Chip().arch,
+                                                                cell_bits=cell_bits))
+    rng = np.random.default_rng(cell_bits)
+    shape = (5, 2, chip.arch.slices, 40, 7)
+    q = rng.integers(-127, 128, (5, 40, 7))
+    u = rng.random(shape)
+    stuck = np.concatenate([np.where(u < 0.1, 0, np.where(u < 0.2, 1, -1)).astype(np.int8),
+                            np.zeros(shape, np.int8)], axis=1)[:, :2]
+    noise = rng.normal(0, 0.08, shape)
+    want = cells.encode(q, stuck, noise, chip, aware, compensate, 0.077)
+    got = encoding.encode(q, stuck, noise, chip, aware, compensate, 0.077)
+    for w, g in zip(want, got):
+        assert w.dtype == g.dtype and np.array_equal(w, g)
