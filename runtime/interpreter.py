@@ -390,8 +390,9 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     its dataset, so that a dataset split into runs gives the outputs of one run over all of
     it, and the outputs never depend on how the samples are split into passes.
     ``threads``: quantized and analog crossbar reads on that many threads (None: one per
-    core); the outputs are the same for any number. The first run sets this process's
-    malloc to keep freed memory for reuse (``memory.keep_freed_memory``). Raises RunError."""
+    core); the outputs are the same for any number. Runs set this process's malloc to keep
+    a pass's worth of freed memory for reuse (``memory.keep_freed_memory``). Raises
+    RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
     chip = chip or dataclasses.replace(Chip(), arch=program.chip)
@@ -402,7 +403,7 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     if mode == "timing":
         return RunResult({}, {"mode": mode, "seed": seed, **timing_stats,
                               "chip": chip.to_dict()}, timeline)
-    keep_freed_memory()
+    keep_freed_memory(estimate_bytes(program, per * program.batch, mode))
     counts: Counter = Counter()
     start = time.perf_counter()
     steps, b = plan(program.text), program.batch

@@ -12,12 +12,11 @@ mode also keeps a stuck mask and wear counts of every cell of each crossbar it w
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import platform
 
 from isa import Program
-from isa.limits import memory_problem, tensor_bytes
+from isa.limits import available_bytes, memory_problem, tensor_bytes
 
 from .errors import RunError
 from .mvm_groups import BYTES_PER_CHUNK, read_bytes
@@ -103,27 +102,32 @@ def check_memory(need: int, what: str) -> None:
 # glibc gives freed memory back to the OS as soon as more than its trim threshold lies free at
 # the top of the heap. A run frees and allocates arrays of the same sizes instruction after
 # instruction, so every pass faulted its pages in again: ResNet-50 in ideal mode took 40,000
-# page faults, a third of the time of a pass. Keeping this much freed memory for reuse stops
-# that; arrays above glibc's largest mmap threshold (32 MB) still get mappings of their own.
-KEEP_FREED_BYTES = 512 * 2 ** 20
+# page faults, a third of the time of a pass. Keeping a pass's worth of freed memory for
+# reuse stops that (512 MB served one ResNet-50 image, not four); arrays above glibc's
+# largest mmap threshold (32 MB) still get mappings of their own.
+KEEP_FREED_BYTES = 512 * 2 ** 20  # at least
+KEEP_FREED_SHARE = 4  # at most this fraction of the memory available when a run starts
 MMAP_THRESHOLD_BYTES = 32 * 2 ** 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep up to KEEP_FREED_BYTES of freed memory for reuse in each of
-    its arenas (the main thread's, and one per read thread at most), from now on for the
-    whole process (``run`` calls it; ``CIMSTACK_KEEP_FREED=0`` skips it). Kept memory counts
-    as in use for a later run's memory check in the same process. True when set; False
-    elsewhere than glibc."""
+def keep_freed_memory(pass_bytes: int = 0) -> bool:
+    """Have glibc's malloc keep freed memory for reuse in each of its arenas (the main
+    thread's, and one per read thread at most), from now on for the whole process: a pass's
+    ``pass_bytes`` (``estimate_bytes``), at least KEEP_FREED_BYTES, at most a
+    KEEP_FREED_SHARE-th of the available memory. ``run`` calls it; ``CIMSTACK_KEEP_FREED=0``
+    skips it. Kept memory counts as in use for a later run's memory check in the same
+    process. True when set; False elsewhere than glibc."""
     if os.environ.get("CIMSTACK_KEEP_FREED") == "0" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
+    available = available_bytes()
+    cap = available // KEEP_FREED_SHARE if available else KEEP_FREED_BYTES
+    keep = max(KEEP_FREED_BYTES, min(pass_bytes, cap, 2 ** 31 - 1))
+    return bool(mallopt(_M_TRIM_THRESHOLD, keep)
                 and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
