@@ -166,3 +166,13 @@ def test_programming_a_window_of_crossbars_at_a_time_changes_nothing(cnn, digits
     monkeypatch.setattr(interpreter, "STACK", 1)
     got = run(cnn, x, mode="analog", timing=False, threads=2).outputs["logits"]
     assert np.array_equal(got, want)
+
+
+def test_a_run_keeps_its_pass_worth_of_freed_memory(cnn, digits_test, monkeypatch):
+    """``run`` asks malloc to keep what one of its passes is estimated to need."""
+    from runtime import interpreter
+    asked = []
+    monkeypatch.setattr(interpreter, "keep_freed_memory", asked.append)
+    x = digits_test[0][:6]
+    run(cnn, x, mode="analog", timing=False)
+    assert asked == [estimate_bytes(cnn, len(x), "analog")]
