@@ -12,6 +12,7 @@ mode also keeps a stuck mask and wear counts of every cell of each crossbar it w
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -115,29 +116,42 @@ def keep_freed_memory(pass_bytes: int = 0) -> bool:
     """Have glibc's malloc keep freed memory for reuse in each of its arenas (the main
     thread's, and one per read thread at most), from now on for the whole process: a pass's
     ``pass_bytes`` (``estimate_bytes``), at least KEEP_FREED_BYTES, at most a
-    KEEP_FREED_SHARE-th of the available memory. ``run`` calls it; ``CIMSTACK_KEEP_FREED=0``
-    skips it. Kept memory counts as in use for a later run's memory check in the same
-    process. True when set; False elsewhere than glibc."""
-    if os.environ.get("CIMSTACK_KEEP_FREED") == "0" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    KEEP_FREED_SHARE-th of the available memory, and never less than an earlier call kept.
+    ``run`` calls it; ``CIMSTACK_KEEP_FREED=0`` skips it. Kept memory counts as in use for a
+    later run's memory check in the same process. True when set; False elsewhere than
+    glibc."""
+    libc = _glibc()
+    if os.environ.get("CIMSTACK_KEEP_FREED") == "0" or libc is None:
         return False
     available = available_bytes()
     cap = available // KEEP_FREED_SHARE if available else KEEP_FREED_BYTES
-    keep = max(KEEP_FREED_BYTES, min(pass_bytes, cap, 2 ** 31 - 1))
-    return bool(mallopt(_M_TRIM_THRESHOLD, keep)
-                and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    # never lowered: glibc trims all the free top of the heap once it passes the threshold,
+    # so a smaller pass after a larger one would fault the larger one's pages in again
+    _kept[0] = max(_kept[0], KEEP_FREED_BYTES, min(pass_bytes, cap, 2 ** 31 - 1))
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, _kept[0])
+                and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+_kept = [0]  # the trim threshold this process has set so far
 
 
 def release_freed_memory() -> None:
     """Give the free pages inside glibc's heap back to the OS (malloc_trim; nothing elsewhere
     than glibc). Programming thousands of crossbars leaves holes between the cells it keeps:
     ResNet-50's 12,504 left 0.5 GB of them, which reads did not reuse."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc():
+    """This process's C library when it is glibc with mallopt and malloc_trim, else None
+    (looked up once, for both callers)."""
     if platform.libc_ver()[0] != "glibc":
-        return
+        return None
     try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        return
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

@@ -176,3 +176,23 @@ def test_a_run_keeps_its_pass_worth_of_freed_memory(cnn, digits_test, monkeypatc
     x = digits_test[0][:6]
     run(cnn, x, mode="analog", timing=False)
     assert asked == [estimate_bytes(cnn, len(x), "analog")]
+
+
+def test_the_kept_freed_memory_never_shrinks_within_a_process(monkeypatch):
+    """glibc trims the whole free top of the heap once it passes the threshold: a smaller
+    pass after a larger one must not lower it, or every pass faults its pages in again."""
+    from runtime import memory
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(memory, "_kept", [0])
+    monkeypatch.setattr(memory, "available_bytes", lambda: 16 * 2 ** 30)
+    monkeypatch.delenv("CIMSTACK_KEEP_FREED", raising=False)
+    for pass_bytes in (0, 1536 * 2 ** 20, 600 * 2 ** 20, 64 * 2 ** 30):
+        assert memory.keep_freed_memory(pass_bytes)
+    trims = [v for p, v in calls if p == memory._M_TRIM_THRESHOLD]
+    assert trims == [memory.KEEP_FREED_BYTES, 1536 * 2 ** 20, 1536 * 2 ** 20, 2 ** 31 - 1]
