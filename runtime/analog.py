@@ -9,8 +9,10 @@ included) goes through the ADC: clipped to the column's full scale and rounded t
 ``adc_bits``. The digital side removes the Gmin part, applies read-after-write gains, and
 shift-adds slices, signs and input steps. Analog mode adds read noise: every column current,
 at every step, times 1 + N(0, read_sigma).
-The currents are one float64 product per tile, [input steps x vectors, rows] @ [rows, signs x
-slices x cols], in blocks of rows; ``kernels.read_pass`` does everything after it.
+The currents are one product per group of tiles, [input steps x vectors, rows] @ [rows, tiles
+x signs x slices x cols], in blocks of rows, whose sums are exact: in float32 when the cells
+are on the device's grid (analog mode, ``float32_exact``), else in float64 (quantized
+mode's cells are digits plus Gmin, off the grid); ``kernels.read_pass`` does everything after it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray,
     steps = -(-bits // dac_bits)
     shifts = (dac_bits * np.arange(steps, dtype=np.int32))[:, None, None]
     planes = (q[None] >> shifts) & (2 ** dac_bits - 1)
-    return planes.astype(np.float64)  # [steps, N, R]
+    return planes.astype(np.float32)  # [steps, N, R], exact (digits below 2**24)
 
 
 # noise(part, shape) -> float32 N(0, 1) draws of ``shape`` for the read of input sign ``part``
@@ -139,15 +141,16 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
 
 class _TileGroup:
     """Tiles ``idx`` that read the same input, read together: their cells side by side as
-    one float64 matrix [crossbar rows, tiles x signs x slices x C], so that each block of
-    input vectors is one product for all of them."""
+    one matrix [crossbar rows, tiles x signs x slices x C] (float32 where its sums are exact,
+    else float64), so that each block of input vectors is one product for all of them."""
 
     def __init__(self, idx: np.ndarray, cells: np.ndarray, full: np.ndarray,
                  gain: np.ndarray, progs, chip: Chip):
         self.idx, self.shape = idx, cells.shape[1:]  # signs, slices, rows, cols
         signs, slices, rows, cols = self.shape
-        self.g64 = cells[idx].transpose(3, 0, 1, 2, 4).reshape(
-            rows, len(idx) * signs * slices * cols).astype(np.float64)
+        g = cells[idx].transpose(3, 0, 1, 2, 4).reshape(rows, len(idx) * signs * slices * cols)
+        exact = float32_exact([progs[t] for t in idx], 2 ** chip.arch.dac_bits - 1)
+        self.g = g if exact else g.astype(np.float64)
         self.constants = dict(_adc_constants(full[idx], chip), gain=gain[idx],
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
@@ -159,15 +162,27 @@ class _TileGroup:
         ``out`` [T, N, C]; ``noise``: the block's (``_block``)."""
         signs, slices, _, cols = self.shape
         (steps, vectors, rows), k = planes.shape, len(self.idx)
-        # summed in float64, where sums of these products are exact, so that a sample's
-        # currents do not depend on how many others share the product (BLAS blocks float32
-        # sums by shape): outputs do not depend on how a run is split
-        current = (planes.reshape(-1, rows) @ self.g64).reshape(
+        # summed where sums of these products are exact (float64, or float32 for cells on
+        # the device's grid, ``float32_exact``), so that a sample's currents do not
+        # depend on how many others share the product (BLAS orders sums by shape): outputs
+        # do not depend on how a run is split
+        current = (planes.reshape(-1, rows).astype(self.g.dtype, copy=False) @ self.g).reshape(
             steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
         acc = out[self.idx, n0:n0 + vectors]
         read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,
                   sign=sign, noise=noise, out=acc)
         out[self.idx, n0:n0 + vectors] = acc
+
+
+def float32_exact(progs: list[Programmed], digit: int) -> bool:
+    """Whether every sum of products of input digits 0..``digit`` with these crossbars'
+    cells, down a column, is exact in float32, in any order: when the cells are multiples
+    of 2**-GRID_BITS (``device.on_grid``) and no column sum (cells are >= 0) can reach
+    2**24 of those units (``Programmed.grid_bound``).
+    Then a float32 product gives the float64 product's sums rounded to float32, the same
+    bits at twice the speed."""
+    bounds = [p.grid_bound for p in progs]
+    return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** 24
 
 
 def _adc_constants(full: np.ndarray, chip: Chip) -> dict:

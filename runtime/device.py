@@ -47,12 +47,30 @@ class Programmed:
     held: np.ndarray | None = None  # [signs, slices, R, C] cell values in level steps without
     #                                 Gmin, before drift and IR drop (what a kept cell keeps;
     #                                 float64, so a kept cell reads back bit for bit)
+    grid_bound: float | None = None  # cells on the grid (``on_grid``): a bound on any column
+    #                                  sum (rows x the largest cell), in grid units; None:
+    #                                  cells off the grid
 
 
 def level_step_us(chip: Chip) -> float:
     """The conductance between adjacent cell levels (uS)."""
     d = chip.device
     return (d.g_max_us - d.g_min_us) / (2 ** chip.arch.cell_bits - 1)
+
+
+# Analog mode resolves conductances to 2**-GRID_BITS of a level step (0.3 % of the default
+# chip's programming noise sigma, 0.077 steps), so that a crossbar's column currents are sums
+# that float32 holds exactly (``analog.float32_exact``)
+GRID_BITS = 12
+
+
+def on_grid(cells: np.ndarray) -> np.ndarray:
+    """float32 ``cells`` (level steps) rounded in place to the nearest multiple of
+    2**-GRID_BITS (ties to even); returns them. Scaling by powers of 2 is exact."""
+    cells *= np.float32(2.0 ** GRID_BITS)
+    np.rint(cells, out=cells)
+    cells *= np.float32(2.0 ** -GRID_BITS)
+    return cells
 
 
 def gmin_levels(chip: Chip) -> float:
@@ -159,5 +177,9 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
     if rngs is not None:
         cells = read_conditions(cells, chip)
     cells, gain, full = cells.astype(np.float32), gain.astype(np.float32), full.astype(np.float32)
-    return [Programmed(cells[t], digits[t], scale[t], gain[t], full[t], offset, held[t])
-            for t in range(len(writes))]
+    bounds = [None] * len(writes)
+    if rngs is not None:  # analog: conductances resolved to the grid
+        largest = on_grid(cells).reshape(len(writes), -1).max(axis=1)
+        bounds = (largest.astype(np.float64) * cells.shape[-2] * 2.0 ** GRID_BITS).tolist()
+    return [Programmed(cells[t], digits[t], scale[t], gain[t], full[t], offset, held[t],
+                       bounds[t]) for t in range(len(writes))]

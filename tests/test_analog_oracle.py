@@ -144,3 +144,25 @@ def test_per_tile_ranges_need_an_input_per_tile():
     x, ranges = _inputs(chip, 2, rng, True)
     with pytest.raises(ValueError, match="one input per tile"):
         analog.tiles_mvm(x[:1], ranges, progs, chip, None, [0, 0])
+
+
+def test_analog_cells_sum_exactly_in_float32_and_so_give_float64s_result():
+    """Analog cells are on the device grid (``device.on_grid``): with 1- and 2-bit DAC
+    digits their column sums fit float32 exactly and the product runs in float32; with an
+    8-bit DAC, or off the grid (quantized mode's Gmin), it stays float64. Forcing float64
+    changes no bit."""
+    rng = np.random.default_rng(11)
+    chip = _chip(2, 1, 1, 1)
+    progs = _tiles(chip, True, rng)
+    scaled = np.concatenate([p.cells.ravel() for p in progs]) * 2.0 ** device.GRID_BITS
+    assert np.array_equal(scaled, np.rint(scaled))
+    assert not np.array_equal(scaled % 2 ** device.GRID_BITS, 0 * scaled)  # noise: off levels
+    assert analog.float32_exact(progs, 1) and analog.float32_exact(progs, 3)
+    assert not analog.float32_exact(progs, 255)  # 8-bit DAC digits: sums may not fit
+    assert not analog.float32_exact(_tiles(chip, False, rng), 1)  # Gmin is off the grid
+    off = [dataclasses.replace(p, grid_bound=None) for p in progs]
+    assert not analog.float32_exact(off, 1)
+    x, ranges = _inputs(chip, len(progs), rng, False)
+    fast = analog.tiles_mvm(x, ranges, progs, chip, _noise(2))
+    assert np.array_equal(fast, analog.tiles_mvm(x, ranges, off, chip, _noise(2)))
+    assert np.array_equal(fast, analog_reference.tiles_mvm(x, ranges, progs, chip, _noise(2)))

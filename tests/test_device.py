@@ -273,3 +273,25 @@ def test_the_compiled_encoder_gives_numpys_digits_and_values(cell_bits, aware, c
     got = encoding.encode(q, stuck, noise, chip, aware, compensate, 0.077)
     for w, g in zip(want, got):
         assert w.dtype == g.dtype and np.array_equal(w, g)
+
+
+@pytest.mark.parametrize("cell_bits", [1, 2, 4])
+def test_analog_conductances_are_resolved_to_the_grid(cell_bits):
+    """Analog programming rounds conductances to 2**-GRID_BITS of a level step (nearest)
+    and bounds every column sum (``Programmed.grid_bound``); quantized cells are not
+    rounded (their Gmin stays exact)."""
+    chip = _chip(arch=ChipGeometry(cell_bits=cell_bits))
+    rng = np.random.default_rng(cell_bits)
+    tile = rng.standard_normal((40, 6)).astype(np.float32)
+    stuck = np.full((2, chip.arch.slices, 40, 6), -1, np.int8)
+    noisy = device.program(tile, chip, np.random.default_rng(0), stuck, 3.0)
+    step = 2.0 ** -device.GRID_BITS
+    assert np.array_equal(noisy.cells / step, np.rint(noisy.cells / step))
+    assert noisy.grid_bound >= (noisy.cells / step).sum(axis=-2).max() > 0
+    unrounded = device.read_conditions(
+        np.maximum(device.gmin_levels(chip) + noisy.held, 0.0), chip).astype(np.float32)
+    assert np.abs(noisy.cells - unrounded).max() <= step / 2
+    exact = device.program(tile, chip, None, stuck, 3.0)
+    assert exact.grid_bound is None
+    assert np.array_equal(exact.cells, (device.gmin_levels(chip) + exact.target).astype(
+        np.float32))
