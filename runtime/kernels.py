@@ -102,6 +102,8 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
             if not per_step:
                 summed[:] = 0.0
                 for b in range(steps):
+                    if active[b, t, n] == 0:
+                        continue  # no input, no current: it would add zeros
                     act64 = act64 + np.float64(active[b, t, n]) * step_w[b]
                     _noisy_row(current, b, t, n, mode, key,
                                state0 + np.uint64(b * vectors * own_width), cols, own,
@@ -115,6 +117,8 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
                     cur64 = (cur64 + round64) - round64
                     summed[i] = (cur64 * lsb[t, i] - g_act64) * np.float64(gain[t, i])
             for b in range(steps if per_step else 1):
+                if per_step and active[b, t, n] == 0:
+                    continue  # no input, no current: codes 0, it would add zeros
                 acc[:, :] = 0.0
                 if per_step:
                     _noisy_row(current, b, t, n, mode, key,
@@ -246,7 +250,8 @@ def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gai
 
     - current [B, T, N, S, Q, C], float64 or float32 (rounded to float32 first): each input
       step's column currents (B steps, S signs, Q slices), in level units;
-    - active [B, T, N] float32: the input levels applied per step;
+    - active [B, T, N] float32: the input levels applied per step (a step that applies
+      none, 0, has no current: the compiled kernel skips it);
     - full, lsb [T, S, Q, C] float64: the ADC's full scale and step (float32 values when
       ``per_step``); gain [T, S, Q, C] float32: read-after-write gains;
     - offsets [T]: the offset encoding's per-tile offset (used when S == 1);

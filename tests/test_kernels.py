@@ -29,9 +29,11 @@ def _case(rng, per_step: int, signs: int, steps: int = 4, tiles: int = 3, rows: 
     else:
         full = full32 * step_w.sum()
         lsb = full / 255
+    active = rng.integers(0, 9, shape[:3]).astype(np.float32)
+    current = rng.uniform(-5, 70, shape)
+    current[active == 0] = 0.0  # a step that applies no input has no current
     return dict(
-        current=rng.uniform(-5, 70, shape), active=rng.integers(0, 9, shape[:3]).astype(
-            np.float32), full=full, lsb=lsb,
+        current=current, active=active, full=full, lsb=lsb,
         gain=rng.uniform(0.9, 1.1, full32.shape).astype(np.float32),
         offsets=rng.uniform(0, 3, tiles), slice_w=4.0 ** np.arange(slices), step_w=step_w,
         g0=0.37, levels=255, per_step=per_step, sign=-1.0, sigma=0.05), vectors
