@@ -19,7 +19,7 @@ import numpy as np
 
 from isa import Instr, Program
 
-from .mvm_groups import ideal_product
+from .mvm_groups import ideal_product, span
 
 # Activations that can overwrite their input, fn(x, attrs) -> None; the same floats as
 # isa.kernels.ACTIVATIONS.
@@ -77,8 +77,7 @@ def _covers(copy, group, shapes: dict) -> bool:
         return False
     vectors = int(np.prod(shape[1:-1], dtype=np.int64))
     return (tuple(group[0].attr("vecs")) == (0, vectors)
-            and min(ins.attr("cols")[0] for ins in group) == 0
-            and max(ins.attr("cols")[1] for ins in group) == shape[-1])
+            and span(group, "cols") == (0, shape[-1]))
 
 
 def _activates(step, ref: str) -> bool:

@@ -118,10 +118,14 @@ def _read_noise(m, first: Instr, start: int, count: int, sample: int, vectors: t
                                 sample + np.arange(b), v)
 
 
+def span(group: list[Instr], attr: str) -> tuple[int, int]:
+    """The lowest start and highest end of the group's ``attr`` ranges ("rows", "cols")."""
+    return min(i.attr(attr)[0] for i in group), max(i.attr(attr)[1] for i in group)
+
+
 def _ideal_group(m, group: list[Instr]) -> None:
     v0, v1 = group[0].attr("vecs")
-    c_lo = min(i.attr("cols")[0] for i in group)
-    c_hi = max(i.attr("cols")[1] for i in group)
+    c_lo, c_hi = span(group, "cols")
     dst = as_vectors(m.read(group[0].operands[0]))
     dst[:, v0:v1, c_lo:c_hi] += ideal_product(m, group)
 
@@ -130,10 +134,7 @@ def ideal_product(m, group: list[Instr]) -> np.ndarray:
     """What an ideal-mode mvm group adds into its destination's vectors ``vecs`` and its
     tiles' columns (lowest to highest): ``src @ matrix``, the matrix assembled from what the
     crossbars hold now. A new array [B, V, columns]."""
-    r_lo = min(i.attr("rows")[0] for i in group)
-    r_hi = max(i.attr("rows")[1] for i in group)
-    c_lo = min(i.attr("cols")[0] for i in group)
-    c_hi = max(i.attr("cols")[1] for i in group)
+    (r_lo, r_hi), (c_lo, c_hi) = span(group, "rows"), span(group, "cols")
     matrix = np.zeros((r_hi - r_lo, c_hi - c_lo), np.float32)
     for ins in group:
         (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
