@@ -81,11 +81,11 @@ def _stack(progs: list[Programmed]) -> tuple[np.ndarray, ...]:
     return cells, full, gain, scale
 
 
-# A block of tiles x rows is read at a time: its input planes and float64 currents stay
-# within this many bytes (but a block has at least MIN_BLOCK_ROWS rows, for an efficient
-# product), so that they are reused from cache instead of allocated (and page-faulted in) at
-# the size of the whole batch; rows and tiles are independent, so blocks never change a
-# result.
+# A block of tiles x rows is read at a time: its input planes and currents (counted as
+# float64, the larger case) stay within this many bytes (but a block has at least
+# MIN_BLOCK_ROWS rows, for an efficient product), so that they are reused from cache instead
+# of allocated (and page-faulted in) at the size of the whole batch; rows and tiles are
+# independent, so blocks never change a result.
 BLOCK_BYTES = 4 * 2 ** 20
 MIN_BLOCK_ROWS = 256
 
@@ -132,8 +132,11 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                     continue  # no input, no current: nothing to add
                 planes = _quantize_inputs(block, a.input_bits, ranges[u, n0:n1], a.dac_bits)
                 active = planes.sum(axis=2).astype(np.float32)  # input levels per step
+                typed = {planes.dtype: planes}  # in each group's product type, cast once
                 for group in groups:
-                    group.read(planes, active, out, n0, sign,
+                    if group.g.dtype not in typed:
+                        typed[group.g.dtype] = planes.astype(group.g.dtype)
+                    group.read(typed[group.g.dtype], active, out, n0, sign,
                                _block(draws[index], group.idx, n0, n1))
     levels = 2 ** a.input_bits - 1
     return (out * (ranges[inputs] / levels) * scale[:, None, :]).astype(np.float32)
@@ -158,6 +161,7 @@ class _TileGroup:
     def read(self, planes: np.ndarray, active: np.ndarray, out: np.ndarray, n0: int,
              sign: float, noise) -> None:
         """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows],
+        in ``g``'s type,
         ``active`` [steps, vectors]: the input levels applied) by one input sign into
         ``out`` [T, N, C]; ``noise``: the block's (``_block``)."""
         signs, slices, _, cols = self.shape
@@ -166,7 +170,7 @@ class _TileGroup:
         # the device's grid, ``float32_exact``), so that a sample's currents do not
         # depend on how many others share the product (BLAS orders sums by shape): outputs
         # do not depend on how a run is split
-        current = (planes.reshape(-1, rows).astype(self.g.dtype, copy=False) @ self.g).reshape(
+        current = (planes.reshape(-1, rows) @ self.g).reshape(
             steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
         acc = out[self.idx, n0:n0 + vectors]
         read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,

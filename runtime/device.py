@@ -45,8 +45,9 @@ class Programmed:
     full_scale: np.ndarray  # [signs, slices, C] ADC full scale (level steps)
     offset: float          # offset encoding: magnitude added to every weight (0 if differential)
     held: np.ndarray | None = None  # [signs, slices, R, C] cell values in level steps without
-    #                                 Gmin, before drift and IR drop (what a kept cell keeps;
-    #                                 float64, so a kept cell reads back bit for bit)
+    #                                 Gmin, before drift, IR drop and the grid (what a kept
+    #                                 cell keeps; float64, so a kept cell reads back bit for
+    #                                 bit)
     grid_bound: float | None = None  # cells on the grid (``on_grid``): a bound on any column
     #                                  sum (rows x the largest cell), in grid units; None:
     #                                  cells off the grid

@@ -5,7 +5,8 @@ does the product before it and the DAC scaling after).
 
 Two implementations of one contract, ``read_pass``: a compiled kernel (numba, when it is
 installed and ``CIMSTACK_NUMBA`` is not ``0``) and numpy. They do the same IEEE operations
-in the same order on the same types, so their results are identical
+in the same order on the same types (the kernel skips steps that apply no input, whose
+operations would add exact zeros), so their results are identical
 (``tests/test_kernels.py``); the kernel is faster because it draws the read noise where it
 is used (``noise`` counter-based streams) and reads each current once instead of once per
 pass.
@@ -250,8 +251,9 @@ def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gai
 
     - current [B, T, N, S, Q, C], float64 or float32 (rounded to float32 first): each input
       step's column currents (B steps, S signs, Q slices), in level units;
-    - active [B, T, N] float32: the input levels applied per step (a step that applies
-      none, 0, has no current: the compiled kernel skips it);
+    - active [B, T, N] float32: the input levels applied per step. A step that applies
+      none (0) must have zero currents: the compiled kernel skips it, the numpy one adds
+      its zeros;
     - full, lsb [T, S, Q, C] float64: the ADC's full scale and step (float32 values when
       ``per_step``); gain [T, S, Q, C] float32: read-after-write gains;
     - offsets [T]: the offset encoding's per-tile offset (used when S == 1);

@@ -162,7 +162,37 @@ def test_analog_cells_sum_exactly_in_float32_and_so_give_float64s_result():
     assert not analog.float32_exact(_tiles(chip, False, rng), 1)  # Gmin is off the grid
     off = [dataclasses.replace(p, grid_bound=None) for p in progs]
     assert not analog.float32_exact(off, 1)
+    cells, full, gain, _ = analog._stack(progs)
+    idx = np.arange(len(progs))
+    assert analog._TileGroup(idx, cells, full, gain, progs, chip).g.dtype == np.float32
+    assert analog._TileGroup(idx, cells, full, gain, off, chip).g.dtype == np.float64
+    assert analog._TileGroup(idx, cells, full, gain, progs, _chip(2, 8, 0, 1)).g.dtype == \
+        np.float64  # the one-pass corner's 8-bit digits
     x, ranges = _inputs(chip, len(progs), rng, False)
     fast = analog.tiles_mvm(x, ranges, progs, chip, _noise(2))
     assert np.array_equal(fast, analog.tiles_mvm(x, ranges, off, chip, _noise(2)))
     assert np.array_equal(fast, analog_reference.tiles_mvm(x, ranges, progs, chip, _noise(2)))
+
+
+@pytest.mark.parametrize("digit", [1, 3, 255])
+def test_float32_sums_are_exact_up_to_the_bound(digit):
+    """At the bound's edge (columns of on-grid cells summing to just under 2**24 units at
+    the largest digit), float32 products give float64's sums bit for bit, for any batch
+    shape; one unit more and ``float32_exact`` refuses."""
+    unit, rows = 2.0 ** -device.GRID_BITS, 128
+    largest = (2 ** 24 - 1) // (digit * rows)  # grid units: rows x largest x digit < 2**24
+    rng = np.random.default_rng(digit)
+    g = (rng.integers(largest // 2, largest + 1, (rows, 40)) * unit).astype(np.float32)
+    g[:, 0] = largest * unit  # a column at the bound itself
+    prog = device.Programmed(g[None, None], None, np.ones(40), np.ones((1, 1, 40), np.float32),
+                             np.ones((1, 1, 40), np.float32), 0.0,
+                             grid_bound=float(g.max()) * rows / unit)
+    assert analog.float32_exact([prog], digit)
+    assert not analog.float32_exact([dataclasses.replace(prog, grid_bound=2 ** 24 / digit)],
+                                    digit)
+    planes = rng.integers(0, digit + 1, (3000, rows)).astype(np.float32)
+    planes[0] = digit  # every row at the largest digit
+    want = (planes.astype(np.float64) @ g.astype(np.float64)).astype(np.float32)
+    assert 2 ** 24 - 1 - digit * rows < want[0, 0] / unit < 2 ** 24  # the edge is reached
+    for n0, n1 in ((0, 3000), (0, 1), (5, 37), (100, 2100)):
+        assert np.array_equal(planes[n0:n1] @ g, want[n0:n1])

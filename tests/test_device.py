@@ -275,12 +275,14 @@ def test_the_compiled_encoder_gives_numpys_digits_and_values(cell_bits, aware, c
         assert w.dtype == g.dtype and np.array_equal(w, g)
 
 
-@pytest.mark.parametrize("cell_bits", [1, 2, 4])
-def test_analog_conductances_are_resolved_to_the_grid(cell_bits):
-    """Analog programming rounds conductances to 2**-GRID_BITS of a level step (nearest)
-    and bounds every column sum (``Programmed.grid_bound``); quantized cells are not
-    rounded (their Gmin stays exact)."""
-    chip = _chip(arch=ChipGeometry(cell_bits=cell_bits))
+@pytest.mark.parametrize("cell_bits,sets", [
+    (1, ()), (2, ()), (4, ()),
+    (2, ("device.drift_nu=0.05", "device.drift_seconds=3600", "device.wire_ohm=2.5"))])
+def test_analog_conductances_are_resolved_to_the_grid(cell_bits, sets):
+    """Analog programming rounds conductances to 2**-GRID_BITS of a level step (nearest),
+    after drift and IR drop, and bounds every column sum (``Programmed.grid_bound``);
+    quantized cells are not rounded (their Gmin stays exact)."""
+    chip = _chip(*sets, arch=ChipGeometry(cell_bits=cell_bits))
     rng = np.random.default_rng(cell_bits)
     tile = rng.standard_normal((40, 6)).astype(np.float32)
     stuck = np.full((2, chip.arch.slices, 40, 6), -1, np.int8)
