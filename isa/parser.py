@@ -254,24 +254,29 @@ _BLOB = re.compile(r"blob (@[A-Za-z0-9_.]+) crc32=([0-9a-f]{8}) (f32)\[([0-9,]*)
 # (the payload after it is not scanned here: base64 decoding validates its characters)
 
 
-def _blob_lines(data: str, first_line: int) -> list[_PendingBlob]:
-    """The data section's blob lines (``first_line``: the file line of the first), each a
-    _PendingBlob, or IsaError at the first line that is not one."""
-    pending = []
-    for n, line in enumerate(data.split("\n")[:-1]):
-        m = _BLOB.match(line)
+def _blob_lines(text: str, start: int, end: int, first_line: int) -> list[_PendingBlob]:
+    """The blob lines of the data section text[start:end] (newline-terminated lines;
+    ``first_line``: the file line of the first), each a _PendingBlob, or IsaError at the
+    first line that is not one. Read in place: only the payloads are copied."""
+    pending, n = [], 0
+    while start < end:
+        stop = text.find("\n", start, end)
+        m = _BLOB.match(text, start, stop)
         if m is None:
-            what = line.strip()
-            if not what:
-                continue
-            raise IsaError(f"unexpected {what[:30]!r} in the data section; expected a blob "
-                           "line: blob @NAME crc32=HEX f32[SHAPE] zlib:PAYLOAD",
-                           first_line + n, 1)
-        name = lark.Token("BLOB", m.group(1), line=first_line + n, column=6)
-        dims = m.group(4)
-        ttype = TensorType(m.group(3), tuple(_int(d) for d in dims.split(",")) if dims else ())
-        _check_type(ttype, f"blob {name!s}", name)
-        pending.append(_PendingBlob(name, m.group(2), ttype, line[m.end():].rstrip(" \t")))
+            what = text[start:stop].strip()
+            if what:
+                raise IsaError(f"unexpected {what[:30]!r} in the data section; expected a "
+                               "blob line: blob @NAME crc32=HEX f32[SHAPE] zlib:PAYLOAD",
+                               first_line + n, 1)
+        else:
+            name = lark.Token("BLOB", m.group(1), line=first_line + n, column=6)
+            dims = m.group(4)
+            ttype = TensorType(m.group(3),
+                               tuple(_int(d) for d in dims.split(",")) if dims else ())
+            _check_type(ttype, f"blob {name!s}", name)
+            pending.append(_PendingBlob(name, m.group(2), ttype,
+                                        text[m.end():stop].rstrip(" \t")))
+        start, n = stop + 1, n + 1
     return pending
 
 
@@ -399,32 +404,43 @@ def parse(text: str, check_sum: bool = True) -> Program:
     straight into arrays."""
     with ThreadPoolExecutor(2) as pool:
         if check_sum:  # the checksum is computed while the rest is read, checked first
-            body = _checksum_body(text)
-            crc = pool.submit(lambda: f"{zlib.crc32(body.encode('utf-8')):08x}")
+            end = _body_end(text)
+            crc = pool.submit(_body_crc, text, end)
         else:
-            body, crc = text.rsplit("\n" + _END, 1)[0] + "\n", None
+            cut, crc = text.rfind("\n" + _END), None
+            text, end = (text + "\n", len(text) + 1) if cut < 0 else (text, cut + 1)
         try:
-            program = _parse_body(body, pool)
+            program = _parse_body(text, end, pool)
         except IsaError:
-            _check_crc(text, body, crc)
+            _check_crc(text, end, crc)
             raise
-        _check_crc(text, body, crc)
+        _check_crc(text, end, crc)
     verify(program)
     return program
 
 
-def _checksum_body(text: str) -> str:
-    """The text the trailing ``end crc32=`` line covers (IsaError if it has none)."""
+# The body (what the checksum covers, everything before the ``end crc32=`` line) is
+# text[:end], read in place: a 138 MB program is not copied for it (a copy costs ~0.1 s).
+def _body_end(text: str) -> int:
+    """Where the text the trailing ``end crc32=`` line covers ends (IsaError if it has
+    none)."""
     cut = text.rfind("\n" + _END)
     if cut < 0:
         raise IsaError("truncated program: the final 'end crc32=...' line is missing")
-    return text[:cut + 1]
+    return cut + 1
 
 
-def _check_crc(text: str, body: str, crc: Future | None) -> None:
-    if crc is not None and text[len(body) + len(_END):].strip() != crc.result():
-        raise IsaError(f"file checksum mismatch at line {body.count(chr(10)) + 1}: the program "
-                       "is corrupted or was edited (recompile it)")
+def _body_crc(text: str, end: int) -> str:
+    """The CRC-32 of text[:end] in UTF-8: of the whole text's bytes less the tail's."""
+    data = text.encode("utf-8")
+    size = len(data) - len(text[end:].encode("utf-8"))
+    return f"{zlib.crc32(memoryview(data)[:size]):08x}"
+
+
+def _check_crc(text: str, end: int, crc: Future | None) -> None:
+    if crc is not None and text[end + len(_END):].strip() != crc.result():
+        raise IsaError(f"file checksum mismatch at line {text.count(chr(10), 0, end) + 1}: "
+                       "the program is corrupted or was edited (recompile it)")
 
 
 def _decode_ahead(pending: list[_PendingBlob], pool: ThreadPoolExecutor) -> None:
@@ -439,11 +455,13 @@ def _decode_ahead(pending: list[_PendingBlob], pool: ThreadPoolExecutor) -> None
         b.decoded = pool.submit(blobs.decode, b.payload, b.type, b.crc, b.where)
 
 
-def _parse_body(body: str, pool: ThreadPoolExecutor) -> Program:
-    cut = body.find(_DATA)
-    head, data = (body, "") if cut < 0 else (body[:cut + len(_DATA)], body[cut + len(_DATA):])
+def _parse_body(text: str, end: int, pool: ThreadPoolExecutor) -> Program:
+    """The program in the body text[:end] (which ends with a newline)."""
+    cut = text.find(_DATA, 0, end)
+    start = end if cut < 0 else cut + len(_DATA)  # the data section: text[start:end]
+    head = text[:start]
     try:
-        pending = _blob_lines(data, head.count("\n") + 1)
+        pending = _blob_lines(text, start, end, head.count("\n") + 1)
         _decode_ahead(pending, pool)
         transformer = _ToProgram(pending)
         fast = _fast_text(head, transformer)

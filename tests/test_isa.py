@@ -5,6 +5,7 @@ decoding and a verifier that rejects every out-of-range operand or attribute (is
 from __future__ import annotations
 
 import base64
+import dataclasses
 import zlib
 
 import numpy as np
@@ -89,6 +90,18 @@ def test_syntax_error_reports_line_and_column():
 def test_checksum_catches_any_edit():
     with pytest.raises(IsaError, match="checksum mismatch"):
         isa.parse(TINY.replace("max=6.0", "max=7.0"))
+
+
+def test_checksum_covers_multibyte_text_and_names_the_end_line():
+    """The checksum is over the body's UTF-8 bytes (read in place, not copied): notes with
+    multi-byte characters round-trip, and an edit to one is caught, at the end line."""
+    program = tiny_program()
+    program.text[2] = dataclasses.replace(program.text[2], note="fc \u2192 g\u00e9mm")
+    text = isa.print_program(program)
+    assert isa.parse(text).text[2].note == "fc \u2192 g\u00e9mm"
+    last = text.count("\n")  # the end crc32= line, the file's last
+    with pytest.raises(IsaError, match=f"checksum mismatch at line {last}:"):
+        isa.parse(text.replace("g\u00e9mm", "g\u00e8mm"))
 
 
 def test_truncation_detected():
