@@ -12,7 +12,8 @@ at every step, times 1 + N(0, read_sigma).
 The currents are one product per group of tiles, [input steps x vectors, rows] @ [rows, tiles
 x signs x slices x cols], in blocks of rows, whose sums are exact: in float32 when the cells
 are on the device's grid (analog mode, ``float32_exact``), else in float64 (quantized
-mode's cells are digits plus Gmin, off the grid); ``kernels.read_pass`` does everything after it.
+mode's cells are digits plus Gmin, off the grid); ``kernels.read_pass`` does everything
+after it.
 """
 
 from __future__ import annotations
@@ -160,10 +161,9 @@ class _TileGroup:
 
     def read(self, planes: np.ndarray, active: np.ndarray, out: np.ndarray, n0: int,
              sign: float, noise) -> None:
-        """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows],
-        in ``g``'s type,
-        ``active`` [steps, vectors]: the input levels applied) by one input sign into
-        ``out`` [T, N, C]; ``noise``: the block's (``_block``)."""
+        """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows]
+        in ``g``'s type, ``active`` [steps, vectors]: the input levels applied) by one input
+        sign into ``out`` [T, N, C]; ``noise``: the block's (``_block``)."""
         signs, slices, _, cols = self.shape
         (steps, vectors, rows), k = planes.shape, len(self.idx)
         # summed where sums of these products are exact (float64, or float32 for cells on
@@ -182,9 +182,8 @@ def float32_exact(progs: list[Programmed], digit: int) -> bool:
     """Whether every sum of products of input digits 0..``digit`` with these crossbars'
     cells, down a column, is exact in float32, in any order: when the cells are multiples
     of 2**-GRID_BITS (``device.on_grid``) and no column sum (cells are >= 0) can reach
-    2**24 of those units (``Programmed.grid_bound``).
-    Then a float32 product gives the float64 product's sums rounded to float32, the same
-    bits at twice the speed."""
+    2**24 of those units (``Programmed.grid_bound``). Then a float32 product gives the
+    float64 product's sums rounded to float32, the same bits at twice the speed."""
     bounds = [p.grid_bound for p in progs]
     return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** 24
 

@@ -175,12 +175,12 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
     gain = np.where(actual > 0, ideal / np.where(actual > 0, actual, 1.0), 1.0) \
         if use_gain else np.ones_like(ideal)
     full = np.maximum(actual, 1e-9) * mp.adc_headroom
-    if rngs is not None:
-        cells = read_conditions(cells, chip)
-    cells, gain, full = cells.astype(np.float32), gain.astype(np.float32), full.astype(np.float32)
     bounds = [None] * len(writes)
-    if rngs is not None:  # analog: conductances resolved to the grid
-        largest = on_grid(cells).reshape(len(writes), -1).max(axis=1)
-        bounds = (largest.astype(np.float64) * cells.shape[-2] * 2.0 ** GRID_BITS).tolist()
+    if rngs is not None:  # analog: drift and IR drop, then conductances resolved to the grid
+        cells = on_grid(read_conditions(cells, chip).astype(np.float32))
+        largest = cells.reshape(len(writes), -1).max(axis=1).astype(np.float64)
+        bounds = (largest * cells.shape[-2] * 2.0 ** GRID_BITS).tolist()
+    cells, gain, full = (cells.astype(np.float32, copy=False), gain.astype(np.float32),
+                         full.astype(np.float32))
     return [Programmed(cells[t], digits[t], scale[t], gain[t], full[t], offset, held[t],
                        bounds[t]) for t in range(len(writes))]

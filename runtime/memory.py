@@ -110,6 +110,7 @@ KEEP_FREED_BYTES = 512 * 2 ** 20  # at least
 KEEP_FREED_SHARE = 4  # at most this fraction of the memory available when a run starts
 MMAP_THRESHOLD_BYTES = 32 * 2 ** 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_kept = [0]  # the trim threshold this process has set so far
 
 
 def keep_freed_memory(pass_bytes: int = 0) -> bool:
@@ -130,9 +131,6 @@ def keep_freed_memory(pass_bytes: int = 0) -> bool:
     _kept[0] = max(_kept[0], KEEP_FREED_BYTES, min(pass_bytes, cap, 2 ** 31 - 1))
     return bool(libc.mallopt(_M_TRIM_THRESHOLD, _kept[0])
                 and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-
-
-_kept = [0]  # the trim threshold this process has set so far
 
 
 def release_freed_memory() -> None:
