@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from isa.cells import keep_previous, quantize_weights, to_digits
+from isa.cells import encode, keep_previous, quantize_weights, to_digits
 from isa.chip import Chip
 
-from .encoding import encode
+from . import kernels
+from .encoding import program_fresh
 
 __all__ = ["Programmed", "encode", "program", "quantize_weights", "read_conditions",
            "stuck_mask", "to_digits"]
@@ -80,13 +81,15 @@ def gmin_levels(chip: Chip) -> float:
     return chip.device.g_min_us / level_step_us(chip)
 
 
-def stuck_mask(rng: np.random.Generator, shape, chip: Chip) -> np.ndarray:
-    """-1 free, 0 stuck at Gmin, 1 stuck at Gmax, per physical cell."""
-    u = rng.random(shape)
+def stuck_mask(key, shape, chip: Chip) -> np.ndarray:
+    """-1 free, 0 stuck at Gmin, 1 stuck at Gmax, per physical cell: cell j (flat, C order)
+    is stuck at Gmin where draw j of stream ``key`` (a uniform u, ``noise.uniform_from_bits``)
+    is below stuck_at_gmin, else at Gmax where u is below both rates together. ``key``: one
+    uint64, or an array of them for a mask each (shaped key.shape + shape)."""
     d = chip.device
-    # 0 below stuck_at_gmin, then 1 below both together, else -1: two comparisons, no where
-    return (u >= d.stuck_at_gmin).view(np.int8) - (
-        (u >= d.stuck_at_gmin + d.stuck_at_gmax).view(np.int8) << 1)
+    return kernels.stream_below(key, int(np.prod(shape)), d.stuck_at_gmin,
+                                d.stuck_at_gmin + d.stuck_at_gmax).reshape(
+        np.shape(key) + tuple(shape))
 
 
 def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
@@ -114,35 +117,34 @@ def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
     return out
 
 
-def _normals(rngs, sigma: float, shape: tuple) -> np.ndarray:
-    """N(0, sigma) draws of ``shape`` [T, ...], tile t's from ``rngs[t]``: what
-    ``rngs[t].normal(0.0, sigma, shape[1:])`` stacked gives (sigma times a standard normal
-    draw), drawn in place instead of stacked."""
-    z = np.empty(shape)
-    for t, rng in enumerate(rngs):
-        rng.standard_normal(out=z[t])
+def _normals(keys: np.ndarray, sigma: float, shape: tuple) -> np.ndarray:
+    """float64 N(0, sigma) draws of ``shape`` [T, ...]: tile t's cell j (flat, C order)
+    gets sigma times draw j of stream ``keys[t]`` (``kernels.stream_normals``)."""
+    z = kernels.stream_normals(keys, int(np.prod(shape[1:]))).reshape(shape).astype(
+        np.float64)
     z *= sigma
     return z
 
 
-def program(tile: np.ndarray, chip: Chip, rng: np.random.Generator | None, stuck: np.ndarray,
+def program(tile: np.ndarray, chip: Chip, key: np.uint64 | None, stuck: np.ndarray,
             tensor_max: float, prev=None, select: np.ndarray | None = None) -> Programmed:
-    """Map ``tile`` onto cells; ``rng`` None means no programming noise (quantized mode).
+    """Map ``tile`` onto cells; ``key``: the stream of its programming noise
+    (``noise.stream_key``; None means none, quantized mode).
     ``prev``: (digits, values) the tile's cells held before (``isa.cells`` state, -1 where
     unknown), None if nothing is known; ``select``: the changing cells bit stucking lets the
     write program (``isa.cells.LowWrite``), None for all. Cells the write does not program
     keep their digit and value (``isa.cells.keep_previous``)."""
-    return program_many([(tile, chip, rng, stuck, tensor_max, prev, select)])[0]
+    return program_many([(tile, chip, key, stuck, tensor_max, prev, select)])[0]
 
 
 def program_many(writes: list[tuple]) -> list[Programmed]:
     """``program(*w)`` for every ``w`` in ``writes``, whose tiles share one shape and which
-    all have or all lack ``prev``, ``select`` and a generator: computed in one pass of
-    numpy over the stacked tiles (a crossbar's noise still comes from its own generator),
+    all have or all lack ``prev``, ``select`` and a noise key: computed in one pass of
+    numpy over the stacked tiles (a crossbar's noise still comes from its own stream),
     each tile's result the same as alone."""
-    tiles, chips, rngs, stucks, maxes, prevs, selects = zip(*writes)
+    tiles, chips, keys, stucks, maxes, prevs, selects = zip(*writes)
     chip = chips[0]
-    rngs = None if rngs[0] is None else rngs
+    keys = None if keys[0] is None else np.array(keys, np.uint64)
     prev = None if prevs[0] is None else (np.stack([p[0] for p in prevs]),
                                           np.stack([p[1] for p in prevs]))
     select = None if selects[0] is None else np.stack(selects)
@@ -152,31 +154,39 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
     d, mp = chip.device, chip.mapping
     g0 = gmin_levels(chip)
     sigma = d.program_sigma * d.g_max_us / level_step_us(chip)
+    fused = None
     if mp.differential:
         stuck = stuck[:, :2]
-        noise = _normals(rngs, sigma, stuck.shape) if rngs is not None else np.zeros(stuck.shape)
-        digits, held = encode(q, stuck, noise, chip, bool(mp.stuck_aware),
-                              bool(mp.slice_compensation) and rngs is not None, g0, prev, select)
+        how = (chip, bool(mp.stuck_aware), bool(mp.slice_compensation) and keys is not None, g0)
+        if prev is None and select is None:
+            fused = program_fresh(q, stuck, keys, sigma, *how)  # None without numba
+        if fused is not None:
+            digits, held, cells, ideal, actual = fused
+        else:
+            noise = np.zeros(stuck.shape) if keys is None else _normals(keys, sigma,
+                                                                         stuck.shape)
+            digits, held = encode(q, stuck, noise, *how, prev, select)
         offset = 0.0
     else:
         digits, offset = to_digits(q, chip)
         stuck = stuck[:, :1]
         held = digits.astype(np.float64)
-        if rngs is not None:
-            held = held + _normals(rngs, sigma, held.shape)
+        if keys is not None:
+            held = held + _normals(keys, sigma, held.shape)
         digits, held = keep_previous(digits, held, prev, select)
         held = np.where(stuck == 0, 0.0, np.where(stuck == 1, top, held))
-    cells = np.maximum(g0 + held, 0.0)
-    ideal = (g0 + digits).sum(axis=-2)
-    actual = cells.sum(axis=-2)
+    if fused is None:
+        cells = np.maximum(g0 + held, 0.0)
+        ideal = (g0 + digits).sum(axis=-2)
+        actual = cells.sum(axis=-2)
     # Column gains correct what was not compensated; after slice compensation the cells
     # deviate from their digits on purpose, so gains would undo it.
-    use_gain = mp.raw_calibration and rngs is not None and not mp.slice_compensation
+    use_gain = mp.raw_calibration and keys is not None and not mp.slice_compensation
     gain = np.where(actual > 0, ideal / np.where(actual > 0, actual, 1.0), 1.0) \
         if use_gain else np.ones_like(ideal)
     full = np.maximum(actual, 1e-9) * mp.adc_headroom
     bounds = [None] * len(writes)
-    if rngs is not None:  # analog: drift and IR drop, then conductances resolved to the grid
+    if keys is not None:  # analog: drift and IR drop, then conductances resolved to the grid
         cells = on_grid(read_conditions(cells, chip).astype(np.float32))
         largest = cells.reshape(len(writes), -1).max(axis=1).astype(np.float64)
         bounds = (largest * cells.shape[-2] * 2.0 ** GRID_BITS).tolist()

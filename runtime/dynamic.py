@@ -11,11 +11,12 @@ to ``weight_bits`` with a symmetric scale per column (per matrix when
 - ``dbmm`` (the digital MAC unit): exact integer products, no noise (``runtime.digital``).
 - ``wbmm`` (crossbars written per inference): every b[g] is cut into crossbar tiles, each tile
   programmed as ``write`` programs one (``device.program``: in analog mode with programming
-  noise drawn afresh at every run from a generator of its own, keyed by the seed, the
-  instruction, the sample and the head: ``runtime.noise``) and read by a[g]'s rows as ``mvm``
-  reads one (``analog.tiles_mvm``: DAC steps, ADC per column, read noise from the same
-  generator). The pool crossbars' stuck cells and wear are not modelled here: the timing model
-  counts their writes and the report projects their lifetime.
+  noise drawn afresh at every run from a stream of its own, whose key comes from a generator
+  keyed by the seed, the instruction, the sample and the head: ``runtime.noise``) and read by
+  a[g]'s rows as ``mvm`` reads one (``analog.tiles_mvm``: DAC steps, ADC per column, read
+  noise from generators keyed alike). The pool crossbars' stuck cells and wear are not
+  modelled here: the timing model counts their writes and the report projects their
+  lifetime.
 """
 
 from __future__ import annotations
@@ -69,24 +70,26 @@ def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
                 noise=None) -> np.ndarray:
     """``wbmm`` in quantized (``noise`` None) and analog modes: every matrix of b programmed
     tile by tile and read by a's rows; float32 result [..., M, N]. ``noise(g, per, use)``:
-    the generator of matrix g (``per`` matrices a sample) for its programming (use 0) and
-    the reads of its positive and negative inputs (1, 2)."""
+    the generator of matrix g (``per`` matrices a sample) for its programming (use 0: the
+    first draws key its tiles' noise streams) and the reads of its positive and negative
+    inputs (1, 2)."""
     a, b, lead = _flat(a, b)
     g, m, k = a.shape
     n = b.shape[-1]
     r = sample_ranges(a, x_range, g)
     per = g // x_range.size
-    rngs = [None] * g if noise is None else [noise(i, per, 0) for i in range(g)]
-    peaks = np.abs(b).max(axis=(1, 2), initial=0.0).tolist()  # per-matrix weight scaling
     tiles = tile_windows(k, n, chip.arch)
+    keys = [[None] * len(tiles)] * g if noise is None else [  # each tile's noise stream
+        noise(i, per, 0).integers(2 ** 64, size=len(tiles), dtype=np.uint64) for i in range(g)]
+    peaks = np.abs(b).max(axis=(1, 2), initial=0.0).tolist()  # per-matrix weight scaling
     free = np.full((2, chip.arch.slices, chip.arch.rows, chip.arch.weights_per_row), -1, np.int8)
     step = max(1, BYTES_PER_CHUNK // max(len(tiles) * read_bytes(chip.arch, m), 1))
     out = np.zeros((g, m, n), np.float32)
     for g0 in range(0, g, step):
         chunk = range(g0, min(g0 + step, g))
-        progs = [device.program(b[i, r0:r1, c0:c1], chip, rngs[i],
+        progs = [device.program(b[i, r0:r1, c0:c1], chip, keys[i][w],
                                 free[:, :, :r1 - r0, :c1 - c0], peaks[i])
-                 for i in chunk for r0, r1, c0, c1 in tiles]
+                 for i in chunk for w, (r0, r1, c0, c1) in enumerate(tiles)]
         rows = max(r1 - r0 for r0, r1, _, _ in tiles)
         xs = np.zeros((len(progs), m, rows), np.float32)
         for t, (i, (r0, r1, _, _)) in enumerate((i, w) for i in chunk for w in tiles):

@@ -1,8 +1,10 @@
-"""``isa.cells.encode`` for a write with nothing known before it and every cell programmed
-(``prev`` and ``select`` None: every load-phase write), compiled by numba: one pass per
-weight down its slices, where numpy makes about twenty passes over the whole stack of
-tiles. It does the same IEEE operations in the same order, so it gives the same digits and
-values (tests/test_device.py); ``encode`` picks numpy's where numba is off
+"""``device.program_many``'s differential programming of fresh writes (nothing known before
+them, every cell programmed: every load-phase write), compiled by numba: one pass per
+weight down its slices that draws each cell's programming noise where it is used, encodes
+its digits (``isa.cells.encode``), and adds its conductance to its column's sums, where
+numpy makes about thirty passes over the whole stack of tiles. It does the same IEEE
+operations in the same order, so it gives the same digits, values, cells and sums
+(tests/test_device.py); ``device`` takes numpy's way where numba is off
 (``CIMSTACK_NUMBA=0``) or the write has a previous state.
 """
 
@@ -10,36 +12,61 @@ from __future__ import annotations
 
 import numpy as np
 
-from isa import cells
 from isa.chip import Chip
 
 from . import kernels
+from . import noise as nz
 
 
-def _loops(q, stuck, noise, top, base, aware, compensate, g0, digits, values):
-    """q [T, R, C] int magnitudes; stuck, noise, digits (out), values (out) [T, 2, S, R, C]:
-    ``cells.encode`` weight by weight, most significant slice first."""
+def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, digits, values,
+           cells, ideal, actual):
+    """q [T, R, C] int magnitudes; stuck, digits, values, cells (out) [T, 2, S, R, C];
+    ideal, actual (out, zeros) [T, 2, S, C]: ``cells.encode`` weight by weight, most
+    significant slice first (a row's weights side by side, so that the loop over columns
+    runs on contiguous memory), with noise sigma x draw j of stream keys[t] for the cell at
+    flat index j of its tile (``device._normals``; none unless ``noisy``); then each cell
+    max(g0 + value, 0) and the column sums of cells and of g0 + digits, row by row."""
     tiles, rows, cols = q.shape
     slices = digits.shape[2]
+    rest = np.zeros(cols)
     for t in range(tiles):
+        key = keys[t]
         for r in range(rows):
             for c in range(cols):
-                rest = np.float64(q[t, r, c])
-                for s in range(slices - 1, -1, -1):
-                    weight = base ** s
-                    want = np.int64(min(max(np.rint(rest / weight), -top), top))
+                rest[c] = np.float64(q[t, r, c])
+            for s in range(slices - 1, -1, -1):
+                weight = np.float64(base ** s)
+                # the counters of cells (0, s, r, 0) and (1, s, r, 0): their index + 1
+                j_p = np.uint64((s * rows + r) * cols + 1)
+                j_n = np.uint64(((slices + s) * rows + r) * cols + 1)
+                for c in range(cols):
+                    want = np.int64(min(max(np.rint(rest[c] / weight), -top), top))
                     sp, sn = np.int64(stuck[t, 0, s, r, c]), np.int64(stuck[t, 1, s, r, c])
                     p_fix = sp * top if aware and sp >= 0 else np.int64(-1)
                     n_fix = sn * top if aware and sn >= 0 else np.int64(-1)
                     p = p_fix if p_fix >= 0 else (min(max(want + n_fix, 0), top) if n_fix >= 0
                                                   else max(want, 0))
                     n = n_fix if n_fix >= 0 else min(max(p - want, 0), top)
-                    held_p = _held(np.float64(p) + noise[t, 0, s, r, c], sp, top, g0)
-                    held_n = _held(np.float64(n) + noise[t, 1, s, r, c], sn, top, g0)
+                    noise_p, noise_n = 0.0, 0.0
+                    if noisy:
+                        at = np.uint64(c)
+                        noise_p = np.float64(kernels._draw(kernels._mix(
+                            key + (j_p + at) * nz.GAMMA))) * sigma
+                        noise_n = np.float64(kernels._draw(kernels._mix(
+                            key + (j_n + at) * nz.GAMMA))) * sigma
+                    held_p = _held(np.float64(p) + noise_p, sp, top, g0)
+                    held_n = _held(np.float64(n) + noise_n, sn, top, g0)
                     digits[t, 0, s, r, c], digits[t, 1, s, r, c] = p, n
                     values[t, 0, s, r, c], values[t, 1, s, r, c] = held_p, held_n
-                    rest -= (held_p - held_n) * weight if compensate \
+                    rest[c] -= (held_p - held_n) * weight if compensate \
                         else np.float64((p - n) * weight)
+            for k in range(2):
+                for s in range(slices):
+                    for c in range(cols):
+                        cell = max(g0 + values[t, k, s, r, c], 0.0)
+                        cells[t, k, s, r, c] = cell
+                        actual[t, k, s, c] += cell
+                        ideal[t, k, s, c] += g0 + np.float64(digits[t, k, s, r, c])
 
 
 def _held(value, stuck, top, g0):
@@ -54,15 +81,21 @@ if kernels.numba is not None and kernels._kernel is not None:
     _compiled = kernels._jit(_loops)
 
 
-def encode(q: np.ndarray, stuck: np.ndarray, noise: np.ndarray, chip: Chip, aware: bool,
-           compensate: bool, g0: float, prev=None, select=None):
-    """``isa.cells.encode`` (same arguments, same results) for stacks of tiles q [T, R, C]:
-    compiled for writes without ``prev`` and ``select``, numpy's otherwise."""
-    if _compiled is None or prev is not None or select is not None or q.ndim != 3:
-        return cells.encode(q, stuck, noise, chip, aware, compensate, g0, prev, select)
-    digits = np.zeros(stuck.shape, np.int64)
-    values = np.zeros(stuck.shape, np.float64)
-    _compiled(q, stuck, noise.astype(np.float64, copy=False), 2 ** chip.arch.cell_bits - 1,
+def program_fresh(q: np.ndarray, stuck: np.ndarray, keys: np.ndarray | None, sigma: float,
+                  chip: Chip, aware: bool, compensate: bool, g0: float):
+    """Fresh differential writes of a stack of tiles q [T, R, C] int magnitudes with stuck
+    [T, 2, S, R, C] and programming noise sigma x draws of streams ``keys`` [T] (None:
+    none): (digits, values, cells, ideal, actual) as ``device.program_many`` computes them
+    with numpy (``isa.cells.encode``, max(g0 + values, 0), column sums of g0 + digits and of
+    cells), or None where numba is off."""
+    if _compiled is None:
+        return None
+    shape = stuck.shape
+    digits, values, cells = (np.empty(shape, t) for t in (np.int64, np.float64, np.float64))
+    ideal, actual = np.zeros(shape[:3] + shape[4:]), np.zeros(shape[:3] + shape[4:])
+    noisy = keys is not None
+    _compiled(q, stuck, keys if noisy else np.zeros(len(q), np.uint64),
+              float(sigma) if noisy else 0.0, noisy, 2 ** chip.arch.cell_bits - 1,
               2 ** chip.arch.cell_bits, bool(aware), bool(compensate), float(g0), digits,
-              values)
-    return digits, values
+              values, cells, ideal, actual)
+    return digits, values, cells, ideal, actual

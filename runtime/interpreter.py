@@ -26,6 +26,7 @@ from isa.printer import text_line
 from isa.timing import Timeline
 
 from . import device
+from . import noise as nz
 from .epilogues import Fused, fuse, run_fused
 from .errors import RunError
 from .memory import (
@@ -116,7 +117,7 @@ class Machine:
         (``low``: bit stucking, ``isa.cells.LowWrite``; ideal mode holds the float tile, a
         view of the immutable blob, and ignores it). The device programming of
         consecutive writes to different crossbars is a function of each write's own inputs
-        (drawn from per-crossbar generators): it runs as stacks of same-shape tiles
+        (noise from per-crossbar streams): it runs as stacks of same-shape tiles
         (``device.program_many``), on the thread pool when there is one, while the
         bookkeeping (write counts, wear, cell states) stays in order."""
         if self.mode == "ideal":
@@ -141,6 +142,11 @@ class Machine:
     def _program_window(self, writes: list[tuple]) -> None:
         """Program writes to distinct crossbars: a stack per thread at a time, each recorded
         (and trimmed) before the next, so memory stays a few stacks' worth."""
+        if self.mode == "analog":  # new crossbars' stuck cells, a share per thread
+            new = np.array([xb for xb, *_ in writes if xb not in self.stuck], np.int64)
+            shares = [s for s in np.array_split(new, self.threads) if s.size]
+            for xbs, masks in zip(shares, self.map(self._stuck_cells, shares)):
+                self.stuck.update(zip(xbs.tolist(), masks))
         stacks = _stacks([self._write_inputs(*w) for w in writes])
         done = iter(writes)
         for i in range(0, len(stacks), self.threads):
@@ -153,18 +159,18 @@ class Machine:
                       low: cells.LowWrite | None) -> tuple:
         """``device.program``'s arguments for the next write of ``tile`` to ``xb``."""
         self.writes[xb] += 1
-        rng = None
+        key = None
         win = cells.window(*tile.shape)
         stuck = np.full((2, self.program.chip.slices) + tile.shape, -1, np.int8)
         if self.mode == "analog":
             stuck = self._stuck(xb)[win]
-            rng = np.random.default_rng([self.seed, 2, xb, self.writes[xb]])
+            key = nz.stream_key(self.seed, nz.PROGRAM, xb, self.writes[xb])
         prev, select = None, None
         if xb in self.last_digits:
             prev = (self.last_digits[xb][win], self.last_held[xb][win])
             if low is not None:
                 select = low.select(xb, self.writes[xb], prev[0].shape)
-        return tile, self.chip, rng, stuck, tensor_max, prev, select
+        return tile, self.chip, key, stuck, tensor_max, prev, select
 
     def _written(self, xb: int, inputs: tuple, prog: device.Programmed) -> None:
         """Record a write's effects: cells changed, cell states, wear; hold ``prog``."""
@@ -196,11 +202,16 @@ class Machine:
 
     def _stuck(self, xb: int) -> np.ndarray:
         if xb not in self.stuck:
-            a = self.program.chip
-            shape = (2, a.slices, a.rows, a.weights_per_row)
-            self.stuck[xb] = device.stuck_mask(np.random.default_rng([self.seed, 1, xb]),
-                                               shape, self.chip)
+            self.stuck[xb] = self._stuck_cells(np.array([xb]))[0]
         return self.stuck[xb]
+
+    def _stuck_cells(self, xbs: np.ndarray) -> list[np.ndarray]:
+        """Crossbars ``xbs``' stuck cells as the chip came (``device.stuck_mask``), each
+        its own array."""
+        a = self.program.chip
+        keys = np.array([nz.stream_key(self.seed, nz.STUCK, xb) for xb in xbs.tolist()])
+        masks = device.stuck_mask(keys, (2, a.slices, a.rows, a.weights_per_row), self.chip)
+        return [m.copy() for m in masks]  # a crossbar's mask outlives the others
 
     def blob_max(self, ref: str) -> float:
         """Largest magnitude in a blob (per-tensor weight scaling)."""
@@ -236,7 +247,7 @@ STACK = 64  # tiles programmed in one stack: amortises numpy's per-call cost, bo
 def _stacks(inputs: list[tuple]) -> list[list[tuple]]:
     """``device.program`` argument tuples cut into runs ``device.program_many`` can stack:
     consecutive, the same tile shape, alike in having a previous state, a selection and a
-    generator, at most ``STACK`` long."""
+    noise key, at most ``STACK`` long."""
     def kind(a: tuple) -> tuple:
         return a[0].shape, a[2] is None, a[5] is None, a[6] is None
     out: list[list[tuple]] = []

@@ -233,6 +233,23 @@ def _draws_of(mode, keys, vectors, row0, widths, draws, shape):
     return of_step
 
 
+def _fill_normals(keys, out):
+    """out[t, j] = draw j of stream keys[t], float32 N(0, 1) (``noise.stream_normals``)."""
+    for t in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[t, j] = _draw(_mix(keys[t] + np.uint64(j + 1) * nz.GAMMA))
+
+
+def _fill_below(keys, low, high, out):
+    """out[k, j] = 0 if draw j of stream keys[k] (float64 U[0, 1),
+    ``noise.uniform_from_bits``) is below ``low``, else 1 if below ``high``, else -1."""
+    for k in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            h = _mix(keys[k] + np.uint64(j + 1) * nz.GAMMA)
+            u = np.float64(h >> nz._UNIFORM_SHIFT) * nz._UNIFORM_UNIT
+            out[k, j] = 0 if u < low else (1 if u < high else -1)
+
+
 _kernel = None
 if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     # compiled on first call, then cached on disk by numba; the loops call compiled twins.
@@ -243,6 +260,31 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _mix, _draw = _jit(nz.mix64), _jit(_normal)
     _noisy_row = _jit(_noisy_row)
     _kernel = _jit(_loops)
+    _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
+
+
+def stream_normals(keys: np.ndarray, n: int) -> np.ndarray:
+    """float32 [T, n]: draws 0 .. n - 1 of streams ``keys`` [T] (``noise.stream_normals``),
+    compiled when numba is on, the same numbers either way."""
+    keys = np.asarray(keys, np.uint64).reshape(-1)
+    if _kernel is None:
+        return nz.stream_normals(keys[:, None], np.arange(n, dtype=np.uint64)[None, :])
+    out = np.empty((keys.size, n), np.float32)
+    _fill_normals(keys, out)
+    return out
+
+
+def stream_below(keys: np.ndarray, n: int, low: float, high: float) -> np.ndarray:
+    """int8 [K, n]: for draws 0 .. n - 1 of streams ``keys`` [K] as uniforms u on [0, 1), 0
+    where u < low, else 1 where u < high, else -1 (stuck cells' states)."""
+    keys = np.asarray(keys, np.uint64).reshape(-1)
+    if _kernel is None:
+        u = nz.uniform_from_bits(nz.mix64(keys[:, None] + (
+            np.arange(n, dtype=np.uint64) + np.uint64(1)) * nz.GAMMA))
+        return np.where(u < low, 0, np.where(u < high, 1, -1)).astype(np.int8)
+    out = np.empty((keys.size, n), np.int8)
+    _fill_below(keys, float(low), float(high), out)
+    return out
 
 
 def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gain, offsets,

@@ -2,17 +2,22 @@
 which other samples share its run: the same images give the same outputs whether they run
 alone, in a dataset of 540, or split into chunks by ``--memory-limit``.
 
-Programming noise and the operands written at run time draw from their own numpy generator,
-seeded by (run seed, purpose, the instruction's line, what it writes, the sample's index in
-the whole input). Read noise, one draw per physical column, input step and vector (the bulk
-of all draws), is counter based: the draw number j of stream k is a pure function of (k, j),
-so that a compiled kernel computes it where it is used (``runtime.kernels``) and numpy
-computes the same numbers without it. A stream is keyed by (run seed, purpose, line, tile,
-input sign, sample); its bits are SplitMix64's (Steele, Lea and Flood, OOPSLA 2014: the
+Most draws are counter based: draw number j of stream k is a pure function of (k, j), so
+that a compiled kernel computes it where it is used (``runtime.kernels``) and numpy computes
+the same numbers without it. Read noise, one draw per physical column, input step and
+vector (the bulk of all draws), streams by (run seed, purpose, line, tile, input sign,
+sample); stuck cells by (run seed, purpose, crossbar) and a crossbar write's programming
+noise by (run seed, purpose, crossbar, the write's number), one draw per cell. The
+operands written at run time (``runtime.dynamic``) draw from a numpy generator seeded by
+(run seed, purpose, the instruction's line, what it writes, the sample's index in the
+whole input), whose first draws key their tiles' programming streams.
+
+A stream's bits are SplitMix64's (Steele, Lea and Flood, OOPSLA 2014: the
 state k + (j + 1) * gamma through its finalizer), turned into N(0, 1) by inverting the
 normal distribution function from a table (``NORMAL_TABLE``) with linear interpolation:
 only integer operations, a table read and float32 multiplies and adds, so both
 implementations agree bit for bit. The tails beyond 6.01 sigma (probability 2e-9) are cut.
+Uniform draws (stuck cells) are the top 53 bits over 2**53.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-READ, DYNAMIC = 3, 5  # purposes (1: stuck cells and 2: static writes key by crossbar instead)
+STUCK, PROGRAM, READ, DYNAMIC = 1, 2, 3, 5  # purposes (stuck cells and the programming
+# noise of static writes are keyed by crossbar, not by sample)
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment (2**64 / golden ratio)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -81,6 +87,32 @@ def normal_from_bits(h: np.ndarray) -> np.ndarray:
     z *= np.float32(1.0) - np.float32(2.0) * (h >> _SIGN_SHIFT).astype(np.int64).astype(
         np.float32)  # the sign bit
     return z
+
+
+def uniform_from_bits(h: np.ndarray) -> np.ndarray:
+    """float64 U[0, 1) draws from uint64 bits ``h``: the top 53 bits over 2**53 (exact)."""
+    return (h >> _UNIFORM_SHIFT).astype(np.float64) * _UNIFORM_UNIT
+
+
+_UNIFORM_SHIFT, _UNIFORM_UNIT = np.uint64(11), 2.0 ** -53
+_MASK64 = 2 ** 64 - 1
+
+
+def _mix_int(z: int) -> int:
+    """``mix64`` on a Python int (modulo 2**64)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def stream_key(seed: int, purpose: int, *fields: int) -> np.uint64:
+    """``stream_keys`` of int fields, one key: Python int arithmetic, a few microseconds
+    where numpy's calls cost tens (one key per crossbar write)."""
+    gamma = int(GAMMA)
+    key = _mix_int((seed + gamma) & _MASK64)
+    for f in (purpose, *fields):
+        key = _mix_int(key ^ _mix_int((f + gamma) & _MASK64))
+    return np.uint64(key)
 
 
 def stream_keys(seed: int, purpose: int, *fields) -> np.ndarray:

@@ -32,9 +32,10 @@ def _tiles(chip: Chip, analog_mode: bool, rng: np.random.Generator, count: int =
     for t in range(count):
         r, c = a.rows - 5 * t, a.weights_per_row - t
         tile = rng.standard_normal((r, c)).astype(np.float32)
-        stuck = device.stuck_mask(rng, (2, a.slices, r, c), chip) if analog_mode else \
+        stuck_key, noise_key = rng.integers(2 ** 63, size=2, dtype=np.uint64)
+        stuck = device.stuck_mask(stuck_key, (2, a.slices, r, c), chip) if analog_mode else \
             np.full((2, a.slices, r, c), -1, np.int8)
-        progs.append(device.program(tile, chip, rng if analog_mode else None, stuck,
+        progs.append(device.program(tile, chip, noise_key if analog_mode else None, stuck,
                                     float(np.abs(tile).max())))
     return progs
 

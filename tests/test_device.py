@@ -11,9 +11,10 @@ from conftest import DIGITS, MODELS, cli, model_path, ort_run, rel_err
 
 import isa
 from compiler import compile_model
-from isa import ChipGeometry, cells
+from isa import ChipGeometry
 from isa.chip import Chip, with_overrides
 from runtime import device, encoding, run
+from runtime import noise as nz
 from runtime.analog import crossbar_mvm
 
 
@@ -30,7 +31,7 @@ def test_programming_spread_matches_sigma():
     residuals = []
     for i in range(24):  # 24 x 16384 cells, about 1.3e5 of them at a non-zero digit
         tile = rng.standard_normal((128, 16))
-        prog = device.program(tile, chip, np.random.default_rng(i),
+        prog = device.program(tile, chip, nz.stream_key(0, nz.PROGRAM, i),
                               np.full((2, 4, 128, 16), -1, np.int8), 0.0)
         ok = prog.target >= 1  # digit-0 cells can clip at zero conductance
         residuals.append((prog.cells - (g0 + prog.target))[ok])
@@ -42,7 +43,7 @@ def test_programming_spread_matches_sigma():
 
 def test_stuck_rates_within_statistical_bounds():
     chip = _chip("device.stuck_at_gmin=0.002", "device.stuck_at_gmax=0.001")
-    mask = device.stuck_mask(np.random.default_rng(3), (1000, 1000), chip)
+    mask = device.stuck_mask(nz.stream_key(3, nz.STUCK, 0), (1000, 1000), chip)
     for value, p in ((0, 0.002), (1, 0.001)):
         n, k = mask.size, (mask == value).sum()
         assert abs(k - n * p) < 5 * np.sqrt(n * p * (1 - p))
@@ -213,14 +214,15 @@ def test_a_stack_of_tiles_programs_as_each_tile_alone(mode, differential):
     writes = []
     for t in range(4):
         tile = rng.standard_normal((20, 6)).astype(np.float32)
-        stuck = device.stuck_mask(rng, shape, chip) if mode == "analog" else \
+        stuck = device.stuck_mask(nz.stream_key(11, nz.STUCK, t), shape, chip) \
+            if mode == "analog" else \
             np.full(shape, -1, np.int8)
         cells = (2 if differential else 1,) + shape[1:]  # the encoding's cell state
         prev = (rng.integers(-1, 4, cells), 3 * rng.random(cells)) if t % 2 else None
         select = rng.random(cells) < 0.5 if t % 2 else None  # bit stucking's choice
         writes.append((tile, chip, None, stuck, 1.5, prev, select))
-    def fresh(t):  # each write's own generator, the same for both ways
-        return np.random.default_rng([5, t]) if mode == "analog" else None
+    def fresh(t):  # each write's own noise stream, the same for both ways
+        return nz.stream_key(5, nz.PROGRAM, t) if mode == "analog" else None
     with_prev = [w for w in writes if w[5] is not None]
     without = [w for w in writes if w[5] is None]
     for group in (with_prev, without):
@@ -235,44 +237,60 @@ def test_a_stack_of_tiles_programs_as_each_tile_alone(mode, differential):
 @pytest.mark.parametrize("gmin, gmax", [(0.001, 0.001), (0.3, 0.2), (0.0, 0.5), (0.0, 0.0)])
 def test_stuck_masks_follow_their_definition(gmin, gmax):
     """u < stuck_at_gmin: stuck at Gmin (0); below both fractions together: at Gmax (1);
-    else free (-1), for the generator's uniform draws u."""
+    else free (-1), for the stream's uniform draws u (numpy's definition, C order)."""
     chip = Chip()
     chip = dataclasses.replace(chip, device=dataclasses.replace(
         chip.device, stuck_at_gmin=gmin, stuck_at_gmax=gmax))
-    u = np.random.default_rng(4).random((2, 4, 32, 8))
+    key = nz.stream_key(4, nz.STUCK, 9)
+    counters = np.arange(2 * 4 * 32 * 8, dtype=np.uint64) + np.uint64(1)
+    u = nz.uniform_from_bits(nz.mix64(key + counters * nz.GAMMA)).reshape(2, 4, 32, 8)
+    assert 0 <= u.min() < 0.01 and 0.99 < u.max() < 1
     want = np.where(u < gmin, 0, np.where(u < gmin + gmax, 1, -1))
-    got = device.stuck_mask(np.random.default_rng(4), u.shape, chip)
+    got = device.stuck_mask(key, u.shape, chip)
     assert got.dtype == np.int8 and np.array_equal(got, want)
 
 
-def test_programming_noise_is_each_tiles_generator_normal_draws():
-    rngs = [np.random.default_rng([1, t]) for t in range(3)]
-    want = np.stack([np.random.default_rng([1, t]).normal(0.0, 0.07, (2, 4, 5, 3))
-                     for t in range(3)])
-    assert np.array_equal(device._normals(rngs, 0.07, (3, 2, 4, 5, 3)), want)
+def test_programming_noise_is_each_tiles_stream_in_cell_order():
+    """Tile t's cell j (C order) gets sigma x draw j of stream t (numpy's definition; the
+    compiled fill must agree bit for bit)."""
+    keys = np.array([nz.stream_key(1, nz.PROGRAM, t) for t in range(3)])
+    want = np.stack([nz.stream_normals(k, np.arange(120)).astype(np.float64) * 0.07
+                     for k in keys]).reshape(3, 2, 4, 5, 3)
+    assert np.array_equal(device._normals(keys, 0.07, (3, 2, 4, 5, 3)), want)
+
+
+def test_one_stream_key_in_python_ints_is_numpys():
+    for fields in ((7, nz.PROGRAM, 3, 1), (-5, nz.STUCK, 2 ** 40), (0, nz.READ)):
+        assert nz.stream_key(*fields) == nz.stream_keys(*fields)[0]
 
 
 @pytest.mark.parametrize("cell_bits", [1, 2, 4])
-@pytest.mark.parametrize("aware, compensate", [(False, False), (True, False), (True, True)])
-def test_the_compiled_encoder_gives_numpys_digits_and_values(cell_bits, aware, compensate):
-    """``runtime.encoding.encode`` (numba, fresh writes) against ``isa.cells.encode``, with
-    stuck cells, programming noise and a non-contiguous stuck mask (as programming slices
-    it)."""
+@pytest.mark.parametrize("aware, compensate", [(0, 0), (1, 0), (1, 1)])
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+def test_the_compiled_programming_gives_numpys_cells(cell_bits, aware, compensate, mode,
+                                                     monkeypatch):
+    """``encoding.program_fresh`` (numba: noise drawn in place, digits, cells and column
+    sums in one pass) against numpy's way (``isa.cells.encode`` on ``_normals``' draws),
+    field by field, with stuck cells at a rate that exercises every branch."""
     if encoding._compiled is None:
         pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
-    chip = dataclasses.replace(Chip(), arch=dataclasses.replace(Chip().arch,
-                                                                cell_bits=cell_bits))
+    chip = _chip("device.stuck_at_gmin=0.1", "device.stuck_at_gmax=0.1",
+                 f"mapping.stuck_aware={aware}", f"mapping.slice_compensation={compensate}",
+                 arch=ChipGeometry(cell_bits=cell_bits))
     rng = np.random.default_rng(cell_bits)
-    shape = (5, 2, chip.arch.slices, 40, 7)
-    q = rng.integers(-127, 128, (5, 40, 7))
-    u = rng.random(shape)
-    stuck = np.concatenate([np.where(u < 0.1, 0, np.where(u < 0.2, 1, -1)).astype(np.int8),
-                            np.zeros(shape, np.int8)], axis=1)[:, :2]
-    noise = rng.normal(0, 0.08, shape)
-    want = cells.encode(q, stuck, noise, chip, aware, compensate, 0.077)
-    got = encoding.encode(q, stuck, noise, chip, aware, compensate, 0.077)
-    for w, g in zip(want, got):
-        assert w.dtype == g.dtype and np.array_equal(w, g)
+    shape = (2, chip.arch.slices, 40, 7)
+    writes = [(rng.standard_normal((40, 7)).astype(np.float32), chip,
+               nz.stream_key(3, nz.PROGRAM, t) if mode == "analog" else None,
+               device.stuck_mask(nz.stream_key(3, nz.STUCK, t), shape, chip), 2.5, None, None)
+              for t in range(5)]
+    fused = device.program_many(writes)
+    monkeypatch.setattr(device, "program_fresh", lambda *a: None)
+    for f, n in zip(fused, device.program_many(writes)):
+        for field in ("cells", "target", "scale", "gain", "full_scale", "held", "grid_bound"):
+            a, b = getattr(f, field), getattr(n, field)
+            assert np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype, field
+    noisy = any((f.held != np.rint(f.held)).any() for f in fused)  # values off the levels
+    assert noisy == (mode == "analog")
 
 
 @pytest.mark.parametrize("cell_bits,sets", [
@@ -286,7 +304,7 @@ def test_analog_conductances_are_resolved_to_the_grid(cell_bits, sets):
     rng = np.random.default_rng(cell_bits)
     tile = rng.standard_normal((40, 6)).astype(np.float32)
     stuck = np.full((2, chip.arch.slices, 40, 6), -1, np.int8)
-    noisy = device.program(tile, chip, np.random.default_rng(0), stuck, 3.0)
+    noisy = device.program(tile, chip, nz.stream_key(0, nz.PROGRAM, 0), stuck, 3.0)
     step = 2.0 ** -device.GRID_BITS
     assert np.array_equal(noisy.cells / step, np.rint(noisy.cells / step))
     assert noisy.grid_bound >= (noisy.cells / step).sum(axis=-2).max() > 0
