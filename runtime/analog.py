@@ -25,7 +25,7 @@ import numpy as np
 from isa.chip import Chip
 
 from .device import Programmed, gmin_levels
-from .kernels import Streams, read_pass
+from .kernels import Streams, exact_product, read_pass
 from .noise import ReadStreams
 
 
@@ -168,9 +168,10 @@ class _TileGroup:
         (steps, vectors, rows), k = planes.shape, len(self.idx)
         # summed where sums of these products are exact (float64, or float32 for cells on
         # the device's grid, ``float32_exact``), so that a sample's currents do not
-        # depend on how many others share the product (BLAS orders sums by shape): outputs
-        # do not depend on how a run is split
-        current = (planes.reshape(-1, rows) @ self.g).reshape(
+        # depend on how many others share the product (BLAS orders sums by shape) or on
+        # which product sums them (``exact_product``): outputs do not depend on how a run
+        # is split
+        current = exact_product(planes.reshape(-1, rows), self.g).reshape(
             steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
         acc = out[self.idx, n0:n0 + vectors]
         read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,

@@ -161,3 +161,39 @@ def test_blocks_of_rows_draw_the_same_streams(implementation, monkeypatch):
     monkeypatch.setattr(analog, "MIN_BLOCK_ROWS", 1)
     rows = run(program, x, mode="analog", timing=False).outputs["logits"]
     assert np.array_equal(whole, rows)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.2, 0.6])
+def test_the_sparse_product_gives_blas_bits_on_exact_sums(dtype, density, monkeypatch):
+    """``exact_product``: the compiled sum of selected rows (forced on) equals BLAS bit for
+    bit where the sums are exact (input digits times cells on the 2**-12 grid), at every
+    density, with rows that select nothing and multi-level digits (a multi-bit DAC)."""
+    if kernels._kernel is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
+    rng = np.random.default_rng(int(density * 100))
+    cells = (rng.integers(0, 16 * 4096, (128, 200)) / 4096).astype(dtype)
+    planes = (rng.random((300, 128)) < density) * rng.integers(1, 4, (300, 128))
+    planes[::7] = 0
+    planes = planes.astype(dtype)
+    monkeypatch.setattr(kernels, "SPARSE_BELOW", 1.0)
+    calls, compiled = [], kernels._sparse_product
+    monkeypatch.setattr(kernels, "_sparse_product", lambda *a: (calls.append(1), compiled(*a)))
+    got = kernels.exact_product(planes, cells)
+    want = planes @ cells
+    assert calls and got.dtype == want.dtype == dtype and np.array_equal(got, want)
+    assert (want[::7] == 0).all() and (density == 0) == (not want.any())
+
+
+@needs_numba
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
+    """The digits CNN with every crossbar read's product sparse, then every one BLAS:
+    identical outputs (quantized mode is float64 off the grid, analog float32 on it)."""
+    x = np.load(f"{MODELS}/digits_test_x.npy")[:6]
+    program = compile_model(model_path("digits_cnn"))
+    outputs = []
+    for share in (1.0, 0.0):  # all sparse, then none
+        monkeypatch.setattr(kernels, "SPARSE_BELOW", share)
+        outputs.append(run(program, x, mode=mode, timing=False).outputs["logits"])
+    assert np.array_equal(*outputs)
