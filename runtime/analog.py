@@ -153,8 +153,11 @@ class _TileGroup:
         self.idx, self.shape = idx, cells.shape[1:]  # signs, slices, rows, cols
         signs, slices, rows, cols = self.shape
         g = cells[idx].transpose(3, 0, 1, 2, 4).reshape(rows, len(idx) * signs * slices * cols)
-        exact = float32_exact([progs[t] for t in idx], 2 ** chip.arch.dac_bits - 1)
+        chosen, digit = [progs[t] for t in idx], 2 ** chip.arch.dac_bits - 1
+        exact = float32_exact(chosen, digit)
         self.g = g if exact else g.astype(np.float64)
+        # sums exact in g's type: any order gives the same bits, so any product may sum them
+        self.exact = exact or float64_exact(chosen, digit, chip)
         self.constants = dict(_adc_constants(full[idx], chip), gain=gain[idx],
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
@@ -169,9 +172,10 @@ class _TileGroup:
         # summed where sums of these products are exact (float64, or float32 for cells on
         # the device's grid, ``float32_exact``), so that a sample's currents do not
         # depend on how many others share the product (BLAS orders sums by shape) or on
-        # which product sums them (``exact_product``): outputs do not depend on how a run
-        # is split
-        current = exact_product(planes.reshape(-1, rows), self.g).reshape(
+        # which product sums them (``exact_product``, only then): outputs do not depend on
+        # how a run is split
+        flat = planes.reshape(-1, rows)
+        current = (exact_product(flat, self.g) if self.exact else flat @ self.g).reshape(
             steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
         acc = out[self.idx, n0:n0 + vectors]
         read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,
@@ -187,6 +191,20 @@ def float32_exact(progs: list[Programmed], digit: int) -> bool:
     float64 product's sums rounded to float32, the same bits at twice the speed."""
     bounds = [p.grid_bound for p in progs]
     return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** 24
+
+
+def float64_exact(progs: list[Programmed], digit: int, chip: Chip) -> bool:
+    """Whether those sums are exact in float64: for cells on the grid, below 2**53 of its
+    units; for quantized mode's cells (float32 of Gmin plus a digit, every one a multiple of
+    the last bit of float32(Gmin)), when the largest column sum stays below 2**53 of that
+    bit. Chips with a tiny Gmin, long columns and wide DAC digits can fail it."""
+    bounds = [p.grid_bound for p in progs]
+    if None not in bounds:
+        return max(bounds, default=0.0) * digit < 2.0 ** 53
+    g0 = np.float32(gmin_levels(chip))
+    unit = 2.0 ** (int(np.frexp(g0)[1]) - 24) if g0 > 0 else 1.0  # float32: 24-bit significands
+    top = float(np.float32(gmin_levels(chip) + 2 ** chip.arch.cell_bits - 1))
+    return chip.arch.rows * top * digit / unit < 2.0 ** 53
 
 
 def _adc_constants(full: np.ndarray, chip: Chip) -> dict:

@@ -126,6 +126,12 @@ def _normals(keys: np.ndarray, sigma: float, shape: tuple) -> np.ndarray:
     return z
 
 
+def column_sums(values: np.ndarray) -> np.ndarray:
+    """``values`` [..., R, C] summed over rows, one row after another (as the compiled
+    programming pass adds them; numpy's sum adds a single column pairwise)."""
+    return np.cumsum(values, axis=-2)[..., -1, :]
+
+
 def program(tile: np.ndarray, chip: Chip, key: np.uint64 | None, stuck: np.ndarray,
             tensor_max: float, prev=None, select: np.ndarray | None = None) -> Programmed:
     """Map ``tile`` onto cells; ``key``: the stream of its programming noise
@@ -177,8 +183,7 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
         held = np.where(stuck == 0, 0.0, np.where(stuck == 1, top, held))
     if fused is None:
         cells = np.maximum(g0 + held, 0.0)
-        ideal = (g0 + digits).sum(axis=-2)
-        actual = cells.sum(axis=-2)
+        ideal, actual = column_sums(g0 + digits), column_sums(cells)
     # Column gains correct what was not compensated; after slice compensation the cells
     # deviate from their digits on purpose, so gains would undo it.
     use_gain = mp.raw_calibration and keys is not None and not mp.slice_compensation

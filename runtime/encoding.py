@@ -5,7 +5,8 @@ its digits (``isa.cells.encode``), and adds its conductance to its column's sums
 numpy makes about thirty passes over the whole stack of tiles. It does the same IEEE
 operations in the same order, so it gives the same digits, values, cells and sums
 (tests/test_device.py); ``device`` takes numpy's way where numba is off
-(``CIMSTACK_NUMBA=0``) or the write has a previous state.
+(``CIMSTACK_NUMBA=0``), the write has a previous state or a selection, or the mapping is
+the offset one (not differential).
 """
 
 from __future__ import annotations

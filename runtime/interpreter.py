@@ -56,7 +56,8 @@ class Machine:
 
     In ideal mode a crossbar holds its float tile; in quantized and analog modes it holds the
     ``device.Programmed`` cells, and stuck cells, programming and read noise come from
-    generators seeded by (seed, purpose, crossbar): same program, same seed, same result.
+    streams keyed by the seed and what they are for (``runtime.noise``: the crossbar and
+    its write number, or the read and its sample): same program, same seed, same result.
     A crossbar the program writes more than once also keeps the state of all its cells
     (``last_digits``, an ``isa.cells`` state, and ``last_held``, their values): a write
     programs only the cells whose digit changes, and bit stucking (``isa.cells.LowWrite``;

@@ -292,9 +292,9 @@ SPARSE_BELOW = 0.25
 
 def exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a [M, K] @ b [K, N], both of one float type, for operands whose sums are exact in it
-    (``analog.float32_exact``, or float64 sums of float32 cells times input digits): any
-    order of the sums gives the same bits, so where a is mostly zeros and numba is on, the
-    compiled sparse product (the sum of the rows of b that a selects) replaces BLAS."""
+    (``analog.float32_exact`` or ``float64_exact``; callers check): any order of the sums
+    gives the same bits, so where a is mostly zeros and numba is on, the compiled sparse
+    product (the sum of the rows of b that a selects) replaces BLAS."""
     if _kernel is None or np.count_nonzero(a) >= SPARSE_BELOW * a.size:
         return a @ b
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))

@@ -13,7 +13,7 @@ import isa
 from compiler import compile_model
 from isa import ChipGeometry
 from isa.chip import Chip, with_overrides
-from runtime import device, encoding, run
+from runtime import device, encoding, kernels, run
 from runtime import noise as nz
 from runtime.analog import crossbar_mvm
 
@@ -234,13 +234,16 @@ def test_a_stack_of_tiles_programs_as_each_tile_alone(mode, differential):
             assert s.offset == o.offset
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("gmin, gmax", [(0.001, 0.001), (0.3, 0.2), (0.0, 0.5), (0.0, 0.0)])
-def test_stuck_masks_follow_their_definition(gmin, gmax):
+def test_stuck_masks_follow_their_definition(gmin, gmax, compiled, monkeypatch):
     """u < stuck_at_gmin: stuck at Gmin (0); below both fractions together: at Gmax (1);
     else free (-1), for the stream's uniform draws u (numpy's definition, C order)."""
     chip = Chip()
     chip = dataclasses.replace(chip, device=dataclasses.replace(
         chip.device, stuck_at_gmin=gmin, stuck_at_gmax=gmax))
+    if not compiled:  # the numpy fallback (CIMSTACK_NUMBA=0)
+        monkeypatch.setattr(kernels, "_kernel", None)
     key = nz.stream_key(4, nz.STUCK, 9)
     counters = np.arange(2 * 4 * 32 * 8, dtype=np.uint64) + np.uint64(1)
     u = nz.uniform_from_bits(nz.mix64(key + counters * nz.GAMMA)).reshape(2, 4, 32, 8)
@@ -250,9 +253,12 @@ def test_stuck_masks_follow_their_definition(gmin, gmax):
     assert got.dtype == np.int8 and np.array_equal(got, want)
 
 
-def test_programming_noise_is_each_tiles_stream_in_cell_order():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_programming_noise_is_each_tiles_stream_in_cell_order(compiled, monkeypatch):
     """Tile t's cell j (C order) gets sigma x draw j of stream t (numpy's definition; the
-    compiled fill must agree bit for bit)."""
+    compiled fill and the numpy fallback must agree with it bit for bit)."""
+    if not compiled:
+        monkeypatch.setattr(kernels, "_kernel", None)
     keys = np.array([nz.stream_key(1, nz.PROGRAM, t) for t in range(3)])
     want = np.stack([nz.stream_normals(k, np.arange(120)).astype(np.float64) * 0.07
                      for k in keys]).reshape(3, 2, 4, 5, 3)
@@ -265,25 +271,34 @@ def test_one_stream_key_in_python_ints_is_numpys():
 
 
 @pytest.mark.parametrize("cell_bits", [1, 2, 4])
-@pytest.mark.parametrize("aware, compensate", [(0, 0), (1, 0), (1, 1)])
+@pytest.mark.parametrize("aware, compensate", [(0, 0), (1, 0), (0, 1), (1, 1)])
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
+@pytest.mark.parametrize("cols", [7, 1])
 def test_the_compiled_programming_gives_numpys_cells(cell_bits, aware, compensate, mode,
-                                                     monkeypatch):
+                                                     cols, monkeypatch):
     """``encoding.program_fresh`` (numba: noise drawn in place, digits, cells and column
     sums in one pass) against numpy's way (``isa.cells.encode`` on ``_normals``' draws),
-    field by field, with stuck cells at a rate that exercises every branch."""
+    field by field, with stuck cells at a rate that exercises every branch; its float64
+    column sums add rows in numpy's way's order (``column_sums``), one-column tiles too."""
     if encoding._compiled is None:
         pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
     chip = _chip("device.stuck_at_gmin=0.1", "device.stuck_at_gmax=0.1",
                  f"mapping.stuck_aware={aware}", f"mapping.slice_compensation={compensate}",
                  arch=ChipGeometry(cell_bits=cell_bits))
     rng = np.random.default_rng(cell_bits)
-    shape = (2, chip.arch.slices, 40, 7)
-    writes = [(rng.standard_normal((40, 7)).astype(np.float32), chip,
+    shape = (2, chip.arch.slices, 40, cols)
+    writes = [(rng.standard_normal((40, cols)).astype(np.float32), chip,
                nz.stream_key(3, nz.PROGRAM, t) if mode == "analog" else None,
                device.stuck_mask(nz.stream_key(3, nz.STUCK, t), shape, chip), 2.5, None, None)
               for t in range(5)]
     fused = device.program_many(writes)
+    q = np.stack([device.quantize_weights(w[0], chip, np.float64(2.5))[0] for w in writes])
+    keys = None if mode == "quantized" else np.array([w[2] for w in writes])
+    g0 = device.gmin_levels(chip)
+    digits, _, conductances, ideal, actual = encoding.program_fresh(
+        q, np.stack([w[3] for w in writes]), keys, 0.3, chip, aware, compensate, g0)
+    assert np.array_equal(actual, device.column_sums(conductances))
+    assert np.array_equal(ideal, device.column_sums(g0 + digits))
     monkeypatch.setattr(device, "program_fresh", lambda *a: None)
     for f, n in zip(fused, device.program_many(writes)):
         for field in ("cells", "target", "scale", "gain", "full_scale", "held", "grid_bound"):

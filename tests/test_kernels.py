@@ -197,3 +197,29 @@ def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
         monkeypatch.setattr(kernels, "SPARSE_BELOW", share)
         outputs.append(run(program, x, mode=mode, timing=False).outputs["logits"])
     assert np.array_equal(*outputs)
+
+
+def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
+    """Quantized cells (float32 Gmin plus digits) sum exactly in float64 on the default
+    chip, so its reads may go sparse; a chip with a tiny Gmin, 4-bit cells and an 8-bit DAC
+    overflows 2**53 of Gmin's last bit, so its reads keep BLAS (whose order the sparse
+    loop could not match)."""
+    import dataclasses
+
+    from isa.chip import Chip, with_overrides
+    from runtime import analog, device
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((1, 5, 40))).astype(np.float32)
+    x[x < 1.5] = 0  # sparse inputs
+    corner = with_overrides(dataclasses.replace(Chip(), arch=dataclasses.replace(
+        Chip().arch, cell_bits=4, dac_bits=8)), ["device.g_min_us=0.0001"])
+    calls = []
+    monkeypatch.setattr(analog, "exact_product", lambda a, b: (calls.append(1), a @ b)[1])
+    for chip, sparse in ((Chip(), True), (corner, False)):
+        stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
+        prog = device.program(rng.standard_normal((40, 3)).astype(np.float32), chip, None,
+                              stuck, 3.0)
+        assert analog.float64_exact([prog], 2 ** chip.arch.dac_bits - 1, chip) == sparse
+        calls.clear()
+        analog.tiles_mvm(x, np.ones((5, 1), np.float32), [prog], chip, None)
+        assert bool(calls) == sparse
