@@ -16,7 +16,6 @@ import numpy as np
 from isa.chip import Chip
 
 from . import kernels
-from . import noise as nz
 
 
 def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, digits, values,
@@ -37,9 +36,9 @@ def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, digit
                 rest[c] = np.float64(q[t, r, c])
             for s in range(slices - 1, -1, -1):
                 weight = np.float64(base ** s)
-                # the counters of cells (0, s, r, 0) and (1, s, r, 0): their index + 1
-                j_p = np.uint64((s * rows + r) * cols + 1)
-                j_n = np.uint64(((slices + s) * rows + r) * cols + 1)
+                # the draw numbers of cells (0, s, r, 0) and (1, s, r, 0): their flat index
+                j_p = np.uint64((s * rows + r) * cols)
+                j_n = np.uint64(((slices + s) * rows + r) * cols)
                 for c in range(cols):
                     want = np.int64(min(max(np.rint(rest[c] / weight), -top), top))
                     sp, sn = np.int64(stuck[t, 0, s, r, c]), np.int64(stuck[t, 1, s, r, c])
@@ -51,10 +50,8 @@ def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, digit
                     noise_p, noise_n = 0.0, 0.0
                     if noisy:
                         at = np.uint64(c)
-                        noise_p = np.float64(kernels._draw(kernels._mix(
-                            key + (j_p + at) * nz.GAMMA))) * sigma
-                        noise_n = np.float64(kernels._draw(kernels._mix(
-                            key + (j_n + at) * nz.GAMMA))) * sigma
+                        noise_p = np.float64(kernels._draw(kernels._bits(key, j_p + at))) * sigma
+                        noise_n = np.float64(kernels._draw(kernels._bits(key, j_n + at))) * sigma
                     held_p = _held(np.float64(p) + noise_p, sp, top, g0)
                     held_n = _held(np.float64(n) + noise_n, sn, top, g0)
                     digits[t, 0, s, r, c], digits[t, 1, s, r, c] = p, n

@@ -55,13 +55,13 @@ def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, r
     """row[:] = step b's currents of row n of tile t (all signs, slices and columns, flat;
     ``cols`` columns, the first ``own`` the tile's own), each times 1 + sigma x its draw (as
     ``_noisy``). A stream's draw for (sign, slice) k and own column c is its number
-    state0 - 1 + k x own + c; padding columns carry no current and draw nothing."""
+    state0 + k x own + c; padding columns carry no current and draw nothing."""
     one = np.float32(1.0)
     if mode == STREAMS:
         for k in range(row.shape[0] // cols):
             at, j = k * cols, state0 + np.uint64(k * own)
             for c in range(own):
-                d32 = _draw(_mix(key + (j + np.uint64(c)) * nz.GAMMA)) * sigma32
+                d32 = _draw(_bits(key, j + np.uint64(c))) * sigma32
                 row[at + c] = np.float32(current[b, t, n, at + c]) * (d32 + one)
             for c in range(own, cols):
                 row[at + c] = np.float32(current[b, t, n, at + c])
@@ -97,7 +97,7 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
             # tiles share the read)
             own = widths[t]
             own_width = signs * slices * own
-            state0 = np.uint64(((row0 + n) % vectors) * own_width + 1)
+            state0 = np.uint64(((row0 + n) % vectors) * own_width)
             total[:] = 0.0
             act64 = 0.0
             if not per_step:
@@ -233,11 +233,16 @@ def _draws_of(mode, keys, vectors, row0, widths, draws, shape):
     return of_step
 
 
+def _bits(key, counter):
+    """``noise.draw_bits`` on one uint64 key and counter (the compiled loops' twin)."""
+    return _mix(key + (counter + np.uint64(1)) * nz.GAMMA)
+
+
 def _fill_normals(keys, out):
     """out[t, j] = draw j of stream keys[t], float32 N(0, 1) (``noise.stream_normals``)."""
     for t in range(out.shape[0]):
         for j in range(out.shape[1]):
-            out[t, j] = _draw(_mix(keys[t] + np.uint64(j + 1) * nz.GAMMA))
+            out[t, j] = _draw(_bits(keys[t], np.uint64(j)))
 
 
 def _fill_below(keys, low, high, out):
@@ -245,8 +250,7 @@ def _fill_below(keys, low, high, out):
     ``noise.uniform_from_bits``) is below ``low``, else 1 if below ``high``, else -1."""
     for k in range(out.shape[0]):
         for j in range(out.shape[1]):
-            h = _mix(keys[k] + np.uint64(j + 1) * nz.GAMMA)
-            u = np.float64(h >> nz._UNIFORM_SHIFT) * nz._UNIFORM_UNIT
+            u = np.float64(_bits(keys[k], np.uint64(j)) >> nz._UNIFORM_SHIFT) * nz._UNIFORM_UNIT
             out[k, j] = 0 if u < low else (1 if u < high else -1)
 
 
@@ -278,6 +282,7 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _jit = numba.njit(nogil=True, error_model="numpy",
                       cache=os.environ.get("CIMSTACK_NUMBA_CACHE") != "0")
     _mix, _draw = _jit(nz.mix64), _jit(_normal)
+    _bits = _jit(_bits)
     _noisy_row = _jit(_noisy_row)
     _kernel = _jit(_loops)
     _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
@@ -318,8 +323,7 @@ def stream_below(keys: np.ndarray, n: int, low: float, high: float) -> np.ndarra
     where u < low, else 1 where u < high, else -1 (stuck cells' states)."""
     keys = np.asarray(keys, np.uint64).reshape(-1)
     if _kernel is None:
-        u = nz.uniform_from_bits(nz.mix64(keys[:, None] + (
-            np.arange(n, dtype=np.uint64) + np.uint64(1)) * nz.GAMMA))
+        u = nz.stream_uniforms(keys[:, None], np.arange(n, dtype=np.uint64)[None, :])
         return np.where(u < low, 0, np.where(u < high, 1, -1)).astype(np.int8)
     out = np.empty((keys.size, n), np.int8)
     _fill_below(keys, float(low), float(high), out)

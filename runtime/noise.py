@@ -89,12 +89,21 @@ def normal_from_bits(h: np.ndarray) -> np.ndarray:
     return z
 
 
+_UNIFORM_SHIFT, _UNIFORM_UNIT = np.uint64(11), 2.0 ** -53  # (the compiled fills use them)
+
+
 def uniform_from_bits(h: np.ndarray) -> np.ndarray:
     """float64 U[0, 1) draws from uint64 bits ``h``: the top 53 bits over 2**53 (exact)."""
     return (h >> _UNIFORM_SHIFT).astype(np.float64) * _UNIFORM_UNIT
 
 
-_UNIFORM_SHIFT, _UNIFORM_UNIT = np.uint64(11), 2.0 ** -53
+def draw_bits(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """The 64 bits of draw number ``counters`` of streams ``keys`` (uint64, broadcast
+    together): SplitMix64's state keys + (counters + 1) x gamma through its finalizer
+    (``kernels._bits`` is the compiled scalar twin)."""
+    return mix64(keys + (counters + np.uint64(1)) * GAMMA)
+
+
 _MASK64 = 2 ** 64 - 1
 
 
@@ -127,8 +136,12 @@ def stream_keys(seed: int, purpose: int, *fields) -> np.ndarray:
 
 def stream_normals(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """Draw number ``counters`` of streams ``keys`` (broadcast together), float32 N(0, 1)."""
-    counters = np.array(counters, np.uint64, ndmin=1)
-    return normal_from_bits(mix64(keys + (counters + np.uint64(1)) * GAMMA))
+    return normal_from_bits(draw_bits(keys, np.array(counters, np.uint64, ndmin=1)))
+
+
+def stream_uniforms(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """Draw number ``counters`` of streams ``keys`` (broadcast together), float64 U[0, 1)."""
+    return uniform_from_bits(draw_bits(keys, np.array(counters, np.uint64, ndmin=1)))
 
 
 @dataclass(frozen=True)
