@@ -133,11 +133,15 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                     continue  # no input, no current: nothing to add
                 planes = _quantize_inputs(block, a.input_bits, ranges[u, n0:n1], a.dac_bits)
                 active = planes.sum(axis=2).astype(np.float32)  # input levels per step
+                # the planes' non-zero entries, counted once for every group's product (a
+                # 1-bit DAC's digits are 0 or 1: its active levels are that count)
+                nonzeros = (int(active.sum(dtype=np.float64)) if a.dac_bits == 1
+                            else int(np.count_nonzero(planes)))
                 typed = {planes.dtype: planes}  # in each group's product type, cast once
                 for group in groups:
                     if group.g.dtype not in typed:
                         typed[group.g.dtype] = planes.astype(group.g.dtype)
-                    group.read(typed[group.g.dtype], active, out, n0, sign,
+                    group.read(typed[group.g.dtype], active, nonzeros, out, n0, sign,
                                _block(draws[index], group.idx, n0, n1))
     levels = 2 ** a.input_bits - 1
     return (out * (ranges[inputs] / levels) * scale[:, None, :]).astype(np.float32)
@@ -162,11 +166,12 @@ class _TileGroup:
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
 
-    def read(self, planes: np.ndarray, active: np.ndarray, out: np.ndarray, n0: int,
-             sign: float, noise) -> None:
+    def read(self, planes: np.ndarray, active: np.ndarray, nonzeros: int, out: np.ndarray,
+             n0: int, sign: float, noise) -> None:
         """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows]
-        in ``g``'s type, ``active`` [steps, vectors]: the input levels applied) by one input
-        sign into ``out`` [T, N, C]; ``noise``: the block's (``_block``)."""
+        in ``g``'s type, ``nonzeros`` of them non-zero, ``active`` [steps, vectors]: the
+        input levels applied) by one input sign into ``out`` [T, N, C]; ``noise``: the
+        block's (``_block``)."""
         signs, slices, _, cols = self.shape
         (steps, vectors, rows), k = planes.shape, len(self.idx)
         # summed where sums of these products are exact (float64, or float32 for cells on
@@ -175,7 +180,7 @@ class _TileGroup:
         # which product sums them (``exact_product``, only then): outputs do not depend on
         # how a run is split
         flat = planes.reshape(-1, rows)
-        current = (exact_product(flat, self.g) if self.exact else flat @ self.g).reshape(
+        current = (exact_product(flat, self.g, nonzeros) if self.exact else flat @ self.g).reshape(
             steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
         acc = out[self.idx, n0:n0 + vectors]
         read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,

@@ -295,12 +295,17 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
 SPARSE_BELOW = 0.25
 
 
-def exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def exact_product(a: np.ndarray, b: np.ndarray, nonzeros: int | None = None) -> np.ndarray:
     """a [M, K] @ b [K, N], both of one float type, for operands whose sums are exact in it
     (``analog.float32_exact`` or ``float64_exact``; callers check): any order of the sums
     gives the same bits, so where a is mostly zeros and numba is on, the compiled sparse
-    product (the sum of the rows of b that a selects) replaces BLAS."""
-    if _kernel is None or np.count_nonzero(a) >= SPARSE_BELOW * a.size:
+    product (the sum of the rows of b that a selects) replaces BLAS. ``nonzeros``: a's
+    count of non-zero entries, when the caller knows it (None: counted here)."""
+    if _kernel is None:
+        return a @ b
+    if nonzeros is None:
+        nonzeros = np.count_nonzero(a)
+    if nonzeros >= SPARSE_BELOW * a.size:
         return a @ b
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     _sparse_product(a, b, out)

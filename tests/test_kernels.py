@@ -214,7 +214,7 @@ def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
     corner = with_overrides(dataclasses.replace(Chip(), arch=dataclasses.replace(
         Chip().arch, cell_bits=4, dac_bits=8)), ["device.g_min_us=0.0001"])
     calls = []
-    monkeypatch.setattr(analog, "exact_product", lambda a, b: (calls.append(1), a @ b)[1])
+    monkeypatch.setattr(analog, "exact_product", lambda a, b, n: (calls.append(1), a @ b)[1])
     for chip, sparse in ((Chip(), True), (corner, False)):
         stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
         prog = device.program(rng.standard_normal((40, 3)).astype(np.float32), chip, None,
@@ -223,3 +223,25 @@ def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
         calls.clear()
         analog.tiles_mvm(x, np.ones((5, 1), np.float32), [prog], chip, None)
         assert bool(calls) == sparse
+
+
+@pytest.mark.parametrize("dac_bits", [1, 2])
+def test_reads_pass_their_planes_true_nonzero_count(dac_bits, monkeypatch):
+    """The count a read passes ``exact_product`` (once per block: a 1-bit DAC's summed
+    levels, else counted) is the number of non-zero entries of the planes it multiplies."""
+    import dataclasses
+
+    from isa.chip import Chip
+    from runtime import analog, device
+    chip = dataclasses.replace(Chip(), arch=dataclasses.replace(Chip().arch, dac_bits=dac_bits))
+    rng = np.random.default_rng(dac_bits)
+    x = np.abs(rng.standard_normal((1, 7, 40))).astype(np.float32)
+    x[x < 1.0] = 0
+    seen = []
+    monkeypatch.setattr(analog, "exact_product",
+                        lambda a, b, n: (seen.append(n == np.count_nonzero(a)), a @ b)[1])
+    stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
+    progs = [device.program(rng.standard_normal((40, 3)).astype(np.float32), chip, None,
+                            stuck, 3.0) for _ in range(2)]
+    analog.tiles_mvm(np.concatenate([x, x]), np.ones((7, 1), np.float32), progs, chip, None)
+    assert seen and all(seen)
