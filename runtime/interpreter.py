@@ -176,9 +176,13 @@ class Machine:
     def _written(self, xb: int, inputs: tuple, prog: device.Programmed) -> None:
         """Record a write's effects: cells changed, cell states, wear; hold ``prog``."""
         prev, win = inputs[5], cells.window(*inputs[0].shape)
-        changed = np.ones(prog.target.shape, bool) if prev is None else prev[0] != prog.target
-        self.cells_changed += int(changed.sum())
+        # a write with nothing known before it programs every cell (counted, not summed:
+        # the load phase writes every crossbar so)
+        changed = None if prev is None else prev[0] != prog.target
+        self.cells_changed += prog.target.size if changed is None else int(changed.sum())
         if xb in self.rewritten:
+            if changed is None:
+                changed = np.ones(prog.target.shape, bool)
             self.last_digits.setdefault(xb, cells.blank(self.chip))[win] = prog.target
             self.last_held.setdefault(xb, np.zeros(self.last_digits[xb].shape))[win] = prog.held
             if self.mode == "analog":

@@ -14,6 +14,7 @@ pass.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple
 
@@ -247,11 +248,20 @@ def _fill_normals(keys, out):
 
 def _fill_below(keys, low, high, out):
     """out[k, j] = 0 if draw j of stream keys[k] (float64 U[0, 1),
-    ``noise.uniform_from_bits``) is below ``low``, else 1 if below ``high``, else -1."""
+    ``noise.uniform_from_bits``) is below ``low``, else 1 if below ``high``, else -1; the
+    rates given as ``_units_above``'s integers, so that the draw's top 53 bits are
+    compared as they are (uint64 to float64 does not vectorise on AVX2)."""
     for k in range(out.shape[0]):
         for j in range(out.shape[1]):
-            u = np.float64(_bits(keys[k], np.uint64(j)) >> nz._UNIFORM_SHIFT) * nz._UNIFORM_UNIT
-            out[k, j] = 0 if u < low else (1 if u < high else -1)
+            m = _bits(keys[k], np.uint64(j)) >> nz._UNIFORM_SHIFT
+            out[k, j] = 0 if m < low else (1 if m < high else -1)
+
+
+def _units_above(rate: float) -> np.uint64:
+    """The least integer not below rate x 2**53: a draw's top 53 bits m (its uniform
+    m x 2**-53, exact) satisfy m x 2**-53 < rate exactly when m < this (for rates in
+    [0, 2]; scaling by 2**53 is exact)."""
+    return np.uint64(math.ceil(rate * 2.0 ** 53))
 
 
 def _sparse_product(a, b, out):
@@ -331,7 +341,7 @@ def stream_below(keys: np.ndarray, n: int, low: float, high: float) -> np.ndarra
         u = nz.stream_uniforms(keys[:, None], np.arange(n, dtype=np.uint64)[None, :])
         return np.where(u < low, 0, np.where(u < high, 1, -1)).astype(np.int8)
     out = np.empty((keys.size, n), np.int8)
-    _fill_below(keys, float(low), float(high), out)
+    _fill_below(keys, _units_above(low), _units_above(high), out)
     return out
 
 

@@ -254,6 +254,28 @@ def test_stuck_masks_follow_their_definition(gmin, gmax, compiled, monkeypatch):
 
 
 @pytest.mark.parametrize("compiled", [True, False])
+def test_stuck_masks_at_a_rate_equal_to_a_draw(compiled, monkeypatch):
+    """A draw equal to stuck_at_gmin is not below it (free, or at Gmax), one a unit of
+    2**-53 under it is: the compiled fill compares integers (``kernels._units_above``) and
+    must draw the same line as the float definition."""
+    if not compiled:
+        monkeypatch.setattr(kernels, "_kernel", None)
+    key = nz.stream_key(4, nz.STUCK, 9)
+    u = nz.stream_uniforms(key, np.arange(64, dtype=np.uint64))
+    for gmin in (u[5], np.nextafter(u[5], 1.0), u[5] + 2.0 ** -53):
+        for gmax in (0.0, u[7] - gmin if u[7] > gmin else 0.0):
+            chip = Chip()
+            chip = dataclasses.replace(chip, device=dataclasses.replace(
+                chip.device, stuck_at_gmin=float(gmin), stuck_at_gmax=float(gmax)))
+            want = np.where(u < gmin, 0, np.where(u < gmin + gmax, 1, -1))
+            assert np.array_equal(device.stuck_mask(key, (64,), chip), want)
+    m = np.arange(2 ** 40 - 3, 2 ** 40 + 3, dtype=np.uint64)
+    for rate in (2.0 ** -13, 2.0 ** -13 + 2.0 ** -60, np.nextafter(2.0 ** -13, 0), 1.5):
+        assert np.array_equal(m < kernels._units_above(rate),
+                              m.astype(np.float64) * 2.0 ** -53 < rate)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 def test_programming_noise_is_each_tiles_stream_in_cell_order(compiled, monkeypatch):
     """Tile t's cell j (C order) gets sigma x draw j of stream t (numpy's definition; the
     compiled fill and the numpy fallback must agree with it bit for bit)."""
