@@ -296,17 +296,20 @@ def test_one_stream_key_in_python_ints_is_numpys():
 @pytest.mark.parametrize("aware, compensate", [(0, 0), (1, 0), (0, 1), (1, 1)])
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
 @pytest.mark.parametrize("cols", [7, 1])
+@pytest.mark.parametrize("reads", [(), ("device.drift_nu=0.05", "device.drift_seconds=3600",
+                                        "device.wire_ohm=2.5")])
 def test_the_compiled_programming_gives_numpys_cells(cell_bits, aware, compensate, mode,
-                                                     cols, monkeypatch):
+                                                     cols, reads, monkeypatch):
     """``encoding.program_fresh`` (numba: noise drawn in place, digits, cells and column
     sums in one pass) against numpy's way (``isa.cells.encode`` on ``_normals``' draws),
     field by field, with stuck cells at a rate that exercises every branch; its float64
-    column sums add rows in numpy's way's order (``column_sums``), one-column tiles too."""
+    column sums add rows in numpy's way's order (``column_sums``), one-column tiles too;
+    with drift and IR drop too (applied after either)."""
     if encoding._compiled is None:
         pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
     chip = _chip("device.stuck_at_gmin=0.1", "device.stuck_at_gmax=0.1",
                  f"mapping.stuck_aware={aware}", f"mapping.slice_compensation={compensate}",
-                 arch=ChipGeometry(cell_bits=cell_bits))
+                 *reads, arch=ChipGeometry(cell_bits=cell_bits))
     rng = np.random.default_rng(cell_bits)
     shape = (2, chip.arch.slices, 40, cols)
     writes = [(rng.standard_normal((40, cols)).astype(np.float32), chip,
