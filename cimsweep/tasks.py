@@ -64,7 +64,7 @@ def _program(key: str, source) -> isa.Program:
     """The program cached under ``key``, from a path or the file's bytes; parsed once per
     worker."""
     if key not in _PROGRAMS:
-        program = isa.parse(source.decode()) if isinstance(source, bytes) else isa.load(source)
+        program = isa.parse(source) if isinstance(source, bytes) else isa.load(source)
         while len(_PROGRAMS) >= 2:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
         _PROGRAMS[key] = program

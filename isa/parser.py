@@ -58,7 +58,7 @@ class _PendingBlob:
     name: lark.Token
     crc: str
     type: TensorType
-    payload: str
+    payload: str | memoryview  # base64 text (a view of the file's bytes, read in place)
     decoded: Future | None = None  # its array, when decoded ahead
 
     @property
@@ -250,32 +250,34 @@ def _lark() -> lark.Lark:
 _DATA = "\ndata\n"  # the data section's header line
 # A blob line: the grammar's ``blob`` rule, read without the grammar (blobs are most of a
 # file: lark would build a token per payload character class, a regex takes each line whole).
-_BLOB = re.compile(r"blob (@[A-Za-z0-9_.]+) crc32=([0-9a-f]{8}) (f32)\[([0-9,]*)\] zlib:")
+_BLOB = re.compile(rb"blob (@[A-Za-z0-9_.]+) crc32=([0-9a-f]{8}) (f32)\[([0-9,]*)\] zlib:")
 # (the payload after it is not scanned here: base64 decoding validates its characters)
 
 
-def _blob_lines(text: str, start: int, end: int, first_line: int) -> list[_PendingBlob]:
-    """The blob lines of the data section text[start:end] (newline-terminated lines;
+def _blob_lines(data: bytes, start: int, end: int, first_line: int) -> list[_PendingBlob]:
+    """The blob lines of the data section data[start:end] (newline-terminated lines;
     ``first_line``: the file line of the first), each a _PendingBlob, or IsaError at the
-    first line that is not one. Read in place: only the payloads are copied."""
-    pending, n = [], 0
+    first line that is not one. Read in place: payloads are views of ``data``."""
+    pending, n, view = [], 0, memoryview(data)
     while start < end:
-        stop = text.find("\n", start, end)
-        m = _BLOB.match(text, start, stop)
+        stop = data.find(b"\n", start, end)
+        m = _BLOB.match(data, start, stop)
         if m is None:
-            what = text[start:stop].strip()
+            what = data[start:stop].strip().decode("utf-8", "replace")
             if what:
                 raise IsaError(f"unexpected {what[:30]!r} in the data section; expected a "
                                "blob line: blob @NAME crc32=HEX f32[SHAPE] zlib:PAYLOAD",
                                first_line + n, 1)
         else:
-            name = lark.Token("BLOB", m.group(1), line=first_line + n, column=6)
-            dims = m.group(4)
-            ttype = TensorType(m.group(3),
+            name = lark.Token("BLOB", m.group(1).decode(), line=first_line + n, column=6)
+            dims = m.group(4).decode()
+            ttype = TensorType(m.group(3).decode(),
                                tuple(_int(d) for d in dims.split(",")) if dims else ())
             _check_type(ttype, f"blob {name!s}", name)
-            pending.append(_PendingBlob(name, m.group(2), ttype,
-                                        text[m.end():stop].rstrip(" \t")))
+            last = stop
+            while last > m.end() and data[last - 1] in b" \t":
+                last -= 1
+            pending.append(_PendingBlob(name, m.group(2).decode(), ttype, view[m.end():last]))
         start, n = stop + 1, n + 1
     return pending
 
@@ -396,50 +398,85 @@ def _fast_text(head: str, transformer: _ToProgram) -> tuple[str, list[Instr]] | 
     return head[:start + len(_TEXT)] + head[end + 1:], instrs
 
 
-def parse(text: str, check_sum: bool = True) -> Program:
-    """Parse a whole ``.cim`` text. With ``check_sum`` the file checksum must match. The
-    header goes through the grammar; instruction lines are read one by one
-    (``_instr_items``, the grammar reads them instead when one is malformed, for its
-    message); the data section's blob lines are read line by line (``_BLOB``) and decoded
-    straight into arrays."""
+class NotText(IsaError):
+    """The bytes are not UTF-8 text (``load`` names the file)."""
+
+    def __init__(self):
+        super().__init__("not a .cim program (not UTF-8 text)")
+
+
+def parse(text: str | bytes, check_sum: bool = True) -> Program:
+    """Parse a whole ``.cim`` program, text or its UTF-8 bytes. With ``check_sum`` the file
+    checksum must match. The header goes through the grammar; instruction lines are read
+    one by one (``_instr_items``, the grammar reads them instead when one is malformed, for
+    its message); the data section's blob lines are read line by line (``_BLOB``), in place
+    in the bytes, and decoded straight into arrays."""
+    data = _lf_bytes(text)
+    _text_head(data, data.find(_DATA.encode()))  # not text at all: say so first
     with ThreadPoolExecutor(2) as pool:
         if check_sum:  # the checksum is computed while the rest is read, checked first
-            end = _body_end(text)
-            crc = pool.submit(_body_crc, text, end)
+            end = _body_end(data)
+            crc = pool.submit(_body_crc, data, end)
         else:
-            cut, crc = text.rfind("\n" + _END), None
-            text, end = (text + "\n", len(text) + 1) if cut < 0 else (text, cut + 1)
+            cut, crc = data.rfind(b"\n" + _END_BYTES), None
+            data, end = (data + b"\n", len(data) + 1) if cut < 0 else (data, cut + 1)
         try:
-            program = _parse_body(text, end, pool)
+            program = _parse_body(data, end, pool)
         except IsaError:
-            _check_crc(text, end, crc)
+            _check_crc(data, end, crc)
             raise
-        _check_crc(text, end, crc)
+        _check_crc(data, end, crc)
     verify(program)
     return program
 
 
+_END_BYTES = _END.encode()
+
+
+def _lf_bytes(text: str | bytes) -> bytes:
+    """The program's UTF-8 bytes with newlines as text mode reads them (CRLF and CR as LF):
+    a file's bytes as they are when they hold no CR (the printer writes none), so that a
+    large program is not copied."""
+    if isinstance(text, str):
+        return text.encode("utf-8")
+    if text.find(b"\r") < 0:
+        return text
+    try:
+        return text.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    except UnicodeDecodeError:
+        raise NotText() from None
+
+
+def _text_head(data: bytes, start: int) -> str:
+    """data[:start] (all of it for a negative ``start``: no data section) as text, the
+    header and instructions (the data section, base64 after ASCII names, is checked as it
+    is decoded); NotText if it is not UTF-8."""
+    try:
+        return (data[:start] if start >= 0 else data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotText() from None
+
+
 # The body (what the checksum covers, everything before the ``end crc32=`` line) is
-# text[:end], read in place: a 138 MB program is not copied for it (a copy costs ~0.1 s).
-def _body_end(text: str) -> int:
-    """Where the text the trailing ``end crc32=`` line covers ends (IsaError if it has
+# data[:end], read in place: a 138 MB program is not copied for it (a copy costs ~0.1 s).
+def _body_end(data: bytes) -> int:
+    """Where the bytes the trailing ``end crc32=`` line covers end (IsaError if it has
     none)."""
-    cut = text.rfind("\n" + _END)
+    cut = data.rfind(b"\n" + _END_BYTES)
     if cut < 0:
         raise IsaError("truncated program: the final 'end crc32=...' line is missing")
     return cut + 1
 
 
-def _body_crc(text: str, end: int) -> str:
-    """The CRC-32 of text[:end] in UTF-8: of the whole text's bytes less the tail's."""
-    data = text.encode("utf-8")
-    size = len(data) - len(text[end:].encode("utf-8"))
-    return f"{zlib.crc32(memoryview(data)[:size]):08x}"
+def _body_crc(data: bytes, end: int) -> str:
+    """The CRC-32 of data[:end] (zlib releases the GIL while it sums)."""
+    return f"{zlib.crc32(memoryview(data)[:end]):08x}"
 
 
-def _check_crc(text: str, end: int, crc: Future | None) -> None:
-    if crc is not None and text[end + len(_END):].strip() != crc.result():
-        raise IsaError(f"file checksum mismatch at line {text.count(chr(10), 0, end) + 1}: "
+def _check_crc(data: bytes, end: int, crc: Future | None) -> None:
+    if crc is not None and data[end + len(_END_BYTES):].strip() != crc.result().encode():
+        line = data.count(b"\n", 0, end) + 1
+        raise IsaError(f"file checksum mismatch at line {line}: "
                        "the program is corrupted or was edited (recompile it)")
 
 
@@ -455,13 +492,13 @@ def _decode_ahead(pending: list[_PendingBlob], pool: ThreadPoolExecutor) -> None
         b.decoded = pool.submit(blobs.decode, b.payload, b.type, b.crc, b.where)
 
 
-def _parse_body(text: str, end: int, pool: ThreadPoolExecutor) -> Program:
-    """The program in the body text[:end] (which ends with a newline)."""
-    cut = text.find(_DATA, 0, end)
-    start = end if cut < 0 else cut + len(_DATA)  # the data section: text[start:end]
-    head = text[:start]
+def _parse_body(data: bytes, end: int, pool: ThreadPoolExecutor) -> Program:
+    """The program in the body data[:end] (which ends with a newline)."""
+    cut = data.find(_DATA.encode(), 0, end)
+    start = end if cut < 0 else cut + len(_DATA)  # the data section: data[start:end]
+    head = _text_head(data, start)
     try:
-        pending = _blob_lines(text, start, end, head.count("\n") + 1)
+        pending = _blob_lines(data, start, end, head.count("\n") + 1)
         _decode_ahead(pending, pool)
         transformer = _ToProgram(pending)
         fast = _fast_text(head, transformer)
@@ -495,13 +532,15 @@ def _check_file_size(path) -> None:
 
 
 def load(path) -> Program:
-    """Read and parse a ``.cim`` file (its size checked first)."""
+    """Read and parse a ``.cim`` file (its size checked first), as bytes: the data section
+    is decoded from them in place (``parse``)."""
     try:
         _check_file_size(path)
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise IsaError(f"{path}: not a .cim program (not UTF-8 text)") from None
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise IsaError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return parse(text)
+    try:
+        return parse(data)
+    except NotText as exc:
+        raise IsaError(f"{path}: {exc}") from None

@@ -104,6 +104,34 @@ def test_checksum_covers_multibyte_text_and_names_the_end_line():
         isa.parse(text.replace("g\u00e9mm", "g\u00e8mm"))
 
 
+def test_a_file_loads_as_its_text_parses(tmp_path):
+    """``load`` reads a file's bytes and decodes blobs from them in place: the same program
+    as parsing its text, also from a file with CRLF line ends (read as text mode reads
+    them); a file that is not UTF-8 is a clear error that names it."""
+    program = tiny_program()
+    program.text[2] = dataclasses.replace(program.text[2], note="fc \u2192 g\u00e9mm")
+    text = isa.print_program(program)
+    want = isa.parse(text)
+    for name, data in (("lf.cim", text.encode()), ("crlf.cim", text.replace("\n", "\r\n")
+                                                   .encode())):
+        (tmp_path / name).write_bytes(data)
+        got = isa.load(str(tmp_path / name))
+        assert got.text == want.text and got.buffers == want.buffers
+        assert [b.name for b in got.blobs] == [b.name for b in want.blobs]
+        assert all(np.array_equal(a.data, b.data) for a, b in zip(got.blobs, want.blobs))
+    assert isa.parse(text.encode()).text == want.text
+    for where, bad in (("head", text.encode().replace("g\u00e9mm".encode(), b"g\xe9mm")),
+                       ("crlf", text.replace("\n", "\r\n").encode() + b"\xff")):
+        (tmp_path / f"{where}.cim").write_bytes(bad)
+        with pytest.raises(IsaError, match=f"{where}.cim: not a .cim program \\(not UTF-8"):
+            isa.load(str(tmp_path / f"{where}.cim"))
+    data = text.encode()
+    at = data.index(b" zlib:") + 9  # a payload byte that is not ASCII
+    (tmp_path / "payload.cim").write_bytes(data[:at] + b"\xff" + data[at + 1:])
+    with pytest.raises(IsaError, match="blob payload is corrupt|checksum mismatch"):
+        isa.load(str(tmp_path / "payload.cim"))
+
+
 def test_truncation_detected():
     with pytest.raises(IsaError, match="truncated"):
         isa.parse(TINY[:-30])
