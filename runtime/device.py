@@ -92,6 +92,13 @@ def stuck_mask(key, shape, chip: Chip) -> np.ndarray:
         np.shape(key) + tuple(shape))
 
 
+def _as_programmed(chip: Chip) -> bool:
+    """Whether reads see the cells' conductances as programmed (``read_conditions`` is the
+    identity: no drift, no IR drop)."""
+    d = chip.device
+    return not (d.drift_nu and d.drift_seconds) and not d.wire_ohm
+
+
 def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
     """Conductances as an inference read sees them: after drift and with IR drop.
 
@@ -161,11 +168,14 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
     g0 = gmin_levels(chip)
     sigma = d.program_sigma * d.g_max_us / level_step_us(chip)
     fused = None
+    # analog reads without drift or IR drop see the cells as programmed: the compiled
+    # programming puts them on the grid itself (2**GRID_BITS units; 0: float64 cells)
+    on_grid_now = 2 ** GRID_BITS if keys is not None and _as_programmed(chip) else 0
     if mp.differential:
         stuck = stuck[:, :2]
         how = (chip, bool(mp.stuck_aware), bool(mp.slice_compensation) and keys is not None, g0)
-        if prev is None and select is None:
-            fused = program_fresh(q, stuck, keys, sigma, *how)  # None without numba
+        if prev is None and select is None:  # None without numba
+            fused = program_fresh(q, stuck, keys, sigma, *how, grid=on_grid_now)
         if fused is not None:
             digits, held, cells, ideal, actual = fused
         else:
@@ -191,8 +201,10 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
         if use_gain else np.ones_like(ideal)
     full = np.maximum(actual, 1e-9) * mp.adc_headroom
     bounds = [None] * len(writes)
-    if keys is not None:  # analog: drift and IR drop, then conductances resolved to the grid
+    if keys is not None and cells.dtype != np.float32:  # analog: drift and IR drop, then
+        # conductances resolved to the grid (unless the compiled programming did)
         cells = on_grid(read_conditions(cells, chip).astype(np.float32))
+    if keys is not None:
         largest = cells.reshape(len(writes), -1).max(axis=1).astype(np.float64)
         bounds = (largest * cells.shape[-2] * 2.0 ** GRID_BITS).tolist()
     cells, gain, full = (cells.astype(np.float32, copy=False), gain.astype(np.float32),

@@ -1,8 +1,10 @@
 """``device.program_many``'s differential programming of fresh writes (nothing known before
 them, every cell programmed: every load-phase write), compiled by numba: one pass per
 weight down its slices that draws each cell's programming noise where it is used, encodes
-its digits (``isa.cells.encode``), and adds its conductance to its column's sums, where
-numpy makes about thirty passes over the whole stack of tiles. It does the same IEEE
+its digits (``isa.cells.encode``), and adds its conductance to its column's sums (then,
+for analog reads without drift or IR drop, resolves each tile's conductances to the grid,
+``device.on_grid``, in one pass while they are in cache), where numpy makes about thirty
+passes over the whole stack of tiles. It does the same IEEE
 operations in the same order, so it gives the same digits, values, cells and sums
 (tests/test_device.py); ``device`` takes numpy's way where numba is off
 (``CIMSTACK_NUMBA=0``), the write has a previous state or a selection, or the mapping is
@@ -18,19 +20,23 @@ from isa.chip import Chip
 from . import kernels
 
 
-def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, digits, values,
-           cells, ideal, actual):
+def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, grid, digits,
+           values, cells, on_grid, ideal, actual):
     """q [T, R, C] int magnitudes; stuck, digits, values, cells (out) [T, 2, S, R, C];
     ideal, actual (out, zeros) [T, 2, S, C]: ``cells.encode`` weight by weight, most
     significant slice first (a row's weights side by side, so that the loop over columns
     runs on contiguous memory), with noise sigma x draw j of stream keys[t] for the cell at
     flat index j of its tile (``device._normals``; none unless ``noisy``); then each cell
-    max(g0 + value, 0) and the column sums of cells and of g0 + digits, row by row."""
+    max(g0 + value, 0) and the column sums of cells and of g0 + digits, row by row. With
+    ``grid`` (2**GRID_BITS, else 0), cells is one tile's scratch [1, 2, S, R, C] and
+    on_grid (out, float32) [T, 2, S, R, C] gets each tile's cells as ``device.on_grid``
+    resolves their float32 (in one pass per tile, which vectorises)."""
     tiles, rows, cols = q.shape
     slices = digits.shape[2]
     rest = np.zeros(cols)
     for t in range(tiles):
         key = keys[t]
+        mine = 0 if grid else t  # the tile's own cells, or the scratch
         for r in range(rows):
             for c in range(cols):
                 rest[c] = np.float64(q[t, r, c])
@@ -62,9 +68,19 @@ def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, digit
                 for s in range(slices):
                     for c in range(cols):
                         cell = max(g0 + values[t, k, s, r, c], 0.0)
-                        cells[t, k, s, r, c] = cell
+                        cells[mine, k, s, r, c] = cell
                         actual[t, k, s, c] += cell
                         ideal[t, k, s, c] += g0 + np.float64(digits[t, k, s, r, c])
+        if grid:
+            flat, out = cells[0].reshape(-1), on_grid[t].reshape(-1)
+            for i in range(flat.size):
+                out[i] = _on_grid(flat[i], grid)
+
+
+def _on_grid(cell, units):
+    """``device.on_grid`` of float32(cell), ``units`` = 2**GRID_BITS (the same float32
+    operations: scaling by powers of 2 is exact, np.rint rounds half to even)."""
+    return np.rint(np.float32(cell) * np.float32(units)) * (np.float32(1.0) / np.float32(units))
 
 
 def _held(value, stuck, top, g0):
@@ -75,25 +91,29 @@ def _held(value, stuck, top, g0):
 
 _compiled = None
 if kernels.numba is not None and kernels._kernel is not None:
-    _held = kernels._jit(_held)
+    _held, _on_grid = kernels._jit(_held), kernels._jit(_on_grid)
     _compiled = kernels._jit(_loops)
 
 
 def program_fresh(q: np.ndarray, stuck: np.ndarray, keys: np.ndarray | None, sigma: float,
-                  chip: Chip, aware: bool, compensate: bool, g0: float):
+                  chip: Chip, aware: bool, compensate: bool, g0: float, grid: int = 0):
     """Fresh differential writes of a stack of tiles q [T, R, C] int magnitudes with stuck
     [T, 2, S, R, C] and programming noise sigma x draws of streams ``keys`` [T] (None:
     none): (digits, values, cells, ideal, actual) as ``device.program_many`` computes them
     with numpy (``isa.cells.encode``, max(g0 + values, 0), column sums of g0 + digits and of
-    cells), or None where numba is off."""
+    cells), or None where numba is off. ``grid`` 2**GRID_BITS: the cells as float32 on that
+    grid (``device.on_grid``; for reads without drift or IR drop, whose conductances are
+    the cells); 0: float64 (the sums are of the float64 cells either way)."""
     if _compiled is None:
         return None
     shape = stuck.shape
-    digits, values, cells = (np.empty(shape, t) for t in (np.int64, np.float64, np.float64))
+    digits, values = np.empty(shape, np.int64), np.empty(shape, np.float64)
+    cells = np.empty((1,) + shape[1:] if grid else shape)
+    grids = np.empty(shape if grid else (0,) + shape[1:], np.float32)
     ideal, actual = np.zeros(shape[:3] + shape[4:]), np.zeros(shape[:3] + shape[4:])
     noisy = keys is not None
     _compiled(q, stuck, keys if noisy else np.zeros(len(q), np.uint64),
               float(sigma) if noisy else 0.0, noisy, 2 ** chip.arch.cell_bits - 1,
-              2 ** chip.arch.cell_bits, bool(aware), bool(compensate), float(g0), digits,
-              values, cells, ideal, actual)
-    return digits, values, cells, ideal, actual
+              2 ** chip.arch.cell_bits, bool(aware), bool(compensate), float(g0), float(grid),
+              digits, values, cells, grids, ideal, actual)
+    return digits, values, grids if grid else cells, ideal, actual

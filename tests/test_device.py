@@ -324,7 +324,7 @@ def test_the_compiled_programming_gives_numpys_cells(cell_bits, aware, compensat
         q, np.stack([w[3] for w in writes]), keys, 0.3, chip, aware, compensate, g0)
     assert np.array_equal(actual, device.column_sums(conductances))
     assert np.array_equal(ideal, device.column_sums(g0 + digits))
-    monkeypatch.setattr(device, "program_fresh", lambda *a: None)
+    monkeypatch.setattr(device, "program_fresh", lambda *a, **k: None)
     for f, n in zip(fused, device.program_many(writes)):
         for field in ("cells", "target", "scale", "gain", "full_scale", "held", "grid_bound"):
             a, b = getattr(f, field), getattr(n, field)
