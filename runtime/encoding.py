@@ -23,49 +23,52 @@ from . import kernels
 def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, grid, digits,
            values, cells, on_grid, ideal, actual):
     """q [T, R, C] int magnitudes; stuck, digits, values, cells (out) [T, 2, S, R, C];
-    ideal, actual (out, zeros) [T, 2, S, C]: ``cells.encode`` weight by weight, most
-    significant slice first (a row's weights side by side, so that the loop over columns
-    runs on contiguous memory), with noise sigma x draw j of stream keys[t] for the cell at
+    ideal, actual (out, zeros) [T, 2, S, C]: ``cells.encode`` slice by slice, most
+    significant first, each over all of a tile's weights (long loops over contiguous
+    memory), with noise sigma x draw j of stream keys[t] for the cell at
     flat index j of its tile (``device._normals``; none unless ``noisy``); then each cell
     max(g0 + value, 0) and the column sums of cells and of g0 + digits, row by row. With
     ``grid`` (2**GRID_BITS, else 0), cells is one tile's scratch [1, 2, S, R, C] and
     on_grid (out, float32) [T, 2, S, R, C] gets each tile's cells as ``device.on_grid``
     resolves their float32 (in one pass per tile, which vectorises)."""
     tiles, rows, cols = q.shape
-    slices = digits.shape[2]
-    rest = np.zeros(cols)
+    slices, n = digits.shape[2], rows * cols
+    rest, noise_p, noise_n = np.zeros(n), np.zeros(n), np.zeros(n)
     for t in range(tiles):
         key = keys[t]
         mine = 0 if grid else t  # the tile's own cells, or the scratch
-        for r in range(rows):
-            for c in range(cols):
-                rest[c] = np.float64(q[t, r, c])
-            for s in range(slices - 1, -1, -1):
-                weight = np.float64(base ** s)
-                # the draw numbers of cells (0, s, r, 0) and (1, s, r, 0): their flat index
-                j_p = np.uint64((s * rows + r) * cols)
-                j_n = np.uint64(((slices + s) * rows + r) * cols)
-                for c in range(cols):
-                    want = np.int64(min(max(np.rint(rest[c] / weight), -top), top))
-                    sp, sn = np.int64(stuck[t, 0, s, r, c]), np.int64(stuck[t, 1, s, r, c])
-                    p_fix = sp * top if aware and sp >= 0 else np.int64(-1)
-                    n_fix = sn * top if aware and sn >= 0 else np.int64(-1)
-                    p = p_fix if p_fix >= 0 else (min(max(want + n_fix, 0), top) if n_fix >= 0
-                                                  else max(want, 0))
-                    n = n_fix if n_fix >= 0 else min(max(p - want, 0), top)
-                    noise_p, noise_n = 0.0, 0.0
-                    if noisy:
-                        at = np.uint64(c)
-                        noise_p = np.float64(kernels._draw(kernels._bits(key, j_p + at))) * sigma
-                        noise_n = np.float64(kernels._draw(kernels._bits(key, j_n + at))) * sigma
-                    held_p = _held(np.float64(p) + noise_p, sp, top, g0)
-                    held_n = _held(np.float64(n) + noise_n, sn, top, g0)
-                    digits[t, 0, s, r, c], digits[t, 1, s, r, c] = p, n
-                    values[t, 0, s, r, c], values[t, 1, s, r, c] = held_p, held_n
-                    rest[c] -= (held_p - held_n) * weight if compensate \
-                        else np.float64((p - n) * weight)
-            for k in range(2):
-                for s in range(slices):
+        magnitudes = q[t].reshape(-1)
+        for i in range(n):
+            rest[i] = np.float64(magnitudes[i])
+        for s in range(slices - 1, -1, -1):
+            weight = np.float64(base ** s)
+            if noisy:  # cells (0, s) and (1, s) are draws s n + i and (S + s) n + i
+                for i in range(n):
+                    at = np.uint64(s * n + i)
+                    noise_p[i] = np.float64(kernels._draw(kernels._bits(key, at))) * sigma
+                for i in range(n):
+                    at = np.uint64((slices + s) * n + i)
+                    noise_n[i] = np.float64(kernels._draw(kernels._bits(key, at))) * sigma
+            stuck_p, stuck_n = stuck[t, 0, s].reshape(-1), stuck[t, 1, s].reshape(-1)
+            digit_p, digit_n = digits[t, 0, s].reshape(-1), digits[t, 1, s].reshape(-1)
+            held_p_, held_n_ = values[t, 0, s].reshape(-1), values[t, 1, s].reshape(-1)
+            for i in range(n):
+                want = np.int64(min(max(np.rint(rest[i] / weight), -top), top))
+                sp, sn = np.int64(stuck_p[i]), np.int64(stuck_n[i])
+                p_fix = sp * top if aware and sp >= 0 else np.int64(-1)
+                n_fix = sn * top if aware and sn >= 0 else np.int64(-1)
+                p = p_fix if p_fix >= 0 else (min(max(want + n_fix, 0), top) if n_fix >= 0
+                                              else max(want, 0))
+                m = n_fix if n_fix >= 0 else min(max(p - want, 0), top)
+                held_p = _held(np.float64(p) + (noise_p[i] if noisy else 0.0), sp, top, g0)
+                held_n = _held(np.float64(m) + (noise_n[i] if noisy else 0.0), sn, top, g0)
+                digit_p[i], digit_n[i] = p, m
+                held_p_[i], held_n_[i] = held_p, held_n
+                rest[i] -= (held_p - held_n) * weight if compensate \
+                    else np.float64((p - m) * weight)
+        for k in range(2):  # each column's sums row by row, as ``device.column_sums``
+            for s in range(slices):
+                for r in range(rows):
                     for c in range(cols):
                         cell = max(g0 + values[t, k, s, r, c], 0.0)
                         cells[mine, k, s, r, c] = cell
@@ -106,6 +109,7 @@ def program_fresh(q: np.ndarray, stuck: np.ndarray, keys: np.ndarray | None, sig
     the cells); 0: float64 (the sums are of the float64 cells either way)."""
     if _compiled is None:
         return None
+    q, stuck = np.ascontiguousarray(q), np.ascontiguousarray(stuck)  # (flat loops)
     shape = stuck.shape
     digits, values = np.empty(shape, np.int64), np.empty(shape, np.float64)
     cells = np.empty((1,) + shape[1:] if grid else shape)
