@@ -72,7 +72,7 @@ def bench(name: str, path: str, x: np.ndarray, repeats: int, chip=None) -> list[
     # onnxruntime's best of many: its run to run spread on the tiny model is several-fold
     t_ort = _per_image(lambda k: sess.run(None, {name_in: x[:k]}), n, max(repeats, 20))
     program = compile_model(path, chip=chip)
-    cells = [name, f"{t_ort * 1e3:.3f}"]
+    cells = [name, f"{t_ort * 1e3:.4f}"]
     for mode in MODES:
         t = _marginal(lambda k, m=mode: run(program, x[:k], mode=m, timing=False,
                                             threads=THREADS), n,
