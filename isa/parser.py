@@ -28,6 +28,7 @@ from .program import FORMAT_VERSION, Blob, Buffer, ChipGeometry, Instr, Port, Pr
 from .verify import verify
 
 _END = "end crc32="
+_END_BYTES = _END.encode()
 
 
 def _line_col(meta_or_token) -> tuple[int, int]:
@@ -248,6 +249,7 @@ def _lark() -> lark.Lark:
 
 
 _DATA = "\ndata\n"  # the data section's header line
+_DATA_BYTES = _DATA.encode()
 # A blob line: the grammar's ``blob`` rule, read without the grammar (blobs are most of a
 # file: lark would build a token per payload character class, a regex takes each line whole).
 _BLOB = re.compile(rb"blob (@[A-Za-z0-9_.]+) crc32=([0-9a-f]{8}) (f32)\[([0-9,]*)\] zlib:")
@@ -412,7 +414,10 @@ def parse(text: str | bytes, check_sum: bool = True) -> Program:
     its message); the data section's blob lines are read line by line (``_BLOB``), in place
     in the bytes, and decoded straight into arrays."""
     data = _lf_bytes(text)
-    _text_head(data, data.find(_DATA.encode()))  # not text at all: say so first
+    # the head (header and instructions) as text first: bytes that are not text say so
+    # before anything else
+    section = data.find(_DATA_BYTES)
+    head = _text_head(data, section + len(_DATA) if section >= 0 else len(data))
     with ThreadPoolExecutor(2) as pool:
         if check_sum:  # the checksum is computed while the rest is read, checked first
             end = _body_end(data)
@@ -421,7 +426,7 @@ def parse(text: str | bytes, check_sum: bool = True) -> Program:
             cut, crc = data.rfind(b"\n" + _END_BYTES), None
             data, end = (data + b"\n", len(data) + 1) if cut < 0 else (data, cut + 1)
         try:
-            program = _parse_body(data, end, pool)
+            program = _parse_body(data, end, pool, section, head)
         except IsaError:
             _check_crc(data, end, crc)
             raise
@@ -429,8 +434,6 @@ def parse(text: str | bytes, check_sum: bool = True) -> Program:
     verify(program)
     return program
 
-
-_END_BYTES = _END.encode()
 
 
 def _lf_bytes(text: str | bytes) -> bytes:
@@ -448,11 +451,10 @@ def _lf_bytes(text: str | bytes) -> bytes:
 
 
 def _text_head(data: bytes, start: int) -> str:
-    """data[:start] (all of it for a negative ``start``: no data section) as text, the
-    header and instructions (the data section, base64 after ASCII names, is checked as it
-    is decoded); NotText if it is not UTF-8."""
+    """data[:start], the header and instructions, as text (the data section, base64 after
+    ASCII names, is checked as it is decoded); NotText if it is not UTF-8."""
     try:
-        return (data[:start] if start >= 0 else data).decode("utf-8")
+        return data[:start].decode("utf-8")
     except UnicodeDecodeError:
         raise NotText() from None
 
@@ -492,11 +494,14 @@ def _decode_ahead(pending: list[_PendingBlob], pool: ThreadPoolExecutor) -> None
         b.decoded = pool.submit(blobs.decode, b.payload, b.type, b.crc, b.where)
 
 
-def _parse_body(data: bytes, end: int, pool: ThreadPoolExecutor) -> Program:
-    """The program in the body data[:end] (which ends with a newline)."""
-    cut = data.find(_DATA.encode(), 0, end)
-    start = end if cut < 0 else cut + len(_DATA)  # the data section: data[start:end]
-    head = _text_head(data, start)
+def _parse_body(data: bytes, end: int, pool: ThreadPoolExecutor, section: int,
+                head: str) -> Program:
+    """The program in the body data[:end] (which ends with a newline); ``section``: where
+    the file's first data-section line is (-1: none), ``head``: the text up to its end."""
+    if 0 <= section and section + len(_DATA) <= end:
+        start = section + len(_DATA)  # the data section: data[start:end]
+    else:  # none in the body: all of it is the head
+        start, head = end, _text_head(data, end)
     try:
         pending = _blob_lines(data, start, end, head.count("\n") + 1)
         _decode_ahead(pending, pool)
