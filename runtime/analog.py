@@ -206,9 +206,10 @@ def float64_exact(progs: list[Programmed], digit: int, chip: Chip) -> bool:
     bounds = [p.grid_bound for p in progs]
     if None not in bounds:
         return max(bounds, default=0.0) * digit < 2.0 ** 53
-    g0 = np.float32(gmin_levels(chip))
+    gmin = gmin_levels(chip)
+    g0 = np.float32(gmin)
     unit = 2.0 ** (int(np.frexp(g0)[1]) - 24) if g0 > 0 else 1.0  # float32: 24-bit significands
-    top = float(np.float32(gmin_levels(chip) + 2 ** chip.arch.cell_bits - 1))
+    top = float(np.float32(gmin + 2 ** chip.arch.cell_bits - 1))
     return chip.arch.rows * top * digit / unit < 2.0 ** 53
 
 

@@ -92,11 +92,14 @@ def stuck_mask(key, shape, chip: Chip) -> np.ndarray:
         np.shape(key) + tuple(shape))
 
 
+def _drifts(chip: Chip) -> bool:
+    return bool(chip.device.drift_nu and chip.device.drift_seconds)
+
+
 def _as_programmed(chip: Chip) -> bool:
     """Whether reads see the cells' conductances as programmed (``read_conditions`` is the
     identity: no drift, no IR drop)."""
-    d = chip.device
-    return not (d.drift_nu and d.drift_seconds) and not d.wire_ohm
+    return not _drifts(chip) and not chip.device.wire_ohm
 
 
 def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
@@ -111,7 +114,7 @@ def read_conditions(cells: np.ndarray, chip: Chip) -> np.ndarray:
     d = chip.device
     step_us = level_step_us(chip)
     out = cells
-    if d.drift_nu and d.drift_seconds:
+    if _drifts(chip):
         out = out * (1.0 + d.drift_seconds) ** -d.drift_nu
     if d.wire_ohm:
         signs, slices, rows, cols = out.shape[-4:]
@@ -201,10 +204,9 @@ def program_many(writes: list[tuple]) -> list[Programmed]:
         if use_gain else np.ones_like(ideal)
     full = np.maximum(actual, 1e-9) * mp.adc_headroom
     bounds = [None] * len(writes)
-    if keys is not None and cells.dtype != np.float32:  # analog: drift and IR drop, then
-        # conductances resolved to the grid (unless the compiled programming did)
-        cells = on_grid(read_conditions(cells, chip).astype(np.float32))
-    if keys is not None:
+    if keys is not None:  # analog: drift and IR drop, then conductances resolved to the grid
+        if fused is None or not on_grid_now:  # (else the compiled programming did both)
+            cells = on_grid(read_conditions(cells, chip).astype(np.float32))
         largest = cells.reshape(len(writes), -1).max(axis=1).astype(np.float64)
         bounds = (largest * cells.shape[-2] * 2.0 ** GRID_BITS).tolist()
     cells, gain, full = (cells.astype(np.float32, copy=False), gain.astype(np.float32),

@@ -51,7 +51,7 @@ def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, grid,
                     noise_n[i] = np.float64(kernels._draw(kernels._bits(key, at))) * sigma
             stuck_p, stuck_n = stuck[t, 0, s].reshape(-1), stuck[t, 1, s].reshape(-1)
             digit_p, digit_n = digits[t, 0, s].reshape(-1), digits[t, 1, s].reshape(-1)
-            held_p_, held_n_ = values[t, 0, s].reshape(-1), values[t, 1, s].reshape(-1)
+            value_p, value_n = values[t, 0, s].reshape(-1), values[t, 1, s].reshape(-1)
             for i in range(n):
                 want = np.int64(min(max(np.rint(rest[i] / weight), -top), top))
                 sp, sn = np.int64(stuck_p[i]), np.int64(stuck_n[i])
@@ -63,7 +63,7 @@ def _loops(q, stuck, keys, sigma, noisy, top, base, aware, compensate, g0, grid,
                 held_p = _held(np.float64(p) + (noise_p[i] if noisy else 0.0), sp, top, g0)
                 held_n = _held(np.float64(m) + (noise_n[i] if noisy else 0.0), sn, top, g0)
                 digit_p[i], digit_n[i] = p, m
-                held_p_[i], held_n_[i] = held_p, held_n
+                value_p[i], value_n[i] = held_p, held_n
                 rest[i] -= (held_p - held_n) * weight if compensate \
                     else np.float64((p - m) * weight)
         for k in range(2):  # each column's sums row by row, as ``device.column_sums``
