@@ -52,7 +52,7 @@ def _normal(h):
     return z * (np.float32(1.0) - np.float32(2.0) * np.float32(np.int64(h >> nz._SIGN_SHIFT)))
 
 
-def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, row):
+def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, row, bits):
     """row[:] = step b's currents of row n of tile t (all signs, slices and columns, flat;
     ``cols`` columns, the first ``own`` the tile's own), each times 1 + sigma x its draw (as
     ``_noisy``). A stream's draw for (sign, slice) k and own column c is its number
@@ -61,8 +61,10 @@ def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, r
     if mode == STREAMS:
         for k in range(row.shape[0] // cols):
             at, j = k * cols, state0 + np.uint64(k * own)
+            for c in range(own):  # the hashes apart from the table reads: they vectorise
+                bits[c] = _bits(key, j + np.uint64(c))
             for c in range(own):
-                d32 = _draw(_bits(key, j + np.uint64(c))) * sigma32
+                d32 = _draw(bits[c]) * sigma32
                 row[at + c] = np.float32(current[b, t, n, at + c]) * (d32 + one)
             for c in range(own, cols):
                 row[at + c] = np.float32(current[b, t, n, at + c])
@@ -86,6 +88,7 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
     acc = np.zeros((signs, cols))
     total = np.zeros(cols)
     row = np.zeros(width, np.float32)
+    bits = np.zeros(cols, np.uint64)
     summed = np.zeros(width)
     zero32, one32 = np.float32(0.0), np.float32(1.0)
     sigma32, g0_32, levels32 = np.float32(sigma), np.float32(g0), np.float32(levels)
@@ -109,7 +112,7 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
                     act64 = act64 + np.float64(active[b, t, n]) * step_w[b]
                     _noisy_row(current, b, t, n, mode, key,
                                state0 + np.uint64(b * vectors * own_width), cols, own,
-                               sigma32, draws, row)
+                               sigma32, draws, row, bits)
                     for i in range(width):
                         summed[i] = summed[i] + np.float64(row[i]) * step_w[b]
                 g_act64 = g0 * act64
@@ -125,7 +128,7 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
                 if per_step:
                     _noisy_row(current, b, t, n, mode, key,
                                state0 + np.uint64(b * vectors * own_width), cols, own,
-                               sigma32, draws, row)
+                               sigma32, draws, row, bits)
                     g_act = g0_32 * active[b, t, n]
                     for i in range(width):  # a conversion per input step
                         cur = row[i] / np.float32(full[t, i])
