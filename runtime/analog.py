@@ -133,10 +133,10 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                     continue  # no input, no current: nothing to add
                 planes = _quantize_inputs(block, a.input_bits, ranges[u, n0:n1], a.dac_bits)
                 active = planes.sum(axis=2).astype(np.float32)  # input levels per step
-                # the planes' non-zero entries, counted once for every group's product (a
+                # each plane's non-zero entries, counted once for every group's product (a
                 # 1-bit DAC's digits are 0 or 1: its active levels are that count)
-                nonzeros = (int(active.sum(dtype=np.float64)) if a.dac_bits == 1
-                            else int(np.count_nonzero(planes)))
+                nonzeros = (active.sum(axis=1, dtype=np.float64) if a.dac_bits == 1
+                            else np.count_nonzero(planes, axis=(1, 2)))
                 typed = {planes.dtype: planes}  # in each group's product type, cast once
                 for group in groups:
                     if group.g.dtype not in typed:
@@ -166,10 +166,11 @@ class _TileGroup:
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
 
-    def read(self, planes: np.ndarray, active: np.ndarray, nonzeros: int, out: np.ndarray,
+    def read(self, planes: np.ndarray, active: np.ndarray, nonzeros, out: np.ndarray,
              n0: int, sign: float, noise) -> None:
         """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows]
-        in ``g``'s type, ``nonzeros`` of them non-zero, ``active`` [steps, vectors]: the
+        in ``g``'s type, ``nonzeros`` [steps] each plane's non-zero entries, ``active``
+        [steps, vectors]: the
         input levels applied) by one input sign into ``out`` [T, N, C]; ``noise``: the
         block's (``_block``)."""
         signs, slices, _, cols = self.shape
@@ -179,8 +180,8 @@ class _TileGroup:
         # depend on how many others share the product (BLAS orders sums by shape) or on
         # which product sums them (``exact_product``, only then): outputs do not depend on
         # how a run is split
-        flat = planes.reshape(-1, rows)
-        current = (exact_product(flat, self.g, nonzeros) if self.exact else flat @ self.g).reshape(
+        current = (exact_product(planes, self.g, nonzeros) if self.exact
+                   else planes.reshape(-1, rows) @ self.g).reshape(
             steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
         acc = out[self.idx, n0:n0 + vectors]
         read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,

@@ -301,28 +301,38 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
     _sparse_product = _jit(_sparse_product)
 
-# Below this share of non-zero entries in the input side (bit planes of activations: ReLU
-# zeros, empty high bits) the compiled sparse product beats a one-thread BLAS product of the
-# same shape on this machine's AVX2 cores (``python -m tools.bench_sparse_product``: 1.5-1.7x
-# at 18 %, 1.1x at 25 %, even near 30 %); a speed choice only, both give the same bits
-SPARSE_BELOW = 0.25
+# Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
+# zeros, empty high bits) the compiled sparse product replaces a one-thread BLAS product. A
+# speed choice only (both give the same bits), set from whole analog runs on this machine
+# (``python -m tools.bench_sparse_product --model resnet50-imagenet --images 1``): ResNet-50's
+# product took 2.0-2.9 s at 0.05-0.15 against 3.2-3.5 s at 0.25 and 3.9-4.0 s at 0.35, with
+# AVX2 or AVX-512 BLAS kernels; the digits CNN's 0.18 s an image against 0.28 s at 0.25.
+# Random planes (its first table) put the break-even higher, near 0.2-0.3: real planes'
+# non-zero entries cluster, which costs the sparse loop more than it costs BLAS
+SPARSE_BELOW = 0.15
 
 
-def exact_product(a: np.ndarray, b: np.ndarray, nonzeros: int | None = None) -> np.ndarray:
-    """a [M, K] @ b [K, N], both of one float type, for operands whose sums are exact in it
-    (``analog.float32_exact`` or ``float64_exact``; callers check): any order of the sums
-    gives the same bits, so where a is mostly zeros and numba is on, the compiled sparse
-    product (the sum of the rows of b that a selects) replaces BLAS. ``nonzeros``: a's
-    count of non-zero entries, when the caller knows it (None: counted here)."""
+def exact_product(a: np.ndarray, b: np.ndarray, nonzeros=None) -> np.ndarray:
+    """a [S, M, K] @ b [K, N] -> [S x M, N], both of one float type, for operands whose sums
+    are exact in it (``analog.float32_exact`` or ``float64_exact``; callers check): any
+    order of the sums gives the same bits, so where a plane a[s] is mostly zeros and numba
+    is on, the compiled sparse product (the sum of the rows of b that a row selects)
+    replaces BLAS for that plane. ``nonzeros`` [S]: each plane's count of non-zero entries,
+    when the caller knows it (None: counted here). Planes choose apart because their
+    densities differ: a ReLU network's low input bits are a quarter non-zero, its high ones
+    almost empty."""
+    planes, rows, inner = a.shape
     if _kernel is None:
-        return a @ b
+        return a.reshape(-1, inner) @ b
     if nonzeros is None:
-        nonzeros = np.count_nonzero(a)
-    if nonzeros >= SPARSE_BELOW * a.size:
-        return a @ b
-    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    _sparse_product(a, b, out)
-    return out
+        nonzeros = np.count_nonzero(a, axis=(1, 2))
+    out = np.empty((planes, rows, b.shape[1]), np.result_type(a, b))
+    for s in range(planes):
+        if nonzeros[s] >= SPARSE_BELOW * rows * inner:
+            np.matmul(a[s], b, out=out[s])
+        else:
+            _sparse_product(a[s], b, out[s])
+    return out.reshape(-1, b.shape[1])
 
 
 def stream_normals(keys: np.ndarray, n: int) -> np.ndarray:

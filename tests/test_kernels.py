@@ -179,10 +179,30 @@ def test_the_sparse_product_gives_blas_bits_on_exact_sums(dtype, density, monkey
     monkeypatch.setattr(kernels, "SPARSE_BELOW", 1.0)
     calls, compiled = [], kernels._sparse_product
     monkeypatch.setattr(kernels, "_sparse_product", lambda *a: (calls.append(1), compiled(*a)))
-    got = kernels.exact_product(planes, cells)
+    got = kernels.exact_product(planes.reshape(3, 100, 128), cells)
     want = planes @ cells
-    assert calls and got.dtype == want.dtype == dtype and np.array_equal(got, want)
+    assert len(calls) == 3 and got.dtype == want.dtype == dtype and np.array_equal(got, want)
     assert (want[::7] == 0).all() and (density == 0) == (not want.any())
+
+
+@needs_numba
+def test_each_plane_chooses_its_product(monkeypatch):
+    """Planes of one product at densities on both sides of ``SPARSE_BELOW``: the sparse
+    ones go to the compiled product, the dense ones to BLAS, and the whole equals BLAS's
+    bits (the counts passed in, or counted when not)."""
+    rng = np.random.default_rng(5)
+    cells = (rng.integers(0, 16 * 4096, (64, 50)) / 4096).astype(np.float32)
+    density = np.array([0.5, 0.02, 0.3, 0.0])[:, None, None]
+    planes = (rng.random((4, 40, 64)) < density).astype(np.float32)
+    monkeypatch.setattr(kernels, "SPARSE_BELOW", 0.25)
+    sparse, compiled = [], kernels._sparse_product
+    monkeypatch.setattr(kernels, "_sparse_product",
+                        lambda a, b, out: (sparse.append(a.any()), compiled(a, b, out)))
+    for counts in (None, np.count_nonzero(planes, axis=(1, 2))):
+        sparse.clear()
+        got = kernels.exact_product(planes, cells, counts)
+        assert sparse == [True, False]  # planes 1 and 3, not 0 and 2
+        assert np.array_equal(got, planes.reshape(-1, 64) @ cells)
 
 
 @needs_numba
@@ -214,7 +234,8 @@ def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
     corner = with_overrides(dataclasses.replace(Chip(), arch=dataclasses.replace(
         Chip().arch, cell_bits=4, dac_bits=8)), ["device.g_min_us=0.0001"])
     calls = []
-    monkeypatch.setattr(analog, "exact_product", lambda a, b, n: (calls.append(1), a @ b)[1])
+    monkeypatch.setattr(analog, "exact_product",
+                        lambda a, b, n: (calls.append(1), a.reshape(-1, a.shape[2]) @ b)[1])
     for chip, sparse in ((Chip(), True), (corner, False)):
         stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
         prog = device.program(rng.standard_normal((40, 3)).astype(np.float32), chip, None,
@@ -227,8 +248,9 @@ def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
 
 @pytest.mark.parametrize("dac_bits", [1, 2])
 def test_reads_pass_their_planes_true_nonzero_count(dac_bits, monkeypatch):
-    """The count a read passes ``exact_product`` (once per block: a 1-bit DAC's summed
-    levels, else counted) is the number of non-zero entries of the planes it multiplies."""
+    """The counts a read passes ``exact_product`` (once per block: a 1-bit DAC's summed
+    levels, else counted) are the numbers of non-zero entries of the planes it multiplies,
+    plane by plane."""
     import dataclasses
 
     from isa.chip import Chip
@@ -239,7 +261,8 @@ def test_reads_pass_their_planes_true_nonzero_count(dac_bits, monkeypatch):
     x[x < 1.0] = 0
     seen = []
     monkeypatch.setattr(analog, "exact_product",
-                        lambda a, b, n: (seen.append(n == np.count_nonzero(a)), a @ b)[1])
+                        lambda a, b, n: (seen.append(np.array_equal(
+                            n, np.count_nonzero(a, axis=(1, 2)))), a.reshape(-1, 40) @ b)[1])
     stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
     progs = [device.program(rng.standard_normal((40, 3)).astype(np.float32), chip, None,
                             stuck, 3.0) for _ in range(2)]
