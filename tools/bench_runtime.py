@@ -12,7 +12,9 @@ excluded (``timing=False``): this measures the arithmetic. cimrun uses ``--threa
 (default: one per core, as onnxruntime does). Then one analog image of the big model end to
 end as a user runs it (``cimrun`` in a fresh process: load, programming, the image), with its
 wall time and peak memory, the digits CNN's accuracy on both chips, and the big model's
-``.cim`` save and load time against onnxruntime's session creation.
+``.cim`` save and load time against onnxruntime's session creation. It first prints the
+setting the ratios depend on: the BLAS kernels in use (an environment that sets
+OPENBLAS_CORETYPE picks them instead of OpenBLAS), numba, onnxruntime's version, the cores.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+from threadpoolctl import threadpool_info
 
 import isa
 from compiler import compile_model
@@ -91,6 +94,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     global THREADS
     THREADS = args.threads
+    print(setting() + "\n")
     print("| model | ort ms/img | " + " | ".join(f"{m} ms/img | {m} / ort" for m in MODES) + " |")
     print("|" + "---|" * (2 + 2 * len(MODES)))
     x = np.load(os.path.join(ROOT, "models", "digits_test_x.npy"))
@@ -113,6 +117,19 @@ def main(argv=None) -> None:
     end_to_end(args.big, path, big[:1])
     accuracy_table(cnn, x, np.load(os.path.join(ROOT, "models", "digits_test_y.npy")))
     load_table(args.big, path)
+
+
+def setting() -> str:
+    """What the ratios depend on besides the code: the BLAS library and the kernels it chose
+    (OPENBLAS_CORETYPE, when the environment sets it, overrides OpenBLAS's own choice), numba,
+    onnxruntime's version and the cores."""
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')} kernels)"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return (f"BLAS: {', '.join(blas) or 'unknown'}"
+            + (f", OPENBLAS_CORETYPE={forced} set by the environment" if forced else "")
+            + f"; numba: {'on' if kernels._kernel is not None else 'off'}; onnxruntime "
+            f"{ort.__version__}; {os.cpu_count()} cores")
 
 
 # Runs cimrun as its child and prints its wall time and peak memory: a small launcher, because
