@@ -23,7 +23,9 @@ import numpy as np
 from . import noise as nz
 
 try:  # optional at run time: numpy gives the same numbers, slower
+    import llvmlite.ir
     import numba
+    import numba.extending
 except ImportError:  # pragma: no cover - depends on the environment
     numba = None
 
@@ -41,6 +43,18 @@ class Streams(NamedTuple):
     widths: np.ndarray | None = None
 
 
+# The table's knots packed a row per uint64 (base's float32 bits low, slope's high): one
+# gather a draw instead of two (0.82 -> 0.60 ns a draw alone, the same bits)
+_LOW32, _HIGH = np.uint64(2 ** 32 - 1), np.uint64(32)
+_PAIRS = (nz.NORMAL_TABLE[:, 0].view(np.uint32).astype(np.uint64)
+          | (nz.NORMAL_TABLE[:, 1].view(np.uint32).astype(np.uint64) << _HIGH))
+
+
+def _float32_of(bits):
+    """The float32 whose bits are the uint32 ``bits`` (compiled: an LLVM bitcast)."""
+    return np.uint32(bits).view(np.float32)
+
+
 def _normal(h):
     """``noise.normal_from_bits`` on one uint64 (the same operations, so the same float32)."""
     i = (h >> nz._INTERVAL_SHIFT) & nz._INTERVAL_MASK
@@ -48,7 +62,9 @@ def _normal(h):
     m = np.int64(nz._K - 1) + np.int64((h >> nz._TAIL_SHIFT) & nz._INTERVAL_MASK) if tail \
         else np.int64(i)
     frac = np.int64((h if tail else h >> nz._FRACTION_SHIFT) & nz._FRACTION_MASK)
-    z = nz.NORMAL_TABLE[m, 0] + np.float32(frac) * nz._UNIT * nz.NORMAL_TABLE[m, 1]
+    pair = _PAIRS[m]
+    base, slope = _float32_of(pair & _LOW32), _float32_of(pair >> _HIGH)
+    z = base + np.float32(frac) * nz._UNIT * slope
     return z * (np.float32(1.0) - np.float32(2.0) * np.float32(np.int64(h >> nz._SIGN_SHIFT)))
 
 
@@ -294,6 +310,13 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     # the loops from vectorising; full scales are never 0)
     _jit = numba.njit(nogil=True, error_model="numpy",
                       cache=os.environ.get("CIMSTACK_NUMBA_CACHE") != "0")
+    @numba.extending.intrinsic
+    def _float32_of(typingctx, bits):  # noqa: F811 (the compiled twin of the one above)
+        def codegen(context, builder, signature, args):
+            word = builder.trunc(args[0], llvmlite.ir.IntType(32))
+            return builder.bitcast(word, llvmlite.ir.FloatType())
+        return numba.types.float32(bits), codegen
+
     _mix, _draw = _jit(nz.mix64), _jit(_normal)
     _bits = _jit(_bits)
     _noisy_row = _jit(_noisy_row)
