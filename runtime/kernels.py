@@ -74,7 +74,12 @@ def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, r
     ``_noisy``). A stream's draw for (sign, slice) k and own column c is its number
     state0 + k x own + c; padding columns carry no current and draw nothing."""
     one = np.float32(1.0)
-    if mode == STREAMS:
+    if mode == STREAMS and own == cols:  # no padding: the row's draws are consecutive
+        for i in range(row.shape[0]):  # (one long loop: a tile's 16 columns are too few)
+            bits[i] = _bits(key, state0 + np.uint64(i))
+        for i in range(row.shape[0]):
+            row[i] = np.float32(current[b, t, n, i]) * (_draw(bits[i]) * sigma32 + one)
+    elif mode == STREAMS:
         for k in range(row.shape[0] // cols):
             at, j = k * cols, state0 + np.uint64(k * own)
             for c in range(own):  # the hashes apart from the table reads: they vectorise
@@ -104,7 +109,7 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
     acc = np.zeros((signs, cols))
     total = np.zeros(cols)
     row = np.zeros(width, np.float32)
-    bits = np.zeros(cols, np.uint64)
+    bits = np.zeros(width, np.uint64)
     summed = np.zeros(width)
     zero32, one32 = np.float32(0.0), np.float32(1.0)
     sigma32, g0_32, levels32 = np.float32(sigma), np.float32(g0), np.float32(levels)

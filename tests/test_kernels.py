@@ -61,6 +61,33 @@ def test_kernel_matches_numpy_bit_for_bit(per_step, signs, noise):
     assert (noise == "none") == np.array_equal(outs[0], quiet)  # noise does something
 
 
+@needs_numba
+@pytest.mark.parametrize("per_step", [1, 0])
+def test_kernel_matches_numpy_with_padded_tiles(per_step):
+    """Tiles narrower than the read (padding columns carry no current and draw nothing)
+    number their draws by their own width: the kernel's padded path against numpy's, and
+    a tile without padding against the same tile read alone."""
+    rng = np.random.default_rng(per_step)
+    case, vectors = _case(rng, per_step, 2)
+    shape = case["current"].shape
+    widths = np.array([shape[5], shape[5] - 2, 1])
+    own = np.arange(shape[5])[None, :] < widths[:, None]  # [T, C]: each tile's own columns
+    case["current"] *= own[None, :, None, None, None, :]
+    keys = rng.integers(0, 2 ** 63, (shape[1], shape[2] // vectors), dtype=np.uint64)
+    streams = kernels.Streams(keys, vectors, 0, widths)
+    outs = []
+    for implementation in ("numba", "numpy"):
+        out = np.zeros((shape[1], shape[2], shape[5]))
+        kernels.read_pass(**case, noise=streams, out=out, implementation=implementation)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    alone = {k: (v[:, :1] if k in ("current", "active") else v[:1] if k in (
+        "full", "lsb", "gain", "offsets") else v) for k, v in case.items()}
+    out = np.zeros((1, shape[2], shape[5]))
+    kernels.read_pass(**alone, noise=kernels.Streams(keys[:1], vectors), out=out)
+    assert np.array_equal(out[0], outs[0][0])
+
+
 def test_streams_are_what_read_pass_draws():
     """With streams, read_pass's noise is stream_normals at the documented counters: passing
     those draws as an array gives the same result (numpy and, if present, numba)."""
