@@ -25,7 +25,7 @@ import numpy as np
 from isa.chip import Chip
 
 from .device import Programmed, gmin_levels
-from .kernels import Streams, exact_product, read_pass
+from .kernels import Streams, exact_product, read_pass, split_digits
 from .noise import ReadStreams
 
 
@@ -37,15 +37,12 @@ def input_levels(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x / x_range * levels, -levels, levels)).astype(np.int32)
 
 
-def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray,
-                     dac_bits: int = 1) -> np.ndarray:
-    """Digit-planes [steps, N, R] of the levels of one sign's magnitudes x >= 0: the DAC's
-    steps, ``dac_bits`` bits each (0..2**dac_bits - 1), least significant first."""
-    q = input_levels(x, bits, x_range)
-    steps = -(-bits // dac_bits)
-    shifts = (dac_bits * np.arange(steps, dtype=np.int32))[:, None, None]
-    planes = (q[None] >> shifts) & (2 ** dac_bits - 1)
-    return planes.astype(np.float32)  # [steps, N, R], exact (digits below 2**24)
+def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray, dac_bits: int = 1):
+    """The DAC's digit planes of one sign's magnitudes x >= 0 [N, R]: planes [steps, N, R]
+    float32 (``dac_bits`` bits each, 0..2**dac_bits - 1, least significant first; exact),
+    the input levels each step applies per vector, active [steps, N], and each plane's
+    count of non-zero digits [steps] (``kernels.split_digits``)."""
+    return split_digits(input_levels(x, bits, x_range), dac_bits, -(-bits // dac_bits))
 
 
 # noise(part, shape) -> float32 N(0, 1) draws of ``shape`` for the read of input sign ``part``
@@ -131,12 +128,10 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                 block = part[u, n0:n1]
                 if not present[index] or not block.any():
                     continue  # no input, no current: nothing to add
-                planes = _quantize_inputs(block, a.input_bits, ranges[u, n0:n1], a.dac_bits)
-                active = planes.sum(axis=2).astype(np.float32)  # input levels per step
-                # each plane's non-zero entries, counted once for every group's product (a
-                # 1-bit DAC's digits are 0 or 1: its active levels are that count)
-                nonzeros = (active.sum(axis=1, dtype=np.float64) if a.dac_bits == 1
-                            else np.count_nonzero(planes, axis=(1, 2)))
+                # the planes, their input levels per step and their non-zero entries, counted
+                # once for every group's product
+                planes, active, nonzeros = _quantize_inputs(block, a.input_bits,
+                                                            ranges[u, n0:n1], a.dac_bits)
                 typed = {planes.dtype: planes}  # in each group's product type, cast once
                 for group in groups:
                     if group.g.dtype not in typed:

@@ -281,6 +281,43 @@ def _fill_below(keys, low, high, out):
             out[k, j] = 0 if m < low else (1 if m < high else -1)
 
 
+def _split_digits(q, dac_bits, planes, active, nonzeros):
+    """planes[b, n, r] = digit b of levels q[n, r] (``dac_bits`` bits each, least
+    significant first) as float32; active[b, n] = the sum of row n's digits b (float32,
+    exact: below 2**24); nonzeros[b] = plane b's count of non-zero digits."""
+    digit = np.int32(2 ** dac_bits - 1)
+    steps, rows, width = planes.shape
+    for b in range(steps):
+        shift = np.int32(b * dac_bits)
+        count = 0
+        for n in range(rows):
+            level_sum = 0
+            for r in range(width):
+                d = (q[n, r] >> shift) & digit
+                planes[b, n, r] = np.float32(d)
+                level_sum += d
+                count += d != 0
+            active[b, n] = np.float32(level_sum)
+        nonzeros[b] = count
+
+
+def split_digits(q: np.ndarray, dac_bits: int, steps: int):
+    """The DAC's digit planes of levels q [N, R] >= 0 (int32): planes [steps, N, R] float32,
+    least significant digit first; each step's input levels per row, active [steps, N]
+    float32; and each plane's non-zero count [steps] (compiled when numba is on, the same
+    numbers either way)."""
+    if _kernel is None:
+        shifts = (dac_bits * np.arange(steps, dtype=np.int32))[:, None, None]
+        digits = (q[None] >> shifts) & (2 ** dac_bits - 1)
+        return (digits.astype(np.float32), digits.sum(axis=2).astype(np.float32),
+                np.count_nonzero(digits, axis=(1, 2)))
+    planes = np.empty((steps,) + q.shape, np.float32)
+    active = np.empty((steps, q.shape[0]), np.float32)
+    nonzeros = np.empty(steps, np.int64)
+    _split_digits(np.ascontiguousarray(q, np.int32), dac_bits, planes, active, nonzeros)
+    return planes, active, nonzeros
+
+
 def _units_above(rate: float) -> np.uint64:
     """The least integer not below rate x 2**53: a draw's top 53 bits m (its uniform
     m x 2**-53, exact) satisfy m x 2**-53 < rate exactly when m < this (for rates in
@@ -327,7 +364,7 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _noisy_row = _jit(_noisy_row)
     _kernel = _jit(_loops)
     _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
-    _sparse_product = _jit(_sparse_product)
+    _sparse_product, _split_digits = _jit(_sparse_product), _jit(_split_digits)
 
 # Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
 # zeros, empty high bits) the compiled sparse product replaces a one-thread BLAS product. A

@@ -295,3 +295,25 @@ def test_reads_pass_their_planes_true_nonzero_count(dac_bits, monkeypatch):
                             stuck, 3.0) for _ in range(2)]
     analog.tiles_mvm(np.concatenate([x, x]), np.ones((7, 1), np.float32), progs, chip, None)
     assert seen and all(seen)
+
+
+@pytest.mark.parametrize("dac_bits", [1, 2, 3, 8])
+def test_digit_planes_levels_and_counts(dac_bits, monkeypatch):
+    """``split_digits`` (compiled when numba is on, numpy's otherwise) against the digits
+    written out by hand: planes least significant first, their per-row sums and non-zero
+    counts, both implementations the same."""
+    rng = np.random.default_rng(dac_bits)
+    q = rng.integers(0, 256, (7, 33)).astype(np.int32)
+    q[2] = 0
+    steps = -(-8 // dac_bits)
+    want = np.stack([(q // 2 ** (dac_bits * b)) % 2 ** dac_bits for b in range(steps)])
+    results = [kernels.split_digits(q, dac_bits, steps)]
+    monkeypatch.setattr(kernels, "_kernel", None)
+    results.append(kernels.split_digits(q, dac_bits, steps))
+    for planes, active, nonzeros in results:
+        assert planes.dtype == active.dtype == np.float32
+        assert np.array_equal(planes, want)
+        assert np.array_equal(active, want.sum(axis=2))
+        assert np.array_equal(nonzeros, (want != 0).sum(axis=(1, 2)))
+    assert (results[0][0] * 2.0 ** (dac_bits * np.arange(steps))[:, None, None]).sum(0).tolist() \
+        == q.tolist()
