@@ -80,8 +80,9 @@ def bench(name: str, path: str, x: np.ndarray, repeats: int, chip=None) -> list[
     n = len(x) // 2
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     name_in = sess.get_inputs()[0].name
-    # onnxruntime's best of many: its run to run spread on the tiny model is several-fold
-    t_ort = _per_image(lambda k: sess.run(None, {name_in: x[:k]}), n, max(repeats, 20))
+    # onnxruntime's best of many: on the tiny model (0.2-0.4 ms a run) its best of 20 moved
+    # 2x between benches (0.8-1.5 us an image), and every digits ratio with it
+    t_ort = _per_image(lambda k: sess.run(None, {name_in: x[:k]}), n, max(repeats, 200))
     program = compile_model(path, chip=chip)
     cells = [name, f"{t_ort * 1e3:.4f}"]
     for mode in MODES:
