@@ -37,7 +37,8 @@ def input_levels(x: np.ndarray, bits: int, x_range: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x / x_range * levels, -levels, levels)).astype(np.int32)
 
 
-def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray, dac_bits: int = 1):
+def _quantize_inputs(x: np.ndarray, bits: int, x_range: np.ndarray,
+                     dac_bits: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The DAC's digit planes of one sign's magnitudes x >= 0 [N, R]: planes [steps, N, R]
     float32 (``dac_bits`` bits each, 0..2**dac_bits - 1, least significant first; exact),
     the input levels each step applies per vector, active [steps, N], and each plane's
@@ -161,13 +162,12 @@ class _TileGroup:
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
 
-    def read(self, planes: np.ndarray, active: np.ndarray, nonzeros, out: np.ndarray,
-             n0: int, sign: float, noise) -> None:
+    def read(self, planes: np.ndarray, active: np.ndarray, nonzeros: np.ndarray,
+             out: np.ndarray, n0: int, sign: float, noise) -> None:
         """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows]
-        in ``g``'s type, ``nonzeros`` [steps] each plane's non-zero entries, ``active``
-        [steps, vectors]: the
-        input levels applied) by one input sign into ``out`` [T, N, C]; ``noise``: the
-        block's (``_block``)."""
+        in ``g``'s type; ``nonzeros`` [steps]: each plane's non-zero entries; ``active``
+        [steps, vectors]: the input levels applied) by one input sign into ``out``
+        [T, N, C]; ``noise``: the block's (``_block``)."""
         signs, slices, _, cols = self.shape
         (steps, vectors, rows), k = planes.shape, len(self.idx)
         # summed where sums of these products are exact (float64, or float32 for cells on

@@ -352,12 +352,17 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     # the loops from vectorising; full scales are never 0)
     _jit = numba.njit(nogil=True, error_model="numpy",
                       cache=os.environ.get("CIMSTACK_NUMBA_CACHE") != "0")
-    @numba.extending.intrinsic
-    def _float32_of(typingctx, bits):  # noqa: F811 (the compiled twin of the one above)
-        def codegen(context, builder, signature, args):
-            word = builder.trunc(args[0], llvmlite.ir.IntType(32))
-            return builder.bitcast(word, llvmlite.ir.FloatType())
-        return numba.types.float32(bits), codegen
+    if not numba.config.DISABLE_JIT:  # (NUMBA_DISABLE_JIT runs the Python one above)
+        @numba.extending.intrinsic
+        def _float32_of(typingctx, bits):  # noqa: F811 (the compiled twin of the one above)
+            if not isinstance(bits, numba.types.Integer) or bits.bitwidth < 32:
+                return None  # typing fails: only integers of 32 bits or more
+
+            def codegen(context, builder, signature, args):
+                word = builder.trunc(args[0], llvmlite.ir.IntType(32)) \
+                    if bits.bitwidth > 32 else args[0]
+                return builder.bitcast(word, llvmlite.ir.FloatType())
+            return numba.types.float32(bits), codegen
 
     _mix, _draw = _jit(nz.mix64), _jit(_normal)
     _bits = _jit(_bits)
@@ -368,16 +373,18 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
 
 # Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
 # zeros, empty high bits) the compiled sparse product replaces a one-thread BLAS product. A
-# speed choice only (both give the same bits), set from whole analog runs on this machine
-# (``python -m tools.bench_sparse_product --model resnet50-imagenet --images 1``): ResNet-50's
-# product took 2.0-2.9 s at 0.05-0.15 against 3.2-3.5 s at 0.25 and 3.9-4.0 s at 0.35, with
-# AVX2 or AVX-512 BLAS kernels; the digits CNN's 0.18 s an image against 0.28 s at 0.25.
-# Random planes (its first table) put the break-even higher, near 0.2-0.3: real planes'
-# non-zero entries cluster, which costs the sparse loop more than it costs BLAS
+# speed choice only (both give the same bits), set from whole analog runs on this machine,
+# one thread and BLAS on one (``python -m tools.bench_sparse_product --model
+# resnet50-imagenet``): with OpenBLAS's AVX-512 kernels ResNet-50's product took 2.4-2.5 s
+# at 0.05-0.15 against 3.3 s at 0.25 (the digits CNN's 90 ms against 117); with its AVX2
+# kernels, as this machine's environment forces, 3.9 s at 0.15 against 3.7 s at 0.25 (146
+# against 135 ms). Random planes (its first table) put the break-even near 0.2-0.3: real
+# planes' non-zero entries cluster, which costs the sparse loop more than BLAS
 SPARSE_BELOW = 0.15
 
 
-def exact_product(a: np.ndarray, b: np.ndarray, nonzeros=None) -> np.ndarray:
+def exact_product(a: np.ndarray, b: np.ndarray,
+                  nonzeros: np.ndarray | None = None) -> np.ndarray:
     """a [S, M, K] @ b [K, N] -> [S x M, N], both of one float type, for operands whose sums
     are exact in it (``analog.float32_exact`` or ``float64_exact``; callers check): any
     order of the sums gives the same bits, so where a plane a[s] is mostly zeros and numba

@@ -63,12 +63,13 @@ def test_kernel_matches_numpy_bit_for_bit(per_step, signs, noise):
 
 @needs_numba
 @pytest.mark.parametrize("per_step", [1, 0])
-def test_kernel_matches_numpy_with_padded_tiles(per_step):
+@pytest.mark.parametrize("signs", [2, 1])
+def test_kernel_matches_numpy_with_padded_tiles(per_step, signs):
     """Tiles narrower than the read (padding columns carry no current and draw nothing)
     number their draws by their own width: the kernel's padded path against numpy's, and
     a tile without padding against the same tile read alone."""
-    rng = np.random.default_rng(per_step)
-    case, vectors = _case(rng, per_step, 2)
+    rng = np.random.default_rng([per_step, signs])
+    case, vectors = _case(rng, per_step, signs)
     shape = case["current"].shape
     widths = np.array([shape[5], shape[5] - 2, 1])
     own = np.arange(shape[5])[None, :] < widths[:, None]  # [T, C]: each tile's own columns
@@ -223,12 +224,15 @@ def test_each_plane_chooses_its_product(monkeypatch):
     planes = (rng.random((4, 40, 64)) < density).astype(np.float32)
     monkeypatch.setattr(kernels, "SPARSE_BELOW", 0.25)
     sparse, compiled = [], kernels._sparse_product
-    monkeypatch.setattr(kernels, "_sparse_product",
-                        lambda a, b, out: (sparse.append(a.any()), compiled(a, b, out)))
+
+    def spy(a, b, out):
+        sparse.extend(s for s in range(len(planes)) if np.shares_memory(a, planes[s]))
+        compiled(a, b, out)
+    monkeypatch.setattr(kernels, "_sparse_product", spy)
     for counts in (None, np.count_nonzero(planes, axis=(1, 2))):
         sparse.clear()
         got = kernels.exact_product(planes, cells, counts)
-        assert sparse == [True, False]  # planes 1 and 3, not 0 and 2
+        assert sparse == [1, 3]  # not 0 and 2
         assert np.array_equal(got, planes.reshape(-1, 64) @ cells)
 
 
@@ -275,9 +279,8 @@ def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
 
 @pytest.mark.parametrize("dac_bits", [1, 2])
 def test_reads_pass_their_planes_true_nonzero_count(dac_bits, monkeypatch):
-    """The counts a read passes ``exact_product`` (once per block: a 1-bit DAC's summed
-    levels, else counted) are the numbers of non-zero entries of the planes it multiplies,
-    plane by plane."""
+    """The counts a read passes ``exact_product`` (once per block, from ``split_digits``)
+    are the numbers of non-zero entries of the planes it multiplies, plane by plane."""
     import dataclasses
 
     from isa.chip import Chip

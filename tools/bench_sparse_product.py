@@ -5,12 +5,12 @@
 ``runtime.kernels.exact_product`` picks the compiled sum of selected rows over BLAS for
 each input plane where fewer than ``SPARSE_BELOW`` of its entries are non-zero. This prints
 both products' best-of-``repeats`` time on one thread (as each of cimrun's threads runs them)
-for random planes of one ResNet-50-sized read (3,136 vectors x 128 rows) against one tile's
-and five tiles' cells, at densities around the threshold; then the time a real model's
-analog reads spend in the product (both kinds together, one thread, the first ``--images``
-test images, or random ones), at several thresholds, side by side in one run. Real planes
-are not random: their non-zero entries cluster by channel and position, which the second
-table captures.
+for random planes of one ResNet-50-sized read (8 input steps x 3,136 vectors x 128 rows)
+against one tile's and five tiles' cells, at densities around the threshold; then the time
+a real model's analog reads spend in the product (both kinds together, one thread and BLAS
+on one thread, the first ``--images`` test images, or random ones), at several thresholds,
+side by side in one run. Real planes are not random: their non-zero entries cluster by
+channel and position, which the second table captures.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def model_table(name: str, images: int | None) -> None:
         return result
 
     product, analog.exact_product = analog.exact_product, timed
+    limit = threadpool_limits(1, "blas")  # as in each of cimrun's threads
     print(f"\n{name}, {len(x)} image(s), analog, one thread: time in the read product\n")
     print("| SPARSE_BELOW | product ms |\n|---|---|")
     chosen = kernels.SPARSE_BELOW
@@ -104,6 +105,7 @@ def model_table(name: str, images: int | None) -> None:
             print(f"| {share:.2f}{mark} | {spent[0] * 1e3:.0f} |", flush=True)
     finally:
         kernels.SPARSE_BELOW, analog.exact_product = chosen, product
+        limit.restore_original_limits()
 
 
 if __name__ == "__main__":
