@@ -42,8 +42,7 @@ def _timed(fn):
 
 def bench(name: str, zoo: str, images: int, repeats: int) -> dict:
     path = make_zoo.ensure(name, zoo)
-    size = make_zoo.VARIANTS[name.split("-")[1]][0]
-    x = np.random.default_rng(0).standard_normal((images, 3, size, size)).astype(np.float32)
+    x = make_zoo.random_images(name, images)
     program, t_compile = _timed(lambda: compile_model(path))
     with tempfile.TemporaryDirectory() as tmp:
         cim = os.path.join(tmp, "p.cim")

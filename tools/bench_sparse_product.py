@@ -73,9 +73,8 @@ def _model(name: str, images: int | None) -> tuple[str, np.ndarray]:
     if name == "digits_cnn":
         x = np.load(os.path.join(ROOT, "models", "digits_test_x.npy"))[:images]
         return os.path.join(ROOT, "models", "digits_cnn.onnx"), x
-    size = make_zoo.VARIANTS[name.split("-")[1]][0]
-    x = np.random.default_rng(0).standard_normal((images or 1, 3, size, size)).astype("f4")
-    return make_zoo.ensure(name, os.path.join("models", "zoo")), x
+    return make_zoo.ensure(name, os.path.join("models", "zoo")), make_zoo.random_images(
+        name, images or 1)
 
 
 def model_table(name: str, images: int | None) -> None:

@@ -157,6 +157,14 @@ def build(name: str, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def random_images(name: str, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` float32 N(0, 1) images [count, 3, size, size] for model ``name``'s input
+    (the benchmarks' inputs: seeded, so runs compare)."""
+    size = VARIANTS[name.split("-")[1]][0]
+    return np.random.default_rng(seed).standard_normal((count, 3, size, size)).astype(
+        np.float32)
+
+
 def save_new(path: str, make) -> str:
     """``path``, after writing ``make()`` (a ModelProto) there atomically if it is missing."""
     if not os.path.exists(path):
