@@ -24,8 +24,8 @@ import numpy as np
 
 from isa.chip import Chip
 
-from .device import Programmed, gmin_levels
-from .kernels import Streams, exact_product, read_pass, split_digits
+from .device import GRID_BITS, Programmed, gmin_levels
+from .kernels import Streams, exact_product, integer_product, read_pass, split_digits, wide_cells
 from .noise import ReadStreams
 
 
@@ -143,6 +143,12 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     return (out * (ranges[inputs] / levels) * scale[:, None, :]).astype(np.float32)
 
 
+# Groups whose cells are integers in grid units (analog mode) and whose inputs are binary
+# planes (a 1-bit DAC) read through exact integer products (``kernels.integer_product``)
+# instead of float32 ones: the same sums, faster. A switch for tests and benchmarks.
+INTEGER_PRODUCTS = True
+
+
 class _TileGroup:
     """Tiles ``idx`` that read the same input, read together: their cells side by side as
     one matrix [crossbar rows, tiles x signs x slices x C] (float32 where its sums are exact,
@@ -158,6 +164,10 @@ class _TileGroup:
         self.g = g if exact else g.astype(np.float64)
         # sums exact in g's type: any order gives the same bits, so any product may sum them
         self.exact = exact or float64_exact(chosen, digit, chip)
+        # cells on the grid, read by binary planes: integer products give the same sums
+        self.units = self.wide = None
+        if exact and digit == 1 and INTEGER_PRODUCTS:
+            self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
         self.constants = dict(_adc_constants(full[idx], chip), gain=gain[idx],
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
@@ -175,12 +185,19 @@ class _TileGroup:
         # depend on how many others share the product (BLAS orders sums by shape) or on
         # which product sums them (``exact_product``, only then): outputs do not depend on
         # how a run is split
-        current = (exact_product(planes, self.g, nonzeros) if self.exact
-                   else planes.reshape(-1, rows) @ self.g).reshape(
-            steps, vectors, k, signs, slices, cols).transpose(0, 2, 1, 3, 4, 5)
+        unit = 1.0
+        if self.wide is not None:  # in grid units
+            current, unit = integer_product(planes, self.units, self.wide, nonzeros), \
+                2.0 ** -GRID_BITS
+        elif self.exact:
+            current = exact_product(planes, self.g, nonzeros)
+        else:
+            current = planes.reshape(-1, rows) @ self.g
+        current = current.reshape(steps, vectors, k, signs, slices, cols).transpose(
+            0, 2, 1, 3, 4, 5)
         acc = out[self.idx, n0:n0 + vectors]
         read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,
-                  sign=sign, noise=noise, out=acc)
+                  sign=sign, noise=noise, out=acc, unit=unit)
         out[self.idx, n0:n0 + vectors] = acc
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import intgemm
 from . import noise as nz
 
 try:  # optional at run time: numpy gives the same numbers, slower
@@ -68,42 +69,71 @@ def _normal(h):
     return z * (np.float32(1.0) - np.float32(2.0) * np.float32(np.int64(h >> nz._SIGN_SHIFT)))
 
 
-def _noisy_row(current, b, t, n, mode, key, state0, cols, own, sigma32, draws, row, bits):
-    """row[:] = step b's currents of row n of tile t (all signs, slices and columns, flat;
-    ``cols`` columns, the first ``own`` the tile's own), each times 1 + sigma x its draw (as
-    ``_noisy``). A stream's draw for (sign, slice) k and own column c is its number
-    state0 + k x own + c; padding columns carry no current and draw nothing."""
-    one = np.float32(1.0)
-    if mode == STREAMS and own == cols:  # no padding: the row's draws are consecutive
-        for i in range(row.shape[0]):  # (one long loop: a tile's 16 columns are too few)
-            bits[i] = _bits(key, state0 + np.uint64(i))
-        for i in range(row.shape[0]):
-            row[i] = np.float32(current[b, t, n, i]) * (_draw(bits[i]) * sigma32 + one)
-    elif mode == STREAMS:
-        for k in range(row.shape[0] // cols):
-            at, j = k * cols, state0 + np.uint64(k * own)
-            for c in range(own):  # the hashes apart from the table reads: they vectorise
-                bits[c] = _bits(key, j + np.uint64(c))
-            for c in range(own):
-                d32 = _draw(bits[c]) * sigma32
-                row[at + c] = np.float32(current[b, t, n, at + c]) * (d32 + one)
-            for c in range(own, cols):
-                row[at + c] = np.float32(current[b, t, n, at + c])
-    elif mode == DRAWS:
-        for i in range(row.shape[0]):
-            row[i] = np.float32(current[b, t, n, i]) * (draws[b, t, n, i] * sigma32 + one)
-    else:
-        for i in range(row.shape[0]):
-            row[i] = np.float32(current[b, t, n, i])
+# A step's row of currents (all signs, slices and columns, flat), in units of unit32, each
+# times 1 + sigma x its draw (as ``_noisy``): one small function per noise source, chosen in
+# ``_loops``. (One function branching over the sources, even inlined, left its loops
+# unvectorised: 0.57 -> 0.40 ns a column read without noise, 1.20 -> 1.04 with it.)
+
+def _plain_row(current, unit32, b, t, n, row):
+    """No read noise."""
+    for i in range(row.shape[0]):
+        row[i] = np.float32(current[b, n, t, i]) * unit32
 
 
-def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
-           sign, sigma, mode, keys, vectors, row0, widths, draws, out):
+def _stream_row(current, unit32, b, t, n, key, state0, sigma32, row, bits):
+    """Stream ``key``'s draws state0, state0 + 1, ... (a tile without padding columns)."""
+    for i in range(row.shape[0]):  # the hashes apart from the table reads: they vectorise
+        bits[i] = _bits(key, state0 + np.uint64(i))
+    for i in range(row.shape[0]):  # (one long loop: a tile's 16 columns are too few)
+        d32 = _draw(bits[i]) * sigma32
+        row[i] = np.float32(current[b, n, t, i]) * unit32 * (d32 + np.float32(1.0))
+
+
+def _padded_stream_row(current, unit32, b, t, n, key, state0, cols, own, sigma32, row,
+                       bits):
+    """``cols`` columns a (sign, slice), the first ``own`` the tile's own: the draw for
+    (sign, slice) k and own column c is number state0 + k x own + c; padding columns carry
+    no current and draw nothing."""
+    for k in range(row.shape[0] // cols):
+        at, j = k * cols, state0 + np.uint64(k * own)
+        for c in range(own):
+            bits[c] = _bits(key, j + np.uint64(c))
+        for c in range(own):
+            d32 = _draw(bits[c]) * sigma32
+            row[at + c] = np.float32(current[b, n, t, at + c]) * unit32 * (d32 + np.float32(1.0))
+        for c in range(own, cols):
+            row[at + c] = np.float32(current[b, n, t, at + c]) * unit32
+
+
+def _drawn_row(current, unit32, b, t, n, draws, sigma32, row):
+    """Draws given as an array shaped like current."""
+    for i in range(row.shape[0]):
+        d32 = draws[b, n, t, i] * sigma32
+        row[i] = np.float32(current[b, n, t, i]) * unit32 * (d32 + np.float32(1.0))
+
+
+def _shift_add(values, slice_w, weight, offset, act, signs, cols, acc, total):
+    """total[c] += (the signs' difference, or the offset encoding's correction, of values'
+    slices shift-added in float64) x weight; values [S x Q x C] flat (converted codes)."""
+    acc[:, :] = 0.0
+    for s in range(signs):
+        for q in range(slice_w.shape[0]):
+            at = (s * slice_w.shape[0] + q) * cols
+            for c in range(cols):
+                acc[s, c] = acc[s, c] + np.float64(values[at + c]) * slice_w[q]
+    for c in range(cols):
+        value = acc[0, c] - acc[1, c] if signs == 2 else acc[0, c] - offset * act
+        total[c] = total[c] + value * weight
+
+
+def _loops(current, unit, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels,
+           per_step, sign, sigma, mode, keys, vectors, row0, widths, draws, out):
     """The kernel's loops (compiled by numba; ``read_pass`` has the contract), on flat
-    (sign, slice, column) axes: current and draws [B, T, N, S x Q x C], full, lsb and gain
-    [T, S x Q x C]. Rounding to an integer is x + 2**23 - 2**23 (2**52 in float64): half
-    to even, as np.rint, for the ADC's 0 <= x < 2**23."""
-    steps, tiles, rows, width = current.shape
+    (sign, slice, column) axes: current and draws [B, N, T, S x Q x C], C-contiguous (a
+    row's currents at unit stride), full, lsb and gain [T, S x Q x C]. Rounding to an
+    integer is x + 2**23 - 2**23 (2**52 in float64): half to even, as np.rint, for the
+    ADC's 0 <= x < 2**23."""
+    steps, rows, tiles, width = current.shape
     slices, cols = slice_w.shape[0], out.shape[2]
     signs = width // (slices * cols)
     acc = np.zeros((signs, cols))
@@ -113,67 +143,61 @@ def _loops(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
     summed = np.zeros(width)
     zero32, one32 = np.float32(0.0), np.float32(1.0)
     sigma32, g0_32, levels32 = np.float32(sigma), np.float32(g0), np.float32(levels)
+    unit32 = np.float32(unit)
     round32, round64 = np.float32(2.0 ** 23), 2.0 ** 52
+    full32, lsb32 = full.astype(np.float32), lsb.astype(np.float32)  # exact when per_step
     for t in range(tiles):
+        # a row's draws: its vector's place in its sample's stream, then step by step,
+        # numbered by the tile's own width (not the padded one: that depends on which tiles
+        # share the read)
+        own = widths[t]
+        own_width = signs * slices * own
         for n in range(rows):
             key = keys[t, (row0 + n) // vectors] if mode == STREAMS else np.uint64(0)
-            # row n's draws: its vector's place in its sample's stream, then step by step,
-            # numbered by the tile's own width (not the padded one: that depends on which
-            # tiles share the read)
-            own = widths[t]
-            own_width = signs * slices * own
             state0 = np.uint64(((row0 + n) % vectors) * own_width)
             total[:] = 0.0
+            summed[:] = 0.0
             act64 = 0.0
-            if not per_step:
-                summed[:] = 0.0
-                for b in range(steps):
-                    if active[b, t, n] == 0:
-                        continue  # no input, no current: it would add zeros
+            for b in range(steps):
+                if active[b, t, n] == 0:
+                    continue  # no input, no current: codes 0, it would add zeros
+                at = state0 + np.uint64(b * vectors * own_width)
+                if mode == STREAMS and own == cols:
+                    _stream_row(current, unit32, b, t, n, key, at, sigma32, row, bits)
+                elif mode == STREAMS:
+                    _padded_stream_row(current, unit32, b, t, n, key, at, cols, own, sigma32,
+                                       row, bits)
+                elif mode == DRAWS:
+                    _drawn_row(current, unit32, b, t, n, draws, sigma32, row)
+                else:
+                    _plain_row(current, unit32, b, t, n, row)
+                if per_step:
+                    g_act = g0_32 * active[b, t, n]
+                    for i in range(width):  # a conversion per input step
+                        cur = row[i] / full32[t, i]
+                        cur = min(max(cur, zero32), one32) * levels32
+                        cur = (cur + round32) - round32
+                        row[i] = (cur * lsb32[t, i] - g_act) * gain[t, i]
+                    _shift_add(row, slice_w, step_w[b], offsets[t], np.float64(active[b, t, n]),
+                               signs, cols, acc, total)
+                else:  # the steps' currents summed at their places
                     act64 = act64 + np.float64(active[b, t, n]) * step_w[b]
-                    _noisy_row(current, b, t, n, mode, key,
-                               state0 + np.uint64(b * vectors * own_width), cols, own,
-                               sigma32, draws, row, bits)
                     for i in range(width):
                         summed[i] = summed[i] + np.float64(row[i]) * step_w[b]
+            if not per_step:
                 g_act64 = g0 * act64
                 for i in range(width):  # one conversion of the summed currents
                     cur64 = summed[i] / full[t, i]
                     cur64 = min(max(cur64, 0.0), 1.0) * levels
                     cur64 = (cur64 + round64) - round64
                     summed[i] = (cur64 * lsb[t, i] - g_act64) * np.float64(gain[t, i])
-            for b in range(steps if per_step else 1):
-                if per_step and active[b, t, n] == 0:
-                    continue  # no input, no current: codes 0, it would add zeros
-                acc[:, :] = 0.0
-                if per_step:
-                    _noisy_row(current, b, t, n, mode, key,
-                               state0 + np.uint64(b * vectors * own_width), cols, own,
-                               sigma32, draws, row, bits)
-                    g_act = g0_32 * active[b, t, n]
-                    for i in range(width):  # a conversion per input step
-                        cur = row[i] / np.float32(full[t, i])
-                        cur = min(max(cur, zero32), one32) * levels32
-                        cur = (cur + round32) - round32
-                        row[i] = (cur * np.float32(lsb[t, i]) - g_act) * gain[t, i]
-                for s in range(signs):
-                    for q in range(slices):
-                        at = (s * slices + q) * cols
-                        for c in range(cols):
-                            value = np.float64(row[at + c]) if per_step else summed[at + c]
-                            acc[s, c] = acc[s, c] + value * slice_w[q]
-                weight = step_w[b] if per_step else 1.0
-                act = np.float64(active[b, t, n]) if per_step else act64
-                for c in range(cols):
-                    value = acc[0, c] - acc[1, c] if signs == 2 else \
-                        acc[0, c] - offsets[t] * act
-                    total[c] = total[c] + value * weight
+                _shift_add(summed, slice_w, 1.0, offsets[t], act64, signs, cols, acc, total)
             for c in range(cols):
                 out[t, n, c] = out[t, n, c] + sign * total[c]
 
 
-def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels, per_step,
-           sign, sigma, mode, keys, vectors, row0, widths, draws, out):
+def _numpy(current, unit, active, full, lsb, gain, offsets, slice_w, step_w, g0, levels,
+           per_step, sign, sigma, mode, keys, vectors, row0, widths, draws, out):
     """``_loops`` vectorised over tiles, rows and columns, input step by input step."""
     steps, tiles, rows, signs, slices, cols = current.shape
     step_draws = _draws_of(mode, keys, vectors, row0, widths, draws, current.shape)
@@ -181,7 +205,7 @@ def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
     acts = active.astype(np.float64)
     for b in range(steps if per_step else 1):
         if per_step:
-            cur = _convert32(_noisy(current[b], step_draws(b), sigma), full, lsb, levels)
+            cur = _convert32(_noisy(current[b], unit, step_draws(b), sigma), full, lsb, levels)
             cur -= np.float32(g0) * active[b][:, :, None, None, None]
             cur *= gain[:, None]
             act = acts[b]
@@ -189,7 +213,7 @@ def _numpy(current, active, full, lsb, gain, offsets, slice_w, step_w, g0, level
             cur, act = np.zeros(current.shape[1:]), np.zeros((tiles, rows))
             for k in range(steps):  # the steps' currents, summed at their places
                 act = act + acts[k] * step_w[k]
-                cur = cur + _noisy(current[k], step_draws(k), sigma).astype(
+                cur = cur + _noisy(current[k], unit, step_draws(k), sigma).astype(
                     np.float64) * step_w[k]
             cur = _convert64(cur, full, lsb, levels)
             cur -= g0 * act[:, :, None, None, None]
@@ -224,9 +248,11 @@ def _convert64(cur, full, lsb, levels):
     return cur
 
 
-def _noisy(current: np.ndarray, draws: np.ndarray | None, sigma: float) -> np.ndarray:
-    """A copy of one step's currents [T, N, S, Q, C], each times 1 + sigma x its draw."""
-    current = current.astype(np.float32)
+def _noisy(current: np.ndarray, unit: float, draws: np.ndarray | None,
+           sigma: float) -> np.ndarray:
+    """A copy of one step's currents [T, N, S, Q, C] (in units of ``unit``), each times
+    1 + sigma x its draw."""
+    current = current.astype(np.float32) * np.float32(unit)
     if draws is None:
         return current
     d = draws * np.float32(sigma)
@@ -236,7 +262,7 @@ def _noisy(current: np.ndarray, draws: np.ndarray | None, sigma: float) -> np.nd
 
 def _draws_of(mode, keys, vectors, row0, widths, draws, shape):
     """step -> that step's draws [T, N, S, Q, C] (None: no noise); streams numbered as
-    ``_noisy_row`` numbers them, padding columns 0."""
+    ``_stream_row`` and ``_padded_stream_row`` number them, padding columns 0."""
     steps, tiles, rows, signs, slices, cols = shape
     if mode == NONE:
         return lambda b: None
@@ -345,6 +371,59 @@ def _sparse_product(a, b, out):
                 out[m, n] += v * b[k, n]
 
 
+def _sparse_rows(a, b, out):
+    """out [M, N] = a [M, K] @ b [K, N] for a of zeros and ones: each row the sum of the rows
+    of b that a's row selects (integers: any order gives the same sums)."""
+    rows, inner = a.shape
+    cols = b.shape[1]
+    chosen = np.empty(inner, np.int64)
+    for m in range(rows):
+        count = 0
+        for k in range(inner):
+            chosen[count] = k
+            count += a[m, k] != 0
+        for n in range(cols):
+            out[m, n] = 0
+        for i in range(count):
+            k = chosen[i]
+            for n in range(cols):
+                out[m, n] += b[k, n]
+
+
+def _doubled(a, out):
+    """out [S x M, 2K] uint8 = [a | 128 a] for planes a [S, M, K] (C order) of zeros and
+    ones (indexed as one matrix: three indices kept the loop from vectorising, 7x slower)."""
+    planes, rows, inner = a.shape
+    flat = a.reshape(planes * rows, inner)
+    for m in range(planes * rows):
+        for k in range(inner):
+            bit = np.int32(flat[m, k])
+            out[m, k] = bit
+            out[m, inner + k] = bit * 128
+
+
+# Cells held as integers (grid units) below 2**WIDE_BITS split into two 7-bit halves, so
+# that binary input planes doubled as [p | 128 p] give p @ cells in one exact uint8 x int8
+# product (``intgemm``; 7 bits keep its pairs within int16)
+WIDE_BITS = 14
+
+
+def _split_units(cells, scale, units, wide):
+    """units = cells x scale as int32, wide = [units mod 128; units // 128] as int8; False
+    where some cell is not an integer in [0, 2**WIDE_BITS) grid units."""
+    inner, cols = cells.shape
+    fits = True
+    for k in range(inner):
+        for n in range(cols):
+            u = np.float64(cells[k, n]) * scale
+            i = np.int32(min(max(u, -1.0), 2.0 ** WIDE_BITS))
+            fits = fits and i == u and 0 <= i < 2 ** WIDE_BITS
+            units[k, n] = i
+            wide[k, n] = i & 127
+            wide[inner + k, n] = i >> 7
+    return fits
+
+
 _kernel = None
 if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     # compiled on first call, then cached on disk by numba; the loops call compiled twins.
@@ -366,10 +445,13 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
 
     _mix, _draw = _jit(nz.mix64), _jit(_normal)
     _bits = _jit(_bits)
-    _noisy_row = _jit(_noisy_row)
+    _plain_row, _stream_row, _drawn_row = _jit(_plain_row), _jit(_stream_row), _jit(_drawn_row)
+    _padded_stream_row, _shift_add = _jit(_padded_stream_row), _jit(_shift_add)
     _kernel = _jit(_loops)
     _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
     _sparse_product, _split_digits = _jit(_sparse_product), _jit(_split_digits)
+    _sparse_rows, _doubled = _jit(_sparse_rows), _jit(_doubled)
+    _split_units = _jit(_split_units)
 
 # Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
 # zeros, empty high bits) the compiled sparse product replaces a one-thread BLAS product. A
@@ -407,6 +489,61 @@ def exact_product(a: np.ndarray, b: np.ndarray,
     return out.reshape(-1, b.shape[1])
 
 
+# Below this share of non-zero entries, a binary plane's integer product is the compiled sum
+# of selected rows instead (``tools.bench_sparse_product``)
+INTEGER_SPARSE_BELOW = 0.08
+
+
+def wide_cells(cells: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """For ``integer_product``: cells [K, N] in grid units (cells x ``scale``) as int32, and
+    those units split as int8 [units mod 128; units // 128] [2K, N]; None where some cell is
+    not an integer in [0, 2**WIDE_BITS) grid units."""
+    units = np.empty(cells.shape, np.int32)
+    wide = np.empty((2 * cells.shape[0], cells.shape[1]), np.int8)
+    if _kernel is not None:
+        return (units, wide) if _split_units(cells, float(scale), units, wide) else None
+    u = cells.astype(np.float64) * scale
+    if u.size and (u.min() < 0 or u.max() >= 2 ** WIDE_BITS or not np.array_equal(u, np.rint(u))):
+        return None
+    units[:] = u
+    wide[:] = np.concatenate([units & 127, units >> 7])
+    return units, wide
+
+
+def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray,
+                    nonzeros: np.ndarray | None = None) -> np.ndarray:
+    """a [S, M, K] (zeros and ones) @ units [K, N] (int32, each cell an integer in
+    [0, 2**WIDE_BITS)) -> int32 [S x M, N], exact. ``wide``: units split (``wide_cells``);
+    ``nonzeros`` as for ``exact_product``. Dense planes run through onnxruntime's integer
+    GEMM as [p | 128 p] @ wide, each run of consecutive ones in one product; sparse planes
+    (with numba) through the compiled sum of selected rows. Integers: the same sums in any
+    order, so the same bits as the float32 product of exact cells (``exact_product``)."""
+    planes, rows, inner = a.shape
+    out = np.empty((planes, rows, units.shape[1]), np.int32)
+    if nonzeros is None:
+        nonzeros = np.count_nonzero(a, axis=(1, 2))
+    dense = nonzeros >= INTEGER_SPARSE_BELOW * rows * inner if _kernel is not None \
+        else np.ones(planes, bool)
+    s = 0
+    while s < planes:
+        if not dense[s]:
+            _sparse_rows(a[s], units, out[s])
+            s += 1
+            continue
+        end = s + 1
+        while end < planes and dense[end]:
+            end += 1
+        if _kernel is not None:
+            doubled = np.empty(((end - s) * rows, 2 * inner), np.uint8)
+            _doubled(a[s:end], doubled)
+        else:
+            bits = (a[s:end] != 0).astype(np.uint8).reshape(-1, inner)
+            doubled = np.concatenate([bits, bits << np.uint8(7)], axis=1)
+        intgemm.matmul(doubled, wide, out[s:end].reshape(-1, units.shape[1]))
+        s = end
+    return out.reshape(-1, units.shape[1])
+
+
 def stream_normals(keys: np.ndarray, n: int) -> np.ndarray:
     """float32 [T, n]: draws 0 .. n - 1 of streams ``keys`` [T] (``noise.stream_normals``),
     compiled when numba is on, the same numbers either way."""
@@ -431,11 +568,12 @@ def stream_below(keys: np.ndarray, n: int, low: float, high: float) -> np.ndarra
 
 
 def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gain, offsets,
-              g0, sign, sigma, noise, out, implementation=None) -> None:
+              g0, sign, sigma, noise, out, implementation=None, unit=1.0) -> None:
     """Add one input sign's read of T tiles by N rows into ``out`` [T, N, C] float64.
 
-    - current [B, T, N, S, Q, C], float64 or float32 (rounded to float32 first): each input
-      step's column currents (B steps, S signs, Q slices), in level units;
+    - current [B, T, N, S, Q, C], float64, float32 or int32 (rounded to float32 first):
+      each input step's column currents (B steps, S signs, Q slices), in units of ``unit``
+      level steps (a power of 2: integer currents' grid units, ``integer_product``);
     - active [B, T, N] float32: the input levels applied per step. A step that applies
       none (0) must have zero currents: the compiled kernel skips it, the numpy one adds
       its zeros;
@@ -462,12 +600,12 @@ def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gai
     kernel = _kernel if implementation != "numpy" else None
     if implementation == "numba" and kernel is None:
         raise RuntimeError("numba is not available")
-    if kernel is not None:  # the loops take (sign, slice, column) flat
-        steps, tiles, rows = current.shape[:3]
-        current, draws = current.reshape(steps, tiles, rows, -1), draws.reshape(
-            draws.shape[:3] + (-1,))
+    if kernel is not None:  # the loops take [B, N, T, (sign, slice, column) flat], C order
+        tiles = current.shape[1]
+        current, draws = (np.ascontiguousarray(a.swapaxes(1, 2)).reshape(
+            a.shape[0], a.shape[2], a.shape[1], -1) for a in (current, draws))
         full, lsb, gain = (a.reshape(tiles, -1) for a in (full, lsb, gain))
-    args = (current, active, full, lsb, gain, np.asarray(offsets, np.float64), slice_w,
-            step_w, float(g0), float(levels), bool(per_step), float(sign), float(sigma),
+    args = (current, float(unit), active, full, lsb, gain, np.asarray(offsets, np.float64),
+            slice_w, step_w, float(g0), float(levels), bool(per_step), float(sign), float(sigma),
             mode, keys, int(vectors), int(row0), widths, draws, out)
     (kernel or _numpy)(*args)

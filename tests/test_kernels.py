@@ -11,7 +11,7 @@ import pytest
 from conftest import MODELS, model_path
 
 from compiler import compile_model
-from runtime import kernels, run
+from runtime import intgemm, kernels, run
 from runtime import noise as nz
 
 needs_numba = pytest.mark.skipif(kernels.numba is None or kernels._kernel is None,
@@ -239,15 +239,117 @@ def test_each_plane_chooses_its_product(monkeypatch):
 @needs_numba
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
 def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
-    """The digits CNN with every crossbar read's product sparse, then every one BLAS:
-    identical outputs (quantized mode is float64 off the grid, analog float32 on it)."""
+    """The digits CNN with every crossbar read's product sparse, then every one BLAS, and
+    in analog mode also through integer products (all sparse, all onnxruntime's): identical
+    outputs (quantized mode is float64 off the grid, analog float32 on it)."""
+    from runtime import analog
     x = np.load(f"{MODELS}/digits_test_x.npy")[:6]
     program = compile_model(model_path("digits_cnn"))
-    outputs = []
-    for share in (1.0, 0.0):  # all sparse, then none
+    outputs, gemms, matmul = [], [], intgemm.matmul
+    monkeypatch.setattr(intgemm, "matmul", lambda *a: (gemms.append(1), matmul(*a))[1])
+    choices = [(False, 1.0, 0.0), (False, 0.0, 0.0)]  # float32 or float64: sparse, BLAS
+    choices += [(True, 0.0, 1.0), (True, 0.0, 0.0)] if mode == "analog" else []
+    for integer, share, integer_share in choices:
+        monkeypatch.setattr(analog, "INTEGER_PRODUCTS", integer)
         monkeypatch.setattr(kernels, "SPARSE_BELOW", share)
+        monkeypatch.setattr(kernels, "INTEGER_SPARSE_BELOW", integer_share)
+        gemms.clear()
         outputs.append(run(program, x, mode=mode, timing=False).outputs["logits"])
-    assert np.array_equal(*outputs)
+        assert bool(gemms) == (integer and integer_share == 0.0)
+    assert all(np.array_equal(outputs[0], other) for other in outputs[1:])
+
+
+def _grid_case(rng, density, planes=4, rows=40, inner=64, cols=50, top=2 ** 14):
+    """Binary planes at the given densities and cells on the 2**-12 grid below ``top``
+    grid units: the planes, the cells as float32 and as integer units."""
+    units = rng.integers(0, top, (inner, cols))
+    units[0] = top - 1  # the largest cells the integer product takes
+    cells = (units / 4096).astype(np.float32)
+    a = (rng.random((planes, rows, inner)) < np.asarray(density)[:, None, None])
+    a[:, 0] = True  # a row that selects every cell
+    return a.astype(np.float32), cells, units
+
+
+@pytest.mark.parametrize("integer_share", [0.0, 0.25, 1.0, "numpy"])
+def test_integer_products_give_the_float32_products_bits(integer_share, monkeypatch):
+    """``integer_product`` against ``exact_product`` of the same cells as float32: the same
+    sums (in grid units), with dense planes through onnxruntime's integer GEMM (runs of
+    consecutive ones in one call), sparse ones through the compiled rows, or both; without
+    numba every plane through the GEMM."""
+    if integer_share == "numpy":
+        monkeypatch.setattr(kernels, "_kernel", None)
+        integer_share = 0.25
+    elif kernels._kernel is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
+    rng = np.random.default_rng(int(integer_share * 4))
+    density = [0.5, 0.02, 0.3, 0.4, 0.0]
+    a, cells, units = _grid_case(rng, density, planes=len(density))
+    monkeypatch.setattr(kernels, "INTEGER_SPARSE_BELOW", integer_share)
+    calls, matmul = [], intgemm.matmul
+    monkeypatch.setattr(intgemm, "matmul", lambda x, *r: (calls.append(len(x)), matmul(x, *r))[1])
+    split = kernels.wide_cells(cells, 4096.0)
+    assert np.array_equal(split[0], units)
+    got = kernels.integer_product(a, *split)
+    assert got.dtype == np.int32
+    assert np.array_equal(got * np.float32(2.0 ** -12), a.reshape(-1, a.shape[2]) @ cells)
+    if kernels._kernel is None:  # numpy: every plane through the integer GEMM, in one call
+        assert calls == [len(density) * a.shape[1]]
+    else:
+        want = {0.0: [len(density) * 40], 0.25: [40, 2 * 40], 1.0: []}[integer_share]
+        assert calls == want  # planes 0, 2-3 dense at 0.25: two runs
+
+
+def test_integer_gemm_is_exact_at_its_contracts_limits():
+    """uint8 128 and 1 against int8 127 (adjacent pairs at 32512, just below int16's limit
+    where MLAS's AVX2 kernels saturate), every entry at its largest: onnxruntime's result
+    equals int64 arithmetic; other types are refused."""
+    rng = np.random.default_rng(1)
+    a = rng.choice(np.array([0, 1, 128], np.uint8), (33, 300))
+    a[0] = 128
+    b = rng.integers(0, 128, (300, 17)).astype(np.int8)
+    b[:, 0] = 127
+    out = np.empty((33, 17), np.int32)
+    intgemm.matmul(a, b, out)
+    assert np.array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
+    assert out[0, 0] == 300 * 128 * 127
+    with pytest.raises(TypeError):
+        intgemm.matmul(a.astype(np.int8), b, out)
+
+
+@pytest.mark.parametrize("implementation", ["numba", "numpy"])
+def test_wide_cells_split_only_integers_in_range(implementation, monkeypatch):
+    """``wide_cells``: grid units, and halves that add back to them; None for a cell at
+    2**14 units, below 0 or between grid points."""
+    if implementation == "numpy":
+        monkeypatch.setattr(kernels, "_kernel", None)
+    elif kernels._kernel is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
+    units = np.array([[0.0, 127, 128], [2 ** 14 - 1, 5, 300]])
+    got, wide = kernels.wide_cells((units / 64).astype(np.float32), 64.0)
+    assert got.dtype == np.int32 and np.array_equal(got, units)
+    assert np.array_equal(wide[:2] + 128 * wide[2:].astype(np.int64), units)
+    for bad in (2.0 ** 14, -1.0, 0.5, 1e12):
+        cells = (np.where(units == 5, bad, units) / 64).astype(np.float32)
+        assert kernels.wide_cells(cells, 64.0) is None
+
+
+@pytest.mark.parametrize("implementation", ["numba", "numpy"])
+def test_reads_of_integer_currents_in_grid_units(implementation):
+    """read_pass on int32 currents with ``unit`` 2**-12 gives the bits of the same currents
+    as float32 level units (noise and ADC included)."""
+    if implementation == "numba" and kernels._kernel is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
+    rng = np.random.default_rng(9)
+    case, vectors = _case(rng, 1, 2)
+    units = np.rint(case["current"].clip(0) * 4096).astype(np.int32)
+    keys = rng.integers(0, 2 ** 63, (3, 10 // vectors), dtype=np.uint64)
+    outs = []
+    for current, unit in ((units, 2.0 ** -12), ((units / 4096).astype(np.float32), 1.0)):
+        out = np.zeros((3, 10, 5))
+        kernels.read_pass(**{**case, "current": current}, unit=unit, out=out,
+                          noise=kernels.Streams(keys, vectors), implementation=implementation)
+        outs.append(out)
+    assert np.array_equal(*outs) and outs[0].any()
 
 
 def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
