@@ -409,19 +409,20 @@ WIDE_BITS = 14
 
 
 def _split_units(cells, scale, units, wide):
-    """units = cells x scale as int32, wide = [units mod 128; units // 128] as int8; False
-    where some cell is not an integer in [0, 2**WIDE_BITS) grid units."""
+    """units = cells x scale (a power of 2) as int32, wide = [units mod 128; units // 128]
+    as int8; False where some cell is not an integer in [0, 2**WIDE_BITS) grid units."""
     inner, cols = cells.shape
-    fits = True
+    scale32, top = np.float32(scale), np.float32(2 ** WIDE_BITS)
+    bad = 0
     for k in range(inner):
-        for n in range(cols):
-            u = np.float64(cells[k, n]) * scale
-            i = np.int32(min(max(u, -1.0), 2.0 ** WIDE_BITS))
-            fits = fits and i == u and 0 <= i < 2 ** WIDE_BITS
+        for n in range(cols):  # (no branches: the loop vectorises)
+            u = min(max(cells[k, n] * scale32, np.float32(-1.0)), top)
+            i = np.int32(u)
+            bad |= (np.float32(i) != u) | (i < 0) | (i >= 2 ** WIDE_BITS)
             units[k, n] = i
             wide[k, n] = i & 127
             wide[inner + k, n] = i >> 7
-    return fits
+    return bad == 0
 
 
 _kernel = None
