@@ -1,16 +1,24 @@
-"""The crossbar read's product, BLAS against the compiled sparse one, by input density.
+"""The crossbar read's product by input density: BLAS, the compiled sparse sum of rows, and
+onnxruntime's integer GEMM with its own sparse twin.
 
-    python -m tools.bench_sparse_product [--repeats 5] [--model digits_cnn] [--images N]
+    python -m tools.bench_sparse_product [--repeats 20] [--model digits_cnn] [--images N]
 
-``runtime.kernels.exact_product`` picks the compiled sum of selected rows over BLAS for
-each input plane where fewer than ``SPARSE_BELOW`` of its entries are non-zero. This prints
-both products' best-of-``repeats`` time on one thread (as each of cimrun's threads runs them)
-for random planes of one ResNet-50-sized read (8 input steps x 3,136 vectors x 128 rows)
-against one tile's and five tiles' cells, at densities around the threshold; then the time
-a real model's analog reads spend in the product (both kinds together, one thread and BLAS
-on one thread, the first ``--images`` test images, or random ones), at several thresholds,
-side by side in one run. Real planes are not random: their non-zero entries cluster by
-channel and position, which the second table captures.
+A read's product is exact (``runtime.analog``): its cells sum exactly in float32 (analog
+mode, cells on the 2**-12 grid) or float64, so any product gives the same bits and the
+fastest may run. ``runtime.kernels.exact_product`` picks the compiled sum of selected rows
+over BLAS for each input plane where fewer than ``SPARSE_BELOW`` of its entries are
+non-zero; ``integer_product`` (binary planes and integer cells: analog mode with a 1-bit
+DAC) picks its integer sum of rows over onnxruntime's uint8 x int8 GEMM below
+``INTEGER_SPARSE_BELOW``. This prints each product's best-of-``repeats`` time on one
+thread (as each of cimrun's threads runs them) for random planes of one block of a read
+(``analog.BLOCK_BYTES``: 8 input steps x 256 vectors x 128 rows) against one tile's and
+five tiles' cells,
+at densities around the thresholds; then the time a real model's analog reads spend in the
+product (one thread and BLAS on one thread, the first ``--images`` test images, or random
+ones), by threshold, for the integer products (the default) and the float ones, side by
+side in one run. Real planes are not random: their non-zero entries cluster by channel and
+position, which the second table captures. BLAS's speed depends on the kernels OpenBLAS
+runs (``OPENBLAS_CORETYPE``), the integer GEMM's on whether the CPU has AVX-512 VNNI.
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ from threadpoolctl import threadpool_limits
 
 from compiler import compile_model
 from runtime import analog, kernels, run
+from runtime.device import GRID_BITS
 from tools import make_zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-THRESHOLDS = (0.05, 0.1, 0.15, 0.25, 0.35)
+THRESHOLDS = (0.05, 0.1, 0.15, 0.25, 0.35)  # SPARSE_BELOW (float products)
+INTEGER_THRESHOLDS = (0.0, 0.04, 0.08, 0.15, 0.25)  # INTEGER_SPARSE_BELOW
 
 
 def _best(fn, args: tuple, repeats: int) -> float:
@@ -41,7 +51,7 @@ def _best(fn, args: tuple, repeats: int) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="best of this many (default 5)")
+    ap.add_argument("--repeats", type=int, default=20, help="best of this many (default 20)")
     ap.add_argument("--model", default="digits_cnn",
                     help="digits_cnn (its test images) or a zoo name, e.g. resnet50-imagenet "
                     "(random images); default digits_cnn")
@@ -52,20 +62,35 @@ def main(argv=None) -> None:
     if kernels._kernel is None:
         raise SystemExit("numba is off (CIMSTACK_NUMBA=0) or not installed: nothing to compare")
     rng = np.random.default_rng(0)
-    print(f"threshold SPARSE_BELOW = {kernels.SPARSE_BELOW}\n")
-    print("| columns | density | BLAS ms | sparse ms | BLAS / sparse |\n|---|---|---|---|---|")
+    print(f"thresholds: SPARSE_BELOW = {kernels.SPARSE_BELOW}, "
+          f"INTEGER_SPARSE_BELOW = {kernels.INTEGER_SPARSE_BELOW}\n")
+    print("| columns | density | BLAS ms | sparse ms | integer GEMM ms | integer sparse ms |")
+    print("|---|---|---|---|---|---|")
     with threadpool_limits(1, "blas"):
         for cols in (128, 640):
-            cells = (rng.integers(0, 16 * 4096, (128, cols)) / 4096).astype(np.float32)
-            for density in (0.05, 0.1, 0.18, 0.25, 0.3, 0.5):
-                planes = (rng.random((8 * 3136, 128)) < density).astype(np.float32)
+            units = rng.integers(0, 2 ** kernels.WIDE_BITS, (128, cols))
+            cells = (units * 2.0 ** -GRID_BITS).astype(np.float32)
+            split = kernels.wide_cells(cells, 2.0 ** GRID_BITS)
+            for density in (0.02, 0.05, 0.1, 0.18, 0.25, 0.5):
+                planes = (rng.random((8 * 256, 128)) < density).astype(np.float32)
+                counts = np.array([np.count_nonzero(planes)])  # as reads pass them
+                cells_ms = [_best(np.matmul, (planes, cells), args.repeats)]
                 out = np.empty((planes.shape[0], cols), np.float32)
                 kernels._sparse_product(planes, cells, out)  # compiled before timing
                 assert np.array_equal(out, planes @ cells)
-                blas = _best(np.matmul, (planes, cells), args.repeats)
-                sparse = _best(kernels._sparse_product, (planes, cells, out), args.repeats)
-                print(f"| {cols} | {density:.2f} | {blas * 1e3:.1f} | {sparse * 1e3:.1f} | "
-                      f"{blas / sparse:.2f} |", flush=True)
+                cells_ms.append(_best(kernels._sparse_product, (planes, cells, out),
+                                      args.repeats))
+                for share in (0.0, 1.0):  # every plane through the GEMM, then the rows
+                    kernels.INTEGER_SPARSE_BELOW, chosen = share, kernels.INTEGER_SPARSE_BELOW
+                    try:
+                        got = kernels.integer_product(planes[None], *split, counts)
+                        assert np.array_equal(got * np.float32(2.0 ** -GRID_BITS), out)
+                        cells_ms.append(_best(kernels.integer_product,
+                                              (planes[None], *split, counts), args.repeats))
+                    finally:
+                        kernels.INTEGER_SPARSE_BELOW = chosen
+                print(f"| {cols} | {density:.2f} | " + " | ".join(
+                    f"{t * 1e3:.2f}" for t in cells_ms) + " |", flush=True)
     model_table(args.model, args.images)
 
 
@@ -78,32 +103,43 @@ def _model(name: str, images: int | None) -> tuple[str, np.ndarray]:
 
 
 def model_table(name: str, images: int | None) -> None:
-    """Seconds in ``analog.exact_product`` over one analog run of the model, by threshold."""
+    """Seconds in the analog reads' products over one run of the model, by threshold: the
+    integer products (the default) at INTEGER_THRESHOLDS, then the float ones at
+    THRESHOLDS."""
     path, x = _model(name, images)
     program = compile_model(path)
     spent = [0.0]
 
-    def timed(*args):
-        start = time.perf_counter()
-        result = product(*args)
-        spent[0] += time.perf_counter() - start
-        return result
+    def timed(product):
+        def run_timed(*args):
+            start = time.perf_counter()
+            result = product(*args)
+            spent[0] += time.perf_counter() - start
+            return result
+        return run_timed
 
-    product, analog.exact_product = analog.exact_product, timed
+    saved = (analog.exact_product, analog.integer_product, analog.INTEGER_PRODUCTS,
+             kernels.SPARSE_BELOW, kernels.INTEGER_SPARSE_BELOW)
+    analog.exact_product, analog.integer_product = (timed(p) for p in saved[:2])
     limit = threadpool_limits(1, "blas")  # as in each of cimrun's threads
     print(f"\n{name}, {len(x)} image(s), analog, one thread: time in the read product\n")
-    print("| SPARSE_BELOW | product ms |\n|---|---|")
-    chosen = kernels.SPARSE_BELOW
+    print("| products | threshold | product ms |\n|---|---|---|")
     try:
-        for share in THRESHOLDS:
-            kernels.SPARSE_BELOW = share
-            run(program, x[:1], mode="analog", timing=False, threads=1)  # compiled, warm
-            spent[0] = 0.0
-            run(program, x, mode="analog", timing=False, threads=1)
-            mark = " (the default)" if share == chosen else ""
-            print(f"| {share:.2f}{mark} | {spent[0] * 1e3:.0f} |", flush=True)
+        for integer, label, shares, chosen in (
+                (True, "integer", INTEGER_THRESHOLDS, saved[4]),
+                (False, "float (BLAS)", THRESHOLDS, saved[3])):
+            analog.INTEGER_PRODUCTS = integer
+            for share in shares:
+                kernels.SPARSE_BELOW, kernels.INTEGER_SPARSE_BELOW = \
+                    (saved[3], share) if integer else (share, saved[4])
+                run(program, x[:1], mode="analog", timing=False, threads=1)  # compiled, warm
+                spent[0] = 0.0
+                run(program, x, mode="analog", timing=False, threads=1)
+                mark = " (the default)" if share == chosen else ""
+                print(f"| {label} | {share:.2f}{mark} | {spent[0] * 1e3:.0f} |", flush=True)
     finally:
-        kernels.SPARSE_BELOW, analog.exact_product = chosen, product
+        (analog.exact_product, analog.integer_product, analog.INTEGER_PRODUCTS,
+         kernels.SPARSE_BELOW, kernels.INTEGER_SPARSE_BELOW) = saved
         limit.restore_original_limits()
 
 
