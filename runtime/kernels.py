@@ -351,42 +351,40 @@ def _units_above(rate: float) -> np.uint64:
     return np.uint64(math.ceil(rate * 2.0 ** 53))
 
 
+def _select(a, m, chosen):
+    """chosen[:count] = the columns of a's row m that are non-zero (found without a branch
+    per entry); returns count."""
+    count = 0
+    for k in range(a.shape[1]):
+        chosen[count] = k
+        count += a[m, k] != 0
+    return count
+
+
 def _sparse_product(a, b, out):
     """out [M, N] = a [M, K] @ b [K, N]: each row the sum, in row order, of b's rows that
-    a's row selects (its non-zero entries, found without a branch per entry), times them."""
-    rows, inner = a.shape
-    cols = b.shape[1]
-    chosen = np.empty(inner, np.int64)
-    for m in range(rows):
-        count = 0
-        for k in range(inner):
-            chosen[count] = k
-            count += a[m, k] != 0
-        for n in range(cols):
+    a's row selects, times them."""
+    chosen = np.empty(a.shape[1], np.int64)
+    for m in range(a.shape[0]):
+        for n in range(b.shape[1]):
             out[m, n] = 0
-        for i in range(count):
+        for i in range(_select(a, m, chosen)):
             k = chosen[i]
             v = a[m, k]
-            for n in range(cols):
+            for n in range(b.shape[1]):
                 out[m, n] += v * b[k, n]
 
 
 def _sparse_rows(a, b, out):
     """out [M, N] = a [M, K] @ b [K, N] for a of zeros and ones: each row the sum of the rows
     of b that a's row selects (integers: any order gives the same sums)."""
-    rows, inner = a.shape
-    cols = b.shape[1]
-    chosen = np.empty(inner, np.int64)
-    for m in range(rows):
-        count = 0
-        for k in range(inner):
-            chosen[count] = k
-            count += a[m, k] != 0
-        for n in range(cols):
+    chosen = np.empty(a.shape[1], np.int64)
+    for m in range(a.shape[0]):
+        for n in range(b.shape[1]):
             out[m, n] = 0
-        for i in range(count):
+        for i in range(_select(a, m, chosen)):
             k = chosen[i]
-            for n in range(cols):
+            for n in range(b.shape[1]):
                 out[m, n] += b[k, n]
 
 
@@ -450,9 +448,9 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _padded_stream_row, _shift_add = _jit(_padded_stream_row), _jit(_shift_add)
     _kernel = _jit(_loops)
     _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
-    _sparse_product, _split_digits = _jit(_sparse_product), _jit(_split_digits)
+    _select, _sparse_product = _jit(_select), _jit(_sparse_product)
     _sparse_rows, _doubled = _jit(_sparse_rows), _jit(_doubled)
-    _split_units = _jit(_split_units)
+    _split_digits, _split_units = _jit(_split_digits), _jit(_split_units)
 
 # Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
 # zeros, empty high bits) the compiled sparse product replaces a one-thread BLAS product. A
