@@ -361,9 +361,10 @@ def _select(a, m, chosen):
     return count
 
 
-def _sparse_product(a, b, out):
+def _sparse_product(a, b, out, weighted=True):
     """out [M, N] = a [M, K] @ b [K, N]: each row the sum, in row order, of b's rows that
-    a's row selects, times them."""
+    a's row selects, times them (``weighted`` False: a holds zeros and ones, so the rows
+    are summed as they are; for integers, whose sums any order gives the same)."""
     chosen = np.empty(a.shape[1], np.int64)
     for m in range(a.shape[0]):
         for n in range(b.shape[1]):
@@ -371,21 +372,12 @@ def _sparse_product(a, b, out):
         for i in range(_select(a, m, chosen)):
             k = chosen[i]
             v = a[m, k]
-            for n in range(b.shape[1]):
-                out[m, n] += v * b[k, n]
-
-
-def _sparse_rows(a, b, out):
-    """out [M, N] = a [M, K] @ b [K, N] for a of zeros and ones: each row the sum of the rows
-    of b that a's row selects (integers: any order gives the same sums)."""
-    chosen = np.empty(a.shape[1], np.int64)
-    for m in range(a.shape[0]):
-        for n in range(b.shape[1]):
-            out[m, n] = 0
-        for i in range(_select(a, m, chosen)):
-            k = chosen[i]
-            for n in range(b.shape[1]):
-                out[m, n] += b[k, n]
+            if weighted:
+                for n in range(b.shape[1]):
+                    out[m, n] += v * b[k, n]
+            else:
+                for n in range(b.shape[1]):
+                    out[m, n] += b[k, n]
 
 
 def _doubled(a, out):
@@ -449,7 +441,7 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _kernel = _jit(_loops)
     _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
     _select, _sparse_product = _jit(_select), _jit(_sparse_product)
-    _sparse_rows, _doubled = _jit(_sparse_rows), _jit(_doubled)
+    _doubled = _jit(_doubled)
     _split_digits, _split_units = _jit(_split_digits), _jit(_split_units)
 
 # Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
@@ -529,7 +521,7 @@ def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray,
     s = 0
     while s < planes:
         if not dense[s]:
-            _sparse_rows(a[s], units, out[s])
+            _sparse_product(a[s], units, out[s], False)
             s += 1
             continue
         end = s + 1
