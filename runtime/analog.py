@@ -25,7 +25,16 @@ import numpy as np
 from isa.chip import Chip
 
 from .device import GRID_BITS, Programmed, gmin_levels
-from .kernels import Streams, exact_product, integer_product, read_pass, split_digits, wide_cells
+from .kernels import (
+    Streams,
+    counted_product,
+    exact_product,
+    integer_product,
+    level_indicators,
+    read_pass,
+    split_digits,
+    wide_cells,
+)
 from .noise import ReadStreams
 
 
@@ -168,9 +177,14 @@ class _TileGroup:
         # sums exact in g's type: any order gives the same bits, so any product may sum them
         self.exact = exact or float64_exact(chosen, digit, chip)
         # cells on the grid, read by binary planes: integer products give the same sums
-        self.units = self.wide = None
+        self.units = self.wide = self.onehot = None
         if exact and digit == 1 and INTEGER_PRODUCTS:
             self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
+        elif self.exact and digit == 1 and INTEGER_PRODUCTS:
+            # quantized cells: Gmin plus a digit, rounded to float32 as programming does
+            self.levels = np.float32(gmin_levels(chip) + np.arange(
+                2 ** chip.arch.cell_bits)).astype(np.float64)
+            self.onehot = level_indicators(self.g, self.levels)
         self.constants = dict(_adc_constants(full[idx], chip), gain=gain[idx],
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
@@ -192,6 +206,8 @@ class _TileGroup:
         if self.wide is not None:  # in grid units
             current, unit = integer_product(planes, self.units, self.wide, nonzeros), \
                 2.0 ** -GRID_BITS
+        elif self.onehot is not None:
+            current = counted_product(planes, self.g, self.levels, self.onehot, nonzeros)
         elif self.exact:
             current = exact_product(planes, self.g, nonzeros)
         else:

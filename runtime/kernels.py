@@ -415,6 +415,38 @@ def _split_units(cells, scale, units, wide):
     return bad == 0
 
 
+def _indicators(cells, levels, onehot):
+    """``level_indicators``'s loops; False where a non-zero cell is none of the levels."""
+    inner, cols = cells.shape
+    seen = np.zeros(cols, np.bool_)
+    bad = False
+    for k in range(inner):
+        for n in range(cols):
+            seen[n] = cells[k, n] == 0
+        for j in range(levels.shape[0]):
+            for n in range(cols):
+                hit = cells[k, n] == levels[j]
+                onehot[k, j * cols + n] = hit
+                seen[n] |= hit
+        for n in range(cols):
+            bad |= not seen[n]
+    return not bad
+
+
+def _combine(counts, levels, out):
+    """out [M, N] = float32 of sum over l of levels[l] x counts[:, l-th block of N]."""
+    rows, cols = out.shape
+    acc = np.empty(cols)
+    for m in range(rows):
+        for n in range(cols):
+            acc[n] = 0.0
+        for j in range(levels.shape[0]):
+            for n in range(cols):
+                acc[n] += levels[j] * counts[m, j * cols + n]
+        for n in range(cols):
+            out[m, n] = np.float32(acc[n])
+
+
 _kernel = None
 if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     # compiled on first call, then cached on disk by numba; the loops call compiled twins.
@@ -443,6 +475,7 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _select, _sparse_product = _jit(_select), _jit(_sparse_product)
     _doubled = _jit(_doubled)
     _split_digits, _split_units = _jit(_split_digits), _jit(_split_units)
+    _indicators, _combine = _jit(_indicators), _jit(_combine)
 
 # Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
 # zeros, empty high bits) the compiled sparse product replaces a one-thread BLAS product. A
@@ -504,6 +537,28 @@ def wide_cells(cells: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]
     return units, wide
 
 
+def _dense(a: np.ndarray, nonzeros: np.ndarray | None) -> np.ndarray:
+    """Which planes of a [S, M, K] go through the integer GEMM: those at or above
+    INTEGER_SPARSE_BELOW non-zero (all of them without numba)."""
+    planes, rows, inner = a.shape
+    if _kernel is None:
+        return np.ones(planes, bool)
+    if nonzeros is None:
+        nonzeros = np.count_nonzero(a, axis=(1, 2))
+    return nonzeros >= INTEGER_SPARSE_BELOW * rows * inner
+
+
+def _runs(dense: np.ndarray):
+    """(start, stop, dense) for each sparse plane and each run of consecutive dense ones."""
+    s = 0
+    while s < len(dense):
+        end = s + 1
+        while dense[s] and end < len(dense) and dense[end]:
+            end += 1
+        yield s, end, bool(dense[s])
+        s = end
+
+
 def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray,
                     nonzeros: np.ndarray | None = None) -> np.ndarray:
     """a [S, M, K] (zeros and ones) @ units [K, N] (int32, each cell an integer in
@@ -514,19 +569,10 @@ def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray,
     order, so the same bits as the float32 product of exact cells (``exact_product``)."""
     planes, rows, inner = a.shape
     out = np.empty((planes, rows, units.shape[1]), np.int32)
-    if nonzeros is None:
-        nonzeros = np.count_nonzero(a, axis=(1, 2))
-    dense = nonzeros >= INTEGER_SPARSE_BELOW * rows * inner if _kernel is not None \
-        else np.ones(planes, bool)
-    s = 0
-    while s < planes:
-        if not dense[s]:
+    for s, end, dense in _runs(_dense(a, nonzeros)):
+        if not dense:
             _sparse_product(a[s], units, out[s], False)
-            s += 1
             continue
-        end = s + 1
-        while end < planes and dense[end]:
-            end += 1
         if _kernel is not None:
             doubled = np.empty(((end - s) * rows, 2 * inner), np.uint8)
             _doubled(a[s:end], doubled)
@@ -534,8 +580,49 @@ def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray,
             bits = (a[s:end] != 0).astype(np.uint8).reshape(-1, inner)
             doubled = np.concatenate([bits, bits << np.uint8(7)], axis=1)
         intgemm.matmul(doubled, wide, out[s:end].reshape(-1, units.shape[1]))
-        s = end
     return out.reshape(-1, units.shape[1])
+
+
+def level_indicators(cells: np.ndarray, levels: np.ndarray) -> np.ndarray | None:
+    """int8 [K, L x N]: 1 where cells [K, N] == levels[l] (the l-th block of N columns), for
+    ``counted_product``; None where some non-zero cell is none of the levels."""
+    inner, cols = cells.shape
+    onehot = np.empty((inner, len(levels) * cols), np.int8)
+    if _kernel is not None:
+        return onehot if _indicators(cells, levels, onehot) else None
+    hits = cells[:, None, :] == levels[None, :, None]
+    if not (hits.any(axis=1) | (cells == 0)).all():
+        return None
+    onehot[:] = hits.reshape(inner, -1)
+    return onehot
+
+
+def counted_product(a: np.ndarray, cells: np.ndarray, levels: np.ndarray,
+                    onehot: np.ndarray, nonzeros: np.ndarray | None = None) -> np.ndarray:
+    """a [S, M, K] (zeros and ones) @ cells [K, N] (float64, each non-zero cell one of
+    ``levels`` [L], float64) -> float32 [S x M, N]: the exact sums rounded to float32, for
+    cells whose sums are exact in float64 (``analog.float64_exact``: quantized mode's
+    Gmin-plus-digit cells). Dense planes count each level's selected cells in one integer
+    GEMM against ``onehot`` (``level_indicators``) and sum counts x levels in float64;
+    sparse ones (numba) sum the selected rows of cells. Exact sums in any order: the bits of
+    ``exact_product`` rounded to float32, which is what a read does with them."""
+    planes, rows, inner = a.shape
+    cols = cells.shape[1]
+    out = np.empty((planes, rows, cols), np.float32)
+    for s, end, dense in _runs(_dense(a, nonzeros)):
+        if not dense:
+            summed = np.empty((rows, cols))
+            _sparse_product(a[s], cells, summed)
+            out[s] = summed
+            continue
+        counts = np.empty(((end - s) * rows, len(levels) * cols), np.int32)
+        intgemm.matmul(a[s:end].reshape(-1, inner).astype(np.uint8), onehot, counts)
+        if _kernel is not None:
+            _combine(counts, levels, out[s:end].reshape(-1, cols))
+        else:
+            out[s:end] = (counts.reshape(-1, len(levels), cols) * levels[:, None]).sum(
+                axis=1).reshape(end - s, rows, cols)
+    return out.reshape(-1, cols)
 
 
 def stream_normals(keys: np.ndarray, n: int) -> np.ndarray:

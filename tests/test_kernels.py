@@ -239,16 +239,17 @@ def test_each_plane_chooses_its_product(monkeypatch):
 @needs_numba
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
 def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
-    """The digits CNN with every crossbar read's product sparse, then every one BLAS, and
-    in analog mode also through integer products (all sparse, all onnxruntime's): identical
-    outputs (quantized mode is float64 off the grid, analog float32 on it)."""
+    """The digits CNN with every crossbar read's product sparse, then every one BLAS, then
+    through integer products (all sparse, all onnxruntime's GEMM: grid units in analog mode,
+    counts of each Gmin-plus-digit level in quantized mode): identical outputs (quantized
+    mode is float64 off the grid, analog float32 on it)."""
     from runtime import analog
     x = np.load(f"{MODELS}/digits_test_x.npy")[:6]
     program = compile_model(model_path("digits_cnn"))
     outputs, gemms, matmul = [], [], intgemm.matmul
     monkeypatch.setattr(intgemm, "matmul", lambda *a: (gemms.append(1), matmul(*a))[1])
     choices = [(False, 1.0, 0.0), (False, 0.0, 0.0)]  # float32 or float64: sparse, BLAS
-    choices += [(True, 0.0, 1.0), (True, 0.0, 0.0)] if mode == "analog" else []
+    choices += [(True, 0.0, 1.0), (True, 0.0, 0.0)]  # integer: sparse, onnxruntime's GEMM
     for integer, share, integer_share in choices:
         monkeypatch.setattr(analog, "INTEGER_PRODUCTS", integer)
         monkeypatch.setattr(kernels, "SPARSE_BELOW", share)
@@ -297,6 +298,37 @@ def test_integer_products_give_the_float32_products_bits(integer_share, monkeypa
     else:
         want = {0.0: [len(density) * 40], 0.25: [40, 2 * 40], 1.0: []}[integer_share]
         assert calls == want  # planes 0, 2-3 dense at 0.25: two runs
+
+
+@pytest.mark.parametrize("integer_share", [0.0, 0.25, 1.0, "numpy"])
+def test_counted_products_give_the_float64_products_bits(integer_share, monkeypatch):
+    """``counted_product`` (quantized cells: float32 of Gmin plus a digit, zero padding)
+    against the float64 product rounded to float32, with dense planes counting levels
+    through onnxruntime's GEMM, sparse ones summing rows, or both; without numba every plane
+    through the GEMM; and ``level_indicators`` refusing a cell that is no level."""
+    if integer_share == "numpy":
+        monkeypatch.setattr(kernels, "_kernel", None)
+        integer_share = 0.25
+    elif kernels._kernel is None:
+        pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
+    rng = np.random.default_rng(7)
+    levels = np.float32(1 / 13 + np.arange(4)).astype(np.float64)
+    cells = levels[rng.integers(0, 4, (64, 50))]
+    cells[60:] = 0.0  # padding rows
+    density = [0.5, 0.02, 0.3, 0.4, 0.0]
+    a = (rng.random((len(density), 40, 64)) < np.asarray(density)[:, None, None])
+    a[:, 0] = True
+    a = a.astype(np.float64)
+    monkeypatch.setattr(kernels, "INTEGER_SPARSE_BELOW", integer_share)
+    calls, matmul = [], intgemm.matmul
+    monkeypatch.setattr(intgemm, "matmul", lambda x, *r: (calls.append(len(x)), matmul(x, *r))[1])
+    onehot = kernels.level_indicators(cells, levels)
+    got = kernels.counted_product(a, cells, levels, onehot)
+    want = (a.reshape(-1, 64) @ cells).astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert calls == ([5 * 40] if kernels._kernel is None else
+                     {0.0: [5 * 40], 0.25: [40, 2 * 40], 1.0: []}[integer_share])
+    assert kernels.level_indicators(np.where(cells == levels[2], 0.5, cells), levels) is None
 
 
 def test_integer_gemm_is_exact_at_its_contracts_limits():
@@ -367,6 +399,7 @@ def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
     corner = with_overrides(dataclasses.replace(Chip(), arch=dataclasses.replace(
         Chip().arch, cell_bits=4, dac_bits=8)), ["device.g_min_us=0.0001"])
     calls = []
+    monkeypatch.setattr(analog, "INTEGER_PRODUCTS", False)  # (the float products' gate)
     monkeypatch.setattr(analog, "exact_product",
                         lambda a, b, n: (calls.append(1), a.reshape(-1, a.shape[2]) @ b)[1])
     for chip, sparse in ((Chip(), True), (corner, False)):
@@ -392,9 +425,11 @@ def test_reads_pass_their_planes_true_nonzero_count(dac_bits, monkeypatch):
     x = np.abs(rng.standard_normal((1, 7, 40))).astype(np.float32)
     x[x < 1.0] = 0
     seen = []
+    check = lambda a, n: seen.append(np.array_equal(n, np.count_nonzero(a, axis=(1, 2))))  # noqa: E731
     monkeypatch.setattr(analog, "exact_product",
-                        lambda a, b, n: (seen.append(np.array_equal(
-                            n, np.count_nonzero(a, axis=(1, 2)))), a.reshape(-1, 40) @ b)[1])
+                        lambda a, b, n: (check(a, n), a.reshape(-1, 40) @ b)[1])
+    monkeypatch.setattr(analog, "counted_product",
+                        lambda a, b, levels, onehot, n: (check(a, n), a.reshape(-1, 40) @ b)[1])
     stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
     progs = [device.program(rng.standard_normal((40, 3)).astype(np.float32), chip, None,
                             stuck, 3.0) for _ in range(2)]
