@@ -180,7 +180,7 @@ class _TileGroup:
         self.units = self.wide = self.onehot = None
         if exact and digit == 1 and INTEGER_PRODUCTS:
             self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
-        elif self.exact and digit == 1 and INTEGER_PRODUCTS:
+        elif self.exact and digit <= 255 and INTEGER_PRODUCTS:
             # quantized cells: Gmin plus a digit, rounded to float32 as programming does
             self.levels = np.float32(gmin_levels(chip) + np.arange(
                 2 ** chip.arch.cell_bits)).astype(np.float64)

@@ -599,11 +599,12 @@ def level_indicators(cells: np.ndarray, levels: np.ndarray) -> np.ndarray | None
 
 def counted_product(a: np.ndarray, cells: np.ndarray, levels: np.ndarray,
                     onehot: np.ndarray, nonzeros: np.ndarray | None = None) -> np.ndarray:
-    """a [S, M, K] (zeros and ones) @ cells [K, N] (float64, each non-zero cell one of
+    """a [S, M, K] (DAC digits, 0..255) @ cells [K, N] (float64, each non-zero cell one of
     ``levels`` [L], float64) -> float32 [S x M, N]: the exact sums rounded to float32, for
     cells whose sums are exact in float64 (``analog.float64_exact``: quantized mode's
-    Gmin-plus-digit cells). Dense planes count each level's selected cells in one integer
-    GEMM against ``onehot`` (``level_indicators``) and sum counts x levels in float64;
+    Gmin-plus-digit cells). Dense planes count each level's selected cells, weighted by the
+    digits, in one integer GEMM against ``onehot`` (``level_indicators``; pairs of uint8
+    digits times 0 or 1 stay far inside int16) and sum counts x levels in float64;
     sparse ones (numba) sum the selected rows of cells. Exact sums in any order: the bits of
     ``exact_product`` rounded to float32, which is what a read does with them."""
     planes, rows, inner = a.shape

@@ -260,6 +260,26 @@ def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
     assert all(np.array_equal(outputs[0], other) for other in outputs[1:])
 
 
+def test_quantized_one_pass_corner_counts_its_digits(monkeypatch):
+    """Quantized mode on the one-pass corner (8-bit DAC digits, the ADC after analog
+    shift-add): integer counts of its levels give the float64 products' outputs."""
+    import dataclasses
+
+    from isa.chip import Chip
+    from runtime import analog
+    x = np.load(f"{MODELS}/digits_test_x.npy")[:6]
+    one_pass = dataclasses.replace(Chip().arch, dac_bits=8, adc_per_step=0)
+    program = compile_model(model_path("digits_cnn"), chip=one_pass)
+    gemms, matmul = [], intgemm.matmul
+    monkeypatch.setattr(intgemm, "matmul", lambda *a: (gemms.append(1), matmul(*a))[1])
+    monkeypatch.setattr(kernels, "INTEGER_SPARSE_BELOW", 0.0)
+    outputs = []
+    for integer in (False, True):
+        monkeypatch.setattr(analog, "INTEGER_PRODUCTS", integer)
+        outputs.append(run(program, x, mode="quantized", timing=False).outputs["logits"])
+    assert gemms and np.array_equal(*outputs)
+
+
 def _grid_case(rng, density, planes=4, rows=40, inner=64, cols=50, top=2 ** 14):
     """Binary planes at the given densities and cells on the 2**-12 grid below ``top``
     grid units: the planes, the cells as float32 and as integer units."""
@@ -300,12 +320,14 @@ def test_integer_products_give_the_float32_products_bits(integer_share, monkeypa
         assert calls == want  # planes 0, 2-3 dense at 0.25: two runs
 
 
+@pytest.mark.parametrize("digit", [1, 255])
 @pytest.mark.parametrize("integer_share", [0.0, 0.25, 1.0, "numpy"])
-def test_counted_products_give_the_float64_products_bits(integer_share, monkeypatch):
+def test_counted_products_give_the_float64_products_bits(integer_share, digit, monkeypatch):
     """``counted_product`` (quantized cells: float32 of Gmin plus a digit, zero padding)
-    against the float64 product rounded to float32, with dense planes counting levels
-    through onnxruntime's GEMM, sparse ones summing rows, or both; without numba every plane
-    through the GEMM; and ``level_indicators`` refusing a cell that is no level."""
+    against the float64 product rounded to float32, for a 1-bit DAC's planes and 8-bit
+    digits, with dense planes counting levels through onnxruntime's GEMM, sparse ones
+    summing rows, or both; without numba every plane through the GEMM; and
+    ``level_indicators`` refusing a cell that is no level."""
     if integer_share == "numpy":
         monkeypatch.setattr(kernels, "_kernel", None)
         integer_share = 0.25
@@ -318,6 +340,8 @@ def test_counted_products_give_the_float64_products_bits(integer_share, monkeypa
     density = [0.5, 0.02, 0.3, 0.4, 0.0]
     a = (rng.random((len(density), 40, 64)) < np.asarray(density)[:, None, None])
     a[:, 0] = True
+    a = a * rng.integers(1, digit + 1, a.shape)
+    a[1, 1] = digit  # the largest digit
     a = a.astype(np.float64)
     monkeypatch.setattr(kernels, "INTEGER_SPARSE_BELOW", integer_share)
     calls, matmul = [], intgemm.matmul
