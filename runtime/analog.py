@@ -214,10 +214,14 @@ class _TileGroup:
             current = planes.reshape(-1, rows) @ self.g
         current = current.reshape(steps, vectors, k, signs, slices, cols).transpose(
             0, 2, 1, 3, 4, 5)
-        acc = out[self.idx, n0:n0 + vectors]
-        read_pass(current, np.repeat(active[:, None], k, axis=1), **self.constants,
-                  sign=sign, noise=noise, out=acc, unit=unit)
-        out[self.idx, n0:n0 + vectors] = acc
+        # tiles side by side are a slice of out: read_pass adds into its view, not a copy
+        first = int(self.idx[0])
+        tiles = slice(first, first + k) if self.idx[-1] - first == k - 1 else self.idx
+        acc = out[tiles, n0:n0 + vectors]
+        read_pass(current, np.broadcast_to(active[:, None], (steps, k, vectors)),
+                  **self.constants, sign=sign, noise=noise, out=acc, unit=unit)
+        if not isinstance(tiles, slice):
+            out[tiles, n0:n0 + vectors] = acc
 
 
 def float32_exact(progs: list[Programmed], digit: int) -> bool:
