@@ -53,6 +53,14 @@ BYTES_PER_CHUNK = 256 * 2 ** 20
 READ_BYTES = 4 * 3  # per input bit, vector and physical column of a crossbar read
 
 
+# With fewer samples than threads (one image), a layer's tiles are shared out in this many
+# chunks a thread: the pool hands them out as threads free up, which evens out chunks of
+# unequal work. ResNet-50, one analog image on two threads, programming included: 3.6-3.8 s
+# with one chunk a thread, 3.3-3.6 with two, 3.7-4.0 with three or four (more, smaller
+# reads).
+CHUNKS_PER_THREAD = 2
+
+
 def read_bytes(arch, vectors: int) -> int:
     """The working set of one tile's batched read by ``vectors`` vectors (``tiles_mvm``'s
     planes, currents and noise)."""
@@ -74,7 +82,7 @@ def _device_group(m, group: list[Instr]) -> None:
     x_range = np.broadcast_to(x_range, (b, v, 1)).reshape(-1, 1)
     step = max(1, BYTES_PER_CHUNK // max(read_bytes(m.chip.arch, b * v), 1))
     if b < m.threads:  # too few samples to share out (one image): share the tiles out
-        step = min(step, -(-len(group) // m.threads))
+        step = min(step, -(-len(group) // (m.threads * CHUNKS_PER_THREAD)))
     chunks = [group[i:i + step] for i in range(0, len(group), step)]
     parts = even_runs(b, max(1, m.threads // len(chunks)))
     units = [(k, s0, s1) for k in range(len(chunks)) for s0, s1 in parts]
