@@ -147,9 +147,9 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
                                                             ranges[u, n0:n1], a.dac_bits)
                 typed = {planes.dtype: planes}  # in each group's product type, cast once
                 for group in groups:
-                    if group.g.dtype not in typed:
-                        typed[group.g.dtype] = planes.astype(group.g.dtype)
-                    group.read(typed[group.g.dtype], active, nonzeros, out, n0, sign,
+                    if group.plane_type not in typed:
+                        typed[group.plane_type] = planes.astype(group.plane_type)
+                    group.read(typed[group.plane_type], active, nonzeros, out, n0, sign,
                                _block(draws[index], group.idx, n0, n1))
     levels = 2 ** a.input_bits - 1
     return (out * (ranges[inputs] / levels) * scale[:, None, :]).astype(np.float32)
@@ -185,6 +185,9 @@ class _TileGroup:
             self.levels = np.float32(gmin_levels(chip) + np.arange(
                 2 ** chip.arch.cell_bits)).astype(np.float64)
             self.onehot = level_indicators(self.g, self.levels)
+        # the planes' type: the float product's, the integer ones' exact float32 digits
+        integer = self.wide is not None or self.onehot is not None
+        self.plane_type = np.dtype(np.float32) if integer else self.g.dtype
         self.constants = dict(_adc_constants(full[idx], chip), gain=gain[idx],
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
@@ -192,7 +195,7 @@ class _TileGroup:
     def read(self, planes: np.ndarray, active: np.ndarray, nonzeros: np.ndarray,
              out: np.ndarray, n0: int, sign: float, noise) -> None:
         """Add these tiles' read of vectors n0.. (``planes`` [steps, vectors, crossbar rows]
-        in ``g``'s type; ``nonzeros`` [steps]: each plane's non-zero entries; ``active``
+        in ``plane_type``; ``nonzeros`` [steps]: each plane's non-zero entries; ``active``
         [steps, vectors]: the input levels applied) by one input sign into ``out``
         [T, N, C]; ``noise``: the block's (``_block``)."""
         signs, slices, _, cols = self.shape
