@@ -24,6 +24,7 @@ import numpy as np
 
 from isa.chip import Chip
 
+from . import kernels
 from .device import GRID_BITS, Programmed, gmin_levels
 from .kernels import (
     Streams,
@@ -155,9 +156,12 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
     return (out * (ranges[inputs] / levels) * scale[:, None, :]).astype(np.float32)
 
 
-# Groups whose cells are integers in grid units (analog mode) and whose inputs are binary
-# planes (a 1-bit DAC) read through exact integer products (``kernels.integer_product``)
-# instead of float32 ones: the same sums, faster. A switch for tests and benchmarks.
+# Exact integer products (onnxruntime's uint8 x int8 GEMM) instead of float ones, the same
+# sums, faster: for cells that are integers in grid units (analog mode) read by binary
+# planes (a 1-bit DAC), ``kernels.integer_product``; for cells that are a few levels
+# (quantized mode's Gmin plus a digit), ``kernels.counted_product``. Only with numba: their
+# numpy twins (and no sparse planes) cost more than BLAS (the digits CNN's quantized run
+# 0.9 -> 2.8 ms an image). A switch for tests and benchmarks.
 INTEGER_PRODUCTS = True
 
 
@@ -176,11 +180,11 @@ class _TileGroup:
         self.g = g if exact else g.astype(np.float64)
         # sums exact in g's type: any order gives the same bits, so any product may sum them
         self.exact = exact or float64_exact(chosen, digit, chip)
-        # cells on the grid, read by binary planes: integer products give the same sums
         self.units = self.wide = self.onehot = None
-        if exact and digit == 1 and INTEGER_PRODUCTS:
+        integer = INTEGER_PRODUCTS and kernels.compiled()
+        if exact and digit == 1 and integer:
             self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
-        elif self.exact and digit <= 255 and INTEGER_PRODUCTS:
+        elif self.exact and digit <= 255 and integer:
             # quantized cells: Gmin plus a digit, rounded to float32 as programming does
             self.levels = np.float32(gmin_levels(chip) + np.arange(
                 2 ** chip.arch.cell_bits)).astype(np.float64)

@@ -477,6 +477,11 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _split_digits, _split_units = _jit(_split_digits), _jit(_split_units)
     _indicators, _combine = _jit(_indicators), _jit(_combine)
 
+def compiled() -> bool:
+    """Whether the compiled kernels run (numba installed and ``CIMSTACK_NUMBA`` not 0)."""
+    return _kernel is not None
+
+
 # Below this share of non-zero entries in an input plane (bit planes of activations: ReLU
 # zeros, empty high bits) the compiled sparse product replaces a one-thread BLAS product. A
 # speed choice only (both give the same bits), set from whole analog runs on this machine,
