@@ -260,6 +260,7 @@ def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
     assert all(np.array_equal(outputs[0], other) for other in outputs[1:])
 
 
+@needs_numba
 def test_quantized_one_pass_corner_counts_its_digits(monkeypatch):
     """Quantized mode on the one-pass corner (8-bit DAC digits, the ADC after analog
     shift-add): integer counts of its levels give the float64 products' outputs."""
