@@ -12,8 +12,10 @@ at every step, times 1 + N(0, read_sigma).
 The currents are one product per group of tiles, [input steps x vectors, rows] @ [rows, tiles
 x signs x slices x cols], in blocks of rows, whose sums are exact: in float32 when the cells
 are on the device's grid (analog mode, ``float32_exact``), else in float64 (quantized
-mode's cells are digits plus Gmin, off the grid); ``kernels.read_pass`` does everything
-after it.
+mode's cells are digits plus Gmin, off the grid). With numba, exact integer products
+replace them where they give the same sums (``INTEGER_PRODUCTS``): grid units for analog
+cells read by a 1-bit DAC, counts of each level for quantized cells. ``kernels.read_pass``
+does everything after the product.
 """
 
 from __future__ import annotations
@@ -184,8 +186,10 @@ class _TileGroup:
         integer = INTEGER_PRODUCTS and kernels.compiled()
         if exact and digit == 1 and integer:
             self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
-        elif self.exact and digit <= 255 and integer:
-            # quantized cells: Gmin plus a digit, rounded to float32 as programming does
+        elif self.exact and digit <= 255 and integer and chip.arch.cell_bits <= 2:
+            # quantized cells: Gmin plus a digit, rounded to float32 as programming does. At
+            # most 4 levels: their int32 counts (4 bytes a level and physical column) take at
+            # most twice a block's budget of 8 bytes; more levels keep the float product
             self.levels = np.float32(gmin_levels(chip) + np.arange(
                 2 ** chip.arch.cell_bits)).astype(np.float64)
             self.onehot = level_indicators(self.g, self.levels)
@@ -223,7 +227,8 @@ class _TileGroup:
             0, 2, 1, 3, 4, 5)
         # tiles side by side are a slice of out: read_pass adds into its view, not a copy
         first = int(self.idx[0])
-        tiles = slice(first, first + k) if self.idx[-1] - first == k - 1 else self.idx
+        side_by_side = np.array_equal(self.idx, np.arange(first, first + k))
+        tiles = slice(first, first + k) if side_by_side else self.idx
         acc = out[tiles, n0:n0 + vectors]
         read_pass(current, np.broadcast_to(active[:, None], (steps, k, vectors)),
                   **self.constants, sign=sign, noise=noise, out=acc, unit=unit)

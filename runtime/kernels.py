@@ -72,7 +72,7 @@ def _normal(h):
 # A step's row of currents (all signs, slices and columns, flat), in units of unit32, each
 # times 1 + sigma x its draw (as ``_noisy``): one small function per noise source, chosen in
 # ``_loops``. (One function branching over the sources, even inlined, left its loops
-# unvectorised: 0.57 -> 0.40 ns a column read without noise, 1.20 -> 1.04 with it.)
+# unvectorised: 0.57 -> 0.43 ns a column read without noise, 1.20 -> 1.07 with it.)
 
 def _plain_row(current, unit32, b, t, n, row):
     """No read noise."""
@@ -430,7 +430,9 @@ def _indicators(cells, levels, onehot):
                 seen[n] |= hit
         for n in range(cols):
             bad |= not seen[n]
-    return not bad
+        if bad:
+            return False  # (analog cells fail at once: their noise puts them off the levels)
+    return True
 
 
 def _combine(counts, levels, out):
@@ -526,6 +528,10 @@ def exact_product(a: np.ndarray, b: np.ndarray,
 INTEGER_SPARSE_BELOW = 0.08
 
 
+# The integer products' numpy branches below are their twins for tests: runs without numba
+# keep the float products (``analog.INTEGER_PRODUCTS``), which BLAS runs faster there.
+
+
 def wide_cells(cells: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray] | None:
     """For ``integer_product``: cells [K, N] in grid units (cells x ``scale``) as int32, and
     those units split as int8 [units mod 128; units // 128] [2K, N]; None where some cell is
@@ -566,7 +572,8 @@ def _runs(dense: np.ndarray):
 
 def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray,
                     nonzeros: np.ndarray | None = None) -> np.ndarray:
-    """a [S, M, K] (zeros and ones) @ units [K, N] (int32, each cell an integer in
+    """a [S, M, K] (zeros and ones only: a 1-bit DAC's planes; a digit of 2 would wrap in
+    the doubled uint8 planes) @ units [K, N] (int32, each cell an integer in
     [0, 2**WIDE_BITS)) -> int32 [S x M, N], exact. ``wide``: units split (``wide_cells``);
     ``nonzeros`` as for ``exact_product``. Dense planes run through onnxruntime's integer
     GEMM as [p | 128 p] @ wide, each run of consecutive ones in one product; sparse planes
@@ -675,6 +682,8 @@ def read_pass(current, active, full, lsb, slice_w, step_w, levels, per_step, gai
       current, or ``Streams``;
     - implementation: "numba" or "numpy" (default: numba when available).
     """
+    if math.frexp(unit)[0] != 0.5:
+        raise ValueError(f"unit {unit} is not a power of 2: scaling by it would round")
     mode, keys, vectors, row0, draws = NONE, np.zeros((1, 1), np.uint64), 1, 0, \
         np.zeros((1,) * 6, np.float32)
     widths = np.full(current.shape[1], current.shape[5], np.int64)

@@ -248,6 +248,11 @@ def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
     program = compile_model(model_path("digits_cnn"))
     outputs, gemms, matmul = [], [], intgemm.matmul
     monkeypatch.setattr(intgemm, "matmul", lambda *a: (gemms.append(1), matmul(*a))[1])
+    integer_reads = []
+    for name in ("integer_product", "counted_product"):
+        product = getattr(analog, name)
+        monkeypatch.setattr(analog, name, lambda *a, p=product: (integer_reads.append(1),
+                                                                   p(*a))[1])
     choices = [(False, 1.0, 0.0), (False, 0.0, 0.0)]  # float32 or float64: sparse, BLAS
     choices += [(True, 0.0, 1.0), (True, 0.0, 0.0)]  # integer: sparse, onnxruntime's GEMM
     for integer, share, integer_share in choices:
@@ -255,8 +260,10 @@ def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
         monkeypatch.setattr(kernels, "SPARSE_BELOW", share)
         monkeypatch.setattr(kernels, "INTEGER_SPARSE_BELOW", integer_share)
         gemms.clear()
+        integer_reads.clear()
         outputs.append(run(program, x, mode=mode, timing=False).outputs["logits"])
         assert bool(gemms) == (integer and integer_share == 0.0)
+        assert bool(integer_reads) == integer
     assert all(np.array_equal(outputs[0], other) for other in outputs[1:])
 
 
@@ -358,8 +365,9 @@ def test_counted_products_give_the_float64_products_bits(integer_share, digit, m
 
 def test_integer_gemm_is_exact_at_its_contracts_limits():
     """uint8 128 and 1 against int8 127 (adjacent pairs at 32512, just below int16's limit
-    where MLAS's AVX2 kernels saturate), every entry at its largest: onnxruntime's result
-    equals int64 arithmetic; other types are refused."""
+    where MLAS's kernels without VNNI saturate), every entry at its largest: onnxruntime's
+    result equals int64 arithmetic; other types are refused. (On a CPU with VNNI this checks
+    the VNNI kernels; the others' exactness rests on the pair bound.)"""
     rng = np.random.default_rng(1)
     a = rng.choice(np.array([0, 1, 128], np.uint8), (33, 300))
     a[0] = 128
@@ -391,22 +399,33 @@ def test_wide_cells_split_only_integers_in_range(implementation, monkeypatch):
 
 
 @pytest.mark.parametrize("implementation", ["numba", "numpy"])
-def test_reads_of_integer_currents_in_grid_units(implementation):
+@pytest.mark.parametrize("per_step", [1, 0])
+@pytest.mark.parametrize("noise", ["none", "streams", "padded", "draws"])
+def test_reads_of_integer_currents_in_grid_units(implementation, per_step, noise):
     """read_pass on int32 currents with ``unit`` 2**-12 gives the bits of the same currents
-    as float32 level units (noise and ADC included)."""
+    as float32 level units, for every noise source and both ADC placements; a unit that is
+    no power of 2 is refused."""
     if implementation == "numba" and kernels._kernel is None:
         pytest.skip("numba is not installed (or CIMSTACK_NUMBA=0)")
-    rng = np.random.default_rng(9)
-    case, vectors = _case(rng, 1, 2)
+    rng = np.random.default_rng([9, per_step, len(noise)])
+    case, vectors = _case(rng, per_step, 2)
     units = np.rint(case["current"].clip(0) * 4096).astype(np.int32)
     keys = rng.integers(0, 2 ** 63, (3, 10 // vectors), dtype=np.uint64)
+    widths = np.array([5, 3, 1]) if noise == "padded" else None
+    if widths is not None:
+        units *= (np.arange(5) < widths[:, None])[None, :, None, None, None, :]
+    draws = {"none": None, "streams": kernels.Streams(keys, vectors),
+             "padded": kernels.Streams(keys, vectors, 0, widths),
+             "draws": rng.standard_normal(units.shape).astype(np.float32)}[noise]
     outs = []
     for current, unit in ((units, 2.0 ** -12), ((units / 4096).astype(np.float32), 1.0)):
         out = np.zeros((3, 10, 5))
-        kernels.read_pass(**{**case, "current": current}, unit=unit, out=out,
-                          noise=kernels.Streams(keys, vectors), implementation=implementation)
+        kernels.read_pass(**{**case, "current": current}, unit=unit, out=out, noise=draws,
+                          implementation=implementation)
         outs.append(out)
     assert np.array_equal(*outs) and outs[0].any()
+    with pytest.raises(ValueError, match="power of 2"):
+        kernels.read_pass(**{**case, "current": units}, unit=0.3, out=outs[0], noise=draws)
 
 
 def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
@@ -424,17 +443,21 @@ def test_reads_take_the_sparse_product_only_where_sums_are_exact(monkeypatch):
     corner = with_overrides(dataclasses.replace(Chip(), arch=dataclasses.replace(
         Chip().arch, cell_bits=4, dac_bits=8)), ["device.g_min_us=0.0001"])
     calls = []
-    monkeypatch.setattr(analog, "INTEGER_PRODUCTS", False)  # (the float products' gate)
     monkeypatch.setattr(analog, "exact_product",
                         lambda a, b, n: (calls.append(1), a.reshape(-1, a.shape[2]) @ b)[1])
-    for chip, sparse in ((Chip(), True), (corner, False)):
-        stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
-        prog = device.program(rng.standard_normal((40, 3)).astype(np.float32), chip, None,
-                              stuck, 3.0)
-        assert analog.float64_exact([prog], 2 ** chip.arch.dac_bits - 1, chip) == sparse
-        calls.clear()
-        analog.tiles_mvm(x, np.ones((5, 1), np.float32), [prog], chip, None)
-        assert bool(calls) == sparse
+    monkeypatch.setattr(analog, "counted_product",
+                        lambda a, b, *r: (calls.append(2), a.reshape(-1, a.shape[2]) @ b)[1])
+    for integer in (False, True):  # the float products' gate, then the integer ones'
+        monkeypatch.setattr(analog, "INTEGER_PRODUCTS", integer)
+        for chip, sparse in ((Chip(), True), (corner, False)):
+            stuck = np.full((2, chip.arch.slices, 40, 3), -1, np.int8)
+            prog = device.program(rng.standard_normal((40, 3)).astype(np.float32), chip,
+                                  None, stuck, 3.0)
+            assert analog.float64_exact([prog], 2 ** chip.arch.dac_bits - 1, chip) == sparse
+            calls.clear()
+            analog.tiles_mvm(x, np.ones((5, 1), np.float32), [prog], chip, None)
+            counted = integer and kernels.compiled()
+            assert set(calls) == ({2 if counted else 1} if sparse else set())
 
 
 @pytest.mark.parametrize("dac_bits", [1, 2])
