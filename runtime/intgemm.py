@@ -2,11 +2,12 @@
 -> int32 [M, N], written into the caller's array.
 
 MLAS, onnxruntime's kernel library, runs them on AVX-512 VNNI where the CPU has it: on the
-project's 2-core AMD EPYC (Zen 5) about 1.9x the float32 GEMM of OpenBLAS's AVX-512 kernels
-and 3.5x its AVX2 ones, one thread each, for the same exact sums
-(``python -m tools.bench_sparse_product --products``). One session, built on first use,
-with one intra-op thread: cimrun's worker threads call it concurrently (onnxruntime allows
-concurrent runs of one session and releases the GIL while it runs).
+project's 2-core AMD EPYC (Zen 5), on a read's block, 1.6-1.8x the float32 GEMM of
+OpenBLAS's AVX-512 kernels and about 3x its AVX2 ones, one thread each, for the same exact
+sums (``python -m tools.bench_sparse_product``). One session, built on first use, with one
+intra-op thread: cimrun's worker threads call it concurrently (onnxruntime allows
+concurrent runs of one session and releases the GIL while it runs: two threads each ran
+their products within 10 % of one thread's time).
 
 Exact on every CPU MLAS supports, for callers that keep each adjacent pair of products
 a[m, k] b[k, n] + a[m, k + 1] b[k + 1, n] within int16 (|x| <= 32767): without VNNI, MLAS's
