@@ -122,8 +122,12 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
         raise ValueError("per-tile DAC ranges need one input per tile")
     ranges = x_range if x_range.ndim == 3 else np.broadcast_to(x_range[None],
                                                                 (len(x),) + x_range.shape)
-    parts = [(np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)]
-    present = [part.any() for part, _ in parts]
+    # each sign's magnitudes; inputs that are never negative (after a ReLU) read as they are
+    # (a NaN's min is NaN: split as before)
+    negative = bool(x.size) and not x.min() >= 0
+    parts = [(np.maximum(x, 0) if negative else x, 1.0),
+             (np.maximum(-x, 0) if negative else None, -1.0)]
+    present = [part is not None and part.any() for part, _ in parts]
     widths = np.array([p.cells.shape[3] for p in progs], np.int64)  # each tile's own
     draws = [_draws(noise, index, (a.input_steps, tiles) + x.shape[1:2] + cells.shape[1:3]
                     + (cols,), widths) if present[index] and d.read_sigma else None
@@ -141,9 +145,9 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
         for n0 in range(0, x.shape[1], n_step):
             n1 = min(n0 + n_step, x.shape[1])
             for index, (part, sign) in enumerate(parts):
-                block = part[u, n0:n1]
-                if not present[index] or not block.any():
+                if not present[index] or not part[u, n0:n1].any():
                     continue  # no input, no current: nothing to add
+                block = part[u, n0:n1]
                 # the planes, their input levels per step and their non-zero entries, counted
                 # once for every group's product
                 planes, active, nonzeros = _quantize_inputs(block, a.input_bits,
