@@ -145,9 +145,11 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
         for n0 in range(0, x.shape[1], n_step):
             n1 = min(n0 + n_step, x.shape[1])
             for index, (part, sign) in enumerate(parts):
-                if not present[index] or not part[u, n0:n1].any():
-                    continue  # no input, no current: nothing to add
+                if not present[index]:
+                    continue
                 block = part[u, n0:n1]
+                if not block.any():
+                    continue  # no input, no current: nothing to add
                 # the planes, their input levels per step and their non-zero entries, counted
                 # once for every group's product
                 planes, active, nonzeros = _quantize_inputs(block, a.input_bits,
@@ -186,11 +188,11 @@ class _TileGroup:
         self.g = g if exact else g.astype(np.float64)
         # sums exact in g's type: any order gives the same bits, so any product may sum them
         self.exact = exact or float64_exact(chosen, digit, chip)
-        self.units = self.wide = self.onehot = None
-        integer = INTEGER_PRODUCTS and kernels.compiled()
-        if exact and digit == 1 and integer:
+        self.units = self.wide = self.levels = self.onehot = None
+        allowed = INTEGER_PRODUCTS and kernels.compiled()
+        if exact and digit == 1 and allowed:
             self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
-        elif self.exact and digit <= 255 and integer and chip.arch.cell_bits <= 2:
+        elif self.exact and digit <= 255 and allowed and chip.arch.cell_bits <= 2:
             # quantized cells: Gmin plus a digit, rounded to float32 as programming does. At
             # most 4 levels: their int32 counts (4 bytes a level and physical column) take at
             # most twice a block's budget of 8 bytes; more levels keep the float product
@@ -200,6 +202,10 @@ class _TileGroup:
         # the planes' type: the float product's, the integer ones' exact float32 digits
         integer = self.wide is not None or self.onehot is not None
         self.plane_type = np.dtype(np.float32) if integer else self.g.dtype
+        # where the tiles sit side by side, their outputs are a slice: reads add into a view
+        first = int(idx[0])
+        self.tiles = slice(first, first + len(idx)) if np.array_equal(
+            idx, np.arange(first, first + len(idx))) else idx
         self.constants = dict(_adc_constants(full[idx], chip), gain=gain[idx],
                               offsets=np.array([progs[t].offset for t in idx], np.float64),
                               g0=gmin_levels(chip), sigma=chip.device.read_sigma)
@@ -229,15 +235,11 @@ class _TileGroup:
             current = planes.reshape(-1, rows) @ self.g
         current = current.reshape(steps, vectors, k, signs, slices, cols).transpose(
             0, 2, 1, 3, 4, 5)
-        # tiles side by side are a slice of out: read_pass adds into its view, not a copy
-        first = int(self.idx[0])
-        side_by_side = np.array_equal(self.idx, np.arange(first, first + k))
-        tiles = slice(first, first + k) if side_by_side else self.idx
-        acc = out[tiles, n0:n0 + vectors]
+        acc = out[self.tiles, n0:n0 + vectors]  # a view where self.tiles is a slice
         read_pass(current, np.broadcast_to(active[:, None], (steps, k, vectors)),
                   **self.constants, sign=sign, noise=noise, out=acc, unit=unit)
-        if not isinstance(tiles, slice):
-            out[tiles, n0:n0 + vectors] = acc
+        if not isinstance(self.tiles, slice):
+            out[self.tiles, n0:n0 + vectors] = acc
 
 
 def float32_exact(progs: list[Programmed], digit: int) -> bool:

@@ -156,7 +156,8 @@ def _loops(current, unit, active, full, lsb, gain, offsets, slice_w, step_w, g0,
             key = keys[t, (row0 + n) // vectors] if mode == STREAMS else np.uint64(0)
             state0 = np.uint64(((row0 + n) % vectors) * own_width)
             total[:] = 0.0
-            summed[:] = 0.0
+            if not per_step:
+                summed[:] = 0.0
             act64 = 0.0
             for b in range(steps):
                 if active[b, t, n] == 0:
