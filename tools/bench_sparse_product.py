@@ -12,13 +12,13 @@ DAC) picks its integer sum of rows over onnxruntime's uint8 x int8 GEMM below
 ``INTEGER_SPARSE_BELOW``. This prints each product's best-of-``repeats`` time on one
 thread (as each of cimrun's threads runs them) for random planes of one block of a read
 (``analog.BLOCK_BYTES``: 8 input steps x 256 vectors x 128 rows) against one tile's and
-five tiles' cells,
-at densities around the thresholds; then the time a real model's analog reads spend in the
-product (one thread and BLAS on one thread, the first ``--images`` test images, or random
-ones), by threshold, for the integer products (the default) and the float ones, side by
-side in one run. Real planes are not random: their non-zero entries cluster by channel and
-position, which the second table captures. BLAS's speed depends on the kernels OpenBLAS
-runs (``OPENBLAS_CORETYPE``), the integer GEMM's on whether the CPU has AVX-512 VNNI.
+five tiles' cells, at densities around the thresholds; then the time a real model's analog
+reads spend in the product (one thread and BLAS on one thread, the first ``--images`` test
+images, or random ones), by threshold, for the integer products (the default) and the
+float ones, side by side in one run. Real planes are not random: their non-zero entries
+cluster by channel and position, which the second table captures. BLAS's speed depends on
+the kernels OpenBLAS runs (``OPENBLAS_CORETYPE``), the integer GEMM's on whether the CPU has
+AVX-512 VNNI.
 """
 
 from __future__ import annotations
