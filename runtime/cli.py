@@ -83,9 +83,10 @@ def build_parser() -> Parser:
                         "anything is allocated; default: what this machine has free). "
                         "Outputs do not depend on it")
     p.add_argument("--threads", type=_threads, default=None, metavar="N",
-                   help="threads for quantized and analog crossbar reads (default: one per "
-                        f"core, {os.cpu_count()} here; BLAS then runs on one). Outputs do "
-                        "not depend on it")
+                   help="threads for quantized and analog crossbar reads, and for ideal "
+                        "mode's samples (default: one per core, "
+                        f"{os.cpu_count()} here; BLAS then runs on one, except for ideal "
+                        "mode on one sample). Outputs do not depend on it")
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
                         "(default: PROGRAM.out.npy / .npz; not written in --mode timing)")

@@ -67,12 +67,12 @@ def _reads(noise, chunk: range, per: int, tiles: int):
 
 
 def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
-                noise=None) -> np.ndarray:
+                noise=None, budget: int = BYTES_PER_CHUNK) -> np.ndarray:
     """``wbmm`` in quantized (``noise`` None) and analog modes: every matrix of b programmed
     tile by tile and read by a's rows; float32 result [..., M, N]. ``noise(g, per, use)``:
     the generator of matrix g (``per`` matrices a sample) for its programming (use 0: the
     first draws key its tiles' noise streams) and the reads of its positive and negative
-    inputs (1, 2)."""
+    inputs (1, 2). ``budget``: bytes for the reads of matrices at once."""
     a, b, lead = _flat(a, b)
     g, m, k = a.shape
     n = b.shape[-1]
@@ -83,7 +83,7 @@ def written_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip,
         noise(i, per, 0).integers(2 ** 64, size=len(tiles), dtype=np.uint64) for i in range(g)]
     peaks = np.abs(b).max(axis=(1, 2), initial=0.0).tolist()  # per-matrix weight scaling
     free = np.full((2, chip.arch.slices, chip.arch.rows, chip.arch.weights_per_row), -1, np.int8)
-    step = max(1, BYTES_PER_CHUNK // max(len(tiles) * read_bytes(chip.arch, m), 1))
+    step = max(1, budget // max(len(tiles) * read_bytes(chip.arch, m), 1))
     out = np.zeros((g, m, n), np.float32)
     for g0 in range(0, g, step):
         chunk = range(g0, min(g0 + step, g))

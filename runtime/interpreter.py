@@ -8,7 +8,7 @@ compiled batch in one vectorised pass; otherwise the samples run in chunks of th
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import os
 import time
@@ -36,7 +36,7 @@ from .memory import (
     memory_problem,
     release_freed_memory,
 )
-from .mvm_groups import execute_group, plan
+from .mvm_groups import BYTES_PER_CHUNK, even_runs, execute_group, plan
 from .noise import SampleNoise
 from .report import timing_report
 from .semantics import SEMANTICS, write_group
@@ -87,14 +87,26 @@ class Machine:
         self.ranges = {b.name: b.range for b in program.buffers if b.range}
         self._blob_max: dict[str, float] = {}
         self.blobs = {b.name: b.data for b in program.blobs}
-        self.shapes = {}
-        for b in program.buffers:
-            shape = b.type.shape
-            self.shapes[b.name] = (shape[0] * scale,) + shape[1:] if shape else shape
+        self.shapes = _shapes(program, scale)
+        # the working set of one batched crossbar read (mvm_groups), shared by runs
+        # of samples that read at once (fork)
+        self.read_budget = BYTES_PER_CHUNK
         self.bufs: dict[str, np.ndarray] = {}
         self.xbars: dict[int, np.ndarray] = {}
         self.halted = False
         self.trimmed = False  # the heap's free pages given back once, after the load phase
+
+    def fork(self, scale: int, first: int, runs: int) -> Machine:
+        """A machine for ``scale`` compiled batches from sample ``first`` on, one of ``runs``
+        that run at once on their own threads after this one's load phase: it reads this
+        one's crossbars (which no later step writes) and has its own buffers, noise, a
+        share of the read budget, and no thread pool."""
+        part = copy.copy(self)
+        part.pool, part.threads = None, 1
+        part.noise = SampleNoise(self.seed, first) if self.mode == "analog" else None
+        part.shapes, part.bufs = _shapes(self.program, scale), {}
+        part.read_budget = self.read_budget // runs
+        return part
 
     def shape(self, ref: str) -> tuple[int, ...]:
         return self.shapes[ref[1:]]
@@ -246,6 +258,12 @@ class Machine:
         return tile
 
 
+def _shapes(program: Program, scale: int) -> dict[str, tuple[int, ...]]:
+    """Every buffer's shape with its leading axis times ``scale``."""
+    return {b.name: (b.type.shape[0] * scale,) + b.type.shape[1:] if b.type.shape
+            else b.type.shape for b in program.buffers}
+
+
 STACK = 64  # tiles programmed in one stack: amortises numpy's per-call cost, bounds memory
 
 
@@ -273,8 +291,22 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
     programmed (0 in ideal mode). ``bar``: a progress bar advanced once per step; ``pool``:
     threads for crossbar reads."""
     m = Machine(program, scale, mode, chip, seed, first, pool)
-    for port in program.inputs:
+    _feed(m, feeds)
+    _steps(m, steps, counts, bar)
+    return _outputs(m), m.failed_cells, m.cells_changed
+
+
+def _feed(m: Machine, feeds: dict[str, np.ndarray]) -> None:
+    for port in m.program.inputs:
         m.store("%" + port.buffer, feeds[port.name])
+
+
+def _outputs(m: Machine) -> dict[str, np.ndarray]:
+    return {p.name: m.bufs[p.buffer] for p in m.program.outputs}
+
+
+def _steps(m: Machine, steps: list, counts: Counter, bar) -> None:
+    """Run ``steps`` on ``m`` in order, counting their instructions into ``counts``."""
     for step in steps:
         instrs = step.instrs if isinstance(step, Fused) else \
             step if isinstance(step, list) else [step]
@@ -296,7 +328,61 @@ def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale:
             bar.update()
         if m.halted:
             break
-    return {p.name: m.bufs[p.buffer] for p in program.outputs}, m.failed_cells, m.cells_changed
+
+
+def _is_write(step) -> bool:
+    return isinstance(step, list) and step[0].op == "write"
+
+
+def _load_phase(steps: list) -> int | None:
+    """How many leading steps are crossbar writes and barriers (the load phase), when no
+    later step writes a crossbar; else None (the program reprograms during inference)."""
+    k = 0
+    while k < len(steps) and (_is_write(steps[k]) or getattr(steps[k], "op", "") == "barrier"):
+        k += 1
+    return None if any(_is_write(s) for s in steps[k:]) else k
+
+
+# Ideal mode splits a pass over threads only when each gets this many samples: BLAS runs a
+# few samples' large products (ResNet-50's) on all cores anyway, and each run assembles its
+# own matrices from the crossbars
+SPLIT_SAMPLES = 32
+
+
+def _pass(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
+          counts: Counter, mode: str, chip: Chip | None, seed: int, bar, first: int, pool,
+          threads: int):
+    """``_execute`` one pass of ``scale`` compiled batches, on ``pool``'s ``threads`` threads
+    (ours replacing BLAS's own: both at once would oversubscribe the cores). A program that
+    writes its crossbars only in its load phase loads them once, then runs even runs of the
+    samples, one a thread, each through the rest of the program (``Machine.fork``; ideal
+    mode: runs of ``SPLIT_SAMPLES`` samples at least). A sample's arithmetic and noise are
+    its own, so the split changes no result; ``counts`` and ``bar`` follow the first run,
+    as for one pass. Otherwise quantized and analog modes share each crossbar read out
+    (``mvm_groups``), and ideal mode runs as one pass, BLAS on all threads."""
+    b = program.batch
+    most = scale * b // SPLIT_SAMPLES if mode == "ideal" else scale
+    runs = even_runs(scale, max(1, min(threads, most)))
+    load = _load_phase(steps)
+    if pool is None or (mode == "ideal" and (len(runs) < 2 or load is None)):
+        return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar, first)
+    with threadpool_limits(1, "blas"):
+        if len(runs) < 2 or load is None:
+            return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar,
+                            first, pool)
+        m = Machine(program, scale, mode, chip, seed, first, pool)
+        _steps(m, steps[:load], counts, bar)  # programming: stacks on the pool's threads
+
+        def one(k: int) -> dict[str, np.ndarray]:
+            s0, s1 = runs[k]
+            part = m.fork(s1 - s0, first + s0 * b, len(runs))
+            _feed(part, {name: x[s0 * b:s1 * b] for name, x in feeds.items()})
+            _steps(part, steps[load:], counts if k == 0 else Counter(),
+                   bar if k == 0 else None)
+            return _outputs(part)
+        done = list(pool.map(one, range(len(runs))))
+    outputs = {name: _join([d[name] for d in done], name) for name in done[0]}
+    return outputs, m.failed_cells, m.cells_changed
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
@@ -405,8 +491,9 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     sample (``runtime.noise``): ``first_sample`` is the index of the first input sample in
     its dataset, so that a dataset split into runs gives the outputs of one run over all of
     it, and the outputs never depend on how the samples are split into passes.
-    ``threads``: quantized and analog crossbar reads on that many threads (None: one per
-    core); the outputs are the same for any number. Runs set this process's malloc to keep
+    ``threads``: that many threads (None: one per core) for quantized and analog crossbar
+    reads, and for ideal mode's samples (``_pass``); the outputs are the same for any
+    number. Runs set this process's malloc to keep
     a pass's worth of freed memory for reuse (``memory.keep_freed_memory``). Raises
     RunError."""
     if mode not in MODES:
@@ -429,13 +516,11 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     def take(i: int, n: int) -> dict:  # one pass's inputs (all of them: no batch to slice)
         return feeds if len(chunks) == 1 else {k: v[i * b:(i + n) * b] for k, v in feeds.items()}
     threads = (os.cpu_count() or 1) if threads is None else threads
-    pool = ThreadPoolExecutor(threads) if threads > 1 and mode != "ideal" else None
-    # our threads replace BLAS's own: both at once would oversubscribe the cores
-    limit = threadpool_limits(1, "blas") if pool is not None else contextlib.nullcontext()
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
-        with limit, _progress(len(chunks) * len(steps), f"cimrun {mode}", progress) as bar:
-            parts = [_execute(program, steps, take(i, n), n, counts, mode, chip, seed, bar,
-                              first_sample + i * b, pool) for i, n in chunks]
+        with _progress(len(chunks) * len(steps), f"cimrun {mode}", progress) as bar:
+            parts = [_pass(program, steps, take(i, n), n, counts, mode, chip, seed, bar,
+                           first_sample + i * b, pool, threads) for i, n in chunks]
     finally:
         if pool is not None:
             pool.shutdown()

@@ -80,7 +80,7 @@ def _device_group(m, group: list[Instr]) -> None:
     b, v = x.shape[:2]
     x_range = m.input_range(group[0].operands[1], src)
     x_range = np.broadcast_to(x_range, (b, v, 1)).reshape(-1, 1)
-    step = max(1, BYTES_PER_CHUNK // max(read_bytes(m.chip.arch, b * v), 1))
+    step = max(1, m.read_budget // max(read_bytes(m.chip.arch, b * v), 1))
     if b < m.threads:  # too few samples to share out (one image): share the tiles out
         step = min(step, -(-len(group) // (m.threads * CHUNKS_PER_THREAD)))
     chunks = [group[i:i + step] for i in range(0, len(group), step)]

@@ -97,7 +97,7 @@ def wbmm(m, ins):
         line = m.lines[id(ins)]  # g below: head g % per of sample g // per
         noise = None if m.noise is None else (lambda g, per, use: m.noise.generator(
             DYNAMIC, (line, g % per, use), g // per))
-        y = written_bmm(a, b, _bmm_range(m, ins), m.chip, noise)
+        y = written_bmm(a, b, _bmm_range(m, ins), m.chip, noise, m.read_budget)
     m.store(_dst(ins), y)
 
 

@@ -15,7 +15,7 @@ from conftest import MODELS, cli, fails, model_path
 
 from compiler import compile_model
 from isa.cells import LowWrite
-from runtime import run
+from runtime import interpreter, run
 from runtime.memory import estimate_bytes
 
 
@@ -60,6 +60,34 @@ def test_threads_do_not_change_outputs(cnn, mode, digits_test):
             assert got.stats["cells_changed"] == one.stats["cells_changed"]
             assert got.stats["endurance_failed_cells"] == one.stats["endurance_failed_cells"]
 
+
+
+@pytest.mark.parametrize("mode", ["ideal", "quantized", "analog"])
+def test_runs_of_samples_on_threads_change_nothing(cnn, digits_test, monkeypatch, mode):
+    """A program that writes its crossbars only in its load phase loads them once, then runs
+    even runs of the samples, one a thread, each through the rest of the program: the same
+    outputs and statistics as one thread, for two and three runs. A program that reprograms
+    its crossbars runs as one pass (its reads shared out), and so does ideal mode on fewer
+    than SPLIT_SAMPLES samples a run."""
+    runs = []
+    fork = interpreter.Machine.fork
+    monkeypatch.setattr(interpreter.Machine, "fork", lambda self, scale, *a:
+                        runs.append(scale) or fork(self, scale, *a))
+    x = digits_test[0][:100]
+    rotating = compile_model(model_path("digits_cnn"), max_xbars=4)
+    for program, split in ((cnn, [50, 50, 33, 34, 33]), (rotating, [])):
+        runs.clear()
+        one = run(program, x, mode=mode, seed=4, timing=False, threads=1)
+        for threads in (2, 3):
+            got = run(program, x, mode=mode, seed=4, timing=False, threads=threads)
+            assert np.array_equal(got.outputs["logits"], one.outputs["logits"]), threads
+            assert got.stats["opcode_counts"] == one.stats["opcode_counts"]
+            assert got.stats["cells_changed"] == one.stats["cells_changed"]
+        assert runs == split
+    runs.clear()
+    few = 2 * interpreter.SPLIT_SAMPLES - 1
+    run(cnn, x[:few], mode=mode, timing=False, threads=2)
+    assert runs == ([] if mode == "ideal" else [32, 31])
 
 def test_cimrun_threads_flag(tmp_path):
     program = str(tmp_path / "mlp.cim")
