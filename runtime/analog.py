@@ -14,8 +14,8 @@ x signs x slices x cols], in blocks of rows, whose sums are exact: in float32 wh
 are on the device's grid (analog mode, ``float32_exact``), else in float64 (quantized
 mode's cells are digits plus Gmin, off the grid). With numba, exact integer products
 replace them where they give the same sums (``INTEGER_PRODUCTS``): grid units for analog
-cells read by a 1-bit DAC, counts of each level for quantized cells. ``kernels.read_pass``
-does everything after the product.
+cells read by DAC digits up to 8 bits, counts of each level for quantized cells.
+``kernels.read_pass`` does everything after the product.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .kernels import (
     Streams,
     counted_product,
     exact_product,
+    halves,
     integer_product,
     level_indicators,
     read_pass,
@@ -165,8 +166,8 @@ def tiles_mvm(x: np.ndarray, x_range: np.ndarray, progs: list[Programmed], chip:
 
 
 # Exact integer products (onnxruntime's uint8 x int8 GEMM) instead of float ones, the same
-# sums, faster: for cells that are integers in grid units (analog mode) read by binary
-# planes (a 1-bit DAC), ``kernels.integer_product``; for cells that are a few levels
+# sums, faster: for cells that are integers in grid units (analog mode) read by DAC digits
+# up to 8 bits, ``kernels.integer_product``; for cells that are a few levels
 # (quantized mode's Gmin plus a digit), ``kernels.counted_product``. Only with numba: their
 # numpy twins (and no sparse planes) cost more than BLAS (the digits CNN's quantized run
 # 0.9 -> 2.8 ms an image). A switch for tests and benchmarks.
@@ -188,10 +189,15 @@ class _TileGroup:
         self.g = g if exact else g.astype(np.float64)
         # sums exact in g's type: any order gives the same bits, so any product may sum them
         self.exact = exact or float64_exact(chosen, digit, chip)
-        self.units = self.wide = self.levels = self.onehot = None
+        self.units = self.wide = self.twice = self.levels = self.onehot = None
         allowed = INTEGER_PRODUCTS and kernels.compiled()
-        if exact and digit == 1 and allowed:
+        # cells on the grid: binary planes, or digits whose sums float32 cannot hold (small
+        # digits keep its product: the integer one of digits must join two halves after)
+        if (allowed and digit <= 255 and int32_exact(chosen, digit)
+                and (digit == 1 or not exact)):
             self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
+            if self.wide is not None and digit > 1:  # multi-bit digits
+                self.twice, self.wide = halves(self.wide), None
         elif self.exact and digit <= 255 and allowed and chip.arch.cell_bits <= 2:
             # quantized cells: Gmin plus a digit, rounded to float32 as programming does. At
             # most 4 levels: their int32 counts (4 bytes a level and physical column) take at
@@ -200,7 +206,7 @@ class _TileGroup:
                 2 ** chip.arch.cell_bits)).astype(np.float64)
             self.onehot = level_indicators(self.g, self.levels)
         # the planes' type: the float product's, the integer ones' exact float32 digits
-        integer = self.wide is not None or self.onehot is not None
+        integer = self.units is not None or self.onehot is not None
         self.plane_type = np.dtype(np.float32) if integer else self.g.dtype
         # where the tiles sit side by side, their outputs are a slice: reads add into a view
         first = int(idx[0])
@@ -224,9 +230,9 @@ class _TileGroup:
         # which product sums them (``exact_product``, only then): outputs do not depend on
         # how a run is split
         unit = 1.0
-        if self.wide is not None:  # in grid units
-            current, unit = integer_product(planes, self.units, self.wide, nonzeros), \
-                2.0 ** -GRID_BITS
+        if self.units is not None:  # in grid units
+            current, unit = integer_product(planes, self.units, self.wide, nonzeros,
+                                            self.twice), 2.0 ** -GRID_BITS
         elif self.onehot is not None:
             current = counted_product(planes, self.g, self.levels, self.onehot, nonzeros)
         elif self.exact:
@@ -250,6 +256,13 @@ def float32_exact(progs: list[Programmed], digit: int) -> bool:
     float64 product's sums rounded to float32, the same bits at twice the speed."""
     bounds = [p.grid_bound for p in progs]
     return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** 24
+
+
+def int32_exact(progs: list[Programmed], digit: int) -> bool:
+    """Whether those sums, in grid units, fit int32 (``kernels.integer_product``'s
+    currents): cells on the grid, and no column sum reaching 2**31 of its units."""
+    bounds = [p.grid_bound for p in progs]
+    return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** 31
 
 
 def float64_exact(progs: list[Programmed], digit: int, chip: Chip) -> bool:

@@ -393,6 +393,27 @@ def _doubled(a, out):
             out[m, inner + k] = bit * 128
 
 
+def _digit_parts(a, top, out):
+    """out [S x M, K] uint8 = digits a [S, M, K] (0..255, exact floats) mod 128; with
+    ``top``, out [S x M, 2K] = [d mod 128 | 128 (d div 128)]."""
+    planes, rows, inner = a.shape
+    flat = a.reshape(planes * rows, inner)
+    for m in range(planes * rows):
+        for k in range(inner):
+            out[m, k] = np.int32(flat[m, k]) & 127
+        if top:
+            for k in range(inner):
+                out[m, inner + k] = (np.int32(flat[m, k]) >> 7) << 7
+
+
+def _join_halves(y, out):
+    """out [M, N] = y[:, :N] + 128 y[:, N:] (int32: the caller bounds the sums)."""
+    rows, cols = out.shape
+    for m in range(rows):
+        for n in range(cols):
+            out[m, n] = y[m, n] + (y[m, cols + n] << 7)
+
+
 # Cells held as integers (grid units) below 2**WIDE_BITS split into two 7-bit halves, so
 # that binary input planes doubled as [p | 128 p] give p @ cells in one exact uint8 x int8
 # product (``intgemm``; 7 bits keep its pairs within int16)
@@ -476,7 +497,7 @@ if numba is not None and os.environ.get("CIMSTACK_NUMBA") != "0":
     _kernel = _jit(_loops)
     _fill_normals, _fill_below = _jit(_fill_normals), _jit(_fill_below)
     _select, _sparse_product = _jit(_select), _jit(_sparse_product)
-    _doubled = _jit(_doubled)
+    _doubled, _digit_parts, _join_halves = _jit(_doubled), _jit(_digit_parts), _jit(_join_halves)
     _split_digits, _split_units = _jit(_split_digits), _jit(_split_units)
     _indicators, _combine = _jit(_indicators), _jit(_combine)
 
@@ -571,29 +592,71 @@ def _runs(dense: np.ndarray):
         s = end
 
 
-def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray,
-                    nonzeros: np.ndarray | None = None) -> np.ndarray:
-    """a [S, M, K] (zeros and ones only: a 1-bit DAC's planes; a digit of 2 would wrap in
-    the doubled uint8 planes) @ units [K, N] (int32, each cell an integer in
-    [0, 2**WIDE_BITS)) -> int32 [S x M, N], exact. ``wide``: units split (``wide_cells``);
-    ``nonzeros`` as for ``exact_product``. Dense planes run through onnxruntime's integer
-    GEMM as [p | 128 p] @ wide, each run of consecutive ones in one product; sparse planes
-    (with numba) through the compiled sum of selected rows. Integers: the same sums in any
-    order, so the same bits as the float32 product of exact cells (``exact_product``)."""
+def halves(wide: np.ndarray) -> np.ndarray:
+    """For ``integer_product`` of multi-bit digits: ``wide_cells``'s halves [c mod 128;
+    c div 128] [2K, N] side by side, twice: int8 [[c mod 128 | c div 128]] x 2, [2K, 2N]."""
+    inner = wide.shape[0] // 2
+    side = np.concatenate([wide[:inner], wide[inner:]], axis=1)
+    return np.concatenate([side, side])
+
+
+def integer_product(a: np.ndarray, units: np.ndarray, wide: np.ndarray | None,
+                    nonzeros: np.ndarray | None = None,
+                    twice: np.ndarray | None = None) -> np.ndarray:
+    """a [S, M, K] @ units [K, N] (int32, each cell an integer in [0, 2**WIDE_BITS)) ->
+    int32 [S x M, N], exact when every column sum fits int32 (callers check). Either a
+    1-bit DAC's planes (zeros and ones) with ``wide`` (``wide_cells``), or digits 0..255
+    with ``twice`` (``halves``); ``nonzeros`` as for ``exact_product``. Dense planes run
+    through onnxruntime's integer GEMM, each run of consecutive ones in one product: binary
+    planes as [p | 128 p] @ wide; digits d as [d mod 128 | 128 (d div 128)] @ twice, whose
+    two column halves y0, y1 give y0 + 128 y1 (the digits' first half alone where none
+    reaches 128). Every uint8 entry is at most 128 and every int8 one at most 127, so
+    adjacent pairs stay within int16 (``intgemm``). Sparse planes (with numba) go through
+    the compiled sum of selected rows. Integers: the same sums in any order, so the same
+    bits as the float product of exact cells (``exact_product``)."""
     planes, rows, inner = a.shape
-    out = np.empty((planes, rows, units.shape[1]), np.int32)
+    cols = units.shape[1]
+    out = np.empty((planes, rows, cols), np.int32)
     for s, end, dense in _runs(_dense(a, nonzeros)):
         if not dense:
-            _sparse_product(a[s], units, out[s], False)
+            _sparse_product(a[s], units, out[s], twice is not None)
             continue
+        target = out[s:end].reshape(-1, cols)
+        if twice is None:
+            intgemm.matmul(_doubled_planes(a[s:end]), wide, target)
+            continue
+        top = bool(a[s:end].max() >= 128)
+        y = np.empty((target.shape[0], 2 * cols), np.int32)
+        intgemm.matmul(_parts_of_digits(a[s:end], top), twice[:2 * inner if top else inner],
+                       y)
         if _kernel is not None:
-            doubled = np.empty(((end - s) * rows, 2 * inner), np.uint8)
-            _doubled(a[s:end], doubled)
+            _join_halves(y, target)
         else:
-            bits = (a[s:end] != 0).astype(np.uint8).reshape(-1, inner)
-            doubled = np.concatenate([bits, bits << np.uint8(7)], axis=1)
-        intgemm.matmul(doubled, wide, out[s:end].reshape(-1, units.shape[1]))
-    return out.reshape(-1, units.shape[1])
+            np.add(y[:, :cols], y[:, cols:] << 7, out=target)
+    return out.reshape(-1, cols)
+
+
+def _doubled_planes(a: np.ndarray) -> np.ndarray:
+    """[p | 128 p] uint8 [S x M, 2K] of binary planes a [S, M, K]."""
+    if _kernel is not None:
+        doubled = np.empty((a.shape[0] * a.shape[1], 2 * a.shape[2]), np.uint8)
+        _doubled(a, doubled)
+        return doubled
+    bits = (a != 0).astype(np.uint8).reshape(-1, a.shape[2])
+    return np.concatenate([bits, bits << np.uint8(7)], axis=1)
+
+
+def _parts_of_digits(a: np.ndarray, top: bool) -> np.ndarray:
+    """[d mod 128 | 128 (d div 128)] uint8 [S x M, 2K] of digit planes a [S, M, K] (the
+    first half only, [S x M, K], where ``top`` is False)."""
+    inner = a.shape[2]
+    if _kernel is not None:
+        parts = np.empty((a.shape[0] * a.shape[1], (2 if top else 1) * inner), np.uint8)
+        _digit_parts(a, top, parts)
+        return parts
+    d = a.reshape(-1, inner).astype(np.int32)
+    parts = [d & 127] + ([(d >> 7) << 7] if top else [])
+    return np.concatenate(parts, axis=1).astype(np.uint8)
 
 
 def level_indicators(cells: np.ndarray, levels: np.ndarray) -> np.ndarray | None:

@@ -268,9 +268,11 @@ def test_runs_are_the_same_whichever_product_reads(mode, monkeypatch):
 
 
 @needs_numba
-def test_quantized_one_pass_corner_counts_its_digits(monkeypatch):
-    """Quantized mode on the one-pass corner (8-bit DAC digits, the ADC after analog
-    shift-add): integer counts of its levels give the float64 products' outputs."""
+@pytest.mark.parametrize("mode", ["quantized", "analog"])
+def test_one_pass_corner_reads_its_digits_in_integers(monkeypatch, mode):
+    """The one-pass corner (8-bit DAC digits, the ADC after analog shift-add): integer
+    counts of its levels (quantized) and integer products in grid units (analog) give the
+    float64 products' outputs."""
     import dataclasses
 
     from isa.chip import Chip
@@ -284,7 +286,7 @@ def test_quantized_one_pass_corner_counts_its_digits(monkeypatch):
     outputs = []
     for integer in (False, True):
         monkeypatch.setattr(analog, "INTEGER_PRODUCTS", integer)
-        outputs.append(run(program, x, mode="quantized", timing=False).outputs["logits"])
+        outputs.append(run(program, x, mode=mode, timing=False).outputs["logits"])
     assert gemms and np.array_equal(*outputs)
 
 
@@ -299,12 +301,15 @@ def _grid_case(rng, density, planes=4, rows=40, inner=64, cols=50, top=2 ** 14):
     return a.astype(np.float32), cells, units
 
 
+@pytest.mark.parametrize("digit", [1, 127, 255])
 @pytest.mark.parametrize("integer_share", [0.0, 0.25, 1.0, "numpy"])
-def test_integer_products_give_the_float32_products_bits(integer_share, monkeypatch):
-    """``integer_product`` against ``exact_product`` of the same cells as float32: the same
-    sums (in grid units), with dense planes through onnxruntime's integer GEMM (runs of
-    consecutive ones in one call), sparse ones through the compiled rows, or both; without
-    numba every plane through the GEMM."""
+def test_integer_products_give_the_float_products_bits(integer_share, digit, monkeypatch):
+    """``integer_product`` against the float64 product of the same cells: the same sums
+    (in grid units), for a 1-bit DAC's planes and for digits up to 127 and 255 (their
+    halves joined; a digit of 128 or more adds a second half of the inputs), with dense
+    planes through onnxruntime's integer GEMM (runs of consecutive ones in one call),
+    sparse ones through the compiled rows, or both; without numba every plane through the
+    GEMM."""
     if integer_share == "numpy":
         monkeypatch.setattr(kernels, "_kernel", None)
         integer_share = 0.25
@@ -313,14 +318,21 @@ def test_integer_products_give_the_float32_products_bits(integer_share, monkeypa
     rng = np.random.default_rng(int(integer_share * 4))
     density = [0.5, 0.02, 0.3, 0.4, 0.0]
     a, cells, units = _grid_case(rng, density, planes=len(density))
+    a = a * rng.integers(1, digit + 1, a.shape).astype(np.float32)
+    a[:, 0] = digit  # the largest sums the integer product takes
     monkeypatch.setattr(kernels, "INTEGER_SPARSE_BELOW", integer_share)
     calls, matmul = [], intgemm.matmul
-    monkeypatch.setattr(intgemm, "matmul", lambda x, *r: (calls.append(len(x)), matmul(x, *r))[1])
-    split = kernels.wide_cells(cells, 4096.0)
-    assert np.array_equal(split[0], units)
-    got = kernels.integer_product(a, *split)
+    monkeypatch.setattr(intgemm, "matmul", lambda x, *r: (calls.append(x.shape), matmul(x, *r))[1])
+    units_, wide = kernels.wide_cells(cells, 4096.0)
+    assert np.array_equal(units_, units)
+    twice = None if digit == 1 else kernels.halves(wide)
+    got = kernels.integer_product(a, units_, wide if twice is None else None, None, twice)
     assert got.dtype == np.int32
-    assert np.array_equal(got * np.float32(2.0 ** -12), a.reshape(-1, a.shape[2]) @ cells)
+    want = a.reshape(-1, a.shape[2]).astype(np.float64) @ cells.astype(np.float64)
+    assert np.array_equal(got * 2.0 ** -12, want)
+    widths = [w for _, w in calls]
+    assert widths == [2 * 64 if digit in (1, 255) else 64] * len(calls)
+    calls = [m for m, _ in calls]
     if kernels._kernel is None:  # numpy: every plane through the integer GEMM, in one call
         assert calls == [len(density) * a.shape[1]]
     else:
