@@ -38,28 +38,29 @@ def test_memory_limit_and_dataset_splits_do_not_change_outputs(cnn, mode, digits
     assert np.array_equal(np.concatenate([r.outputs["logits"] for r in split]), want)
 
 
+def _same_on_threads(program, x, mode: str, seed: int) -> None:
+    """Outputs and statistics on 2 and 3 threads are one thread's."""
+    one = run(program, x, mode=mode, seed=seed, timing=False, threads=1)
+    for threads in (2, 3):
+        got = run(program, x, mode=mode, seed=seed, timing=False, threads=threads)
+        assert np.array_equal(got.outputs["logits"], one.outputs["logits"]), threads
+        for stat in ("cells_changed", "endurance_failed_cells", "opcode_counts"):
+            assert got.stats[stat] == one.stats[stat], (stat, threads)
+
+
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
 def test_threads_do_not_change_outputs(cnn, mode, digits_test):
     """Crossbar reads split over threads (by tile batch and by runs of samples) add up to
     the same bits as one thread, including an odd split (3 threads, 7 samples), and with
-    fewer samples than threads (a layer's tiles shared out instead)."""
+    fewer samples than threads (a layer's tiles shared out instead); and a chip that
+    reprograms its 4 crossbars, with bit stucking: writes to different crossbars are
+    programmed concurrently, those of one crossbar in order."""
     x = digits_test[0][:7]
-    for threads in (2, 3):
-        got = run(cnn, x[:1], mode=mode, seed=2, timing=False, threads=threads)
-        one = run(cnn, x[:1], mode=mode, seed=2, timing=False, threads=1)
-        assert np.array_equal(got.outputs["logits"], one.outputs["logits"]), threads
-    # and a chip that reprograms its 4 crossbars, with bit stucking: writes to different
-    # crossbars are programmed concurrently, those of one crossbar in order
+    _same_on_threads(cnn, x[:1], mode, 2)
     rotating = compile_model(model_path("digits_cnn"), max_xbars=4,
                              bit_stucking=LowWrite(slices=1, write=0.5))
     for program in (cnn, rotating):
-        one = run(program, x, mode=mode, seed=2, timing=False, threads=1)
-        for threads in (2, 3):
-            got = run(program, x, mode=mode, seed=2, timing=False, threads=threads)
-            assert np.array_equal(got.outputs["logits"], one.outputs["logits"]), threads
-            assert got.stats["cells_changed"] == one.stats["cells_changed"]
-            assert got.stats["endurance_failed_cells"] == one.stats["endurance_failed_cells"]
-
+        _same_on_threads(program, x, mode, 2)
 
 
 @pytest.mark.parametrize("mode", ["ideal", "quantized", "analog"])
@@ -77,17 +78,13 @@ def test_runs_of_samples_on_threads_change_nothing(cnn, digits_test, monkeypatch
     rotating = compile_model(model_path("digits_cnn"), max_xbars=4)
     for program, split in ((cnn, [50, 50, 33, 34, 33]), (rotating, [])):
         runs.clear()
-        one = run(program, x, mode=mode, seed=4, timing=False, threads=1)
-        for threads in (2, 3):
-            got = run(program, x, mode=mode, seed=4, timing=False, threads=threads)
-            assert np.array_equal(got.outputs["logits"], one.outputs["logits"]), threads
-            assert got.stats["opcode_counts"] == one.stats["opcode_counts"]
-            assert got.stats["cells_changed"] == one.stats["cells_changed"]
+        _same_on_threads(program, x, mode, 4)
         assert runs == split
     runs.clear()
     few = 2 * interpreter.SPLIT_SAMPLES - 1
     run(cnn, x[:few], mode=mode, timing=False, threads=2)
     assert runs == ([] if mode == "ideal" else [32, 31])
+
 
 def test_cimrun_threads_flag(tmp_path):
     program = str(tmp_path / "mlp.cim")
