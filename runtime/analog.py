@@ -186,19 +186,21 @@ class _TileGroup:
         g = cells[idx].transpose(3, 0, 1, 2, 4).reshape(rows, len(idx) * signs * slices * cols)
         chosen, digit = [progs[t] for t in idx], 2 ** chip.arch.dac_bits - 1
         exact = float32_exact(chosen, digit)
-        self.g = g if exact else g.astype(np.float64)
-        # sums exact in g's type: any order gives the same bits, so any product may sum them
-        self.exact = exact or float64_exact(chosen, digit, chip)
         self.units = self.wide = self.twice = self.levels = self.onehot = None
         allowed = INTEGER_PRODUCTS and kernels.compiled()
         # cells on the grid: binary planes, or digits whose sums float32 cannot hold (small
         # digits keep its product: the integer one of digits must join two halves after)
-        if (allowed and digit <= 255 and int32_exact(chosen, digit)
-                and (digit == 1 or not exact)):
+        in_units = (allowed and digit <= 255 and int32_exact(chosen, digit)
+                    and (digit == 1 or not exact))
+        if in_units:
             self.units, self.wide = wide_cells(g, 2.0 ** GRID_BITS) or (None, None)
             if self.wide is not None and digit > 1:  # multi-bit digits
                 self.twice, self.wide = halves(self.wide), None
-        elif self.exact and digit <= 255 and allowed and chip.arch.cell_bits <= 2:
+        # the float product's cells (none needed beside integer ones)
+        self.g = g if exact or self.units is not None else g.astype(np.float64)
+        # sums exact in g's type: any order gives the same bits, so any product may sum them
+        self.exact = exact or float64_exact(chosen, digit, chip)
+        if not in_units and self.exact and digit <= 255 and allowed and chip.arch.cell_bits <= 2:
             # quantized cells: Gmin plus a digit, rounded to float32 as programming does. At
             # most 4 levels: their int32 counts (4 bytes a level and physical column) take at
             # most twice a block's budget of 8 bytes; more levels keep the float product

@@ -83,10 +83,14 @@ def build_parser() -> Parser:
                         "anything is allocated; default: what this machine has free). "
                         "Outputs do not depend on it")
     p.add_argument("--threads", type=_threads, default=None, metavar="N",
-                   help="threads for quantized and analog crossbar reads, and for ideal "
-                        "mode's samples (default: one per core, "
-                        f"{os.cpu_count()} here; BLAS then runs on one, except for ideal "
-                        "mode on one sample). Outputs do not depend on it")
+                   help="threads (default: one per core, "
+                        f"{os.cpu_count()} here). A pass with at least as many compiled "
+                        "batches as threads, of a program that writes its crossbars only "
+                        "before inference, programs them once and runs its samples in N "
+                        "runs, one a thread (ideal mode: from 32 samples a thread); "
+                        "otherwise quantized and analog modes share each crossbar read "
+                        "out. BLAS runs on one thread whenever these threads share the "
+                        "work, on all cores otherwise. Outputs do not depend on it")
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
                         "(default: PROGRAM.out.npy / .npz; not written in --mode timing)")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -305,9 +306,12 @@ def _outputs(m: Machine) -> dict[str, np.ndarray]:
     return {p.name: m.bufs[p.buffer] for p in m.program.outputs}
 
 
-def _steps(m: Machine, steps: list, counts: Counter, bar) -> None:
-    """Run ``steps`` on ``m`` in order, counting their instructions into ``counts``."""
+def _steps(m: Machine, steps: list, counts: Counter, bar, stop=None) -> None:
+    """Run ``steps`` on ``m`` in order, counting their instructions into ``counts``; raise
+    ``_Stopped`` before a step once the event ``stop`` is set."""
     for step in steps:
+        if stop is not None and stop.is_set():
+            raise _Stopped
         instrs = step.instrs if isinstance(step, Fused) else \
             step if isinstance(step, list) else [step]
         ins = step.group[0] if isinstance(step, Fused) else instrs[0]  # errors: the product
@@ -343,44 +347,78 @@ def _load_phase(steps: list) -> int | None:
     return None if any(_is_write(s) for s in steps[k:]) else k
 
 
-# Ideal mode splits a pass over threads only when each gets this many samples: BLAS runs a
-# few samples' large products (ResNet-50's) on all cores anyway, and each run assembles its
-# own matrices from the crossbars
+# Ideal mode forks a pass only when it holds this many samples a thread: BLAS runs a few
+# samples' large products (ResNet-50's) on all cores anyway, and each run assembles its own
+# matrices from the crossbars
 SPLIT_SAMPLES = 32
+
+
+class _Stopped(Exception):
+    """A forked run stopped early because another failed or the run was interrupted."""
 
 
 def _pass(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
           counts: Counter, mode: str, chip: Chip | None, seed: int, bar, first: int, pool,
           threads: int):
     """``_execute`` one pass of ``scale`` compiled batches, on ``pool``'s ``threads`` threads
-    (ours replacing BLAS's own: both at once would oversubscribe the cores). A program that
-    writes its crossbars only in its load phase loads them once, then runs even runs of the
-    samples, one a thread, each through the rest of the program (``Machine.fork``; ideal
-    mode: runs of ``SPLIT_SAMPLES`` samples at least). A sample's arithmetic and noise are
-    its own, so the split changes no result; ``counts`` and ``bar`` follow the first run,
-    as for one pass. Otherwise quantized and analog modes share each crossbar read out
-    (``mvm_groups``), and ideal mode runs as one pass, BLAS on all threads."""
-    b = program.batch
-    most = scale * b // SPLIT_SAMPLES if mode == "ideal" else scale
-    runs = even_runs(scale, max(1, min(threads, most)))
-    load = _load_phase(steps)
-    if pool is None or (mode == "ideal" and (len(runs) < 2 or load is None)):
+    (ours replacing BLAS's own: both at once would oversubscribe the cores): forked into
+    runs of samples (``_runs_of_samples``, ``_forked``) where it can, else quantized and
+    analog modes share each crossbar read out (``mvm_groups``), and ideal mode runs as one
+    pass, BLAS on all cores."""
+    runs = _runs_of_samples(program, steps, scale, mode, threads) if pool else None
+    if runs is None and (pool is None or mode == "ideal"):
         return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar, first)
     with threadpool_limits(1, "blas"):
-        if len(runs) < 2 or load is None:
+        if runs is None:
             return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar,
                             first, pool)
-        m = Machine(program, scale, mode, chip, seed, first, pool)
-        _steps(m, steps[:load], counts, bar)  # programming: stacks on the pool's threads
+        return _forked(program, steps, feeds, scale, counts, mode, chip, seed, bar, first,
+                       pool, runs)
 
-        def one(k: int) -> dict[str, np.ndarray]:
-            s0, s1 = runs[k]
-            part = m.fork(s1 - s0, first + s0 * b, len(runs))
-            _feed(part, {name: x[s0 * b:s1 * b] for name, x in feeds.items()})
-            _steps(part, steps[load:], counts if k == 0 else Counter(),
-                   bar if k == 0 else None)
-            return _outputs(part)
-        done = list(pool.map(one, range(len(runs))))
+
+def _runs_of_samples(program: Program, steps: list, scale: int, mode: str,
+                     threads: int) -> list[tuple[int, int]] | None:
+    """The even runs of compiled batches, one a thread, that a pass of ``scale`` batches
+    forks into; None where it does not: a program that writes crossbars after its load
+    phase, fewer batches than threads (the threads share reads out instead), and in ideal
+    mode fewer than ``SPLIT_SAMPLES`` samples a thread."""
+    if _load_phase(steps) is None or scale < threads:
+        return None
+    if mode == "ideal" and scale * program.batch < SPLIT_SAMPLES * threads:
+        return None
+    return even_runs(scale, threads)
+
+
+def _forked(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
+            counts: Counter, mode: str, chip: Chip | None, seed: int, bar, first: int, pool,
+            runs: list[tuple[int, int]]):
+    """Program the crossbars once (the load phase), then run each of ``runs`` (compiled
+    batches) through the rest of the program on a fork of the machine (``Machine.fork``),
+    on the pool. A sample's arithmetic and noise are its own, so the split changes no
+    result; ``counts`` and ``bar`` follow the first run, as for one pass. An error in one
+    run, or an interrupt, stops the others at their next step; the first error is raised."""
+    load, b = _load_phase(steps), program.batch
+    m = Machine(program, scale, mode, chip, seed, first, pool)
+    _steps(m, steps[:load], counts, bar)  # programming: stacks on the pool's threads
+    stop = threading.Event()
+
+    def one(k: int) -> dict[str, np.ndarray]:
+        s0, s1 = runs[k]
+        part = m.fork(s1 - s0, first + s0 * b, len(runs))
+        _feed(part, {name: x[s0 * b:s1 * b] for name, x in feeds.items()})
+        _steps(part, steps[load:], counts if k == 0 else Counter(), bar if k == 0 else None,
+               stop)
+        return _outputs(part)
+    futures = [pool.submit(one, k) for k in range(len(runs))]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:  # an error or an interrupt: the other runs stop at their next step
+        stop.set()
+    wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise next(e for e in errors if not isinstance(e, _Stopped))
+    done = [f.result() for f in futures]
     outputs = {name: _join([d[name] for d in done], name) for name in done[0]}
     return outputs, m.failed_cells, m.cells_changed
 
@@ -456,16 +494,16 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
 
 
 def chunk_batches(program: Program, groups: int, mode: str,
-                  memory_limit: int | None = None) -> int:
+                  memory_limit: int | None = None, runs: int = 1) -> int:
     """Compiled batches one pass runs: all ``groups`` when they fit, else as many as fit
     ``memory_limit`` bytes (None: what this process may still allocate), by
-    ``memory.estimate_bytes``; one when the program is not batch free. RunError when not
-    even one fits."""
+    ``memory.estimate_bytes`` for passes of up to ``runs`` runs at once; one when the
+    program is not batch free. RunError when not even one fits."""
     def fits(k: int) -> bool:
-        need = estimate_bytes(program, k * program.batch, mode)
+        need = estimate_bytes(program, k * program.batch, mode, runs)
         return need <= memory_limit if memory_limit else memory_problem(need, "") is None
     if not fits(1):
-        need = estimate_bytes(program, program.batch, mode)
+        need = estimate_bytes(program, program.batch, mode, runs)
         if memory_limit:
             raise RunError(f"--mode {mode} needs about {need / 2 ** 20:.0f} MB for one "
                            f"compiled batch, over --memory-limit {memory_limit / 2 ** 20:.0f} MB")
@@ -491,22 +529,23 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     sample (``runtime.noise``): ``first_sample`` is the index of the first input sample in
     its dataset, so that a dataset split into runs gives the outputs of one run over all of
     it, and the outputs never depend on how the samples are split into passes.
-    ``threads``: that many threads (None: one per core) for quantized and analog crossbar
-    reads, and for ideal mode's samples (``_pass``); the outputs are the same for any
-    number. Runs set this process's malloc to keep
+    ``threads``: that many threads (None: one per core), each running a run of a pass's
+    samples, or sharing its crossbar reads out (``_pass``); the outputs are the same for
+    any number. Runs set this process's malloc to keep
     a pass's worth of freed memory for reuse (``memory.keep_freed_memory``). Raises
     RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
     chip = chip or dataclasses.replace(Chip(), arch=program.chip)
+    threads = (os.cpu_count() or 1) if threads is None else threads
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
-        per = chunk_batches(program, groups, mode, memory_limit)
+        per = chunk_batches(program, groups, mode, memory_limit, threads)
     timing_stats, timeline = timing_report(program, chip) if timing else ({}, None)
     if mode == "timing":
         return RunResult({}, {"mode": mode, "seed": seed, **timing_stats,
                               "chip": chip.to_dict()}, timeline)
-    keep_freed_memory(estimate_bytes(program, per * program.batch, mode))
+    keep_freed_memory(estimate_bytes(program, per * program.batch, mode, threads))
     counts: Counter = Counter()
     start = time.perf_counter()
     steps, b = plan(program.text), program.batch
@@ -515,7 +554,6 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     chunks = [(i, min(per, groups - i)) for i in range(0, groups, per)]
     def take(i: int, n: int) -> dict:  # one pass's inputs (all of them: no batch to slice)
         return feeds if len(chunks) == 1 else {k: v[i * b:(i + n) * b] for k, v in feeds.items()}
-    threads = (os.cpu_count() or 1) if threads is None else threads
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         with _progress(len(chunks) * len(steps), f"cimrun {mode}", progress) as bar:

@@ -30,6 +30,9 @@ TILE_CELL_BYTES = {"quantized": 4 + 8, "analog": 4 + 8 + 8}
 # Bytes per physical cell of the whole crossbar: analog's stuck mask int8 and wear counts int64.
 CROSSBAR_CELL_BYTES = {"quantized": 0, "analog": 1 + 8}
 PROGRAMMING_BYTES = 48  # per cell of the tile being programmed: encode's temporaries
+# Copies of its largest blob each further run of samples holds at once (a layer's matrix
+# assembled in float32, or the digital unit's quantized weights and their int64 cast)
+FORK_BLOB_COPIES = 4
 
 
 def _groups(program: Program, samples: int) -> int:
@@ -78,15 +81,19 @@ def _device_read(program: Program, scale: int) -> int:
     return max(largest, BYTES_PER_CHUNK) if largest else 0
 
 
-def estimate_bytes(program: Program, samples: int, mode: str) -> int:
+def estimate_bytes(program: Program, samples: int, mode: str, runs: int = 1) -> int:
     """Bytes a run of ``samples`` samples (the inputs' leading axis: a multiple of the
-    compiled batch) in ``mode`` is expected to allocate, beyond the loaded program."""
+    compiled batch) in ``mode`` is expected to allocate, beyond the loaded program, when a
+    pass runs in up to ``runs`` runs of samples at once (``interpreter._forked``: each
+    assembles or quantizes its layers' weights itself)."""
     groups = _groups(program, samples)
     need = EVENT_BYTES * 2 * len(program.text)
     if mode == "timing":
         return need
     scale = groups if program.batch_free else 1
     need += _buffers(program, scale, groups) + sum(b.data.nbytes for b in program.blobs)
+    largest = max((b.data.nbytes for b in program.blobs), default=0)
+    need += (runs - 1) * FORK_BLOB_COPIES * largest
     if mode in TILE_CELL_BYTES:
         need += _crossbar_state(program, mode) + _device_read(program, scale)
     return need

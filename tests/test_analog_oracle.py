@@ -147,11 +147,12 @@ def test_per_tile_ranges_need_an_input_per_tile():
         analog.tiles_mvm(x[:1], ranges, progs, chip, None, [0, 0])
 
 
-def test_analog_cells_sum_exactly_in_float32_and_so_give_float64s_result():
+def test_analog_cells_sum_exactly_in_float32_and_so_give_float64s_result(monkeypatch):
     """Analog cells are on the device grid (``device.on_grid``): with 1- and 2-bit DAC
     digits their column sums fit float32 exactly and the product runs in float32; with an
-    8-bit DAC, or off the grid (quantized mode's Gmin), it stays float64. Forcing float64
-    changes no bit."""
+    8-bit DAC, or off the grid (quantized mode's Gmin), it stays float64 (an 8-bit DAC's
+    digits go through integer products where those run). Forcing float64 changes no
+    bit."""
     rng = np.random.default_rng(11)
     chip = _chip(2, 1, 1, 1)
     progs = _tiles(chip, True, rng)
@@ -167,12 +168,15 @@ def test_analog_cells_sum_exactly_in_float32_and_so_give_float64s_result():
     idx = np.arange(len(progs))
     assert analog._TileGroup(idx, cells, full, gain, progs, chip).g.dtype == np.float32
     assert analog._TileGroup(idx, cells, full, gain, off, chip).g.dtype == np.float64
-    assert analog._TileGroup(idx, cells, full, gain, progs, _chip(2, 8, 0, 1)).g.dtype == \
-        np.float64  # the one-pass corner's 8-bit digits
     x, ranges = _inputs(chip, len(progs), rng, False)
     fast = analog.tiles_mvm(x, ranges, progs, chip, _noise(2))
     assert np.array_equal(fast, analog.tiles_mvm(x, ranges, off, chip, _noise(2)))
     assert np.array_equal(fast, analog_reference.tiles_mvm(x, ranges, progs, chip, _noise(2)))
+    one_pass = _chip(2, 8, 0, 1)  # the one-pass corner's 8-bit digits
+    if kernels.compiled():
+        assert analog._TileGroup(idx, cells, full, gain, progs, one_pass).twice is not None
+    monkeypatch.setattr(analog, "INTEGER_PRODUCTS", False)
+    assert analog._TileGroup(idx, cells, full, gain, progs, one_pass).g.dtype == np.float64
 
 
 @pytest.mark.parametrize("digit", [1, 3, 255])

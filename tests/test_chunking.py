@@ -16,6 +16,7 @@ from conftest import MODELS, cli, fails, model_path
 from compiler import compile_model
 from isa.cells import LowWrite
 from runtime import interpreter, run
+from runtime.errors import RunError
 from runtime.memory import estimate_bytes
 
 
@@ -134,6 +135,62 @@ def test_written_products_keep_their_noise_across_splits():
                  mode="analog", timing=False, first_sample=i).outputs["logits"]
              for i in range(len(ids))]
     assert np.array_equal(np.concatenate(parts), whole)
+    threads = run(program, {"input_ids": ids, "attention_mask": mask}, mode="analog",
+                  timing=False, threads=2)  # a run of samples a thread, written noise too
+    assert np.array_equal(threads.outputs["logits"], whole)
+
+
+def test_a_compiled_batch_of_four_forks_by_batches(digits_test, monkeypatch):
+    """A program compiled for 4 samples a batch forks by whole batches, each run's noise
+    starting at its first sample's index: 3 batches on 2 threads (8 and 4 samples) give one
+    thread's outputs, and so does the same dataset split into runs at batch boundaries."""
+    program = compile_model(model_path("digits_cnn"), batch=4)
+    firsts = []
+    fork = interpreter.Machine.fork
+    monkeypatch.setattr(interpreter.Machine, "fork", lambda self, scale, first, runs:
+                        firsts.append((scale, first)) or fork(self, scale, first, runs))
+    x = digits_test[0][:12]
+    one = run(program, x, mode="analog", seed=1, timing=False, threads=1)
+    got = run(program, x, mode="analog", seed=1, timing=False, threads=2, first_sample=0)
+    assert firsts == [(2, 0), (1, 8)]
+    assert np.array_equal(got.outputs["logits"], one.outputs["logits"])
+    tail = run(program, x[8:], mode="analog", seed=1, timing=False, first_sample=8)
+    assert np.array_equal(tail.outputs["logits"], one.outputs["logits"][8:])
+
+
+def test_an_error_in_a_run_of_samples_stops_the_others(cnn, digits_test, monkeypatch):
+    """An instruction failing in one forked run raises its RunError, with its line; the
+    other run stops before its next step (held 0.3 s inside the pooling, if it gets there):
+    neither reaches the last layer's ReLU, after the pooling."""
+    import itertools
+    import time
+    order, relus = itertools.count(), []
+    maxpool, relu = interpreter.SEMANTICS["maxpool"], interpreter.SEMANTICS["relu"]
+
+    def failing(m, ins):
+        if next(order) == 0:
+            raise RunError("the pool broke")
+        time.sleep(0.3)
+        return maxpool(m, ins)
+    monkeypatch.setitem(interpreter.SEMANTICS, "maxpool", failing)
+    monkeypatch.setitem(interpreter.SEMANTICS, "relu",
+                        lambda m, ins: relus.append(ins.operands[0]) or relu(m, ins))
+    with pytest.raises(RunError, match=r"line \d+ \(maxpool\): the pool broke"):
+        run(cnn, digits_test[0][:8], mode="quantized", timing=False, threads=2)
+    assert "%r3" in relus and "%conv4.cols" not in relus
+
+
+def test_the_load_phase_is_the_leading_writes_when_no_other_write_follows():
+    """``_load_phase``: the leading write groups and barriers; None when a write follows
+    later (crossbars reprogrammed during inference)."""
+    from isa import Instr
+    write, mvm = [Instr("write", ("@w",), ())], [Instr("mvm", ("%y", "%x"), ())]
+    barrier, relu = Instr("barrier", (), ()), Instr("relu", ("%y", "%y"), ())
+    assert interpreter._load_phase([write, write, barrier, mvm, relu]) == 3
+    assert interpreter._load_phase([mvm, relu]) == 0
+    assert interpreter._load_phase([write, barrier]) == 2
+    assert interpreter._load_phase([write, barrier, mvm, write, mvm]) is None
+    assert interpreter._load_phase([barrier, write, mvm]) == 2
 
 
 def test_a_memory_limit_below_one_batch_is_a_clear_error(tmp_path):
