@@ -89,8 +89,9 @@ def build_parser() -> Parser:
                         "before inference, programs them once and runs its samples in N "
                         "runs, one a thread (ideal mode: from 32 samples a thread); "
                         "otherwise quantized and analog modes share each crossbar read "
-                        "out. BLAS runs on one thread whenever these threads share the "
-                        "work, on all cores otherwise. Outputs do not depend on it")
+                        "out. BLAS and ideal mode's products run on one thread whenever "
+                        "these threads share the work, on all cores otherwise. Outputs do "
+                        "not depend on it")
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
                         "(default: PROGRAM.out.npy / .npz; not written in --mode timing)")

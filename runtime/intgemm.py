@@ -1,19 +1,27 @@
-"""Exact integer matrix products on onnxruntime's MatMulInteger: uint8 [M, K] @ int8 [K, N]
--> int32 [M, N], written into the caller's array.
+"""Matrix products on onnxruntime's kernel library, MLAS, written into the caller's array:
+exact integer ones for crossbar reads (MatMulInteger, uint8 [M, K] @ int8 [K, N] -> int32
+[M, N]: ``matmul``), and ideal mode's float32 ones (MatMul: ``sgemm``).
 
-MLAS, onnxruntime's kernel library, runs them on AVX-512 VNNI where the CPU has it: on the
-project's 2-core AMD EPYC (Zen 5), on a read's block, 1.6-1.8x the float32 GEMM of
-OpenBLAS's AVX-512 kernels and about 3x its AVX2 ones, one thread each, for the same exact
-sums (``python -m tools.bench_sparse_product``). One session, built on first use, with one
-intra-op thread: cimrun's worker threads call it concurrently (onnxruntime allows
-concurrent runs of one session and releases the GIL while it runs: two threads each ran
-their products within 10 % of one thread's time).
+MLAS runs the integer products on AVX-512 VNNI where the CPU has it: on the project's
+2-core AMD EPYC (Zen 5), on a read's block, 1.6-1.8x the float32 GEMM of OpenBLAS's AVX-512
+kernels and about 3x its AVX2 ones, one thread each, for the same exact sums (``python -m
+tools.bench_sparse_product``). A session per operator and thread count, built on first use:
+cimrun's worker threads call them concurrently (onnxruntime allows concurrent runs of one
+session and releases the GIL while it runs: two threads each ran their products within 10 %
+of one thread's time).
 
-Exact on every CPU MLAS supports, for callers that keep each adjacent pair of products
-a[m, k] b[k, n] + a[m, k + 1] b[k + 1, n] within int16 (|x| <= 32767): without VNNI, MLAS's
-AVX2 and AVX-512BW kernels sum such pairs in saturating int16 (``vpmaddubsw``; onnxruntime's
-quantization guide calls it the U8S8 saturation issue). 0 <= a <= 128 with 0 <= b <= 127 keeps
-them at most 32512.
+The integer products are exact on every CPU MLAS supports, for callers that keep each
+adjacent pair of products a[m, k] b[k, n] + a[m, k + 1] b[k + 1, n] within int16
+(|x| <= 32767): without VNNI, MLAS's AVX2 and AVX-512BW kernels sum such pairs in saturating
+int16 (``vpmaddubsw``; onnxruntime's quantization guide calls it the U8S8 saturation issue).
+0 <= a <= 128 with 0 <= b <= 127 keeps them at most 32512.
+
+The float products keep a row's floats independent of the rows beside it and of the thread
+count, so that ideal mode's outputs do not depend on how samples are batched; MLAS's one
+exception, a product of a single row (another kernel, other sums), is run as two rows.
+They pick MLAS's AVX-512 kernels where OpenBLAS may be held to AVX2 (this machine's
+environment): ResNet-50's ideal marginal on two threads 52-56 -> 37-40 ms there, the same
+(35-41 ms) with OpenBLAS's AVX-512 kernels.
 """
 
 from __future__ import annotations
@@ -23,28 +31,49 @@ import threading
 import numpy as np
 
 _LOCK = threading.Lock()
-_SESSION = None
+_SESSIONS: dict = {}
 
 
-def _session():
-    global _SESSION
+def _session(op: str = "MatMulInteger", threads: int = 1):
+    """The session of one ``op`` node (MatMulInteger: uint8 @ int8 -> int32; MatMul: float32)
+    on ``threads`` intra-op threads, built on first use."""
     with _LOCK:
-        if _SESSION is None:
+        if (op, threads) not in _SESSIONS:
             import onnxruntime as ort
             from onnx import TensorProto, helper
 
+            a, b, y = ((TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
+                       if op == "MatMulInteger" else (TensorProto.FLOAT,) * 3)
             graph = helper.make_graph(
-                [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "intgemm",
-                [helper.make_tensor_value_info("a", TensorProto.UINT8, ["M", "K"]),
-                 helper.make_tensor_value_info("b", TensorProto.INT8, ["K", "N"])],
-                [helper.make_tensor_value_info("y", TensorProto.INT32, ["M", "N"])])
+                [helper.make_node(op, ["a", "b"], ["y"])], "gemm",
+                [helper.make_tensor_value_info("a", a, ["M", "K"]),
+                 helper.make_tensor_value_info("b", b, ["K", "N"])],
+                [helper.make_tensor_value_info("y", y, ["M", "N"])])
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
             options = ort.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             options.log_severity_level = 3
-            _SESSION = ort.InferenceSession(model.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
-    return _SESSION
+            _SESSIONS[op, threads] = ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return _SESSIONS[op, threads]
+
+
+def sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int = 1) -> np.ndarray:
+    """out [M, N] float32 (C-contiguous) = a [M, K] @ b [K, N] float32, by MLAS on
+    ``threads`` threads; returns out. Each row's floats depend only on that row of a and on
+    b, whatever M and the threads (MLAS's single-row product takes another path: a lone row
+    is run as two); ``tests/test_kernels.py`` checks it."""
+    if a.shape[0] == 1:
+        two = np.empty((2, b.shape[1]), np.float32)
+        sgemm(np.concatenate([a, a]), b, two, threads)
+        out[:] = two[:1]
+        return out
+    binding = _session("MatMul", threads).io_binding()
+    binding.bind_cpu_input("a", np.ascontiguousarray(a, np.float32))
+    binding.bind_cpu_input("b", np.ascontiguousarray(b, np.float32))
+    binding.bind_output("y", "cpu", 0, np.float32, out.shape, out.ctypes.data)
+    _session("MatMul", threads).run_with_iobinding(binding)
+    return out
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 
 from isa import Instr
 
+from . import intgemm
 from .analog import tiles_mvm
 
 
@@ -149,5 +150,8 @@ def ideal_product(m, group: list[Instr]) -> np.ndarray:
         matrix[r0 - r_lo:r1 - r_lo, c0 - c_lo:c1 - c_lo] += m.xbar(ins.attr("xb"),
                                                                    (r1 - r0, c1 - c0), ins)
     v0, v1 = group[0].attr("vecs")
-    src = as_vectors(m.read(group[0].operands[1]))
-    return src[:, v0:v1, r_lo:r_hi] @ matrix
+    x = as_vectors(m.read(group[0].operands[1]))[:, v0:v1, r_lo:r_hi]
+    out = np.empty(x.shape[:2] + (c_hi - c_lo,), np.float32)
+    intgemm.sgemm(x.reshape(-1, x.shape[2]), matrix, out.reshape(-1, out.shape[2]),
+                  m.gemm_threads)
+    return out

@@ -25,8 +25,10 @@ def cnn():
     return compile_model(model_path("digits_cnn"))
 
 
-@pytest.mark.parametrize("mode", ["quantized", "analog"])
+@pytest.mark.parametrize("mode", ["ideal", "quantized", "analog"])
 def test_memory_limit_and_dataset_splits_do_not_change_outputs(cnn, mode, digits_test):
+    """Passes of 4 samples, runs of 7 and a lone sample give one run's outputs (ideal mode
+    too: its products' rows do not depend on the rows beside them)."""
     x = digits_test[0][:30]
     whole = run(cnn, x, mode=mode, seed=3, timing=False)
     limit = (estimate_bytes(cnn, 4, mode) + estimate_bytes(cnn, 5, mode)) // 2  # 4 a pass
@@ -37,6 +39,8 @@ def test_memory_limit_and_dataset_splits_do_not_change_outputs(cnn, mode, digits
     want = whole.outputs["logits"]
     assert np.array_equal(chunked.outputs["logits"], want)
     assert np.array_equal(np.concatenate([r.outputs["logits"] for r in split]), want)
+    alone = run(cnn, x[29:], mode=mode, seed=3, timing=False, first_sample=29)
+    assert np.array_equal(alone.outputs["logits"], want[29:])
 
 
 def _same_on_threads(program, x, mode: str, seed: int) -> None:

@@ -393,6 +393,23 @@ def test_integer_gemm_is_exact_at_its_contracts_limits():
         intgemm.matmul(a.astype(np.int8), b, out)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float_gemm_rows_do_not_depend_on_the_rows_beside_them(threads):
+    """``intgemm.sgemm``: each row of a product has the same bits whichever rows share the
+    call (a lone row included: MLAS's single-row kernel sums otherwise) and on 1 or 2
+    threads, so that ideal mode's outputs do not depend on batching; within float32
+    rounding of the float64 product."""
+    rng = np.random.default_rng(3)
+    for inner, cols in ((9, 16), (144, 16), (32, 10), (576, 64)):
+        a = rng.standard_normal((300, inner)).astype(np.float32)
+        b = rng.standard_normal((inner, cols)).astype(np.float32)
+        whole = intgemm.sgemm(a, b, np.empty((300, cols), np.float32), threads)
+        for s0, s1 in ((0, 1), (7, 8), (3, 5), (10, 75), (0, 300)):
+            part = intgemm.sgemm(a[s0:s1], b, np.empty((s1 - s0, cols), np.float32))
+            assert np.array_equal(part, whole[s0:s1]), (inner, cols, s0, s1)
+        np.testing.assert_allclose(whole, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("implementation", ["numba", "numpy"])
 def test_wide_cells_split_only_integers_in_range(implementation, monkeypatch):
     """``wide_cells``: grid units, and halves that add back to them; None for a cell at
