@@ -349,9 +349,9 @@ def _load_phase(steps: list) -> int | None:
     return None if any(_is_write(s) for s in steps[k:]) else k
 
 
-# Ideal mode forks a pass only when it holds this many samples a thread: BLAS runs a few
-# samples' large products (ResNet-50's) on all cores anyway, and each run assembles its own
-# matrices from the crossbars
+# Ideal mode forks a pass only when it holds this many samples a thread: a few samples'
+# large products (ResNet-50's) run on all cores anyway (intgemm.sgemm), and each run
+# assembles its own matrices from the crossbars
 SPLIT_SAMPLES = 32
 
 
