@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -18,7 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
 from isa import Instr, Program, cells
@@ -371,12 +372,19 @@ def _pass(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: in
     if runs is None and (pool is None or mode == "ideal"):
         return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar, first,
                         gemm_threads=threads)
-    with threadpool_limits(1, "blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         if runs is None:
             return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar,
                             first, pool)
         return _forked(program, steps, feeds, scale, counts, mode, chip, seed, bar, first,
                        pool, runs)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (finding them reads
+    this process's memory map: about 1 ms a run)."""
+    return ThreadpoolController()
 
 
 def _runs_of_samples(program: Program, steps: list, scale: int, mode: str,
