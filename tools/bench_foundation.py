@@ -52,8 +52,9 @@ def bench(name: str, zoo: str, images: int, repeats: int) -> dict:
     sess, t_session = _timed(lambda: ort.InferenceSession(path,
                                                           providers=["CPUExecutionProvider"]))
     t_ort = _best(lambda: sess.run(None, {"image": x}), repeats) / images
-    t_ideal = _best(lambda: run(program, x, timing=False), repeats) / images
-    out = run(program, x, timing=False).outputs["logits"]
+    # cimrun's default: a thread per core, as onnxruntime's session uses
+    t_ideal = _best(lambda: run(program, x, timing=False, threads=None), repeats) / images
+    out = run(program, x, timing=False, threads=None).outputs["logits"]
     ref = sess.run(None, {"image": x})[0]
     return dict(model=name, xbars=program.chip.xbars, mb=mbytes, compile=t_compile, save=t_save,
                 load=t_load, session=t_session, ideal=t_ideal, ort=t_ort,
