@@ -89,9 +89,9 @@ def build_parser() -> Parser:
                         "before inference, programs them once and runs its samples in N "
                         "runs, one a thread (ideal mode: from 32 samples a thread); "
                         "otherwise quantized and analog modes share each crossbar read "
-                        "out. BLAS and ideal mode's products run on one thread whenever "
-                        "these threads share the work, on all cores otherwise. Outputs do "
-                        "not depend on it")
+                        "out, and ideal mode shares each product's rows out. BLAS runs on "
+                        "one thread during runs of samples and shared reads. Outputs do not "
+                        "depend on it")
     p.add_argument("-o", "--output",
                    help="where to write outputs: .npy for one output, .npz for several "
                         "(default: PROGRAM.out.npy / .npz; not written in --mode timing)")

@@ -72,7 +72,6 @@ class Machine:
         self.program, self.mode, self.seed = program, mode, seed
         # crossbar reads spread over a thread pool's workers (None: this thread)
         self.pool, self.threads = pool, pool._max_workers if pool is not None else 1
-        self.gemm_threads = 1  # ideal mode's products (intgemm.sgemm)
         self.chip = chip or dataclasses.replace(Chip(), arch=program.chip)
         # read noise and written operands' noise, keyed by sample (first: this pass's first)
         self.noise = SampleNoise(seed, first) if mode == "analog" else None
@@ -105,7 +104,7 @@ class Machine:
         one's crossbars (which no later step writes) and has its own buffers, noise, a
         share of the read budget, and no thread pool."""
         part = copy.copy(self)
-        part.pool, part.threads, part.gemm_threads = None, 1, 1
+        part.pool, part.threads = None, 1
         part.noise = SampleNoise(self.seed, first) if self.mode == "analog" else None
         part.shapes, part.bufs = _shapes(self.program, scale), {}
         part.read_budget = self.read_budget // runs
@@ -287,14 +286,13 @@ def _stacks(inputs: list[tuple]) -> list[list[tuple]]:
 
 def _execute(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
              counts: Counter, mode: str = "ideal", chip: Chip | None = None, seed: int = 0,
-             bar=None, first: int = 0, pool=None, gemm_threads: int = 1):
+             bar=None, first: int = 0, pool=None):
     """Run the planned ``steps`` (``mvm_groups.plan`` of the text; in ideal mode
     ``epilogues.fuse`` of that) once on the samples from
     ``first`` on; return the outputs, how many cells wore out and how many cells writes
     programmed (0 in ideal mode). ``bar``: a progress bar advanced once per step; ``pool``:
-    threads for crossbar reads; ``gemm_threads``: for ideal mode's products."""
+    threads for crossbar reads and ideal mode's products."""
     m = Machine(program, scale, mode, chip, seed, first, pool)
-    m.gemm_threads = gemm_threads
     _feed(m, feeds)
     _steps(m, steps, counts, bar)
     return _outputs(m), m.failed_cells, m.cells_changed
@@ -367,11 +365,11 @@ def _pass(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: in
     (ours replacing BLAS's own: both at once would oversubscribe the cores): forked into
     runs of samples (``_runs_of_samples``, ``_forked``) where it can, else quantized and
     analog modes share each crossbar read out (``mvm_groups``), and ideal mode runs as one
-    pass, BLAS on all cores."""
+    pass, its products' rows shared out, BLAS on all cores."""
     runs = _runs_of_samples(program, steps, scale, mode, threads) if pool else None
-    if runs is None and (pool is None or mode == "ideal"):
+    if runs is None and (pool is None or mode == "ideal"):  # ideal: products share rows out
         return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar, first,
-                        gemm_threads=threads)
+                        pool)
     with _blas_controller().limit(limits=1, user_api="blas"):
         if runs is None:
             return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar,
@@ -383,7 +381,8 @@ def _pass(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: in
 @functools.cache
 def _blas_controller() -> ThreadpoolController:
     """threadpoolctl's view of the loaded BLAS libraries, found once (finding them reads
-    this process's memory map: about 1 ms a run)."""
+    this process's memory map: about 1 ms a run); numpy's, loaded on import, are all
+    there is to limit."""
     return ThreadpoolController()
 
 

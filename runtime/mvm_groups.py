@@ -142,7 +142,8 @@ def _ideal_group(m, group: list[Instr]) -> None:
 def ideal_product(m, group: list[Instr]) -> np.ndarray:
     """What an ideal-mode mvm group adds into its destination's vectors ``vecs`` and its
     tiles' columns (lowest to highest): ``src @ matrix``, the matrix assembled from what the
-    crossbars hold now. A new array [B, V, columns]."""
+    crossbars hold now, one MLAS product (``intgemm.sgemm``) over all of the machine's
+    samples, its rows shared out to the machine's threads. A new array [B, V, columns]."""
     (r_lo, r_hi), (c_lo, c_hi) = span(group, "rows"), span(group, "cols")
     matrix = np.zeros((r_hi - r_lo, c_hi - c_lo), np.float32)
     for ins in group:
@@ -152,6 +153,9 @@ def ideal_product(m, group: list[Instr]) -> np.ndarray:
     v0, v1 = group[0].attr("vecs")
     x = as_vectors(m.read(group[0].operands[1]))[:, v0:v1, r_lo:r_hi]
     out = np.empty(x.shape[:2] + (c_hi - c_lo,), np.float32)
-    intgemm.sgemm(x.reshape(-1, x.shape[2]), matrix, out.reshape(-1, out.shape[2]),
-                  m.gemm_threads)
+    a, y = np.ascontiguousarray(x.reshape(-1, x.shape[2])), out.reshape(-1, out.shape[2])
+    # rows shared out to the machine's threads, two at least each (``intgemm.sgemm``: a
+    # row's floats do not depend on the rows beside it)
+    rows = even_runs(len(a), max(1, min(m.threads, len(a) // 2)))
+    m.map(lambda r: intgemm.sgemm(a[r[0]:r[1]], matrix, y[r[0]:r[1]]), rows)
     return out

@@ -53,6 +53,18 @@ def _same_on_threads(program, x, mode: str, seed: int) -> None:
             assert got.stats[stat] == one.stats[stat], (stat, threads)
 
 
+
+def test_ideal_products_keep_a_samples_floats_on_threads_and_alone():
+    """Ideal mode on a network with long columns (3x3 convolutions over 64 channels: K 576)
+    and a 10-class head: 6 samples (32 x 32, random) on 2 threads, each product's rows
+    shared out, and each sample alone on one give the same floats."""
+    program = compile_model(model_path("digits_resnet20"))
+    x = np.random.default_rng(0).random((6, 1, 32, 32), np.float32)
+    together = run(program, x, timing=False, threads=2).outputs["logits"]
+    for i in range(len(x)):
+        alone = run(program, x[i:i + 1], timing=False, first_sample=i).outputs["logits"]
+        assert np.array_equal(alone[0], together[i]), i
+
 @pytest.mark.parametrize("mode", ["quantized", "analog"])
 def test_threads_do_not_change_outputs(cnn, mode, digits_test):
     """Crossbar reads split over threads (by tile batch and by runs of samples) add up to

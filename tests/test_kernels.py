@@ -393,21 +393,26 @@ def test_integer_gemm_is_exact_at_its_contracts_limits():
         intgemm.matmul(a.astype(np.int8), b, out)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_float_gemm_rows_do_not_depend_on_the_rows_beside_them(threads):
+def test_float_gemm_rows_do_not_depend_on_the_rows_beside_them():
     """``intgemm.sgemm``: each row of a product has the same bits whichever rows share the
-    call (a lone row included: MLAS's single-row kernel sums otherwise) and on 1 or 2
-    threads, so that ideal mode's outputs do not depend on batching; within float32
-    rounding of the float64 product."""
+    call (a lone row and a lone column included: MLAS's kernels for them sum otherwise),
+    also for the shapes whose columns MLAS's own threads would have split (K above 128, a
+    few dozen columns), so that ideal mode's outputs do not depend on batching; within
+    float32 rounding of the float64 product; other types refused."""
     rng = np.random.default_rng(3)
-    for inner, cols in ((9, 16), (144, 16), (32, 10), (576, 64)):
+    for inner, cols in ((9, 16), (144, 16), (32, 10), (576, 64), (2304, 100), (9, 1)):
         a = rng.standard_normal((300, inner)).astype(np.float32)
         b = rng.standard_normal((inner, cols)).astype(np.float32)
-        whole = intgemm.sgemm(a, b, np.empty((300, cols), np.float32), threads)
-        for s0, s1 in ((0, 1), (7, 8), (3, 5), (10, 75), (0, 300)):
+        whole = intgemm.sgemm(a, b, np.empty((300, cols), np.float32))
+        for s0, s1 in ((0, 1), (7, 8), (3, 5), (3, 6), (10, 59), (10, 75), (0, 300)):
             part = intgemm.sgemm(a[s0:s1], b, np.empty((s1 - s0, cols), np.float32))
             assert np.array_equal(part, whole[s0:s1]), (inner, cols, s0, s1)
         np.testing.assert_allclose(whole, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    assert intgemm.sgemm(a[:0], b, np.empty((0, 1), np.float32)).shape == (0, 1)
+    with pytest.raises(TypeError):
+        intgemm.sgemm(a.astype(np.float64), b, np.empty((300, 1), np.float32))
+    with pytest.raises(ValueError):
+        intgemm.sgemm(a, b, np.empty((2, 300), np.float32).T)
 
 
 @pytest.mark.parametrize("implementation", ["numba", "numpy"])
