@@ -256,15 +256,20 @@ def float32_exact(progs: list[Programmed], digit: int) -> bool:
     of 2**-GRID_BITS (``device.on_grid``) and no column sum (cells are >= 0) can reach
     2**24 of those units (``Programmed.grid_bound``). Then a float32 product gives the
     float64 product's sums rounded to float32, the same bits at twice the speed."""
-    bounds = [p.grid_bound for p in progs]
-    return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** 24
+    return _grid_sums_below(progs, digit, 24)
 
 
 def int32_exact(progs: list[Programmed], digit: int) -> bool:
     """Whether those sums, in grid units, fit int32 (``kernels.integer_product``'s
     currents): cells on the grid, and no column sum reaching 2**31 of its units."""
+    return _grid_sums_below(progs, digit, 31)
+
+
+def _grid_sums_below(progs: list[Programmed], digit: int, bits: int) -> bool:
+    """Cells on the grid, and no column sum of digits up to ``digit`` times them reaching
+    2**bits grid units (``Programmed.grid_bound``)."""
     bounds = [p.grid_bound for p in progs]
-    return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** 31
+    return None not in bounds and max(bounds, default=0.0) * digit < 2.0 ** bits
 
 
 def float64_exact(progs: list[Programmed], digit: int, chip: Chip) -> bool:
@@ -272,9 +277,8 @@ def float64_exact(progs: list[Programmed], digit: int, chip: Chip) -> bool:
     units; for quantized mode's cells (float32 of Gmin plus a digit, every one a multiple of
     the last bit of float32(Gmin)), when the largest column sum stays below 2**53 of that
     bit. Chips with a tiny Gmin, long columns and wide DAC digits can fail it."""
-    bounds = [p.grid_bound for p in progs]
-    if None not in bounds:
-        return max(bounds, default=0.0) * digit < 2.0 ** 53
+    if None not in [p.grid_bound for p in progs]:
+        return _grid_sums_below(progs, digit, 53)
     gmin = gmin_levels(chip)
     g0 = np.float32(gmin)
     unit = 2.0 ** (int(np.frexp(g0)[1]) - 24) if g0 > 0 else 1.0  # float32: 24-bit significands
