@@ -366,7 +366,8 @@ def _pass(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: in
     runs of samples (``_runs_of_samples``, ``_forked``) where it can, else quantized and
     analog modes share each crossbar read out (``mvm_groups``), and ideal mode runs as one
     pass, its products' rows shared out, BLAS on all cores."""
-    runs = _runs_of_samples(program, steps, scale, mode, threads) if pool else None
+    load = _load_phase(steps)
+    runs = _runs_of_samples(program, load, scale, mode, threads) if pool else None
     if runs is None and (pool is None or mode == "ideal"):  # ideal: products share rows out
         return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar, first,
                         pool)
@@ -375,7 +376,7 @@ def _pass(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: in
             return _execute(program, steps, feeds, scale, counts, mode, chip, seed, bar,
                             first, pool)
         return _forked(program, steps, feeds, scale, counts, mode, chip, seed, bar, first,
-                       pool, runs)
+                       pool, runs, load)
 
 
 @functools.cache
@@ -386,13 +387,13 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _runs_of_samples(program: Program, steps: list, scale: int, mode: str,
+def _runs_of_samples(program: Program, load: int | None, scale: int, mode: str,
                      threads: int) -> list[tuple[int, int]] | None:
     """The even runs of compiled batches, one a thread, that a pass of ``scale`` batches
     forks into; None where it does not: a program that writes crossbars after its load
-    phase, fewer batches than threads (the threads share reads out instead), and in ideal
-    mode fewer than ``SPLIT_SAMPLES`` samples a thread."""
-    if _load_phase(steps) is None or scale < threads:
+    phase (``load`` None, ``_load_phase``), fewer batches than threads (the threads share
+    reads out instead), and in ideal mode fewer than ``SPLIT_SAMPLES`` samples a thread."""
+    if load is None or scale < threads:
         return None
     if mode == "ideal" and scale * program.batch < SPLIT_SAMPLES * threads:
         return None
@@ -401,13 +402,13 @@ def _runs_of_samples(program: Program, steps: list, scale: int, mode: str,
 
 def _forked(program: Program, steps: list, feeds: dict[str, np.ndarray], scale: int,
             counts: Counter, mode: str, chip: Chip | None, seed: int, bar, first: int, pool,
-            runs: list[tuple[int, int]]):
-    """Program the crossbars once (the load phase), then run each of ``runs`` (compiled
-    batches) through the rest of the program on a fork of the machine (``Machine.fork``),
+            runs: list[tuple[int, int]], load: int):
+    """Program the crossbars once (the ``load`` leading steps), then run each of ``runs``
+    (compiled batches) through the rest of the program on a fork of the machine (``Machine.fork``),
     on the pool. A sample's arithmetic and noise are its own, so the split changes no
     result; ``counts`` and ``bar`` follow the first run, as for one pass. An error in one
     run, or an interrupt, stops the others at their next step; the first error is raised."""
-    load, b = _load_phase(steps), program.batch
+    b = program.batch
     m = Machine(program, scale, mode, chip, seed, first, pool)
     _steps(m, steps[:load], counts, bar)  # programming: stacks on the pool's threads
     stop = threading.Event()

@@ -6,9 +6,9 @@ MLAS runs the integer products on AVX-512 VNNI where the CPU has it: on the proj
 2-core AMD EPYC (Zen 5), on a read's block, 1.6-1.8x the float32 GEMM of OpenBLAS's AVX-512
 kernels and about 3x its AVX2 ones, one thread each, for the same exact sums (``python -m
 tools.bench_sparse_product``). A session per operator, on one intra-op thread, built on
-first use: cimrun's worker threads call them concurrently (onnxruntime allows concurrent runs of one
-session and releases the GIL while it runs: two threads each ran their products within 10 %
-of one thread's time).
+first use: cimrun's worker threads call them concurrently (onnxruntime allows concurrent
+runs of one session and releases the GIL while it runs: two threads each ran their
+products within 10 % of one thread's time).
 
 The integer products are exact on every CPU MLAS supports, for callers that keep each
 adjacent pair of products a[m, k] b[k, n] + a[m, k + 1] b[k + 1, n] within int16
@@ -22,7 +22,7 @@ and for a single column sum otherwise, so those run padded, and its own threads 
 K in other blocks when they split the columns (``mvm_groups.ideal_product`` shares rows
 out to its threads instead). They pick MLAS's AVX-512 kernels where OpenBLAS may be held
 to AVX2 (this machine's environment): ResNet-50's ideal marginal on two threads 52-56 ->
-37-40 ms there, the same (35-41 ms) with OpenBLAS's AVX-512 kernels. A call costs about
+34-40 ms there, the same (35-41 ms) with OpenBLAS's AVX-512 kernels. A call costs about
 8 us, against about 1 for numpy's smallest products: one sample through the digits MLP
 takes about 0.37 ms instead of 0.29.
 """
@@ -65,11 +65,12 @@ def _session(op: str):
 
 
 def _run(op: str, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    binding = _session(op).io_binding()
+    session = _session(op)
+    binding = session.io_binding()
     binding.bind_cpu_input("a", np.ascontiguousarray(a))
     binding.bind_cpu_input("b", np.ascontiguousarray(b))
     binding.bind_output("y", "cpu", 0, out.dtype, out.shape, out.ctypes.data)
-    _session(op).run_with_iobinding(binding)
+    session.run_with_iobinding(binding)
     return out
 
 
