@@ -56,9 +56,11 @@ def im2col(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
     n = len(kernel)
     out = out_size(x.shape[2:], kernel, strides, pads, dilations)
     b, c = x.shape[:2]
-    if c < kernel[-1]:
+    if 1 < c < kernel[-1]:
         # few channels (an RGB stem): numpy's copy loops innermost over the destination's
-        # smallest stride, which is the channel axis per offset but the window's last axis here
+        # smallest stride, which is the channel axis per offset but the window's last axis
+        # here. (One channel goes offset by offset: its patches are the offsets in order, and
+        # 540 8x8 digits took 0.19 ms against 0.52 this way; 28x28 by 5x5, 0.94 against 1.06.)
         xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[n + i]) for i in range(n)])
         v = windows(xp, kernel, strides, dilations, out)  # [B, C, *out, *kernel]
         order = (0,) + tuple(range(2, 2 + n)) + (1,) + tuple(range(2 + n, 2 + 2 * n))
