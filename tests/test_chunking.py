@@ -294,3 +294,5 @@ def test_the_kept_freed_memory_never_shrinks_within_a_process(monkeypatch):
         assert memory.keep_freed_memory(pass_bytes)
     trims = [v for p, v in calls if p == memory._M_TRIM_THRESHOLD]
     assert trims == [memory.KEEP_FREED_BYTES, 1536 * 2 ** 20, 1536 * 2 ** 20, 2 ** 31 - 1]
+    # and every call keeps a thread's whole heaps (a top pad of glibc's largest heap)
+    assert [v for p, v in calls if p == -2] == [64 * 2 ** 20] * 4
