@@ -121,7 +121,10 @@ MMAP_THRESHOLD_BYTES = 32 * 2 ** 20
 # threshold, unless fewer than the top pad's bytes would be left free below it (arena.c's
 # heap_trim). A top pad of a whole heap keeps them: ResNet-50 analog, four images on two
 # threads, 290,000-370,000 -> 230,000 page faults, 3.5 -> 2.0 s of system time; two images'
-# time 6.9-7.1 -> 6.4-6.7 s, side by side, the same peak memory.
+# time 6.9-7.1 -> 6.4-6.7 s, side by side, the same peak memory. A thread's heaps then keep
+# its peak until ``release_freed_memory`` (after a machine's first crossbar writes) gives
+# their free pages back, and the main heap's break grows by the pad each time it grows
+# (address space, which a soft RLIMIT_AS counts, not resident memory).
 TOP_PAD_BYTES = 64 * 2 ** 20
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
 _kept = [0]  # the trim threshold this process has set so far
