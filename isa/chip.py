@@ -115,7 +115,12 @@ class Chip:
     name: str = "default"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **{s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}}
+        """The chip as plain data, a section a dict, new each call. (Every value is an int
+        or a float, so no copy is needed: ``dataclasses.asdict``'s deep copies took 50 us,
+        every run's report has one, and a one-image run takes 0.6 ms.)"""
+        return {"name": self.name, **{s: {f.name: getattr(getattr(self, s), f.name)
+                                          for f in dataclasses.fields(kind)}
+                                      for s, kind in SECTIONS.items()}}
 
 
 SECTIONS = {"arch": ChipGeometry, "device": Device, "timing": Timing, "energy": Energy,

@@ -12,7 +12,7 @@ from conftest import DIGITS, MODELS, cli, model_path, ort_run, rel_err
 import isa
 from compiler import compile_model
 from isa import ChipGeometry
-from isa.chip import Chip, with_overrides
+from isa.chip import SECTIONS, Chip, from_dict, load_chip, presets, with_overrides
 from runtime import device, encoding, kernels, run
 from runtime import noise as nz
 from runtime.analog import crossbar_mvm
@@ -20,6 +20,19 @@ from runtime.analog import crossbar_mvm
 
 def _chip(*sets, arch=None):
     return with_overrides(dataclasses.replace(Chip(), arch=arch or Chip().arch), list(sets))
+
+
+@pytest.mark.parametrize("name", presets())
+def test_a_chip_as_data_is_its_sections_and_round_trips(name):
+    """``Chip.to_dict`` (every run's report carries it) gives each section as
+    ``dataclasses.asdict`` does, in a dict of its own, and ``from_dict`` of it is the chip."""
+    chip = load_chip(name)
+    data = chip.to_dict()
+    assert data == {"name": chip.name,
+                    **{s: dataclasses.asdict(getattr(chip, s)) for s in SECTIONS}}
+    assert from_dict(data) == chip
+    data["arch"]["rows"] = -1  # a new dict each call: the chip is untouched
+    assert chip.to_dict()["arch"]["rows"] == chip.arch.rows
 
 
 def test_programming_spread_matches_sigma():
