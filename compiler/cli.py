@@ -19,7 +19,7 @@ import onnx
 
 from isa import IsaError, Program, save
 from isa.chip import Chip, presets
-from isa.cli import Parser, quiet_broken_pipe
+from isa.cli import INTERRUPTED, SIGPIPE_STATUS, Parser, quiet_broken_pipe
 
 from . import flags, progress
 from .basis import BasisSet
@@ -32,8 +32,6 @@ from .passes import PIPELINE
 from .passes.basis_decompose import check_fits
 from .passes.lower_to_crossbar import DYNAMIC
 from .passes.schedule import SCHEDULES
-
-SIGPIPE_STATUS = 141  # what a shell reports for a Unix tool whose reader went away
 
 
 def _geometry_flags(p: argparse.ArgumentParser) -> None:
@@ -221,6 +219,8 @@ def _compile(args, output: str) -> Program:
     low = None if args.bit_stucking is None else flags.low_write(args.bit_stucking,
                                                                  chip.arch.slices)
     flags.check_outputs(args, output)
+    for message in flags.ignored(args):
+        _warn(message)
     dump = dump_to_stdout if args.dump_ir == "-" else \
         dump_to_dir(args.dump_ir) if args.dump_ir else None
     bars = sys.stderr.isatty() and not args.quiet
@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cimc: error: {exc.filename or args.model}: {exc.strerror}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"cimc: interrupted; {output} was not written", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from isa.cells import LowWrite
 from isa.chip import Chip, load_chip
-from isa.files import check_writable
+from isa.files import check_distinct, check_writable
 from isa.limits import BATCH, GEOMETRY, check_geometry
 
 from .backend import REQUIRES
@@ -133,19 +133,34 @@ def digital(args: argparse.Namespace, model) -> frozenset[str]:
     return digital_layers(args.digital.split(","), matrix_layers(model))
 
 
+# Flags that only a setting of another flag reads: (flag, dest, needs, whether it applies)
+_DEPENDENT = (
+    ("--calibrate-labels", "calibrate_labels", "--basis auto", lambda a: a.basis == "auto"),
+    ("--dynamic-xbars", "dynamic_xbars", "--dynamic write", lambda a: a.dynamic == "write"),
+)
+
+
+def ignored(args: argparse.Namespace) -> list[str]:
+    """Warnings for flags given where nothing reads them (not errors: a sweep may fix such a
+    flag for all its points while another flag varies)."""
+    return [f"{flag} is read only with {needs}; ignored"
+            for flag, dest, needs, applies in _DEPENDENT
+            if getattr(args, dest) is not None and not applies(args)]
+
+
 def check_outputs(args: argparse.Namespace, output: str) -> None:
-    """-o and --basis-out can be written, are different files, and are not the model."""
+    """-o and --basis-out can be written; they and --dump-ir's directory are different
+    paths, none of them an input (the model, --calibrate, --calibrate-labels, a --basis or
+    --chip file)."""
     check_writable(output, "-o")
-    named = {"-o": output}
     if args.basis_out:
         check_writable(args.basis_out, "--basis-out")
-        named["--basis-out"] = args.basis_out
-    paths = [os.path.realpath(p) for p in named.values()]
-    if len(set(paths)) < len(paths):
-        raise CompileError(f"-o and --basis-out must name different files (both {output})")
-    for name, path in named.items():
-        if os.path.realpath(path) == os.path.realpath(args.model):
-            raise CompileError(f"{name} {path} is the model itself; write somewhere else")
+    dump = args.dump_ir if args.dump_ir and args.dump_ir != "-" else None
+    files = {flag: path for flag, path in (("--basis", args.basis), ("--chip", args.chip))
+             if path and os.path.isfile(path)}
+    check_distinct({"-o": output, "--basis-out": args.basis_out, "--dump-ir": dump},
+                   {"model": args.model, "--calibrate": args.calibrate,
+                    "--calibrate-labels": args.calibrate_labels, **files})
 
 
 def low_write(spec, slices: int) -> LowWrite:

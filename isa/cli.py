@@ -6,6 +6,9 @@ import argparse
 import sys
 from typing import NoReturn
 
+SIGPIPE_STATUS = 141  # what a shell reports for a Unix tool whose reader went away
+INTERRUPTED = 130  # and for one stopped by Ctrl-C (SIGINT)
+
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (``PROG: error: ...; see PROG

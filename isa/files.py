@@ -3,7 +3,8 @@
 ``write_atomic`` writes through a temporary file in the target's directory and renames it
 over the target, so a crash or an error never leaves half a file and never touches an existing
 one; the result gets the permissions a plain ``open`` would give (the umask), not mkstemp's
-0600. ``check_writable`` lets a command refuse a bad output path before any long work.
+0600. ``check_writable`` lets a command refuse a bad output path before any long work, and
+``check_distinct`` one that would overwrite an input or another output.
 ``load_array`` reads ``.npy``/``.npz`` without ever unpickling. Both raise ``IsaError`` with
 the user's own path in the message.
 """
@@ -35,6 +36,32 @@ def check_writable(path: str, flag: str) -> None:
         raise IsaError(f"{flag} {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise IsaError(f"{flag} {path}: directory {directory} is not writable")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same resolved path, or (both existing) the same
+    inode, as a hard link gives."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): they differ
+        return False
+
+
+def check_distinct(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Raise IsaError where an output (flag -> path; None: not given) names an input file or
+    another output, by any path: writing it would destroy what the command reads, or one
+    output would replace another. Checked before any work."""
+    outs = [(flag, path) for flag, path in outputs.items() if path]
+    for i, (flag, path) in enumerate(outs):
+        for other, earlier in outs[:i]:
+            if _same_file(path, earlier):
+                raise IsaError(f"{other} and {flag} must name different files (both {path})")
+        for source, given in inputs.items():
+            if given and _same_file(path, given):
+                raise IsaError(f"{flag} {path} is also the {source} file; writing it would "
+                               "replace what this command reads: write somewhere else")
 
 
 def write_atomic(path: str, write: Callable[[str], None]) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 
 import isa
 from isa.chip import Chip, presets
-from isa.cli import Parser
-from isa.files import check_writable, load_array, write_atomic, write_text_atomic
+from isa.cli import INTERRUPTED, Parser
+from isa.files import check_distinct, check_writable, load_array, write_atomic, write_text_atomic
 
 from .chips import resolve
 from .errors import RunError
@@ -29,9 +29,13 @@ from .trace import trace_json
 
 
 def _seed(text: str) -> int:
-    value = int(text)
+    """A non-negative integer (--seed, --first-sample)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
     return value
 
 
@@ -46,9 +50,13 @@ def _threads(text: str) -> int:
 
 
 def _megabytes(text: str) -> int:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of MB, got {text}")
+    """A positive, finite number of MB, as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 2 ** 40:  # (NaN and inf fail too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of MB")
     return int(value * 2 ** 20)
 
 
@@ -133,12 +141,18 @@ def _output_path(args, program: isa.Program) -> str | None:
 
 
 def _check_paths(args, out: str | None) -> None:
-    for flag, path in (("-o", out), ("--report", args.report), ("--trace", args.trace)):
+    """The outputs can be written, and none of them is an input or another output."""
+    outputs = {"-o": out, "--report": args.report, "--trace": args.trace}
+    for flag, path in outputs.items():
         if path:
             check_writable(path, flag)
-    named = [p for p in (out, args.report, args.trace) if p]
-    if len({os.path.abspath(p) for p in named}) < len(named):
-        raise RunError("-o, --report and --trace must name different files")
+    chip = args.chip if args.chip and os.path.isfile(args.chip) else None
+    check_distinct(outputs, {"program": args.program, "--input": args.input,
+                             "--labels": args.labels, "--reference": args.reference,
+                             "--chip": chip})
+    if out and not out.endswith((".npy", ".npz")):
+        raise RunError(f"-o {out}: name a .npy file (or a .npz, which holds each output by "
+                       "name)")
 
 
 def prepare(args) -> Job:
@@ -161,8 +175,13 @@ def prepare(args) -> Job:
     job.output = _output_path(args, program)
     _check_paths(args, job.output)
     if args.input:
-        job.inputs, samples = check_inputs(program, load_array(args.input, "--input"),
-                                           args.allow_nonfinite, source=args.input)
+        given = load_array(args.input, "--input")
+        job.inputs, samples = check_inputs(program, given, args.allow_nonfinite,
+                                           source=args.input)
+        extra = sorted(set(given) - set(job.inputs)) if isinstance(given, dict) else []
+        if extra:
+            job.warnings.append(f"--input {args.input}: array(s) {', '.join(extra)} are not "
+                                f"inputs of the program ({', '.join(job.inputs)}); ignored")
         if args.labels:
             job.labels = check_labels(load_array(args.labels, "--labels"),
                                       samples * program.batch, classes(program), args.labels)
@@ -225,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         print("cimrun: error: out of memory; run fewer samples at a time (split --input)",
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("cimrun: interrupted", file=sys.stderr)
+        return INTERRUPTED
     if not args.quiet:
         print(summary(result.stats, result.outputs, job.output, accuracy, args.mode))
     return 0

@@ -354,6 +354,19 @@ def test_exact_basis_file_does_not_warn(tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
+def test_flags_nothing_reads_are_said_to_be_ignored(tmp_path):
+    labels = os.path.join(MODELS, "digits_test_y.npy")
+    r = cli("cimc", CNN, "-q", "-o", str(tmp_path / "p.cim"), "--calibrate-labels", labels,
+            "--dynamic-xbars", "3")
+    assert r.returncode == 0 and r.stdout == ""
+    assert _warnings(r.stderr) == [
+        "cimc: warning: --calibrate-labels is read only with --basis auto; ignored",
+        "cimc: warning: --dynamic-xbars is read only with --dynamic write; ignored"]
+    r = cli("cimc", CNN, "-q", "-o", str(tmp_path / "p.cim"), "--dynamic", "write",
+            "--dynamic-xbars", "3")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
 def test_library_warning_goes_to_the_callback():
     model, seen = onnx.load(CNN), []
     compile_model(model, basis=fit(layer_matrices(model), 3), warn=seen.append)

@@ -193,6 +193,14 @@ def test_npz_input_by_name(cnn_program, tmp_path):
     r = cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x.npz"), "-o",
             str(tmp_path / "o.npy"))
     assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr
+    np.savez(tmp_path / "z.npz", image=x, labels=np.zeros(len(x)))  # an extra array: said
+    r = cli("cimrun", str(cnn_program), "--input", str(tmp_path / "z.npz"), "-o",
+            str(tmp_path / "o2.npy"))
+    assert r.returncode == 0, r.stderr
+    assert f"cimrun: warning: --input {tmp_path / 'z.npz'}: array(s) labels are not inputs of " \
+           "the program (image); ignored" in r.stderr
+    assert np.array_equal(np.load(tmp_path / "o2.npy"), np.load(tmp_path / "o.npy"))
     np.savez(tmp_path / "y.npz", picture=x)
     fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "y.npz")),
            "missing input(s): image")
@@ -215,7 +223,13 @@ def _untouched(out):
 
 def test_usage_errors_are_one_line(cnn_program):
     fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--seed", "-1"),
-           "argument --seed: must be a non-negative integer, got -1")
+           "argument --seed: '-1' is not a non-negative integer")
+    for flag, value, message in (("--seed", "abc", "is not a non-negative integer"),
+                                 ("--first-sample", "1.5", "is not a non-negative integer"),
+                                 ("--memory-limit", "inf", "is not a positive number of MB"),
+                                 ("--memory-limit", "abc", "is not a positive number of MB")):
+        fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, flag, value),
+              f"argument {flag}: '{value}' {message}")
     fails(cli("cimrun", str(cnn_program), "--mode", "fast"), "argument --mode")
 
 
@@ -303,8 +317,66 @@ def test_late_flags_fail_before_the_run_and_keep_outputs(cnn_program, tmp_path, 
 
 
 def test_same_file_for_two_outputs(cnn_program, tmp_path):
-    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(tmp_path / "a"),
-               "--report", str(tmp_path / "a")), "must name different files")
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(tmp_path / "a.npy"),
+               "--report", str(tmp_path / "a.npy")), "must name different files")
+
+
+def test_outputs_go_to_npy_or_npz(cnn_program, tmp_path):
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "-o", str(tmp_path / "y.txt")),
+          f"-o {tmp_path / 'y.txt'}: name a .npy file (or a .npz")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("flag", ["-o", "--report", "--trace"])
+def test_an_output_never_replaces_an_input(cnn_program, tmp_path, flag):
+    """An output naming the program, the input or the labels (by another path, or a hard
+    link) is refused before the run, and the input is left as it was."""
+    program = tmp_path / "p.cim"
+    program.write_bytes(cnn_program.read_bytes())
+    x = tmp_path / "x.npy"
+    np.save(x, np.load(SAMPLE))
+    labels = tmp_path / "y.npy"
+    np.save(labels, np.zeros(len(np.load(SAMPLE)), np.int64))
+    os.link(x, tmp_path / "linked.npy")
+    before = {p: p.read_bytes() for p in (program, x, labels)}
+    for target, source in ((program, "program"), (tmp_path / "." / "x.npy", "--input"),
+                           (tmp_path / "linked.npy", "--input"), (labels, "--labels")):
+        fails(cli("cimrun", str(program), "--input", str(x), "--labels", str(labels),
+                  flag, str(target)), f"{flag} {target} is also the {source} file")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_cimc_output_never_replaces_an_input(tmp_path):
+    samples = tmp_path / "cal.npy"
+    np.save(samples, np.load(SAMPLE))
+    kept = samples.read_bytes()
+    fails(cli("cimc", model_path("digits_cnn"), "-o", str(samples), "--calibrate", str(samples)),
+          f"-o {samples} is also the --calibrate file")
+    assert samples.read_bytes() == kept
+    out = tmp_path / "b.cim"
+    fails(cli("cimc", model_path("digits_cnn"), "-o", str(out), "--dump-ir", str(out)),
+          "-o and --dump-ir must name different files")
+    assert not out.exists()
+
+
+def test_ctrl_c_is_one_line_with_status_130(cnn_program, tmp_path, monkeypatch, capsys):
+    """An interrupt during the run or the compile: one line, the shell's status for SIGINT,
+    and an existing output left as it was."""
+    import compiler.cli
+    import runtime.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = _existing_output(tmp_path)
+    monkeypatch.setattr(runtime.cli, "run", interrupted)
+    assert runtime.cli.main([str(cnn_program), "--input", SAMPLE, "-o", str(out)]) == 130
+    assert capsys.readouterr().err == "cimrun: interrupted\n"
+    _untouched(out)
+    monkeypatch.setattr(compiler.cli, "compile_model", interrupted)
+    assert compiler.cli.main([model_path("digits_cnn"), "-o", str(out)]) == 130
+    assert capsys.readouterr().err == f"cimc: interrupted; {out} was not written\n"
+    _untouched(out)
 
 
 def test_directory_as_program_or_input(cnn_program, tmp_path):
