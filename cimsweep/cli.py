@@ -4,7 +4,8 @@
     cimsweep plot RESULTS.parquet [-o DIR]
 
 User errors print one line ``cimsweep: error: ...`` and exit with status 2; a sweep whose
-points failed still exits 0 (the failures are rows of the results) unless ``--strict``.
+points failed still exits 0 (the failures are rows of the results) unless ``--strict``,
+which exits 1 while the results hold a failed point, whichever run recorded it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-from isa.cli import Parser, quiet_broken_pipe
+from isa.cli import INTERRUPTED, Parser, quiet_broken_pipe
 
 from .errors import SweepError
-
-INTERRUPTED = 130
 
 
 def sweep_parser() -> Parser:
@@ -46,8 +45,9 @@ def sweep_parser() -> Parser:
                    help="also run again the points whose rows recorded an error (default: "
                         "a recorded point, failed or not, is never run again)")
     p.add_argument("--strict", action="store_true",
-                   help="exit with status 1 when any point failed (default: 0; the errors "
-                        "are in the results' error column)")
+                   help="exit with status 1 when any point of the results failed, in this "
+                        "run or recorded by an earlier one (default: 0; the errors are in "
+                        "the results' error column)")
     p.add_argument("--list", action="store_true",
                    help="print the points (settings, seed, shard) and whether each is "
                         "recorded, then stop; compiles and runs nothing")
@@ -88,7 +88,7 @@ def _sweep(argv: list[str]) -> int:
     finally:
         executor.close()
     say(driver.summary_line(outcome))
-    return 1 if args.strict and outcome.failed else 0
+    return 1 if args.strict and outcome.failed_in_results else 0
 
 
 def _list(sweep) -> int:

@@ -32,10 +32,11 @@ class Outcome:
     points: int       # in the sweep
     skipped: int      # already in the journal
     ran: int
-    failed: int
+    failed: int       # of the points this call ran
     compiled: int
     seconds: float
     results: str
+    failed_in_results: int = 0  # the results' failed points, recorded earlier ones included
 
 
 def code_version() -> str:
@@ -138,7 +139,8 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
         if rows:
             write_table(sweep.results, merge(rows, columns, sweep.metrics, shards))
     return Outcome(len(points), len(points) - len(todo), state.ran, state.failed,
-                   state.compiled, time.perf_counter() - start, sweep.results)
+                   state.compiled, time.perf_counter() - start, sweep.results,
+                   sum(row["status"] != "ok" for row in rows))
 
 
 class _State:
@@ -219,8 +221,11 @@ def _plural(n: int, word: str) -> str:
 
 
 def summary_line(outcome: Outcome) -> str:
+    earlier = outcome.failed_in_results - outcome.failed
     return (f"cimsweep: {_plural(outcome.ran, 'point')} run ({outcome.failed} failed), "
-            f"{outcome.skipped} already recorded, "
-            f"{_plural(outcome.compiled, 'program')} compiled, "
+            f"{outcome.skipped} already recorded"
+            + (f" ({earlier} of them failed; --retry-failed runs them again)" if earlier > 0
+               else "")
+            + f", {_plural(outcome.compiled, 'program')} compiled, "
             f"{outcome.seconds:.1f} s; results in {outcome.results}")
 

@@ -60,7 +60,7 @@ MAPPINGS: dict[str, dict] = {
 }
 
 TOP_KEYS = {"results", "mode", "seeds", "metrics", "models", "dataset", "fixed", "grid",
-            "cases", "cache", "name"}
+            "cases", "cache"}
 DATASET_KEYS = {"inputs", "labels", "samples", "shards"}
 
 TIMING_METRICS = ("cycles_per_inference", "latency_ns_per_inference", "energy_pj_per_inference",
@@ -345,6 +345,11 @@ def _value(key: str, value, actions: dict, here: str, fail):
             isinstance(value, str) and value.startswith("basis:")
             and value[6:].isdigit()):
         fail(f"mapping {value!r}: choose from {', '.join(MAPPINGS)} or basis:N")
+    if dest == "chip":
+        from isa.chip import presets
+        if not (isinstance(value, str) and (value in presets()
+                                            or os.path.isfile(os.path.join(here, value)))):
+            fail(f"chip {value!r}: neither a preset ({', '.join(presets())}) nor a TOML file")
     if dest in FILE_FLAGS and isinstance(value, str):
         candidate = os.path.join(here, value)
         if os.path.isfile(candidate):

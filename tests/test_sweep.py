@@ -252,6 +252,10 @@ def test_failing_points_are_recorded(tmp_path, capsys):
     states = [line.rsplit(" ", 1)[1] for line in out.splitlines()]
     assert status == 0 and states == ["ok", "ok", "error", "error"] + ["error"] * 4
     assert run(path).ran == 0
+    # --strict fails while the results hold failed points, also on a run that ran none
+    status, out, _ = main([path, "--strict", "--jobs", 1], capsys)
+    assert status == 1
+    assert "0 points run (0 failed), 8 already recorded (6 of them failed" in out
     again = run(path, retry_failed=True)
     assert (again.skipped, again.ran, again.failed) == (2, 6, 6)
 
@@ -466,6 +470,9 @@ def test_program_cache_and_list(tmp_path, capsys):
     (dict(fixed={"mapping.stuck_aware": True}),
      ["mapping.stuck_aware = True: expected a number (switches are 0 or 1)"]),
     (dict(top={"cache": 5}), ["cache = 5: expected a string"]),
+    (dict(top={"name": "mine"}), ["unknown key(s) name"]),
+    (dict(grid={"chip": ["default", "nochip"]}),
+     ["chip 'nochip': neither a preset (default, ", "nor a TOML file"]),
 ])
 def test_sweep_file_errors(tmp_path, capsys, options, needles):
     path = write_sweep(tmp_path, **options)
