@@ -64,7 +64,7 @@ class Timing:
 class Energy:
     xbar_step_pj: float = 30.0       # array read per 100 ns step (ISAAC: 0.3 mW per array)
     adc_pj: float = 1.56             # per conversion (ISAAC: 8-bit 1.28 GS/s ADC at 2 mW)
-    dac_pj: float = 0.004            # per row per step (1-bit DAC)
+    dac_pj: float = 0.39             # per row per step (1-bit DAC; ISAAC, default.toml)
     verify_row_pj: float = 0.0       # per verify read of a row, beyond its column conversions
                                      # (adc_pj each) and one array step (xbar_step_pj)
     write_pulse_pj: float = 1.38     # one pulse on one cell (PUMA: 22.6 nJ / 128x128 cells)

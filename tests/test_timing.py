@@ -31,7 +31,7 @@ PULSE_PJ = 1.38                                 # one pulse on one cell (PUMA: 2
 VERIFY_PJ = 128 * 1.56 + 30                     # a row's 128 column conversions + an array step
 WRITE_PJ = 12 * 2 * 4 * 8 * PULSE_PJ + 4 * 2 * 8 * VERIFY_PJ  # cells x iterations x pulse +
 #                                                 rows x phases x iterations x verify read
-MVM_PJ = 10 * (30 + 4 * 0.004) + 8 * (3 * 2 * 4) * 1.56  # array steps + ADC conversions
+MVM_PJ = 10 * (30 + 4 * 0.39) + 8 * (3 * 2 * 4) * 1.56  # array steps, DACs + ADC conversions
 FILL_PJ = 12 * 1.25                             # 12 bytes through the buffer port
 FILL_NS = 1                                     # 12 bytes / 64 bytes per 1 ns cycle
 

@@ -11,7 +11,9 @@ the chip's compute area (crossbars, converters, drivers, vector unit, combiner a
 accumulators, digital MACs: ``resources.area_mm2_by_component`` without memories), the store
 that holds the mapping's parameters on chip (BasisN's coefficient SRAM, reprogramming's
 weight store, the digital unit's weight SRAM; the scratchpad, about the same for all, is in
-neither), and each mapping's ratio to the best baseline (the fastest non-BasisN row).
+neither), and each mapping's ratios to the best baseline in that column: cycles over the
+fastest non-BasisN row's, EDP over the lowest non-BasisN EDP (often another row: the digital
+unit is slow but frugal).
 
 Mappings: ``basisN`` (digital combiner) and ``basisN-analog`` (the same program under the
 analog reading, ``timing.combiner_analog = 1``); ``naive`` and ``optimized`` reprogramming;
@@ -24,7 +26,8 @@ BasisN's compute area: reprogramming as many crossbars as fit in it (weight-stat
 replicated, once they hold every tile); the digital unit as many MACs as fit.
 
 Heat maps (ResNet-50, batch 1 and ``XBARS``): BasisN's cycles over the best baseline's,
-against the write time of a row x write drivers, and against combiner lanes x batch, with the
+against the write time of a row (from PUMA's 0.086 us to 9 us, spanning every preset) x write
+drivers, and against combiner lanes x batch, with the
 contour where the ratio is 1 and the point each preset sits at. Reprogramming plans are made
 per driver count (the scheduler knows about shared drivers) and re-simulated per write time.
 
@@ -132,8 +135,9 @@ class Study:
         return stats(program, self.chip)
 
 
-def best_baseline(rows: dict) -> str:
-    return min((k for k in rows if k not in BASIS_ROWS), key=lambda k: rows[k]["cycles"])
+def best_baseline(rows: dict, metric: str = "cycles") -> str:
+    """The non-BasisN row with the lowest ``metric``."""
+    return min((k for k in rows if k not in BASIS_ROWS), key=lambda k: rows[k][metric])
 
 
 def equal_crossbars(study: Study) -> dict:
@@ -182,13 +186,15 @@ DRIVER_MM2 = (0.0, 0.0025, 0.01)  # the write driver's area is an assumption: it
 
 
 def driver_area_sweep(study: Study) -> None:
-    """BasisN over optimized reprogramming at equal compute area as the assumed write-driver
-    area changes (it sets how many crossbars the combiner's area buys)."""
+    """BasisN's cycles over optimized reprogramming's and the digital unit's at equal compute
+    area as the assumed write-driver area changes (it sets how many crossbars, or MACs, the
+    combiner's area buys)."""
     x = XBARS[study.name]
     print(f"\n### Equal compute area against the write driver's area ({study.name}, batch "
           f"{study.batch})\n")
-    print("| write driver mm2 | BasisN compute mm2 | optimized crossbars | BasisN / optimized |")
-    print("|---|---|---|---|")
+    print("| write driver mm2 | BasisN compute mm2 | optimized crossbars | BasisN / optimized "
+          "| digital MACs | BasisN / digital |")
+    print("|---|---|---|---|---|---|")
     for mm2 in DRIVER_MM2:
         chip = dataclasses.replace(study.chip, area=dataclasses.replace(
             study.chip.area, write_driver_mm2=mm2))
@@ -196,8 +202,12 @@ def driver_area_sweep(study: Study) -> None:
         more = crossbars_within(chip, basis["area"],
                                 stats(study.program("optimized", x), chip)["area"], x)
         opt = stats(study.program("optimized", more), chip)
-        print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} |",
-              flush=True)
+        macs = chip.timing.digital_macs + max(0, math.floor(
+            (basis["area"] - stats(study.program("digital", x), chip)["area"])
+            / chip.area.digital_mac_mm2))
+        dig = stats(study.program("digital", x), timing_chip(chip, digital_macs=macs))
+        print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} "
+              f"| {macs} | {basis['cycles'] / dig['cycles']:.2f} |", flush=True)
 
 
 COLUMNS = ("crossbars", "cycles", "energy mJ", "EDP mJ*ms", "cells written",
@@ -209,18 +219,20 @@ def print_table(title: str, results: list[tuple[str, int, dict]]) -> None:
     print("| model | batch | mapping | " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * (3 + len(COLUMNS)))
     for name, batch, rows in results:
-        best = rows[best_baseline(rows)]
+        best, frugal = rows[best_baseline(rows)], rows[best_baseline(rows, "edp")]
         for mapping, s in rows.items():
             cells = [f"{s['xbars']}", f"{s['cycles']:.3g}", f"{s['energy']:.3g}",
                      f"{s['edp']:.3g}", f"{s['cells']:.3g}", f"{s['area']:.3g}",
                      f"{s['store']:.3g}", f"{s['cycles'] / best['cycles']:.3g}",
-                     f"{s['edp'] / best['edp']:.3g}"]
+                     f"{s['edp'] / frugal['edp']:.3g}"]
             print(f"| {name} | {batch} | {mapping} | " + " | ".join(cells) + " |", flush=True)
 
 
 # -- heat maps ---------------------------------------------------------------------------
 
-ITERATIONS = (1, 4, 16, 64)
+# Program-and-verify time of a row, us: PUMA's 0.086 (one 43 ns iteration a phase), the
+# default chip's 1.12 (8 of 70 ns), and up past neurosim-open-loop's 6 and slow-shared-write's 8
+ROW_US = (0.086, 0.3, 1.12, 3.0, 9.0)
 DRIVERS = (0, 16, 4, 1)
 LANES = (4, 8, 16, 32, 64, 128)
 BATCHES = (1, 2, 4, 8, 16)
@@ -233,17 +245,25 @@ def row_us(chip: Chip) -> float:
     return t.write_phases * t.write_iterations * (t.t_pulse_ns + t.t_verify_ns) / 1e3
 
 
+def with_row_us(chip: Chip, us: float) -> Chip:
+    """``chip`` whose rows program and verify in ``us``: one iteration a phase, its pulse and
+    verify in the default chip's 50:20 proportion (cycles depend on the product only)."""
+    per_phase_ns = us * 1e3 / chip.timing.write_phases
+    return timing_chip(chip, write_iterations=1, t_pulse_ns=per_phase_ns * 50 / 70,
+                       t_verify_ns=per_phase_ns * 20 / 70)
+
+
 def write_map(study: Study) -> np.ndarray:
-    """Ratio[drivers, iterations] of BasisN cycles over the best baseline's. Reprogramming
+    """Ratio[drivers, row write time] of BasisN cycles over the best baseline's. Reprogramming
     plans are made per driver count and simulated per write time; the digital unit does not
     write."""
     x = XBARS[study.name]
     digital = study.measure("digital", x)["cycles"]
-    out = np.zeros((len(DRIVERS), len(ITERATIONS)))
+    out = np.zeros((len(DRIVERS), len(ROW_US)))
     for i, d in enumerate(DRIVERS):
         planned = timing_chip(study.chip, write_drivers=d)
-        for j, it in enumerate(ITERATIONS):
-            chip = timing_chip(planned, write_iterations=it)
+        for j, us in enumerate(ROW_US):
+            chip = with_row_us(planned, us)
             base = min([digital] + [stats(study.program(m, x, planned), chip)["cycles"]
                                     for m in BASELINES if m != "digital"])
             out[i, j] = study.measure("basisN", x, chip)["cycles"] / base
@@ -277,7 +297,7 @@ def plot_maps(wmap: np.ndarray, lmap: np.ndarray, chip: Chip, path: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    rows_us = [row_us(timing_chip(chip, write_iterations=it)) for it in ITERATIONS]
+    rows_us = list(ROW_US)
     labels = ["1/xbar" if d == 0 else str(d) for d in DRIVERS]
     _heat(axes[0], np.log10(wmap), [f"{u:.2g}" for u in rows_us], labels,
           "write time of a row (us)", "write drivers")
