@@ -285,6 +285,13 @@ def lanes_map(name: str, chip: Chip, zoo: str) -> np.ndarray:
     return out
 
 
+def print_map(title: str, ratios: np.ndarray, rows: list[str], cols: list[str]) -> None:
+    """A heat map's ratios as a Markdown table (the figure's numbers, for the README)."""
+    print(f"\n### {title}\n\n| | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+    for label, line in zip(rows, ratios):
+        print(f"| {label} | " + " | ".join(f"{v:.3g}" for v in line) + " |", flush=True)
+
+
 def preset_points() -> list[tuple[str, float, int]]:
     """(name, row write time us, write drivers) of every preset."""
     from isa.chip import presets
@@ -358,8 +365,13 @@ def main(argv=None) -> None:
     if not args.skip_maps:
         study = Study("resnet50", 1, chip, args.zoo)
         driver_area_sweep(study)
-        plot_maps(write_map(study), lanes_map("resnet50", chip, args.zoo), chip,
-                  os.path.join(args.maps, "basis_maps.png"))
+        wmap, lmap = write_map(study), lanes_map("resnet50", chip, args.zoo)
+        print_map("BasisN / best baseline cycles by write drivers (rows) and a row's write "
+                  "time in us (columns), resnet50 batch 1", wmap,
+                  ["1/xbar" if d == 0 else str(d) for d in DRIVERS], [f"{u:g}" for u in ROW_US])
+        print_map("BasisN / best baseline cycles by combiner lanes (rows) and batch (columns), "
+                  "resnet50", lmap, [str(n) for n in LANES], [str(b) for b in BATCHES])
+        plot_maps(wmap, lmap, chip, os.path.join(args.maps, "basis_maps.png"))
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 
