@@ -68,14 +68,15 @@ def cells_per_weight(chip: Chip) -> int:
 
 def mvm_cost(chip: Chip, rows: int, cols: int, vectors: int) -> Cost:
     """``vectors`` input vectors through a tile of ``rows`` x ``cols`` weights: input_steps
-    (input_bits / dac_bits) + mvm_extra_steps steps each; per step the array read and one DAC
-    conversion per row, per input step one ADC conversion per physical column (one per MVM
-    with ``adc_per_step`` 0: the steps are shift-added in the analog domain first)."""
+    (input_bits / dac_bits) + mvm_extra_steps steps each; per step the array read, per input
+    step one DAC conversion per row (the extra pipeline steps apply no input digit) and one
+    ADC conversion per physical column (one per MVM with ``adc_per_step`` 0: the steps are
+    shift-added in the analog domain first)."""
     t, e, a = chip.timing, chip.energy, chip.arch
     steps = a.input_steps + t.mvm_extra_steps
     phys_cols = cols * cells_per_weight(chip)
     conversions = a.input_steps if a.adc_per_step else 1
-    energy = vectors * (steps * (e.xbar_step_pj + rows * dac_pj(chip))
+    energy = vectors * (steps * e.xbar_step_pj + a.input_steps * rows * dac_pj(chip)
                         + conversions * phys_cols * e.adc_pj)
     return vectors * steps * t.mvm_step_ns, energy
 
@@ -172,7 +173,7 @@ def analog_combine_cost(chip: Chip, vectors: int, work: CombineWork,
     fetch = _coef_fetch(chip, vectors, work)
     ns = max(reads * steps * t.mvm_step_ns / max(a.xbars, 1),
              -(-fetch // t.combiner_coef_bytes_per_cycle) / t.clock_ghz)
-    energy = (reads * steps * (e.xbar_step_pj + a.rows * dac_pj(chip))
+    energy = (reads * (steps * e.xbar_step_pj + a.input_steps * a.rows * dac_pj(chip))
               + conversions * (e.adc_pj + e.combiner_acc_pj + _acc_rw_pj(chip, size))
               + fetch * sram_pj_per_byte(size.coef_bytes))
     return ns, energy

@@ -81,8 +81,8 @@ def test_analog_combiner_cost_by_hand():
     assert chip.arch.weights_per_row == 8  # 64 columns / (4 slices x 2 signs)
     reads = 5 * 1  # 5 vectors, one re-read each
     assert ns == reads * 10 * 100.0 / 2
-    step_pj = 30.0 + 16 * 0.39  # an array step and 16 rows' 1-bit DAC conversions (ISAAC)
-    assert pj == pytest.approx(reads * 10 * step_pj + 5 * 40 * (1.56 + 0.1 + 10.0) + 9 * 1.25)
+    read_pj = 10 * 30.0 + 8 * 16 * 0.39  # 10 array steps, 16 rows' DACs on the 8 input steps
+    assert pj == pytest.approx(reads * read_pj + 5 * 40 * (1.56 + 0.1 + 10.0) + 9 * 1.25)
 
 
 def test_digits_basis_combiner_storage_and_fetch(basis_program):

@@ -31,7 +31,7 @@ PULSE_PJ = 1.38                                 # one pulse on one cell (PUMA: 2
 VERIFY_PJ = 128 * 1.56 + 30                     # a row's 128 column conversions + an array step
 WRITE_PJ = 12 * 2 * 4 * 8 * PULSE_PJ + 4 * 2 * 8 * VERIFY_PJ  # cells x iterations x pulse +
 #                                                 rows x phases x iterations x verify read
-MVM_PJ = 10 * (30 + 4 * 0.39) + 8 * (3 * 2 * 4) * 1.56  # array steps, DACs + ADC conversions
+MVM_PJ = 10 * 30 + 8 * 4 * 0.39 + 8 * (3 * 2 * 4) * 1.56  # array steps, input steps' DACs, ADCs
 FILL_PJ = 12 * 1.25                             # 12 bytes through the buffer port
 FILL_NS = 1                                     # 12 bytes / 64 bytes per 1 ns cycle
 
@@ -250,8 +250,8 @@ def test_a_multi_bit_dac_takes_fewer_steps_and_conversions(dac_bits, steps):
     total = steps + t.mvm_extra_steps
     assert ns == 3 * total * t.mvm_step_ns
     phys = 10 * 2 * chip.arch.slices
-    assert pj == pytest.approx(3 * (total * (e.xbar_step_pj + 100 * e.dac_pj *
-                                             (2 ** dac_bits - 1)) + steps * phys * e.adc_pj))
+    assert pj == pytest.approx(3 * (total * e.xbar_step_pj + steps * 100 * e.dac_pj
+                                    * (2 ** dac_bits - 1) + steps * phys * e.adc_pj))
 
 
 def test_adc_after_analog_shift_add_converts_once_per_mvm():
