@@ -99,11 +99,13 @@ def write_cost(chip: Chip, rows: int, cells: int) -> Cost:
     write_phases phases, takes write_iterations x (pulse + verify). Energy: every changed cell
     gets write_iterations pulses (in its one phase, SET or RESET) at ``write_pulse_pj`` each,
     a sourced per-cell figure (PUMA: 22.6 nJ per 128x128 array write) rather than
-    V_w^2 x G x t_pulse; plus ``verify_row_pj(chip)`` per row, phase and iteration."""
+    V_w^2 x G x t_pulse; plus ``verify_row_pj(chip)`` per row, phase and iteration, unless
+    programming is open loop (``t_verify_ns`` 0: no verify read, so none charged)."""
     t, e = chip.timing, chip.energy
     row_phase = t.write_iterations * (t.t_pulse_ns + t.t_verify_ns)
+    verify = verify_row_pj(chip) if t.t_verify_ns > 0 else 0.0
     energy = (cells * t.write_iterations * e.write_pulse_pj
-              + rows * t.write_phases * t.write_iterations * verify_row_pj(chip))
+              + rows * t.write_phases * t.write_iterations * verify)
     return rows * t.write_phases * row_phase, energy
 
 

@@ -18,7 +18,7 @@ from compiler import compile_model
 from compiler.context import CompileContext
 from isa import Blob, Buffer, ChipGeometry, Instr, IsaError, Port, Program, TensorType
 from isa.cells import LowWrite, nominal_digits
-from isa.chip import Chip
+from isa.chip import Chip, load_chip
 from isa.combiner import sram_pj_per_byte
 from isa.timing import simulate, write_cost
 from isa.verify import verify
@@ -67,6 +67,8 @@ def test_a_write_is_charged_for_the_cells_whose_digit_changes():
     ns, pj = write_cost(CHIP, 1, 2)
     assert ns == 1 * 2 * 8 * (50 + 20)  # a row x SET/RESET x 8 iterations x (pulse + verify)
     assert pj == pytest.approx(2 * 8 * 1.38 + 1 * 2 * 8 * (128 * 1.56 + 30))
+    open_loop = load_chip("neurosim-open-loop")  # no verify read, so none charged
+    assert write_cost(open_loop, 1, 2) == pytest.approx((1 * 2 * 60 * 50, 2 * 60 * 1.38))
     events = [e for e in simulate(_two_tiles(), CHIP).events if e.op == "write"]
     fetch = 3 * sram_pj_per_byte(3)  # its 3 weights read from a 3-byte weight store (B)
     assert (events[1].end - events[1].start, events[1].energy) == pytest.approx((ns, pj + fetch))
