@@ -547,5 +547,5 @@ def load(path) -> Program:
         raise IsaError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         return parse(data)
-    except (NotText, IsaError) as exc:  # the message names the file the user gave
+    except IsaError as exc:  # (NotText too) the message names the file the user gave
         raise IsaError(f"{path}: {exc}") from None

@@ -163,6 +163,13 @@ def crossbars_within(chip: Chip, area: float, base_area: float, xbars: int) -> i
     return max(xbars, xbars + math.floor((area - base_area) / per_xbar_area(chip)))
 
 
+def macs_within(chip: Chip, area: float, base_area: float) -> int:
+    """Digital MACs a chip of compute area ``base_area`` (with ``timing.digital_macs``) can
+    have within ``area`` (never fewer than it has)."""
+    macs = chip.timing.digital_macs
+    return max(macs, macs + math.floor((area - base_area) / chip.area.digital_mac_mm2))
+
+
 def equal_area(study: Study, same: dict) -> dict:
     """The baselines at BasisN's compute area (``same``: the equal-crossbar rows):
     crossbars for reprogramming, MACs for the digital unit."""
@@ -175,9 +182,8 @@ def equal_area(study: Study, same: dict) -> dict:
     else:
         for m in ("optimized", "optimized+sort+stuck"):
             rows[m] = study.measure(m, more)
-    macs = study.chip.timing.digital_macs
-    extra = math.floor((target - same["digital"]["area"]) / study.chip.area.digital_mac_mm2)
-    wide = timing_chip(study.chip, digital_macs=max(macs, macs + extra))
+    wide = timing_chip(study.chip, digital_macs=macs_within(study.chip, target,
+                                                            same["digital"]["area"]))
     rows["digital"] = stats(study.program("digital", x), wide)
     return rows
 
@@ -202,9 +208,7 @@ def driver_area_sweep(study: Study) -> None:
         more = crossbars_within(chip, basis["area"],
                                 stats(study.program("optimized", x), chip)["area"], x)
         opt = stats(study.program("optimized", more), chip)
-        macs = chip.timing.digital_macs + max(0, math.floor(
-            (basis["area"] - stats(study.program("digital", x), chip)["area"])
-            / chip.area.digital_mac_mm2))
+        macs = macs_within(chip, basis["area"], stats(study.program("digital", x), chip)["area"])
         dig = stats(study.program("digital", x), timing_chip(chip, digital_macs=macs))
         print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} "
               f"| {macs} | {basis['cycles'] / dig['cycles']:.2f} |", flush=True)
@@ -285,6 +289,11 @@ def lanes_map(name: str, chip: Chip, zoo: str) -> np.ndarray:
     return out
 
 
+def driver_labels() -> list[str]:
+    """The write map's rows: its driver counts, 0 shown as one driver per crossbar."""
+    return ["1/xbar" if d == 0 else str(d) for d in DRIVERS]
+
+
 def print_map(title: str, ratios: np.ndarray, rows: list[str], cols: list[str]) -> None:
     """A heat map's ratios as a Markdown table (the figure's numbers, for the README)."""
     print(f"\n### {title}\n\n| | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
@@ -305,7 +314,7 @@ def plot_maps(wmap: np.ndarray, lmap: np.ndarray, chip: Chip, path: str) -> None
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     rows_us = list(ROW_US)
-    labels = ["1/xbar" if d == 0 else str(d) for d in DRIVERS]
+    labels = driver_labels()
     _heat(axes[0], np.log10(wmap), [f"{u:.2g}" for u in rows_us], labels,
           "write time of a row (us)", "write drivers")
     for name, us, d in preset_points():
@@ -368,7 +377,7 @@ def main(argv=None) -> None:
         wmap, lmap = write_map(study), lanes_map("resnet50", chip, args.zoo)
         print_map("BasisN / best baseline cycles by write drivers (rows) and a row's write "
                   "time in us (columns), resnet50 batch 1", wmap,
-                  ["1/xbar" if d == 0 else str(d) for d in DRIVERS], [f"{u:g}" for u in ROW_US])
+                  driver_labels(), [f"{u:g}" for u in ROW_US])
         print_map("BasisN / best baseline cycles by combiner lanes (rows) and batch (columns), "
                   "resnet50", lmap, [str(n) for n in LANES], [str(b) for b in BATCHES])
         plot_maps(wmap, lmap, chip, os.path.join(args.maps, "basis_maps.png"))
