@@ -175,11 +175,14 @@ KINDS: dict[str, Kind] = {
     "pad": lambda op, ins, shape: kernels.pad(ins[0], *(op.attrs[k] for k in
                                                        ("pads", "mode", "value"))),
     "softmax": lambda op, ins, shape: kernels.softmax(ins[0], op.attrs["axis"]),
+    "logsoftmax": lambda op, ins, shape: kernels.logsoftmax(ins[0], op.attrs["axis"]),
     "lrn": lambda op, ins, shape: kernels.lrn(ins[0], *(op.attrs[k] for k in
                                                        ("size", "alpha", "beta", "bias"))),
     "copy": lambda op, ins, shape: np.broadcast_to(ins[0], shape).astype(F32),
     "im2col": lambda op, ins, shape: kernels.permute(win.im2col(ins[0], *_window(op)),
                                                      op.attrs.get("perm")),
+    "rmsnorm": lambda op, ins, shape: kernels.rmsnorm(*ins, op.attrs["axis"],
+                                                     op.attrs["epsilon"]),
     "layernorm": lambda op, ins, shape: kernels.layernorm(*ins, op.attrs["axis"],
                                                          op.attrs["epsilon"]),
     **{k: _reduce(k) for k in kernels.REDUCE},

@@ -112,6 +112,29 @@ def _convert(model: onnx.ModelProto) -> onnx.ModelProto:
                            "newer") from None
 
 
+def _per_channel_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Before opset 7 a PRelu slope of C values applied along the channel axis (axis 1);
+    since, it broadcasts from the right. A copy of ``model`` whose constant 1-D slopes of more
+    than one value are reshaped to [C, 1, ...] for the version converter, which keeps them."""
+    model = _copy(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (
+        *shape_inference.infer_shapes(model).graph.value_info, *model.graph.input)}
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        slope = inits.get(node.input[1]) if node.op_type == "PRelu" else None
+        if slope is None or len(slope.dims) != 1 or slope.dims[0] == 1 or \
+                ranks.get(node.input[0], 0) < 3:
+            continue
+        name = f"{slope.name}_per_channel_{len(model.graph.initializer)}"
+        value = numpy_helper.to_array(slope).reshape((-1,) + (1,) * (ranks[node.input[0]] - 2))
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+        if any(i.name == slope.name for i in model.graph.input):  # IR < 4 lists initializers
+            model.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, slope.data_type, value.shape))
+        node.input[1] = name
+    return model
+
+
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
@@ -137,7 +160,7 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         raise CompileError(f"invalid ONNX model: {str(exc).splitlines()[0]}") from None
     if _opset(model) < CANONICAL_OPSET:
-        model = _convert(model)
+        model = _convert(_per_channel_prelu(model) if _opset(model) < 7 else model)
     else:
         model = _copy(model)
     _fix_batch(model, batch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ir import Graph, Op
+from .ops import MATH, ONNX_REDUCTIONS
 
 
 def _spatial(graph: Graph, op: Op):
@@ -86,6 +87,14 @@ def layernorm(graph, op):
         {"axis": axis, "epsilon": float(op.attrs.get("epsilon", 1e-5))}
 
 
+def rmsnorm(graph, op):
+    """RMSNormalization over the axes from ``axis`` on (the mean of squares in float32, the
+    default stash type)."""
+    axis = _axis(graph, op.inputs[0], op.attrs.get("axis", -1))
+    return "rmsnorm", op.inputs[:2], {"axis": axis,
+                                      "epsilon": float(op.attrs.get("epsilon", 1e-5))}
+
+
 def gelu(graph, op):
     return "gelu", op.inputs[:1], {"approximate": op.attrs.get("approximate", "none")}
 
@@ -156,7 +165,8 @@ def reduce(kind):
 
 
 def copy(graph, op):
-    """Expand (to the declared, broadcast shape) and Cast (float to float): a copy."""
+    """Expand (to the declared, broadcast shape), Cast and CastLike (float to float): a
+    copy."""
     return "copy", op.inputs[:1], {}
 
 
@@ -208,17 +218,21 @@ def reshape(graph, op):
     return "reshape", op.inputs[:1], {}
 
 
-def sum_(graph, op):
-    acc = op.inputs[0]
-    for i, other in enumerate(op.inputs[1:]):
-        last = i == len(op.inputs) - 2
-        out = op.outputs[0] if last else graph.add_value(graph.fresh("sum"),
-                                                         graph.shape(op.outputs[0]))
-        graph.add_op("add", [acc, other], [out], {}, op.origin)
-        acc = out
-    if len(op.inputs) == 1:
-        graph.add_op("copy", [acc], op.outputs, {}, op.origin)
-    return None
+def chain(kind):
+    """A variadic ONNX op (Sum, Max, Min) as a chain of the binary ``kind``, each partial
+    result of the output's shape; one input is a copy."""
+    def normalise(graph, op):
+        acc = op.inputs[0]
+        for i, other in enumerate(op.inputs[1:]):
+            last = i == len(op.inputs) - 2
+            out = op.outputs[0] if last else graph.add_value(graph.fresh(kind),
+                                                             graph.shape(op.outputs[0]))
+            graph.add_op(kind, [acc, other], [out], {}, op.origin)
+            acc = out
+        if len(op.inputs) == 1:
+            graph.add_op("copy", [acc], op.outputs, {}, op.origin)
+        return None
+    return normalise
 
 
 def simple(kind, **defaults):
@@ -230,7 +244,7 @@ def simple(kind, **defaults):
 
 def axis_op(kind, default):
     def normalise(graph, op):
-        name = op.inputs[0] if kind == "softmax" else op.outputs[0]
+        name = op.inputs[0] if kind in ("softmax", "logsoftmax") else op.outputs[0]
         return kind, op.inputs, {"axis": _axis(graph, name, op.attrs.get("axis", default))}
     return normalise
 
@@ -251,16 +265,26 @@ NORMALIZERS = {
     "Conv": conv, "Gemm": gemm, "MatMul": matmul, "BatchNormalization": batchnorm,
     "Clip": clip, "Pad": pad, "MaxPool": pool("maxpool"), "AveragePool": pool("avgpool"),
     "Flatten": reshape, "Reshape": reshape, "Squeeze": reshape, "Unsqueeze": reshape,
-    "Sum": sum_, "Transpose": transpose, "LRN": lrn,
+    "Sum": chain("add"), "Max": chain("max"), "Min": chain("min"), "Transpose": transpose,
+    "LRN": lrn,
     "Relu": simple("relu"), "Sigmoid": simple("sigmoid"), "Tanh": simple("tanh"),
     "LeakyRelu": simple("leakyrelu", alpha=0.01),
     "HardSigmoid": simple("hardsigmoid", alpha=0.2, beta=0.5),
     "Add": simple("add"), "Sub": simple("sub"), "Mul": simple("mul"), "Div": simple("div"),
     "GlobalAveragePool": simple("gavgpool"), "GlobalMaxPool": simple("gmaxpool"),
     "Concat": axis_op("concat", 0), "Softmax": axis_op("softmax", -1),
-    "LayerNormalization": layernorm, "Gelu": gelu, "Gather": gather, "Slice": slice_,
-    "Split": split, "Expand": copy, "Cast": copy,
-    "ReduceMean": reduce("reducemean"), "ReduceSum": reduce("reducesum"),
+    "LayerNormalization": layernorm, "RMSNormalization": rmsnorm, "Gelu": gelu,
+    "Gather": gather, "Slice": slice_,
+    "Split": split, "Expand": copy, "Cast": copy, "CastLike": copy,
+    "LogSoftmax": axis_op("logsoftmax", -1), "PRelu": simple("prelu"),
+    **{k: reduce(kind) for k, kind in ONNX_REDUCTIONS.items()},
+    **{k: simple(kind) for k, kind in MATH.items()},
+    "Elu": simple("elu", alpha=1.0), "Celu": simple("celu", alpha=1.0),
+    "Selu": simple("selu", alpha=1.67326319217681884765625, gamma=1.05070102214813232421875),
+    "Softplus": simple("softplus"), "Softsign": simple("softsign"),
+    "HardSwish": simple("hardswish"), "Mish": simple("mish"),
+    "ThresholdedRelu": simple("thresholdedrelu", alpha=1.0),
+    "Shrink": simple("shrink", bias=0.0, lambd=0.5),
     "Erf": simple("erf"), "Sqrt": simple("sqrt"), "Reciprocal": simple("reciprocal"),
     "Exp": simple("exp"), "Neg": simple("neg"), "Pow": simple("pow"),
 }

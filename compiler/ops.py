@@ -152,6 +152,19 @@ def _unary(name: str, *attrs: str, fusable: bool = True) -> OpDef:
                  name, fusable=fusable)
 
 
+# Elementwise kinds added after issue 11, ONNX type -> canonical kind: math functions (not
+# epilogues) and activations with their float attributes (epilogues).
+MATH = {"Abs": "abs", "Log": "log", "Floor": "floor", "Ceil": "ceil", "Round": "round",
+        "Sign": "sign", "Sin": "sin", "Cos": "cos"}
+ACTIVATIONS = {"elu": ("alpha",), "selu": ("alpha", "gamma"), "celu": ("alpha",),
+               "softplus": (), "softsign": (), "hardswish": (), "mish": (),
+               "thresholdedrelu": ("alpha",), "shrink": ("bias", "lambd")}
+ONNX_UNARY = (*MATH, "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSwish", "Mish",
+              "ThresholdedRelu", "Shrink")
+ONNX_REDUCTIONS = {f"Reduce{k}": f"reduce{k.lower()}" for k in (
+    "Mean", "Sum", "Max", "Min", "Prod", "L1", "L2", "SumSquare", "LogSum", "LogSumExp")}
+
+
 def _binary(name: str) -> OpDef:
     return OpDef(name, CANONICAL, (Operand("a"), Operand("b")), (), S.broadcast, name)
 
@@ -161,14 +174,18 @@ _TABLE = [
     _onnx("Conv", _X, _W, _B), _onnx("Gemm", _X, _W, _B),
     _onnx("MatMul", _X, Operand("b")),  # a constant 2-D b: crossbars; else a dynamic product
     _onnx("LayerNormalization", _X, Operand("scale", "const"), _B),
+    _onnx("RMSNormalization", _X, Operand("scale", "const")),
     _onnx("Gather", Operand("data"), Operand("indices")),
     _onnx("Slice", _X, *(Operand(n, "const", optional=n in ("axes", "steps"))
                          for n in ("starts", "ends", "axes", "steps"))),
     _onnx("Split", _X, Operand("split", "const", True)),
     _onnx("Expand", _X, Operand("shape", "const")), _onnx("Cast", _X),
-    *(_onnx(k, _X, Operand("axes", "const", True)) for k in ("ReduceMean", "ReduceSum")),
-    *(_onnx(k, _X) for k in ("Gelu", "Erf", "Sqrt", "Reciprocal", "Exp", "Neg")),
-    _onnx("Pow", Operand("a"), Operand("b")),
+    _onnx("CastLike", _X, Operand("target")),  # float32 to float32 (the dtype check): a copy
+    *(_onnx(k, _X, Operand("axes", "const", True)) for k in ONNX_REDUCTIONS),
+    *(_onnx(k, _X) for k in ("Gelu", "Erf", "Sqrt", "Reciprocal", "Exp", "Neg", "LogSoftmax",
+                             *ONNX_UNARY)),
+    _onnx("Pow", Operand("a"), Operand("b")), _onnx("PRelu", _X, Operand("slope")),
+    *(_onnx(k, Operand("xs", variadic=True)) for k in ("Max", "Min")),
     _onnx("BatchNormalization", _X, *_BN),
     *(_onnx(k, _X) for k in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "MaxPool",
                              "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
@@ -196,11 +213,16 @@ _TABLE = [
     _binary("add"), _binary("sub"), _binary("mul"), _binary("div"), _binary("pow"),
     OpDef("gelu", CANONICAL, (_X,), (Attr("approximate", "str"),), S.same, "gelu",
           fusable=True),
-    *(_unary(k, fusable=False) for k in ("erf", "sqrt", "reciprocal", "exp", "neg")),
+    *(_unary(k, fusable=False) for k in ("erf", "sqrt", "reciprocal", "exp", "neg",
+                                         *MATH.values())),
+    *(_unary(k, *attrs) for k, attrs in ACTIVATIONS.items()),
+    _binary("max"), _binary("min"), _binary("prelu"),
     OpDef("layernorm", CANONICAL, (_X, Operand("scale", "const"), Operand("bias", "const")),
           (Attr("axis", "int"), Attr("epsilon", "float")), S.layernorm, "layernorm"),
+    OpDef("rmsnorm", CANONICAL, (_X, Operand("scale", "const")),
+          (Attr("axis", "int"), Attr("epsilon", "float")), S.layernorm, "rmsnorm"),
     *(OpDef(k, CANONICAL, (_X,), (Attr("axes", "ints"), Attr("keepdims", "int")), S.reduce, k)
-      for k in ("reducemean", "reducesum")),
+      for k in ONNX_REDUCTIONS.values()),
     OpDef("slice", CANONICAL, (_X,), tuple(Attr(a, "ints") for a in ("starts", "ends",
                                                                      "steps")),
           S.sliced, "slice"),
@@ -219,7 +241,8 @@ _TABLE = [
           S.concat, "concat"),
     OpDef("pad", CANONICAL, (_X,), (Attr("pads", "ints"), Attr("mode", "str"),
                                     Attr("value", "float")), S.pad, "pad"),
-    OpDef("softmax", CANONICAL, (_X,), (Attr("axis", "int"),), S.axis, "softmax"),
+    *(OpDef(k, CANONICAL, (_X,), (Attr("axis", "int"),), S.axis, k)
+      for k in ("softmax", "logsoftmax")),
     OpDef("lrn", CANONICAL, (_X,), (Attr("size", "int"), *(Attr(a, "float") for a in
                                                           ("alpha", "beta", "bias"))),
           S.same, "lrn"),

@@ -57,12 +57,33 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "reciprocal": lambda x, a: np.reciprocal(x),
     "exp": lambda x, a: np.exp(x),
     "neg": lambda x, a: np.negative(x),
+    "elu": lambda x, a: np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0))),
+    "selu": lambda x, a: a["gamma"] * np.where(x > 0, x,
+                                               a["alpha"] * np.expm1(np.minimum(x, 0))),
+    "celu": lambda x, a: np.maximum(x, 0) + a["alpha"] * np.expm1(
+        np.minimum(x, 0) / a["alpha"]),
+    "softplus": lambda x, a: np.logaddexp(0, x),
+    "softsign": lambda x, a: x / (1 + np.abs(x)),
+    "hardswish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+    "mish": lambda x, a: x * np.tanh(np.logaddexp(0, x)),
+    "thresholdedrelu": lambda x, a: np.where(x > a["alpha"], x, 0),
+    "shrink": lambda x, a: np.where(x < -a["lambd"], x + a["bias"],
+                                    np.where(x > a["lambd"], x - a["bias"], 0)),
+    "abs": lambda x, a: np.abs(x),
+    "log": lambda x, a: np.log(x),
+    "floor": lambda x, a: np.floor(x),
+    "ceil": lambda x, a: np.ceil(x),
+    "round": lambda x, a: np.rint(x),  # halves to even, as ONNX's Round
+    "sign": lambda x, a: np.sign(x),
+    "sin": lambda x, a: np.sin(x),
+    "cos": lambda x, a: np.cos(x),
 }
 
 # Broadcasting binary ops; call ``binary``.
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-    "pow": np.power,
+    "pow": np.power, "max": np.maximum, "min": np.minimum,
+    "prelu": lambda x, slope: np.where(x >= 0, x, x * slope),
 }
 
 
@@ -140,6 +161,13 @@ def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return (e / e.sum(axis=axis, keepdims=True)).astype(F32)
 
 
+def logsoftmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """log(softmax(x)) along ``axis`` as x - max - log(sum exp(x - max)): no log of an
+    underflowed zero."""
+    d = x - x.max(axis=axis, keepdims=True)
+    return (d - np.log(np.exp(d).sum(axis=axis, keepdims=True))).astype(F32)
+
+
 def lrn(x: np.ndarray, size: int, alpha: float, beta: float, bias: float) -> np.ndarray:
     """ONNX LRN over the channel axis of [B, C, ...]: x / (bias + alpha / size * sum of x^2
     over the ``size`` channels around each one) ** beta; the sum in float64."""
@@ -185,12 +213,46 @@ def layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, axis: int,
     return (d / np.sqrt(var + F32(epsilon)) * scale + bias).astype(F32)
 
 
-REDUCE = {"reducemean": np.mean, "reducesum": np.sum}
+def rmsnorm(x: np.ndarray, scale: np.ndarray, axis: int, epsilon: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + epsilon) * scale over the axes from ``axis`` on; the mean in
+    float32 (ONNX's default stash type)."""
+    axes = tuple(range(axis, x.ndim))
+    ms = (x * x).mean(axis=axes, keepdims=True, dtype=F32)
+    return (x / np.sqrt(ms + F32(epsilon)) * scale).astype(F32)
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):  # log 0 = -inf, ONNX's value over an empty set
+        return np.log(x)
+
+
+def _logsumexp(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+    """log(sum(exp(x))) shifted by the maximum for range; -inf over an empty set."""
+    top = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    top = np.where(np.isfinite(top), top, 0)
+    y = _log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
+    return y if keepdims else np.squeeze(y, axis)
+
+
+# Reductions, fn(x, axis tuple, keepdims); call ``reduce``. Over an empty set each gives
+# ONNX's value (max -inf, min inf, sum 0, prod 1, log-sum -inf; mean is NaN).
+REDUCE: dict[str, Callable[[np.ndarray, tuple, bool], np.ndarray]] = {
+    "reducemean": lambda x, ax, kd: np.mean(x, axis=ax, keepdims=kd),
+    "reducesum": lambda x, ax, kd: np.sum(x, axis=ax, keepdims=kd),
+    "reducemax": lambda x, ax, kd: np.max(x, axis=ax, keepdims=kd, initial=-np.inf),
+    "reducemin": lambda x, ax, kd: np.min(x, axis=ax, keepdims=kd, initial=np.inf),
+    "reduceprod": lambda x, ax, kd: np.prod(x, axis=ax, keepdims=kd),
+    "reducel1": lambda x, ax, kd: np.sum(np.abs(x), axis=ax, keepdims=kd),
+    "reducel2": lambda x, ax, kd: np.sqrt(np.sum(x * x, axis=ax, keepdims=kd)),
+    "reducesumsquare": lambda x, ax, kd: np.sum(x * x, axis=ax, keepdims=kd),
+    "reducelogsum": lambda x, ax, kd: _log(np.sum(x, axis=ax, keepdims=kd)),
+    "reducelogsumexp": _logsumexp,
+}
 
 
 def reduce(kind: str, x: np.ndarray, axes, keepdims: int) -> np.ndarray:
     """The reduction ``kind`` (a key of REDUCE) of x over ``axes``."""
-    return np.asarray(REDUCE[kind](x, axis=tuple(axes), keepdims=bool(keepdims)), F32)
+    return np.asarray(REDUCE[kind](x, tuple(axes), bool(keepdims)), F32)
 
 
 def slice_axes(x: np.ndarray, starts, ends, steps) -> np.ndarray:

@@ -58,6 +58,12 @@ class Opcode:
         return self.operands[min(i, len(self.operands) - 1)].rstrip("?*")
 
 
+# Reductions over a list of axes (one row each below), and what each computes.
+REDUCTIONS = {"reducemean": "mean", "reducesum": "sum", "reducemax": "maximum",
+              "reducemin": "minimum", "reduceprod": "product", "reducel1": "sum of |x|",
+              "reducel2": "sqrt of the sum of x^2", "reducesumsquare": "sum of x^2",
+              "reducelogsum": "log of the sum", "reducelogsumexp": "log of the sum of exp(x)"}
+
 _WINDOW = {"kernel": "ints", "strides": "ints", "pads": "ints", "dilations": "ints"}
 
 _TABLE = [
@@ -112,13 +118,34 @@ _TABLE = [
     Opcode("reciprocal", ("dst", "src"), {}, "vector", "1 / x"),
     Opcode("exp", ("dst", "src"), {}, "vector", "e ** x"),
     Opcode("neg", ("dst", "src"), {}, "vector", "-x"),
+    *(Opcode(k, ("dst", "src"), {}, "vector", what) for k, what in (
+        ("abs", "|x|"), ("log", "natural logarithm"), ("floor", "floor(x)"),
+        ("ceil", "ceil(x)"), ("round", "x rounded, halves to even"), ("sign", "-1, 0 or 1"),
+        ("sin", "sine"), ("cos", "cosine"),
+        ("softplus", "log(1 + exp(x))"), ("softsign", "x / (1 + |x|)"),
+        ("hardswish", "x max(0, min(1, x / 6 + 1 / 2))"), ("mish", "x tanh(softplus(x))"))),
+    Opcode("elu", ("dst", "src"), {"alpha": "float"}, "vector",
+           "x if x > 0 else alpha (exp(x) - 1)"),
+    Opcode("selu", ("dst", "src"), {"alpha": "float", "gamma": "float"}, "vector",
+           "gamma (x if x > 0 else alpha (exp(x) - 1))"),
+    Opcode("celu", ("dst", "src"), {"alpha": "float"}, "vector",
+           "max(0, x) + min(0, alpha (exp(x / alpha) - 1))"),
+    Opcode("thresholdedrelu", ("dst", "src"), {"alpha": "float"}, "vector",
+           "x if x > alpha else 0"),
+    Opcode("shrink", ("dst", "src"), {"bias": "float", "lambd": "float"}, "vector",
+           "x + bias if x < -lambd, x - bias if x > lambd, else 0"),
+    Opcode("max", ("dst", "src", "src"), {}, "vector", "broadcasting max(a, b)"),
+    Opcode("min", ("dst", "src", "src"), {}, "vector", "broadcasting min(a, b)"),
+    Opcode("prelu", ("dst", "src", "src"), {}, "vector",
+           "broadcasting x if x >= 0 else slope x (x, slope)"),
     Opcode("layernorm", ("dst", "src", "src", "src"), {"axis": "int", "epsilon": "float"},
            "vector", "(x - mean) / sqrt(var + epsilon) * scale + bias over the axes from axis "
            "on (x, scale, bias)"),
-    Opcode("reducemean", ("dst", "src"), {"axes": "ints", "keepdims": "int"}, "vector",
-           "mean over axes"),
-    Opcode("reducesum", ("dst", "src"), {"axes": "ints", "keepdims": "int"}, "vector",
-           "sum over axes"),
+    Opcode("rmsnorm", ("dst", "src", "src"), {"axis": "int", "epsilon": "float"}, "vector",
+           "x / sqrt(mean(x^2) + epsilon) * scale over the axes from axis on (x, scale)"),
+    *(Opcode(k, ("dst", "src"), {"axes": "ints", "keepdims": "int"}, "vector",
+             f"{what} over axes")
+      for k, what in REDUCTIONS.items()),
     Opcode("slice", ("dst", "src"), {"starts": "ints", "ends": "ints", "steps": "ints"},
            "buffer", "src[start:end:step] on every axis (end -1: past the front, for a "
            "negative step)"),
@@ -156,6 +183,8 @@ _TABLE = [
     Opcode("pad", ("dst", "src"), {"pads": "ints", "mode": "str", "value": "float"}, "buffer",
            "ONNX Pad: pads = begins then ends; mode constant|reflect|edge|wrap"),
     Opcode("softmax", ("dst", "src"), {"axis": "int"}, "vector", "softmax along axis"),
+    Opcode("logsoftmax", ("dst", "src"), {"axis": "int"}, "vector",
+           "log of softmax along axis (x - max - log sum exp(x - max))"),
     Opcode("lrn", ("dst", "src"), {"size": "int", "alpha": "float", "beta": "float",
                                    "bias": "float"}, "vector", "local response normalisation"),
     Opcode("copy", ("dst", "src"), {}, "buffer", "dst = src (broadcast to dst's shape)"),

@@ -40,7 +40,7 @@ from .combiner import (
     sram_pj_per_byte,
 )
 from .digital import weight_bytes, weight_sram_bytes
-from .opcodes import OPCODES
+from .opcodes import OPCODES, REDUCTIONS
 from .program import ChipGeometry, Instr, Program
 from .resources import weight_store_bytes
 
@@ -265,10 +265,14 @@ _DIGITAL["reshape"] = _free  # a view: the data stays where it is
 
 # Vector-unit passes over every element (assumption: one lane operation each, transcendental
 # functions included): softmax takes the max, subtracts and exponentiates, sums, divides;
-# layernorm the mean, the squared deviations, their mean, then normalises and scales.
-VECTOR_PASSES = {"softmax": 4, "layernorm": 5}
+# layernorm the mean, the squared deviations, their mean, then normalises and scales; rmsnorm
+# the squares, their mean, then normalises and scales;
+# logsoftmax as softmax, a log and a subtraction for the divide; logsumexp the max, the
+# shifted exponentials, their sum.
+VECTOR_PASSES = {"softmax": 4, "logsoftmax": 4, "layernorm": 5, "rmsnorm": 3,
+                 "reducelogsumexp": 3}
 # Reductions are charged by the elements they read, not the ones they write.
-READS_SOURCE = frozenset({"reducemean", "reducesum"})
+READS_SOURCE = frozenset(REDUCTIONS)
 
 
 def digital_cost(chip: Chip, mnemonic: str, elems: int) -> Cost:

@@ -23,7 +23,7 @@ import numpy as np
 from . import limits
 from .cells import LowWrite
 from .errors import IsaError
-from .opcodes import OPCODES
+from .opcodes import OPCODES, REDUCTIONS
 from .program import Instr, Program
 
 PAD_MODES = ("constant", "reflect", "edge", "wrap")
@@ -469,9 +469,14 @@ CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
     "softmax": _softmax, "lrn": _lrn,
     "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
     "copy": _copy, "permute": _permute, "barrier": _nothing, "halt": _nothing,
-    "pow": _binary, "gelu": _gelu, "layernorm": _layernorm, "reducemean": _reduce,
-    "reducesum": _reduce, "slice": _slice, "gather": _gather, "dbmm": _bmm, "wbmm": _wbmm,
-    **{op: _same_shape for op in ("erf", "sqrt", "reciprocal", "exp", "neg")},
+    "pow": _binary, "max": _binary, "min": _binary, "prelu": _binary,
+    "gelu": _gelu, "layernorm": _layernorm, "rmsnorm": _layernorm, "logsoftmax": _softmax,
+    "slice": _slice, "gather": _gather, "dbmm": _bmm, "wbmm": _wbmm,
+    **{op: _reduce for op in REDUCTIONS},
+    **{op: _same_shape for op in ("erf", "sqrt", "reciprocal", "exp", "neg", "abs", "log",
+                                  "floor", "ceil", "round", "sign", "sin", "cos", "elu",
+                                  "selu", "celu", "softplus", "softsign", "hardswish", "mish",
+                                  "thresholdedrelu", "shrink")},
 }
 
 
@@ -559,12 +564,13 @@ _MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
     "transpose": lambda c, ins, rank: ins.attr("perm")[0] != 0,
     "concat": lambda c, ins, rank: ins.attr("axis") % rank == 0 or any(
         r[0] == "@" and c.shape(r)[0] != 1 for r in ins.operands[1:]),
-    "softmax": lambda c, ins, rank: ins.attr("axis") % rank == 0,
+    **{op: lambda c, ins, rank: ins.attr("axis") % rank == 0
+       for op in ("softmax", "logsoftmax")},
     "pad": lambda c, ins, rank: ins.attr("pads")[0] != 0 or ins.attr("pads")[rank] != 0,
-    **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "pow", "copy", "dbmm",
-                                        "wbmm")},
-    "layernorm": lambda c, ins, rank: ins.attr("axis") % rank == 0,
-    **{op: lambda c, ins, rank: 0 in ins.attr("axes") for op in ("reducemean", "reducesum")},
+    **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "pow", "max", "min",
+                                        "prelu", "copy", "dbmm", "wbmm")},
+    **{op: lambda c, ins, rank: ins.attr("axis") % rank == 0 for op in ("layernorm", "rmsnorm")},
+    **{op: lambda c, ins, rank: 0 in ins.attr("axes") for op in REDUCTIONS},
     "slice": lambda c, ins, rank: (ins.attr("starts")[0], ins.attr("ends")[0],
                                    ins.attr("steps")[0]) != (0, c.src(ins)[0], 1),
     "gather": lambda c, ins, rank: ins.attr("axis") % len(c.src(ins)) == 0

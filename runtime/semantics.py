@@ -101,6 +101,11 @@ def wbmm(m, ins):
     m.store(_dst(ins), y)
 
 
+def rmsnorm(m, ins):
+    x, scale = (m.read(r) for r in ins.operands[1:])
+    m.store(_dst(ins), kernels.rmsnorm(x, scale, ins.attr("axis"), ins.attr("epsilon")))
+
+
 def layernorm(m, ins):
     x, scale, bias = (m.read(r) for r in ins.operands[1:4])
     m.store(_dst(ins), kernels.layernorm(x, scale, bias, ins.attr("axis"), ins.attr("epsilon")))
@@ -209,8 +214,8 @@ def pad(m, ins):
     m.store(_dst(ins), kernels.pad(x, ins.attr("pads"), ins.attr("mode"), ins.attr("value")))
 
 
-def softmax(m, ins):
-    m.store(_dst(ins), kernels.softmax(m.read(ins.operands[1]), ins.attr("axis")))
+def _along_axis(fn):
+    return lambda m, ins: m.store(_dst(ins), fn(m.read(ins.operands[1]), ins.attr("axis")))
 
 
 def lrn(m, ins):
@@ -230,8 +235,10 @@ SEMANTICS = {
     "gavgpool": _global(kernels.gavgpool), "gmaxpool": _global(kernels.gmaxpool),
     **{op: _binary for op in kernels.BINARY}, **{op: _unary for op in kernels.ACTIVATIONS},
     "reshape": reshape, "transpose": transpose, "permute": permute, "concat": concat, "pad": pad,
-    "softmax": softmax, "lrn": lrn, "halt": halt,
-    "dbmm": dbmm, "wbmm": wbmm, "layernorm": layernorm, "slice": slice_, "gather": gather,
+    "softmax": _along_axis(kernels.softmax), "logsoftmax": _along_axis(kernels.logsoftmax),
+    "lrn": lrn, "halt": halt,
+    "dbmm": dbmm, "wbmm": wbmm, "layernorm": layernorm, "rmsnorm": rmsnorm, "slice": slice_,
+    "gather": gather,
     **{op: _reduce for op in kernels.REDUCE},
 }
 

@@ -2,9 +2,10 @@
 
 Before: canonical ops, batchnorm folded.
 After: an activation (a kind whose row in ``compiler.ops`` is ``fusable``: relu, leakyrelu,
-clip, sigmoid, tanh, hardsigmoid, gelu) whose input is the only use of the result of an op that can
-carry an epilogue (its row has an ``act`` attribute: conv, matmul; after lowering also
-xbar_matmul, combine) and carries none yet, is gone; that producer carries
+clip, sigmoid, tanh, hardsigmoid, gelu and ``ops.ACTIVATIONS``) whose input is the only use of
+the result of an op that can carry an epilogue (its row has an ``act`` attribute: conv,
+matmul; after lowering also xbar_matmul, combine) and carries none yet, is gone; that producer
+carries
 ``act=Act(kind, attrs)`` and writes the activation's output.
 """
 
