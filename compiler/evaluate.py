@@ -49,21 +49,9 @@ def _window(op: Op) -> list:
 
 
 def _conv(op: Op, ins: list, shape: tuple) -> np.ndarray:
-    """Grouped N-d convolution (+ b): y[b, g*M/G + m, *o] = sum over the C/G channels c of
-    group g and the kernel offsets k of w[g*M/G + m, c, *k] * x_padded[b, g*C/G + c, o*s + k*d]."""
-    x, w = ins[0], ins[1]
-    kernel, strides, pads, dilations = _window(op)
-    n, (b, c), m, g = len(kernel), x.shape[:2], w.shape[0], op.attrs["group"]
-    out = tuple(win.out_size(x.shape[2:], kernel, strides, pads, dilations))
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[n + i]) for i in range(n)])
-    v = win.windows(xp, kernel, strides, dilations, out)  # [B, C, *out, *kernel]
-    v = v.reshape((b, g, c // g) + v.shape[2:])
-    o, k = "pqr"[:n], "ijk"[:n]
-    y = np.einsum(f"bgc{o}{k},gmc{k}->bgm{o}", v, w.reshape((g, m // g) + w.shape[1:]),
-                  optimize=True).reshape((b, m) + out)
-    if len(ins) > 2 and ins[2] is not None:
-        y = y + ins[2].reshape((m,) + (1,) * n)
-    return y.astype(F32)
+    _, strides, pads, dilations = _window(op)
+    bias = ins[2] if len(ins) > 2 else None
+    return kernels.conv(ins[0], ins[1], bias, strides, pads, dilations, op.attrs["group"])
 
 
 def _matmul(op: Op, ins: list, shape: tuple) -> np.ndarray:
@@ -176,6 +164,7 @@ KINDS: dict[str, Kind] = {
                                                        ("pads", "mode", "value"))),
     "softmax": lambda op, ins, shape: kernels.softmax(ins[0], op.attrs["axis"]),
     "logsoftmax": lambda op, ins, shape: kernels.logsoftmax(ins[0], op.attrs["axis"]),
+    "interp": lambda op, ins, shape: kernels.interp(*ins, op.attrs["axis"]),
     "lrn": lambda op, ins, shape: kernels.lrn(ins[0], *(op.attrs[k] for k in
                                                        ("size", "alpha", "beta", "bias"))),
     "copy": lambda op, ins, shape: np.broadcast_to(ins[0], shape).astype(F32),

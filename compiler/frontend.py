@@ -100,6 +100,15 @@ def _fix_batch(model: onnx.ModelProto, batch: int) -> None:
             d.dim_value = batch
 
 
+def upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself at ``CANONICAL_OPSET`` or newer; an older one upgraded (a new
+    ModelProto, opset-6 PRelu slopes made per-channel first), or one CompileError."""
+    opset = _opset(model)
+    if opset >= CANONICAL_OPSET:
+        return model
+    return _convert(_per_channel_prelu(model) if opset < 7 else model)
+
+
 def _convert(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model upgraded to ``CANONICAL_OPSET`` (a new ModelProto), or one CompileError."""
     opset = _opset(model)
@@ -159,10 +168,8 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise CompileError(f"invalid ONNX model: {str(exc).splitlines()[0]}") from None
-    if _opset(model) < CANONICAL_OPSET:
-        model = _convert(_per_channel_prelu(model) if _opset(model) < 7 else model)
-    else:
-        model = _copy(model)
+    upgraded = upgrade(model)
+    model = _copy(model) if upgraded is model else upgraded
     _fix_batch(model, batch)
     model = _infer(model)
     # each round of folding can make more shapes static (a Shape of a tensor that the last

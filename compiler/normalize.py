@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import conv_transpose as ct
+from . import resize as rs
 from .ir import Graph, Op
 from .ops import MATH, ONNX_REDUCTIONS
 
@@ -51,6 +53,24 @@ def conv(graph, op):
     attrs = _window(graph, op, w.shape[2:])
     attrs["group"] = int(op.attrs.get("group", 1))
     return "conv", op.inputs[:3], attrs
+
+
+def conv_transpose(graph, op):
+    """ConvTranspose as a stride-1 convolution of the spread input (``compiler.conv_transpose``:
+    an ``interp`` op per spatial axis to spread, then a conv)."""
+    x = graph.shape(op.inputs[0])
+    plan = ct.plan(x[2:], graph.constants[op.inputs[1]], op.attrs)
+    acc, shape = op.inputs[0], list(x)
+    for i, idx, wt in plan.spreads:
+        shape[2 + i] = len(idx)
+        out = graph.add_value(graph.fresh("spread"), tuple(shape))
+        _interp(graph, op, acc, out, 2 + i, idx, wt)
+        acc = out
+    weight = graph.add_constant(graph.fresh(f"{op.origin or op.id}.weight"), plan.weight)
+    n = len(x) - 2
+    return "conv", [acc, weight, *op.inputs[2:3]], {
+        "kernel": list(plan.weight.shape[2:]), "strides": [1] * n, "pads": [0] * 2 * n,
+        "dilations": plan.dilations, "group": plan.group}
 
 
 def gemm(graph, op):
@@ -162,6 +182,38 @@ def reduce(kind):
         return kind, op.inputs[:1], {"axes": sorted({int(a) % rank for a in axes}),
                                      "keepdims": int(op.attrs.get("keepdims", 1))}
     return normalise
+
+
+def resize(graph, op):
+    """Resize as one ``interp`` op per axis whose length or scale changes (``compiler.resize``);
+    a copy when none does."""
+    x, y = graph.shape(op.inputs[0]), graph.shape(op.outputs[0])
+    axes = [a % len(x) for a in op.attrs.get("axes", range(len(x)))]
+    attrs = {k: op.attrs.get(k, v) for k, v in rs.DEFAULTS.items()}
+    scales, sizes = (graph.constants[op.inputs[i]].reshape(-1) if len(op.inputs) > i and
+                     op.inputs[i] else None for i in (2, 3))
+    changed = [(a, s) for a, s, _ in rs.scales_and_lengths(
+        x, scales, sizes, axes, op.attrs.get("keep_aspect_ratio_policy", "stretch"))
+        if y[a] != x[a] or not np.isclose(s, 1.0)]
+    acc, shape = op.inputs[0], list(x)
+    for i, (a, scale) in enumerate(changed):
+        idx, w = rs.axis_taps(x[a], y[a], scale, attrs)
+        shape[a] = y[a]
+        out = op.outputs[0] if i == len(changed) - 1 else \
+            graph.add_value(graph.fresh("resize"), tuple(shape))
+        _interp(graph, op, acc, out, a, idx, w)
+        acc = out
+    if not changed:
+        graph.add_op("copy", [acc], op.outputs, {}, op.origin)
+    return None
+
+
+def _interp(graph, op, src: str, dst: str, axis: int, idx, w) -> None:
+    """An ``interp`` op from src to dst along ``axis`` with taps (idx, w) as constants."""
+    base = op.origin or op.id
+    names = [graph.add_constant(graph.fresh(f"{base}.{k}{axis}"), v.astype(np.float32))
+             for k, v in (("index", idx), ("weight", w))]
+    graph.add_op("interp", [src, *names], [dst], {"axis": axis}, op.origin)
 
 
 def copy(graph, op):
@@ -276,7 +328,8 @@ NORMALIZERS = {
     "LayerNormalization": layernorm, "RMSNormalization": rmsnorm, "Gelu": gelu,
     "Gather": gather, "Slice": slice_,
     "Split": split, "Expand": copy, "Cast": copy, "CastLike": copy,
-    "LogSoftmax": axis_op("logsoftmax", -1), "PRelu": simple("prelu"),
+    "LogSoftmax": axis_op("logsoftmax", -1), "PRelu": simple("prelu"), "Resize": resize,
+    "ConvTranspose": conv_transpose,
     **{k: reduce(kind) for k, kind in ONNX_REDUCTIONS.items()},
     **{k: simple(kind) for k, kind in MATH.items()},
     "Elu": simple("elu", alpha=1.0), "Celu": simple("celu", alpha=1.0),

@@ -14,6 +14,8 @@ from onnx.reference.op_run import OpRun
 
 from isa import kernels
 
+from . import conv_transpose, resize
+
 
 class LRN(OpRun):
     """ONNX's reference LRN (onnx 1.23) sums the squares over the batch axis instead of the
@@ -23,9 +25,31 @@ class LRN(OpRun):
         return (kernels.lrn(x, size, alpha, beta, bias).astype(x.dtype),)
 
 
+class ConvTranspose(OpRun):
+    """ONNX's reference ConvTranspose (onnx 1.23) fails with groups and with output_shape:
+    the spec's, computed as the compiler lowers it (``compiler.conv_transpose``)."""
+
+    def _run(self, x, w, b=None, **attrs):
+        plan = conv_transpose.plan(x.shape[2:], w, attrs)
+        for i, idx, wt in plan.spreads:
+            x = kernels.interp(x, idx, wt, 2 + i)
+        n = x.ndim - 2
+        return (kernels.conv(x, plan.weight, b, [1] * n, [0] * 2 * n, plan.dilations,
+                             plan.group).astype(w.dtype),)
+
+
+class Resize(OpRun):
+    """ONNX's reference Resize (onnx 1.23) puts align_corners' and pytorch_half_pixel's
+    output length at scale x input length, where the operator's text and onnxruntime take the
+    integer length: the compiler's (``compiler.resize``)."""
+
+    def _run(self, x, roi=None, scales=None, sizes=None, **attrs):
+        return (resize.resize(x, scales, sizes, attrs).astype(x.dtype),)
+
+
 def reference_evaluator(proto, **options) -> ReferenceEvaluator:
     """``ReferenceEvaluator(proto, **options)`` with the fixed operators above."""
-    return ReferenceEvaluator(proto, new_ops=[LRN], **options)
+    return ReferenceEvaluator(proto, new_ops=[LRN, ConvTranspose, Resize], **options)
 
 
 def first_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:

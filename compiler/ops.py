@@ -171,7 +171,7 @@ def _binary(name: str) -> OpDef:
 
 _TABLE = [
     # -- ONNX operators the compiler supports (and ``support.RESTRICTIONS`` on some) ---------
-    _onnx("Conv", _X, _W, _B), _onnx("Gemm", _X, _W, _B),
+    _onnx("Conv", _X, _W, _B), _onnx("ConvTranspose", _X, _W, _B), _onnx("Gemm", _X, _W, _B),
     _onnx("MatMul", _X, Operand("b")),  # a constant 2-D b: crossbars; else a dynamic product
     _onnx("LayerNormalization", _X, Operand("scale", "const"), _B),
     _onnx("RMSNormalization", _X, Operand("scale", "const")),
@@ -185,6 +185,7 @@ _TABLE = [
     *(_onnx(k, _X) for k in ("Gelu", "Erf", "Sqrt", "Reciprocal", "Exp", "Neg", "LogSoftmax",
                              *ONNX_UNARY)),
     _onnx("Pow", Operand("a"), Operand("b")), _onnx("PRelu", _X, Operand("slope")),
+    _onnx("Resize", _X, *(Operand(n, "const", True) for n in ("roi", "scales", "sizes"))),
     *(_onnx(k, Operand("xs", variadic=True)) for k in ("Max", "Min")),
     _onnx("BatchNormalization", _X, *_BN),
     *(_onnx(k, _X) for k in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "MaxPool",
@@ -247,6 +248,8 @@ _TABLE = [
                                                           ("alpha", "beta", "bias"))),
           S.same, "lrn"),
     OpDef("copy", CANONICAL, (_X,), (), S.copy, "copy"),
+    OpDef("interp", CANONICAL, (_X, Operand("index", "const"), Operand("weight", "const")),
+          (Attr("axis", "int"),), S.interp, "interp"),
     # -- crossbar: after lower-to-crossbar (and basis-decompose) ------------------------------
     OpDef("im2col", CROSSBAR, (_X,), (*_WINDOW, Attr("perm", "ints", False)), S.im2col,
           "im2col"),

@@ -228,6 +228,16 @@ def layernorm(ins: list[Shape], a: dict, declared: Shape) -> Shape:
     return x
 
 
+def interp(ins: list[Shape], a: dict, declared: Shape) -> Shape:
+    """x with axis resampled: index and weight are [out, taps] alike, y has out there"""
+    x, idx, w = ins
+    if not 0 <= a["axis"] < len(x):
+        raise ShapeError(f"axis {a['axis']} is not an axis of x {fmt(x)}")
+    if len(idx) != 2 or idx != w:
+        raise ShapeError(f"index {fmt(idx)} and weight {fmt(w)} must be [out, taps] alike")
+    return x[:a["axis"]] + idx[:1] + x[a["axis"] + 1:]
+
+
 def reduce(ins: list[Shape], a: dict, declared: Shape) -> Shape:
     """x reduced over axes (distinct axes of x), kept as size 1 with keepdims"""
     x, axes = ins[0], a["axes"]

@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from .ops import ONNX, OPS
+from .resize import COORDINATES
 
 # ONNX op type -> input positions that must be compile-time constants: the ONNX rows of the
 # op table and their ``const`` operands.
@@ -85,11 +86,19 @@ def _cast(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
     return None
 
 
+def _resize(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    mode = next((a.s.decode() for a in node.attribute
+                 if a.name == "coordinate_transformation_mode"), "half_pixel")
+    if mode not in COORDINATES:
+        return f"Resize's coordinate_transformation_mode {mode!r} is not supported"
+    return None
+
+
 # Supported ops that are supported only in part: op -> check(node, shapes, values) giving what
 # is not supported (None: fine). ``values`` holds initializers and Constant outputs.
 RESTRICTIONS: dict[str, Callable[[onnx.NodeProto, Shapes, Values], str | None]] = {
     "Dropout": _dropout, "BatchNormalization": _batchnorm, "MatMul": _matmul, "Cast": _cast,
-    "LayerNormalization": _layernorm,
+    "LayerNormalization": _layernorm, "Resize": _resize,
 }
 
 # Integer element types a graph input may have when it holds token ids (``index_inputs``).

@@ -97,6 +97,24 @@ def binary(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return BINARY[kind](a, b).astype(F32, copy=False)
 
 
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strides, pads, dilations,
+         group: int) -> np.ndarray:
+    """Grouped N-d convolution (+ b): y[b, g*M/G + m, *o] = sum over the C/G channels c of
+    group g and the kernel offsets k of w[g*M/G + m, c, *k] * x_padded[b, g*C/G + c, o*s + k*d]."""
+    kernel = w.shape[2:]
+    n, (nb, c), m, g = len(kernel), x.shape[:2], w.shape[0], group
+    out = tuple(win.out_size(x.shape[2:], kernel, strides, pads, dilations))
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[n + i]) for i in range(n)])
+    v = win.windows(xp, kernel, strides, dilations, out)  # [B, C, *out, *kernel]
+    v = v.reshape((nb, g, c // g) + v.shape[2:])
+    o, k = "pqr"[:n], "ijk"[:n]
+    y = np.einsum(f"bgc{o}{k},gmc{k}->bgm{o}", v, w.reshape((g, m // g) + w.shape[1:]),
+                  optimize=True).reshape((nb, m) + out)
+    if b is not None:
+        y = y + b.reshape((m,) + (1,) * n)
+    return y.astype(F32)
+
+
 def unpatch(cols: np.ndarray, shape) -> np.ndarray:
     """Per-patch outputs [B, P, M] -> [B, M, *S] of ``shape`` (P = prod(S))."""
     return cols.transpose(0, 2, 1).reshape(shape)
@@ -253,6 +271,19 @@ REDUCE: dict[str, Callable[[np.ndarray, tuple, bool], np.ndarray]] = {
 def reduce(kind: str, x: np.ndarray, axes, keepdims: int) -> np.ndarray:
     """The reduction ``kind`` (a key of REDUCE) of x over ``axes``."""
     return np.asarray(REDUCE[kind](x, tuple(axes), bool(keepdims)), F32)
+
+
+def interp(x: np.ndarray, index: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
+    """Resampling along ``axis``: y[..., o, ...] = sum_t weight[o, t] x[..., index[o, t], ...],
+    the taps added in order; one tap of weight 1 everywhere is a gather."""
+    idx = index.astype(np.intp)
+    shape = (1,) * axis + (-1,) + (1,) * (x.ndim - axis - 1)
+    if idx.shape[1] == 1 and (weight == 1).all():
+        return np.take(x, idx[:, 0], axis=axis).astype(F32, copy=False)
+    y = np.take(x, idx[:, 0], axis=axis) * weight[:, 0].reshape(shape)
+    for t in range(1, idx.shape[1]):
+        y += np.take(x, idx[:, t], axis=axis) * weight[:, t].reshape(shape)
+    return y.astype(F32, copy=False)
 
 
 def slice_axes(x: np.ndarray, starts, ends, steps) -> np.ndarray:

@@ -188,6 +188,11 @@ _TABLE = [
     Opcode("lrn", ("dst", "src"), {"size": "int", "alpha": "float", "beta": "float",
                                    "bias": "float"}, "vector", "local response normalisation"),
     Opcode("copy", ("dst", "src"), {}, "buffer", "dst = src (broadcast to dst's shape)"),
+    Opcode("interp", ("dst", "src", "blob", "blob"), {"axis": "int"}, "vector",
+           "resampling along axis with blobs index and weight [out, taps] (indices as float32 "
+           "integers): dst[..., o, ...] = sum over t of weight[o, t] src[..., index[o, t], "
+           "...]; Resize's interpolation and ConvTranspose's zero insertion, an axis at a "
+           "time (compiler/resize.py)"),
     Opcode("barrier", (), {"label": "str"}, "control",
            "starts when every earlier instruction has ended; later ones start after it. "
            "label=\"inference\" ends the load phase"),

@@ -407,9 +407,15 @@ def _digital(c: _Ctx, ins: Instr) -> Cost:
     return digital_cost(c.chip, ins.op, c.elems(ref) if ref else 0)
 
 
+def _interp(c: _Ctx, ins: Instr) -> Cost:
+    """A multiply-add a tap and output element (a gather's one tap included)."""
+    taps = c.shape(ins.operands[2])[1]
+    return vector_cost(c.chip, c.elems(ins.operands[0]) * taps)
+
+
 COSTS = {m: _digital for m in _DIGITAL}
 COSTS.update({"mvm": _mvm, "write": _write, "combine": _combine, "dmatmul": _dmatmul,
-              "dbmm": _dbmm, "wbmm": _wbmm})
+              "dbmm": _dbmm, "wbmm": _wbmm, "interp": _interp})
 
 
 # -- the issue rules, and the simulation of a program ------------------------------------

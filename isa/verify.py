@@ -433,6 +433,18 @@ def _gather(c: _Ctx, ins: Instr) -> None:
     _expect_shape(ins, c.dst(ins), data[:axis] + idx + data[axis + 1:])
 
 
+def _interp(c: _Ctx, ins: Instr) -> None:
+    src, idx, w, axis = c.src(ins), c.src(ins, 2), c.src(ins, 3), _axis(ins, len(c.src(ins)))
+    if len(idx) != 2 or idx != w:
+        _fail(ins, f"{ins.operands[2]} {list(idx)} and {ins.operands[3]} {list(w)} must be "
+                   "[out, taps] alike")
+    values = _finite_blob(c, ins, ins.operands[2])
+    _finite_blob(c, ins, ins.operands[3])
+    if ((values != np.rint(values)) | (values < 0) | (values >= src[axis])).any():
+        _fail(ins, f"{ins.operands[2]} holds indices that are not integers in [0, {src[axis]})")
+    _expect_shape(ins, c.dst(ins), src[:axis] + idx[:1] + src[axis + 1:])
+
+
 def _bmm(c: _Ctx, ins: Instr) -> None:
     a, b = c.src(ins, 1), c.src(ins, 2)
     for ref, shape in ((ins.operands[1], a), (ins.operands[2], b)):
@@ -471,7 +483,7 @@ CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
     "copy": _copy, "permute": _permute, "barrier": _nothing, "halt": _nothing,
     "pow": _binary, "max": _binary, "min": _binary, "prelu": _binary,
     "gelu": _gelu, "layernorm": _layernorm, "rmsnorm": _layernorm, "logsoftmax": _softmax,
-    "slice": _slice, "gather": _gather, "dbmm": _bmm, "wbmm": _wbmm,
+    "slice": _slice, "gather": _gather, "interp": _interp, "dbmm": _bmm, "wbmm": _wbmm,
     **{op: _reduce for op in REDUCTIONS},
     **{op: _same_shape for op in ("erf", "sqrt", "reciprocal", "exp", "neg", "abs", "log",
                                   "floor", "ceil", "round", "sign", "sin", "cos", "elu",
@@ -573,6 +585,7 @@ _MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
     **{op: lambda c, ins, rank: 0 in ins.attr("axes") for op in REDUCTIONS},
     "slice": lambda c, ins, rank: (ins.attr("starts")[0], ins.attr("ends")[0],
                                    ins.attr("steps")[0]) != (0, c.src(ins)[0], 1),
+    "interp": lambda c, ins, rank: ins.attr("axis") == 0,
     "gather": lambda c, ins, rank: ins.attr("axis") % len(c.src(ins)) == 0
     and ins.operands[1][0] == "%",
 }

@@ -101,6 +101,11 @@ def wbmm(m, ins):
     m.store(_dst(ins), y)
 
 
+def interp(m, ins):
+    x, index, weight = (m.read(r) for r in ins.operands[1:])
+    m.store(_dst(ins), kernels.interp(x, index, weight, ins.attr("axis")))
+
+
 def rmsnorm(m, ins):
     x, scale = (m.read(r) for r in ins.operands[1:])
     m.store(_dst(ins), kernels.rmsnorm(x, scale, ins.attr("axis"), ins.attr("epsilon")))
@@ -237,8 +242,8 @@ SEMANTICS = {
     "reshape": reshape, "transpose": transpose, "permute": permute, "concat": concat, "pad": pad,
     "softmax": _along_axis(kernels.softmax), "logsoftmax": _along_axis(kernels.logsoftmax),
     "lrn": lrn, "halt": halt,
-    "dbmm": dbmm, "wbmm": wbmm, "layernorm": layernorm, "rmsnorm": rmsnorm, "slice": slice_,
-    "gather": gather,
+    "dbmm": dbmm, "wbmm": wbmm, "layernorm": layernorm, "rmsnorm": rmsnorm, "interp": interp,
+    "slice": slice_, "gather": gather,
     **{op: _reduce for op in kernels.REDUCE},
 }
 

@@ -204,7 +204,8 @@ def every_opcode_program() -> Program:
               "f": (1, 12), "t": (1, 2, 2, 3), "cc": (1, 6, 2, 2), "pd": (1, 3, 4, 4),
               "sm": (1, 12), "pj": (1, 2, 6), "cb": (1, 2, 2), "dm": (1, 2, 3), "dn": (1, 2, 3),
               "ln": (1, 3, 2, 2), "rm": (1, 3, 1, 1), "rs": (1, 3), "sl": (1, 3, 1, 2),
-              "ga": (1, 2), "pt": (1, 6, 2), "bm": (1, 2, 2), "wm": (1, 2, 2)}
+              "ga": (1, 2), "pt": (1, 6, 2), "bm": (1, 2, 2), "wm": (1, 2, 2),
+              "ip": (1, 3, 3, 2)}
     conv = dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
     pool = dict(kernel=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1], ceil=0)
     tile = dict(xb=1, rows=[0, 18], cols=[0, 3])
@@ -256,6 +257,7 @@ def every_opcode_program() -> Program:
             _ins("slice", "%sl", "%ln", starts=[0, 0, 1, 0], ends=[1, 3, 2, 2],
                  steps=[1, 1, 1, 1]),
             _ins("gather", "%ga", "%f", "@ix", axis=1),
+            _ins("interp", "%ip", "%ln", "@ri", "@rw", axis=2),
             _ins("transpose", "%pt", "%pj", perm=[0, 2, 1]),
             _ins("dbmm", "%bm", "%pj", "%pt"), _ins("wbmm", "%wm", "%pj", "%pt", xbs=[0]),
             _ins("halt")]
@@ -269,7 +271,9 @@ def every_opcode_program() -> Program:
              Blob("db", np.array([0.5, -1.0, 2.0], np.float32)),
              Blob("pm", rng.permutation(12).astype(np.float32)),
              Blob("two", np.array([2.0], np.float32)),
-             Blob("ix", np.array([3.0, 5.0], np.float32))]
+             Blob("ix", np.array([3.0, 5.0], np.float32)),
+             Blob("ri", np.array([[0, 1], [1, 0], [1, 1]], np.float32)),
+             Blob("rw", np.array([[0.5, 0.5], [1, 0], [0.25, 0.75]], np.float32))]
     return Program(chip=ChipGeometry(xbars=2), batch=1, batch_free=True,
                    ports=[Port("input", "x", "x"), Port("output", "y", "sm"),
                           Port("output", "z", "cb"), Port("output", "t", "t"),
@@ -408,6 +412,12 @@ VERIFIER_CASES = [
     ("  copy %sm, @b\n  add %sm, %sm, %f\n  softmax %sm, %sm axis=1\n", "",
      "output 'y': no instruction writes %sm"),
     ("xbars=2", "xbars=" + "9" * 5000, "has too many digits"),
+    ("interp %ip, %ln, @ri, @rw", "interp %ip, %ln, @rw, @ri",
+     "@rw holds indices that are not integers in [0, 2)"),
+    ("interp %ip, %ln, @ri, @rw", "interp %ip, %ln, @ri, @k",
+     "@ri [3, 2] and @k [3, 1, 1] must be [out, taps] alike"),
+    ("interp %ip, %ln, @ri, @rw axis=2", "interp %ip, %ln, @ri, @rw axis=1",
+     "interp: %ip has shape [1, 3, 3, 2]; the operation gives [1, 3, 2, 2]"),
 ]
 
 

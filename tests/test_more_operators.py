@@ -13,6 +13,8 @@ from conftest import cli, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
+from compiler import resize as rs
+from compiler.conv_transpose import insert_zeros
 from compiler.evaluate import evaluate
 from compiler.ops import ACTIVATIONS
 from runtime import run
@@ -141,3 +143,137 @@ def test_opset_6_prelu_applies_its_slope_per_channel(tmp_path):
     assert r.returncode == 0, r.stderr
     want = np.where(x >= 0, x, x * slope[None, :, None])
     np.testing.assert_allclose(np.load(out), want, rtol=1e-6)
+
+
+# -- Resize and ConvTranspose: per-axis resampling (compiler/resize.py) -----------------------
+
+def test_axis_taps_by_hand():
+    """Linear 2x at half_pixel: output o reads (o + 0.5) / 2 - 0.5, clamped at the edges;
+    nearest at asymmetric with floor: o // 2; zero insertion by 2 with one zero before."""
+    linear = dict(mode="linear", coordinate_transformation_mode="half_pixel",
+                  nearest_mode="round_prefer_floor", cubic_coeff_a=-0.75, exclude_outside=0,
+                  antialias=0)
+    idx, w = rs.axis_taps(3, 6, 2.0, linear)
+    dense = np.zeros((6, 3))
+    np.add.at(dense, (np.arange(6)[:, None], idx), w)
+    np.testing.assert_allclose(dense, [[1, 0, 0], [.75, .25, 0], [.25, .75, 0], [0, .75, .25],
+                                       [0, .25, .75], [0, 0, 1]])
+    idx, w = rs.axis_taps(3, 6, 2.0, dict(linear, mode="nearest", nearest_mode="floor",
+                                          coordinate_transformation_mode="asymmetric"))
+    assert idx.tolist() == [[0], [0], [1], [1], [2], [2]] and (w == 1).all()
+    idx, w = insert_zeros(3, 2, 1, 0)
+    assert (idx[:, 0] * w[:, 0]).tolist() == [0, 0, 0, 1, 0, 2] and w[:, 0].tolist() == \
+        [0, 1, 0, 1, 0, 1]
+
+
+def _resize(mode: str, **attrs):
+    scales = np.array([1, 1, 2, 1.5], np.float32)
+    return [helper.make_node("Resize", ["c", "", "scales"], ["y"], mode=mode, name="resize",
+                             **attrs)], {"scales": scales}
+
+
+RESIZE = {  # name -> (nodes, initializers, output shape)
+    "nearest_asymmetric_floor": (*_resize("nearest", coordinate_transformation_mode="asymmetric",
+                                          nearest_mode="floor"), ("N", C, 10, 7)),
+    "nearest_half_pixel": (*_resize("nearest"), ("N", C, 10, 7)),
+    "linear_half_pixel": (*_resize("linear"), ("N", C, 10, 7)),
+    "linear_align_corners": (*_resize("linear", coordinate_transformation_mode="align_corners"),
+                             ("N", C, 10, 7)),
+    "linear_pytorch_half_pixel": (*_resize(
+        "linear", coordinate_transformation_mode="pytorch_half_pixel"), ("N", C, 10, 7)),
+    "cubic_exclude_outside": (*_resize("cubic", exclude_outside=1, cubic_coeff_a=-0.5),
+                              ("N", C, 10, 7)),
+    "linear_down_sizes": ([helper.make_node("Resize", ["c", "", "", "sizes"], ["y"],
+                                            mode="linear", name="resize")],
+                          {"sizes": np.array([3, C, 3, 4], np.int64)}, (3, C, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESIZE))
+def test_resize_matches_onnxruntime_at_every_stage(name):
+    nodes, inits, shape = RESIZE[name]
+    model = _model(nodes, inits, 13, shape)
+    x = 2 * RNG.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    (want,) = ort_run(model, {"x": x})
+    errors = {}
+    program = compile_model(model, batch=3, verify_each=True, dump=lambda stage, g: errors.update(
+        {stage: rel_err(evaluate(g, {"x": x})["y"], want)}))
+    assert max(errors.values()) < 1e-5, errors
+    assert [i.attr("axis") for i in program.text if i.op == "interp"] == [2, 3]
+    assert rel_err(run(program, x, mode="ideal", timing=False).outputs["y"], want) < 1e-5
+
+
+def test_an_opset_9_upsample_compiles_as_resize(tmp_path):
+    """Upsample (opsets 7-9; older PyTorch exports of nn.Upsample) reaches the compiler as
+    Resize through onnx's version converter."""
+    node = helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")
+    model = helper.make_model(helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 9])],
+        [numpy_helper.from_array(np.array([1, 1, 2, 3], np.float32), "scales")]),
+        opset_imports=[helper.make_opsetid("", 9)])
+    x = RNG.standard_normal((1, 2, 3, 3)).astype(np.float32)
+    got = run(compile_model(model), x, mode="ideal", timing=False).outputs["y"]
+    np.testing.assert_array_equal(got, x.repeat(2, axis=2).repeat(3, axis=3))
+
+
+def _conv_transpose(**attrs) -> onnx.ModelProto:
+    """x [N, 4, 4, 5] -> ConvTranspose (w [4, 6 / group, 3, 2]) -> y."""
+    group = attrs.get("group", 1)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="deconv", **attrs)
+    inits = [numpy_helper.from_array(RNG.standard_normal((4, 6 // group, 3, 2))
+                                     .astype(np.float32), "w"),
+             numpy_helper.from_array(RNG.standard_normal(6).astype(np.float32), "b")]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 4, 4, 5])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, None)], inits)
+    return onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+CONV_TRANSPOSE = {
+    "stride_2": dict(strides=[2, 2]),
+    "stride_2_pads_output_padding": dict(strides=[2, 3], pads=[1, 0, 1, 1],
+                                         output_padding=[1, 2]),
+    "group_2_dilation_2": dict(group=2, dilations=[2, 2], strides=[1, 2]),
+    "output_shape": dict(strides=[2, 2], output_shape=[8, 10]),
+    "pads_past_the_kernel": dict(pads=[3, 0, 0, 2]),  # crops more than the kernel reaches
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_TRANSPOSE))
+def test_conv_transpose_matches_onnxruntime_at_every_stage(name):
+    model = _conv_transpose(**CONV_TRANSPOSE[name])
+    x = RNG.standard_normal((2, 4, 4, 5)).astype(np.float32)
+    (want,) = ort_run(model, {"x": x})
+    errors = {}
+    program = compile_model(model, batch=2, verify_each=True, dump=lambda stage, g: errors.update(
+        {stage: rel_err(evaluate(g, {"x": x})["y"], want)}))
+    assert max(errors.values()) < 1e-5, errors
+    assert any(i.op == "mvm" for i in program.text)  # on the crossbars
+    assert rel_err(run(program, x, mode="ideal", timing=False).outputs["y"], want) < 1e-5
+
+
+def test_conv_transpose_in_quantized_mode_is_the_crossbars_convolution():
+    """Quantized mode runs the equivalent stride-1 convolution on the crossbars: the same
+    numbers as that convolution written out by hand (input spread by numpy, kernel flipped
+    and its channel axes swapped), compiled and run quantized."""
+    model = _conv_transpose(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
+    w, b = (numpy_helper.to_array(i) for i in model.graph.initializer)
+    x = RNG.standard_normal((3, 4, 4, 5)).astype(np.float32)
+    # the kernel's reach less the pads: rows (kernel 3) 1 before, 1 + 1 (output padding)
+    # after; columns (kernel 2) none before, 0 + 1 after
+    spread = np.zeros((3, 4, 1 + 7 + 2, 9 + 1), np.float32)
+    spread[:, :, 1:8:2, 0:9:2] = x
+    conv = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["s", "k", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", *spread.shape[1:]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 9])],
+        [numpy_helper.from_array(np.flip(w.swapaxes(0, 1), (2, 3)).copy(), "k"),
+         numpy_helper.from_array(b, "b")]), opset_imports=[helper.make_opsetid("", 13)])
+    (want,) = ort_run(model, {"x": x})
+    np.testing.assert_allclose(ort_run(conv, {"s": spread})[0], want, rtol=1e-5, atol=1e-5)
+    got = run(compile_model(model), x, mode="quantized", timing=False).outputs["y"]
+    ref = run(compile_model(conv), spread, mode="quantized", timing=False).outputs["y"]
+    assert rel_err(got, want) > 1e-4  # quantization shows
+    np.testing.assert_array_equal(got, ref)
