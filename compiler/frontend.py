@@ -123,24 +123,26 @@ def _convert(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _per_channel_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
     """Before opset 7 a PRelu slope of C values applied along the channel axis (axis 1);
-    since, it broadcasts from the right. A copy of ``model`` whose constant 1-D slopes of more
-    than one value are reshaped to [C, 1, ...] for the version converter, which keeps them."""
+    since, it broadcasts from the right, and onnx's version converter keeps slopes as they
+    are. A copy of ``model`` with an Unsqueeze to [C, 1, ...] before every PRelu whose slope
+    (of any origin) holds its input's C channels, C > 1, at rank 3 or more."""
     model = _copy(model)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (
-        *shape_inference.infer_shapes(model).graph.value_info, *model.graph.input)}
-    inits = {i.name: i for i in model.graph.initializer}
+    graph = shape_inference.infer_shapes(model).graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*graph.value_info, *graph.input, *graph.output)}
+    dims.update({i.name: list(i.dims) for i in model.graph.initializer})
+    nodes = []
     for node in model.graph.node:
-        slope = inits.get(node.input[1]) if node.op_type == "PRelu" else None
-        if slope is None or len(slope.dims) != 1 or slope.dims[0] == 1 or \
-                ranks.get(node.input[0], 0) < 3:
-            continue
-        name = f"{slope.name}_per_channel_{len(model.graph.initializer)}"
-        value = numpy_helper.to_array(slope).reshape((-1,) + (1,) * (ranks[node.input[0]] - 2))
-        model.graph.initializer.append(numpy_helper.from_array(value, name))
-        if any(i.name == slope.name for i in model.graph.input):  # IR < 4 lists initializers
-            model.graph.input.append(onnx.helper.make_tensor_value_info(
-                name, slope.data_type, value.shape))
-        node.input[1] = name
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        x, slope = (dims.get(n) for n in node.input[:2]) if node.op_type == "PRelu" else ((),) * 2
+        if x and slope and len(x) >= 3 and len(slope) == 1 and slope[0] == x[1] > 1:
+            name = f"{node.input[1]}_per_channel_{len(nodes)}"
+            nodes.append(onnx.helper.make_node("Unsqueeze", [node.input[1]], [name],
+                                               axes=list(range(1, len(x) - 1))))
+            node.input[1] = name
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     return model
 
 

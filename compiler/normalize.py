@@ -170,6 +170,12 @@ def split(graph, op):
     return None
 
 
+# What a reduction over no axes (noop_with_empty_axes) leaves: its elementwise step; the
+# others a copy.
+_NO_AXES = {"reducel1": ("abs", 1), "reducel2": ("abs", 1), "reducesumsquare": ("mul", 2),
+            "reducelogsum": ("log", 1)}
+
+
 def reduce(kind):
     def normalise(graph, op):
         rank = len(graph.shape(op.inputs[0]))
@@ -178,7 +184,8 @@ def reduce(kind):
         if not axes:
             axes = [] if op.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
         if not axes:
-            return "copy", op.inputs[:1], {}
+            step, operands = _NO_AXES.get(kind, ("copy", 1))
+            return step, op.inputs[:1] * operands, {}
         return kind, op.inputs[:1], {"axes": sorted({int(a) % rank for a in axes}),
                                      "keepdims": int(op.attrs.get("keepdims", 1))}
     return normalise
@@ -272,13 +279,13 @@ def reshape(graph, op):
 
 def chain(kind):
     """A variadic ONNX op (Sum, Max, Min) as a chain of the binary ``kind``, each partial
-    result of the output's shape; one input is a copy."""
+    result of its two operands' broadcast shape; one input is a copy."""
     def normalise(graph, op):
         acc = op.inputs[0]
         for i, other in enumerate(op.inputs[1:]):
             last = i == len(op.inputs) - 2
-            out = op.outputs[0] if last else graph.add_value(graph.fresh(kind),
-                                                             graph.shape(op.outputs[0]))
+            shape = np.broadcast_shapes(graph.shape(acc), graph.shape(other))
+            out = op.outputs[0] if last else graph.add_value(graph.fresh(kind), shape)
             graph.add_op(kind, [acc, other], [out], {}, op.origin)
             acc = out
         if len(op.inputs) == 1:

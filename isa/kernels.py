@@ -24,6 +24,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0, -x))
 
 
+def _log(x: np.ndarray) -> np.ndarray:
+    """log x, -inf at 0 (ONNX's value over an empty set) and NaN below, without numpy's
+    warnings: the values are the answer, as onnxruntime gives them."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(x)
+
+
 def erf(x: np.ndarray) -> np.ndarray:
     """The error function, from the complementary one's Chebyshev fit (Numerical Recipes,
     ``erfcc``: fractional error below 1.2e-7 everywhere), in float64."""
@@ -70,7 +77,7 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "shrink": lambda x, a: np.where(x < -a["lambd"], x + a["bias"],
                                     np.where(x > a["lambd"], x - a["bias"], 0)),
     "abs": lambda x, a: np.abs(x),
-    "log": lambda x, a: np.log(x),
+    "log": lambda x, a: _log(x),
     "floor": lambda x, a: np.floor(x),
     "ceil": lambda x, a: np.ceil(x),
     "round": lambda x, a: np.rint(x),  # halves to even, as ONNX's Round
@@ -237,11 +244,6 @@ def rmsnorm(x: np.ndarray, scale: np.ndarray, axis: int, epsilon: float) -> np.n
     axes = tuple(range(axis, x.ndim))
     ms = (x * x).mean(axis=axes, keepdims=True, dtype=F32)
     return (x / np.sqrt(ms + F32(epsilon)) * scale).astype(F32)
-
-
-def _log(x: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):  # log 0 = -inf, ONNX's value over an empty set
-        return np.log(x)
 
 
 def _logsumexp(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:

@@ -124,6 +124,57 @@ def test_activations_are_fused_and_exact_but_for_the_crossbars_in_quantized_mode
     assert rel_err(got, want) < 1e-5
 
 
+def _standalone(nodes, inputs: dict, opset: int, inits=None) -> onnx.ModelProto:
+    """A model of ``nodes`` with float inputs {name: shape} and output y."""
+    return onnx.shape_inference.infer_shapes(helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(k, TensorProto.FLOAT, v)
+                     for k, v in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()]),
+        opset_imports=[helper.make_opsetid("", opset)]))
+
+
+@pytest.mark.parametrize("op", ["ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+                                "ReduceMax", "ReduceLogSumExp"])
+def test_a_reduction_over_no_axes_keeps_its_elementwise_step(op):
+    """noop_with_empty_axes and no axes: L1 and L2 still take |x|, SumSquare x^2, LogSum
+    log x (the spec, as onnxruntime computes it); the others leave x."""
+    model = _standalone([helper.make_node(op, ["x"], ["y"], noop_with_empty_axes=1)],
+                        {"x": [2, 3, 4]}, 18)
+    x = RNG.uniform(-2, 2, (2, 3, 4)).astype(np.float32)
+    x = np.abs(x) if op == "ReduceLogSum" else x
+    (want,) = ort_run(model, {"x": x})
+    got = run(compile_model(model, batch=2, verify_each=True), x, mode="ideal",
+              timing=False).outputs["y"]
+    assert rel_err(got, want) < 1e-6
+
+
+def test_max_and_min_of_operands_that_broadcast_step_by_step():
+    """Each step of the chain has its own operands' broadcast shape (the IR is verified
+    after every pass)."""
+    model = _standalone([helper.make_node("Max", ["a", "b", "c"], ["m"]),
+                         helper.make_node("Min", ["m", "a", "k"], ["y"])],
+                        {"a": [2, 1, 1], "b": [3, 1], "c": [4]}, 13,
+                        {"k": RNG.standard_normal((1, 4)).astype(np.float32)})
+    feeds = {"a": RNG.standard_normal((2, 1, 1)), "b": RNG.standard_normal((3, 1)),
+             "c": RNG.standard_normal(4)}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    (want,) = ort_run(model, feeds)
+    got = run(compile_model(model, batch=2, verify_each=True), feeds, mode="ideal",
+              timing=False).outputs["y"]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_opset_6_prelu_slope_from_a_constant_node_is_per_channel():
+    slope = np.array([0.1, 0.2, 0.3], np.float32)
+    nodes = [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(slope)),
+             helper.make_node("PRelu", ["x", "s"], ["y"])]
+    model = _standalone(nodes, {"x": [2, 3, 3]}, 6)  # C = 3 = the last axis: no error
+    x = RNG.standard_normal((2, 3, 3)).astype(np.float32)
+    got = run(compile_model(model, batch=2), x, mode="ideal", timing=False).outputs["y"]
+    np.testing.assert_allclose(got, np.where(x >= 0, x, x * slope[None, :, None]), rtol=1e-6)
+
+
 def test_opset_6_prelu_applies_its_slope_per_channel(tmp_path):
     """Before opset 7 a slope of C values ran along axis 1 (PyTorch's old exports); the
     version converter keeps it as it is, which would broadcast it along the last axis."""
