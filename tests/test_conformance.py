@@ -34,5 +34,5 @@ def test_no_supported_conformance_test_fails():
                  "node/test_resize_downsample_scales_cubic_antialias",
                  "node/test_resize_downsample_sizes_linear_pytorch_half_pixel",
                  "node/test_convtranspose_group_2", "node/test_convtranspose_output_shape",
-                 "node/test_convtranspose_autopad_same"):
+                 "node/test_convtranspose_autopad_same", "pytorch-converted/test_Embedding"):
         assert must in passed, must

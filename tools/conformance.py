@@ -36,6 +36,7 @@ from compiler.support import (
     SUPPORTED,
     constant_tensors,
     constant_values,
+    index_inputs,
     used_tensors,
 )
 from runtime import run
@@ -198,7 +199,8 @@ def declared_unsupported(model: onnx.ModelProto) -> str | None:
             if node.op_type in RESTRICTIONS else None
         if why:
             return why
-    for name in sorted(used_tensors(model) - const):
+    ids = index_inputs(model, const, shapes)  # token ids, which the compiler takes
+    for name in sorted(used_tensors(model) - const - set(ids)):
         why = _unsupported_type(name, types.get(name))
         if why:
             return why
