@@ -351,12 +351,15 @@ def _heat(ax, logratio, xlabels, ylabels, xlabel, ylabel) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=list(XBARS), default=list(XBARS))
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--models", nargs="+", choices=list(XBARS), default=list(XBARS),
+                   help="networks to compare (default: all)")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 16],
+                   help="batch sizes (default 1 16)")
     p.add_argument("--chip", default="default", help="chip preset or TOML (default: default)")
     p.add_argument("--maps", default="docs", help="directory for basis_maps.png")
     p.add_argument("--skip-maps", action="store_true", help="tables only")
-    p.add_argument("--zoo", default=os.path.join("models", "zoo"))
+    p.add_argument("--zoo", default=os.path.join("models", "zoo"),
+                   help="where generated models are cached (default models/zoo)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     chip = load_chip(args.chip)

@@ -42,10 +42,13 @@ def cycles(program) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", nargs="+", type=int, default=[2, 3, 4, 6, 9])
-    p.add_argument("--xbars", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--plot", default=os.path.join("docs", "basis_digits.png"))
+    p.add_argument("--n", nargs="+", type=int, default=[2, 3, 4, 6, 9],
+                   help="basis sizes N (default 2 3 4 6 9)")
+    p.add_argument("--xbars", type=int, default=2, help="the chip's crossbars (default 2)")
+    p.add_argument("--epochs", type=int, default=80,
+                   help="fine-tuning epochs for each N (default 80)")
+    p.add_argument("--plot", default=os.path.join("docs", "basis_digits.png"),
+                   help="where the plot goes (default docs/basis_digits.png)")
     args = p.parse_args(argv)
     model = onnx.load(os.path.join(MODELS, "digits_cnn.onnx"))
     x, y, calib = _load("digits_test_x.npy"), _load("digits_test_y.npy"), _load(

@@ -63,7 +63,8 @@ def bench(name: str, zoo: str, images: int, repeats: int) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=make_zoo.NAMES, default=make_zoo.NAMES)
+    p.add_argument("--models", nargs="+", choices=make_zoo.NAMES, default=make_zoo.NAMES,
+                   help="generated models to time (default: all)")
     p.add_argument("--images", type=int, default=4, help="images per run (default 4)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs, best kept (default 3)")
     p.add_argument("--zoo", default=os.path.join("models", "zoo"),

@@ -102,10 +102,13 @@ def bench(name: str, path: str, x: np.ndarray, repeats: int, chip=None) -> list[
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--zoo", default=os.path.join("models", "zoo"))
-    p.add_argument("--big", default="resnet50-imagenet", choices=make_zoo.NAMES)
+    p.add_argument("--zoo", default=os.path.join("models", "zoo"),
+                   help="where generated models are cached (default models/zoo)")
+    p.add_argument("--big", default="resnet50-imagenet", choices=make_zoo.NAMES,
+                   help="the large generated model (default resnet50-imagenet)")
     p.add_argument("--images", type=int, default=1, help="N for the big model (default 1)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs of each measurement, best kept (default 3)")
     p.add_argument("--threads", type=int, help="cimrun's threads (default: one per core)")
     args = p.parse_args(argv)
     global THREADS

@@ -42,11 +42,17 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet18-imagenet", "resnet50-imagenet",
                                                    "densenet121-imagenet"],
-                   choices=make_zoo.NAMES)
-    p.add_argument("--xbars", nargs="+", type=int, default=[64, 256, 1024])
-    p.add_argument("--chips", nargs="+", default=["default", "puma-optimistic"])
-    p.add_argument("--plot", default=os.path.join("docs", "schedule.png"))
-    p.add_argument("--zoo", default=os.path.join("models", "zoo"))
+                   choices=make_zoo.NAMES, help="generated models (default: the three ImageNet "
+                   "ones)")
+    p.add_argument("--xbars", nargs="+", type=int, default=[64, 256, 1024],
+                   help="crossbar counts (default 64 256 1024)")
+    p.add_argument("--chips", nargs="+", default=["default", "puma-optimistic"],
+                   help="chip presets or TOML files to time under (default: default "
+                        "puma-optimistic)")
+    p.add_argument("--plot", default=os.path.join("docs", "schedule.png"),
+                   help="where the plot goes (default docs/schedule.png)")
+    p.add_argument("--zoo", default=os.path.join("models", "zoo"),
+                   help="where generated models are cached (default models/zoo)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     results = {}

@@ -73,7 +73,8 @@ def dispatch_ms(kind: str, tasks: int = 400) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sweep", default=os.path.join(ROOT, "examples", "digits_cells_adc.toml"))
+    p.add_argument("--sweep", default=os.path.join(ROOT, "examples", "digits_cells_adc.toml"),
+                   help="the sweep file (default examples/digits_cells_adc.toml)")
     p.add_argument("--samples", type=int, help="first N samples of the sweep's dataset")
     args = p.parse_args(argv)
     results = []

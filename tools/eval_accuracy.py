@@ -56,8 +56,10 @@ def evaluate(name: str, seeds: int, limit: int | None) -> list[tuple[str, float,
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["digits_mlp", "digits_cnn"])
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--models", nargs="+", default=["digits_mlp", "digits_cnn"],
+                   help="bundled models by name (default digits_mlp digits_cnn)")
+    p.add_argument("--seeds", type=int, default=5,
+                   help="analog-mode seeds each row averages (default 5)")
     p.add_argument("--limit", type=int, default=None, help="first N test images only")
     args = p.parse_args(argv)
     print("| model | mode | accuracy % | std over seeds | vs float (points) |")

@@ -159,7 +159,7 @@ def finetune(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, n: int, unit:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model")
+    p.add_argument("model", help="the float model (.onnx)")
     p.add_argument("-o", "--output", required=True, help="fine-tuned model (.onnx)")
     p.add_argument("--basis-out", help="basis set (.npz; default: OUTPUT with .basis.npz)")
     p.add_argument("--basis", type=int, required=True, help="basis vectors N")
@@ -181,7 +181,7 @@ def main(argv=None) -> None:
                    help="weight of distillation from the float model against the labels' "
                         "cross-entropy (default 0.7; 0: labels only)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam step size (default 3e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="torch's seed (default 0)")
     args = p.parse_args(argv)
     x, y = training_data(args.data, args.labels)
     if args.upsample != 1:

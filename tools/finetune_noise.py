@@ -159,14 +159,14 @@ def save_model(model: onnx.ModelProto, path: str) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("model", help="the float model (.onnx)")
+    p.add_argument("-o", "--output", required=True, help="fine-tuned model (.onnx)")
     p.add_argument("--data", help="training inputs .npy (default: the digits training split)")
     p.add_argument("--labels", help="training labels .npy")
     p.add_argument("--noise", type=float, default=0.055,
                    help="weight noise, fraction of each output channel's largest weight")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="torch's seed (default 0)")
     args = p.parse_args(argv)
     x, y = training_data(args.data, args.labels)
     save_model(finetune(onnx.load(args.model), x, y, args.noise, args.epochs, args.seed),
