@@ -124,10 +124,10 @@ def build_parser() -> Parser:
                         "values) and its timing drives the scheduler (default: default)")
     _geometry_flags(p)
     p.add_argument("--digital", metavar="all|first,last|NODE[,NODE...]",
-                   help="map these conv/matmul layers onto the chip's digital MAC unit "
-                        "(dmatmul) instead of crossbars: all of them, the first and/or last in "
-                        "graph order, or ONNX node names, comma-separated (BasisN leaves them "
-                        "alone; default: none)")
+                   help="map these conv/matmul (ConvTranspose too) layers onto the chip's "
+                        "digital MAC unit (dmatmul) instead of crossbars: all of them, the first "
+                        "and/or last in graph order, or ONNX node names, comma-separated (BasisN "
+                        "leaves them alone; default: none)")
     p.add_argument("--dynamic", choices=tuple(DYNAMIC), default="digital",
                    help="how products of two computed operands (attention's Q K^T and "
                         "weights x V) are mapped: on the digital MAC unit (dbmm), or by writing "

@@ -37,7 +37,9 @@ def insert_zeros(n_in: int, stride: int, before: int, after: int) -> tuple[np.nd
 
 def pads(attrs: dict, x_sp, k_eff, strides, out_pad) -> list[int]:
     """[begin..., end...] pads: ``attrs``' own, or derived from output_shape or auto_pad as
-    the ONNX spec derives them."""
+    the ONNX spec derives them, and as onnxruntime where the spec is silent: auto_pad's
+    padding is never negative (a stride past the kernel's reach), and an output_shape past
+    the natural size grows the end alone."""
     n = len(x_sp)
     auto, shape = attrs.get("auto_pad") or "NOTSET", attrs.get("output_shape")
     if shape is None and auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -45,8 +47,12 @@ def pads(attrs: dict, x_sp, k_eff, strides, out_pad) -> list[int]:
     if shape is not None:
         total = [s * (x - 1) + p + k - o for s, x, p, k, o in
                  zip(strides, x_sp, out_pad, k_eff, list(shape)[-n:])]
+        if attrs.get("output_shape") is None:
+            total = [max(t, 0) for t in total]
         small, big = [t // 2 for t in total], [t - t // 2 for t in total]
-        return small + big if auto == "SAME_UPPER" else big + small
+        begin, end = (small, big) if auto == "SAME_UPPER" else (big, small)
+        return [0 if t < 0 else b for b, t in zip(begin, total)] + \
+            [t if t < 0 else e for e, t in zip(end, total)]
     return [0] * 2 * n if auto == "VALID" else list(attrs.get("pads") or [0] * 2 * n)
 
 

@@ -127,6 +127,12 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
         entries = digital.split(",") if isinstance(digital, str) else digital
         ctx.digital = digital_layers(entries, matrix_layers(model))
     if basis is not None:
+        deconv = [name for n in model.graph.node if n.op_type == "ConvTranspose"
+                  and (name := frontend.node_name(n)) not in ctx.digital]
+        if deconv:
+            raise CompileError("--basis: BasisN decomposes Conv, Gemm and MatMul layers, not "
+                               f"ConvTranspose ({', '.join(deconv[:3])}); --digital "
+                               f"{','.join(deconv[:3])} puts them on the digital unit")
         ctx.basis, ctx.basis_reference = basis, layer_matrices(model)
     graph = frontend.import_model(model, batch=batch, calibrate=calibrate, limits=ctx.limits)
     graph = _run_passes(graph, pipeline, ctx, verify_each, dump)

@@ -106,7 +106,26 @@ def upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = _opset(model)
     if opset >= CANONICAL_OPSET:
         return model
-    return _convert(_per_channel_prelu(model) if opset < 7 else model)
+    converted = _convert(_per_channel_prelu(model) if opset < 7 else model)
+    return _legacy_resize(converted, model) if opset <= 10 else converted
+
+
+def _legacy_resize(converted: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Upsample (opsets 7-9) and Resize-10 map output position x to input position x / scale
+    and take the nearest pixel by truncation, or by rounding up when downsampling (as
+    onnxruntime runs them); onnx's version converter writes them as a Resize that leaves
+    both at Resize-11's defaults (half_pixel, round_prefer_floor). ``converted`` with them
+    restored: asymmetric, and the nearest mode ``simple`` (``compiler.resize``)."""
+    legacy = {n.output[0] for n in original.graph.node if n.op_type in ("Upsample", "Resize")}
+    for node in converted.graph.node:
+        if node.op_type == "Resize" and node.output[0] in legacy:
+            kept = [a for a in node.attribute
+                    if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del node.attribute[:]
+            node.attribute.extend(kept + [
+                onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                onnx.helper.make_attribute("nearest_mode", "simple")])
+    return converted
 
 
 def _convert(model: onnx.ModelProto) -> onnx.ModelProto:

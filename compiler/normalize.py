@@ -12,6 +12,7 @@ import numpy as np
 
 from . import conv_transpose as ct
 from . import resize as rs
+from .errors import CompileError
 from .ir import Graph, Op
 from .ops import MATH, ONNX_REDUCTIONS
 
@@ -58,16 +59,27 @@ def conv(graph, op):
 def conv_transpose(graph, op):
     """ConvTranspose as a stride-1 convolution of the spread input (``compiler.conv_transpose``:
     an ``interp`` op per spatial axis to spread, then a conv)."""
-    x = graph.shape(op.inputs[0])
+    x, y = graph.shape(op.inputs[0]), graph.shape(op.outputs[0])
     plan = ct.plan(x[2:], graph.constants[op.inputs[1]], op.attrs)
+    n, k_eff = len(x) - 2, [(k - 1) * d + 1 for k, d in zip(plan.weight.shape[2:],
+                                                            plan.dilations)]
+    spread = list(x[2:])
+    for i, idx, _ in plan.spreads:
+        spread[i] = len(idx)
+    out_sp = [s - k + 1 for s, k in zip(spread, k_eff)]
+    if tuple(y[2:]) != tuple(out_sp):
+        raise CompileError(f"{op.origin or op.id}: ConvTranspose computes spatial size "
+                           f"{out_sp}, but the model declares {list(y)} (an output_shape "
+                           "below the natural size?)")
     acc, shape = op.inputs[0], list(x)
     for i, idx, wt in plan.spreads:
         shape[2 + i] = len(idx)
         out = graph.add_value(graph.fresh("spread"), tuple(shape))
         _interp(graph, op, acc, out, 2 + i, idx, wt)
+        if acc in graph.ranges:  # spreading adds zeros: the calibrated range holds
+            graph.ranges[out] = graph.ranges[acc]
         acc = out
     weight = graph.add_constant(graph.fresh(f"{op.origin or op.id}.weight"), plan.weight)
-    n = len(x) - 2
     return "conv", [acc, weight, *op.inputs[2:3]], {
         "kernel": list(plan.weight.shape[2:]), "strides": [1] * n, "pads": [0] * 2 * n,
         "dilations": plan.dilations, "group": plan.group}
@@ -209,6 +221,8 @@ def resize(graph, op):
         out = op.outputs[0] if i == len(changed) - 1 else \
             graph.add_value(graph.fresh("resize"), tuple(shape))
         _interp(graph, op, acc, out, a, idx, w)
+        if acc in graph.ranges and (w >= 0).all():  # a weighted mean stays in range; cubic
+            graph.ranges.setdefault(out, graph.ranges[acc])  # (negative weights) may not
         acc = out
     if not changed:
         graph.add_op("copy", [acc], op.outputs, {}, op.origin)

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_resize import Resize as OnnxResize
 
 from isa import kernels
 
@@ -38,12 +39,18 @@ class ConvTranspose(OpRun):
                              plan.group).astype(w.dtype),)
 
 
-class Resize(OpRun):
+class Resize(OnnxResize):
     """ONNX's reference Resize (onnx 1.23) puts align_corners' and pytorch_half_pixel's
     output length at scale x input length, where the operator's text and onnxruntime take the
-    integer length: the compiler's (``compiler.resize``)."""
+    integer length: the compiler's (``compiler.resize``) from opset 11 on, for every
+    coordinate transformation it lowers; onnx's own for the rest (tf_crop_and_resize, which
+    only folds on constants, and opset 10's two inputs)."""
 
-    def _run(self, x, roi=None, scales=None, sizes=None, **attrs):
+    def _run(self, x, *inputs, **attrs):
+        mode = attrs.get("coordinate_transformation_mode") or "half_pixel"
+        if self.run_params["opsets"].get("", 0) < 11 or mode not in resize.COORDINATES:
+            return super()._run(x, *inputs, **attrs)
+        roi, scales, sizes = (list(inputs) + [None] * 3)[:3]
         return (resize.resize(x, scales, sizes, attrs).astype(x.dtype),)
 
 

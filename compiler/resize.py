@@ -44,9 +44,12 @@ COORDINATES: dict[str, Callable] = {
 }
 
 
-def _nearest(ratio: np.ndarray, rounding: str) -> np.ndarray:
+def _nearest(ratio: np.ndarray, rounding: str, scale: float) -> np.ndarray:
     """[out, 2] weights of the left and right neighbour; an exact position (ratio 1) takes
-    the right one, which is that position."""
+    the right one, which is that position. ``simple`` (not an ONNX value: Upsample's and
+    Resize-10's rule, ``frontend._legacy_resize``) is floor, or ceil when downsampling."""
+    if rounding == "simple":
+        rounding = "ceil" if scale < 1 else "floor"
     right = {"round_prefer_floor": ratio > 0.5, "round_prefer_ceil": ratio >= 0.5,
              "floor": np.zeros_like(ratio, bool), "ceil": np.ones_like(ratio, bool)}[rounding]
     right = right | (ratio == 1)
@@ -74,7 +77,7 @@ def _weights(mode: str, ratio: np.ndarray, scale: float, attrs: dict) -> np.ndar
     """[out, n] interpolation weights of the n neighbours around each position, left first."""
     a = attrs["cubic_coeff_a"]
     if mode == "nearest":
-        return _nearest(ratio, attrs["nearest_mode"])
+        return _nearest(ratio, attrs["nearest_mode"], scale)
     if attrs["antialias"] and mode == "linear":
         return _antialiased(ratio, scale, 1, lambda d: np.clip(1 - np.abs(d), 0, 1))
     if attrs["antialias"]:

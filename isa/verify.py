@@ -434,10 +434,13 @@ def _gather(c: _Ctx, ins: Instr) -> None:
 
 
 def _interp(c: _Ctx, ins: Instr) -> None:
-    src, idx, w, axis = c.src(ins), c.src(ins, 2), c.src(ins, 3), _axis(ins, len(c.src(ins)))
-    if len(idx) != 2 or idx != w:
+    src, idx, w, axis = c.src(ins), c.src(ins, 2), c.src(ins, 3), ins.attr("axis")
+    if not 0 <= axis < len(src):
+        _fail(ins, f"axis {axis} is not an axis of {ins.operands[1]} {list(src)} (0 to "
+                   f"{len(src) - 1})")
+    if len(idx) != 2 or idx != w or min(idx) < 1:
         _fail(ins, f"{ins.operands[2]} {list(idx)} and {ins.operands[3]} {list(w)} must be "
-                   "[out, taps] alike")
+                   "[out, taps] alike, at least one of each")
     values = _finite_blob(c, ins, ins.operands[2])
     _finite_blob(c, ins, ins.operands[3])
     if ((values != np.rint(values)) | (values < 0) | (values >= src[axis])).any():

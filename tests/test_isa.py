@@ -416,6 +416,8 @@ VERIFIER_CASES = [
      "@rw holds indices that are not integers in [0, 2)"),
     ("interp %ip, %ln, @ri, @rw", "interp %ip, %ln, @ri, @k",
      "@ri [3, 2] and @k [3, 1, 1] must be [out, taps] alike"),
+    ("interp %ip, %ln, @ri, @rw axis=2", "interp %ip, %ln, @ri, @rw axis=-2",
+     "interp: axis -2 is not an axis of %ln [1, 3, 2, 2] (0 to 3)"),
     ("interp %ip, %ln, @ri, @rw axis=2", "interp %ip, %ln, @ri, @rw axis=1",
      "interp: %ip has shape [1, 3, 3, 2]; the operation gives [1, 3, 2, 2]"),
 ]

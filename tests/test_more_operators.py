@@ -12,8 +12,10 @@ import pytest
 from conftest import cli, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import compile_model
+from compiler import CompileError, compile_model
 from compiler import resize as rs
+from compiler.basis.fit import fit
+from compiler.basis.layers import layer_matrices
 from compiler.conv_transpose import insert_zeros
 from compiler.evaluate import evaluate
 from compiler.ops import ACTIVATIONS
@@ -254,18 +256,42 @@ def test_resize_matches_onnxruntime_at_every_stage(name):
     assert rel_err(run(program, x, mode="ideal", timing=False).outputs["y"], want) < 1e-5
 
 
-def test_an_opset_9_upsample_compiles_as_resize(tmp_path):
-    """Upsample (opsets 7-9; older PyTorch exports of nn.Upsample) reaches the compiler as
-    Resize through onnx's version converter."""
-    node = helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")
+LEGACY = [("Upsample", 9, "nearest", [1, 1, 1.7, 1.3]), ("Upsample", 9, "linear", [1, 1, 1.7, 1.3]),
+          ("Upsample", 9, "nearest", [1, 1, 2, 3]), ("Resize", 10, "nearest", [1, 1, 0.6, 0.5]),
+          ("Resize", 10, "linear", [1, 1, 0.6, 1.5])]
+
+
+@pytest.mark.parametrize("op, opset, mode, scales", LEGACY)
+def test_upsample_and_resize_10_match_onnxruntime(op, opset, mode, scales):
+    """Upsample (opsets 7-9; older PyTorch exports of nn.Upsample) and Resize-10 reach the
+    compiler as Resize through onnx's version converter, with their own coordinates
+    (x / scale) and nearest rule restored."""
+    x = RNG.standard_normal((1, 2, 5, 6)).astype(np.float32)
+    out = [1, 2] + [int(np.floor(d * s)) for d, s in zip((5, 6), scales[2:])]
     model = helper.make_model(helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 9])],
-        [numpy_helper.from_array(np.array([1, 1, 2, 3], np.float32), "scales")]),
-        opset_imports=[helper.make_opsetid("", 9)])
-    x = RNG.standard_normal((1, 2, 3, 3)).astype(np.float32)
+        [helper.make_node(op, ["x", "scales"], ["y"], mode=mode)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+        [numpy_helper.from_array(np.array(scales, np.float32), "scales")]),
+        opset_imports=[helper.make_opsetid("", opset)])
+    (want,) = ort_run(model, {"x": x})
     got = run(compile_model(model), x, mode="ideal", timing=False).outputs["y"]
-    np.testing.assert_array_equal(got, x.repeat(2, axis=2).repeat(3, axis=3))
+    assert rel_err(got, want) < 1e-6
+
+
+def test_a_constant_tf_crop_and_resize_folds():
+    """tf_crop_and_resize is not lowered, but on constants it folds (onnx's reference)."""
+    roi = np.array([0, 0, 0.2, 0.1, 1, 1, 0.9, 0.8], np.float32)
+    nodes = [helper.make_node("Resize", ["k", "roi", "", "sizes"], ["r"], mode="linear",
+                              coordinate_transformation_mode="tf_crop_and_resize"),
+             helper.make_node("Add", ["x", "r"], ["y"])]
+    model = _standalone(nodes, {"x": [1, 1, 3, 3]}, 13, {
+        "k": RNG.standard_normal((1, 1, 4, 4)).astype(np.float32), "roi": roi,
+        "sizes": np.array([1, 1, 3, 3], np.int64)})
+    x = RNG.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    (want,) = ort_run(model, {"x": x})
+    got = run(compile_model(model), x, mode="ideal", timing=False).outputs["y"]
+    assert rel_err(got, want) < 1e-6
 
 
 def _conv_transpose(**attrs) -> onnx.ModelProto:
@@ -289,6 +315,8 @@ CONV_TRANSPOSE = {
     "group_2_dilation_2": dict(group=2, dilations=[2, 2], strides=[1, 2]),
     "output_shape": dict(strides=[2, 2], output_shape=[8, 10]),
     "pads_past_the_kernel": dict(pads=[3, 0, 0, 2]),  # crops more than the kernel reaches
+    "same_upper_stride_past_the_kernel": dict(auto_pad="SAME_UPPER", strides=[4, 3]),
+    "same_lower": dict(auto_pad="SAME_LOWER", strides=[2, 2]),
 }
 
 
@@ -328,3 +356,34 @@ def test_conv_transpose_in_quantized_mode_is_the_crossbars_convolution():
     ref = run(compile_model(conv), spread, mode="quantized", timing=False).outputs["y"]
     assert rel_err(got, want) > 1e-4  # quantization shows
     np.testing.assert_array_equal(got, ref)
+
+
+def test_conv_transpose_refusals_and_digital_placement():
+    """An output_shape below the natural size is refused (shape inference cannot give the
+    output's shape); BasisN refuses ConvTranspose layers, and --digital takes them."""
+    with pytest.raises(CompileError, match="ConvTranspose computes spatial size"):
+        compile_model(_conv_transpose(strides=[2, 2], output_shape=[3, 3]))
+    conv = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+            helper.make_node("ConvTranspose", ["c", "w2"], ["y"], strides=[2, 2],
+                             name="deconv")]
+    model = _standalone(conv, {"x": [1, 2, 4, 4]}, 13, {
+        "w1": RNG.standard_normal((4, 2, 3, 3)).astype(np.float32),
+        "w2": RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)})
+    basis = fit(layer_matrices(model), 9, 9, 8)
+    with pytest.raises(CompileError, match=r"not ConvTranspose \(deconv\); --digital deconv"):
+        compile_model(model, basis=basis)
+    program = compile_model(model, basis=basis, digital="deconv")
+    assert [i.op for i in program.text if i.op in ("dmatmul", "combine")] == \
+        ["combine", "dmatmul"]
+
+
+def test_calibrated_range_reaches_the_spread_input(tmp_path):
+    """The zeros ConvTranspose inserts keep its input's calibrated range, which sets the DAC
+    full scale of the convolution's patches (none would fall back to each sample's max)."""
+    model = _conv_transpose(strides=[2, 2])
+    samples = RNG.standard_normal((16, 4, 4, 5)).astype(np.float32)
+    program = compile_model(model, calibrate=samples)
+    read = {i.operands[1][1:] for i in program.text if i.op == "mvm"}
+    ranges = {b.name: b.range for b in program.buffers if b.name in read}
+    assert ranges and all(r == pytest.approx(np.abs(samples).max(), rel=1e-6)
+                          for r in ranges.values()), ranges

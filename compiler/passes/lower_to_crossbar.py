@@ -93,12 +93,13 @@ def matrix_weight(kind: str, mat: np.ndarray, shape, attrs: dict) -> np.ndarray:
     return LAYOUTS[kind.lower()][1](mat, tuple(shape), attrs)
 
 
-MATRIX_OPS = ("Conv", "Gemm", "MatMul")  # the ONNX ops this pass lowers to matrix products
+# the ONNX ops this pass lowers to matrix products (ConvTranspose as a Conv)
+MATRIX_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def matrix_layers(model: onnx.ModelProto) -> list[str]:
-    """The names (their ops' ``origin``) of the model's Conv, Gemm and MatMul nodes, in graph
-    order: the layers ``--digital`` can name."""
+    """The names (their ops' ``origin``) of the model's Conv, ConvTranspose, Gemm and MatMul
+    nodes, in graph order: the layers ``--digital`` can name."""
     return [node_name(n) for n in model.graph.node if n.op_type in MATRIX_OPS]
 
 
