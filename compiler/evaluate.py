@@ -165,6 +165,7 @@ KINDS: dict[str, Kind] = {
     "softmax": lambda op, ins, shape: kernels.softmax(ins[0], op.attrs["axis"]),
     "logsoftmax": lambda op, ins, shape: kernels.logsoftmax(ins[0], op.attrs["axis"]),
     "interp": lambda op, ins, shape: kernels.interp(*ins, op.attrs["axis"]),
+    "where": lambda op, ins, shape: np.broadcast_to(kernels.where(*ins), shape).astype(F32),
     "lrn": lambda op, ins, shape: kernels.lrn(ins[0], *(op.attrs[k] for k in
                                                        ("size", "alpha", "beta", "bias"))),
     "copy": lambda op, ins, shape: np.broadcast_to(ins[0], shape).astype(F32),

@@ -246,7 +246,7 @@ def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[str]:
             ids = " (an integer input may only be token ids that Gather reads from a " \
                 "constant table)" if facts.shapes[t][1] in INDEX_DTYPES else ""
             problems.append(f"{name}: tensor {t!r} is {dtype}; the chip computes float32 "
-                            f"tensors only{ids}")
+                            f"(and boolean) tensors only{ids}")
     return problems
 
 
@@ -331,6 +331,7 @@ def to_graph(model: onnx.ModelProto) -> Graph:
             raise CompileError(f"initializer {init.name!r} cannot be read: {exc}") from None
     dims = {k: v[0] for k, v in shapes.items()}
     graph.index_inputs = index_inputs(model, constant_tensors(model, dims), dims)
+    graph.booleans = {k for k, (_, t) in shapes.items() if t == onnx.TensorProto.BOOL}
     for inp in g.input:
         if inp.name not in inits:
             graph.add_value(inp.name, shapes[inp.name][0])

@@ -14,7 +14,7 @@ from . import conv_transpose as ct
 from . import resize as rs
 from .errors import CompileError
 from .ir import Graph, Op
-from .ops import MATH, ONNX_REDUCTIONS
+from .ops import LOGIC, MATH, ONNX_REDUCTIONS
 
 
 def _spatial(graph: Graph, op: Op):
@@ -198,8 +198,14 @@ def reduce(kind):
         if not axes:
             step, operands = _NO_AXES.get(kind, ("copy", 1))
             return step, op.inputs[:1] * operands, {}
-        return kind, op.inputs[:1], {"axes": sorted({int(a) % rank for a in axes}),
-                                     "keepdims": int(op.attrs.get("keepdims", 1))}
+        attrs = {"axes": sorted({int(a) % rank for a in axes}),
+                 "keepdims": int(op.attrs.get("keepdims", 1))}
+        if op.inputs[0] in graph.booleans and kind in ("reducemax", "reducemin"):
+            # over an empty set a boolean's max is false and its min true, not -inf and inf
+            mid = graph.add_value(graph.fresh(kind), graph.shape(op.outputs[0]))
+            graph.add_op(kind, op.inputs[:1], [mid], attrs, op.origin)
+            return "clip", [mid], {"min": 0.0, "max": 1.0}
+        return kind, op.inputs[:1], attrs
     return normalise
 
 
@@ -238,9 +244,14 @@ def _interp(graph, op, src: str, dst: str, axis: int, idx, w) -> None:
 
 
 def copy(graph, op):
-    """Expand (to the declared, broadcast shape), Cast and CastLike (float to float): a
-    copy."""
+    """Expand (to the declared, broadcast shape): a copy."""
     return "copy", op.inputs[:1], {}
+
+
+def cast(graph, op):
+    """Cast and CastLike between float32 and bool (which the chip holds as float32 0 and 1):
+    to bool ``tobool``, else a copy."""
+    return ("tobool" if op.outputs[0] in graph.booleans else "copy"), op.inputs[:1], {}
 
 
 def batchnorm(graph, op):
@@ -348,7 +359,9 @@ NORMALIZERS = {
     "Concat": axis_op("concat", 0), "Softmax": axis_op("softmax", -1),
     "LayerNormalization": layernorm, "RMSNormalization": rmsnorm, "Gelu": gelu,
     "Gather": gather, "Slice": slice_,
-    "Split": split, "Expand": copy, "Cast": copy, "CastLike": copy,
+    "Split": split, "Expand": copy, "Cast": cast, "CastLike": cast,
+    **{k: simple(kind) for k, kind in LOGIC.items()}, "Not": simple("not"),
+    "Where": simple("where"),
     "LogSoftmax": axis_op("logsoftmax", -1), "PRelu": simple("prelu"), "Resize": resize,
     "ConvTranspose": conv_transpose,
     **{k: reduce(kind) for k, kind in ONNX_REDUCTIONS.items()},

@@ -161,6 +161,10 @@ ACTIVATIONS = {"elu": ("alpha",), "selu": ("alpha", "gamma"), "celu": ("alpha",)
                "thresholdedrelu": ("alpha",), "shrink": ("bias", "lambd")}
 ONNX_UNARY = (*MATH, "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSwish", "Mish",
               "ThresholdedRelu", "Shrink")
+# Comparisons and logic (booleans held as float32 0 and 1), ONNX type -> canonical kind.
+LOGIC = {"Less": "less", "LessOrEqual": "lessorequal", "Greater": "greater",
+         "GreaterOrEqual": "greaterorequal", "Equal": "equal", "And": "and", "Or": "or",
+         "Xor": "xor"}
 ONNX_REDUCTIONS = {f"Reduce{k}": f"reduce{k.lower()}" for k in (
     "Mean", "Sum", "Max", "Min", "Prod", "L1", "L2", "SumSquare", "LogSum", "LogSumExp")}
 
@@ -187,6 +191,8 @@ _TABLE = [
     _onnx("Pow", Operand("a"), Operand("b")), _onnx("PRelu", _X, Operand("slope")),
     _onnx("Resize", _X, *(Operand(n, "const", True) for n in ("roi", "scales", "sizes"))),
     *(_onnx(k, Operand("xs", variadic=True)) for k in ("Max", "Min")),
+    *(_onnx(k, Operand("a"), Operand("b")) for k in LOGIC), _onnx("Not", _X),
+    _onnx("Where", Operand("cond"), Operand("a"), Operand("b")),
     _onnx("BatchNormalization", _X, *_BN),
     *(_onnx(k, _X) for k in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "MaxPool",
                              "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
@@ -218,6 +224,10 @@ _TABLE = [
                                          *MATH.values())),
     *(_unary(k, *attrs) for k, attrs in ACTIVATIONS.items()),
     _binary("max"), _binary("min"), _binary("prelu"),
+    *(_binary(k) for k in LOGIC.values()),
+    *(_unary(k, fusable=False) for k in ("not", "tobool")),
+    OpDef("where", CANONICAL, (Operand("cond"), Operand("a"), Operand("b")), (), S.broadcast,
+          "where"),
     OpDef("layernorm", CANONICAL, (_X, Operand("scale", "const"), Operand("bias", "const")),
           (Attr("axis", "int"), Attr("epsilon", "float")), S.layernorm, "layernorm"),
     OpDef("rmsnorm", CANONICAL, (_X, Operand("scale", "const")),

@@ -30,8 +30,10 @@ SUPPORTED: dict[str, frozenset[int]] = {
 # Operator domains the compiler knows (ONNX's default domain, under both its names).
 DOMAINS = frozenset({"", "ai.onnx"})
 
-# The element types the chip computes (every tensor that is not a compile-time constant).
-DTYPES = frozenset({onnx.TensorProto.FLOAT})
+# The element types the chip computes (every tensor that is not a compile-time constant):
+# float32, and booleans (comparisons make them; Where, Not, And, Or, Xor read them) held as
+# float32 0 and 1, which is also what a run takes and returns for them.
+DTYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL})
 
 # Ops never folded even when their inputs are constant (they are random or have effects).
 NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike",
@@ -81,8 +83,8 @@ def _layernorm(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | No
 
 def _cast(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
     to = next((a.i for a in node.attribute if a.name == "to"), None)
-    if to != onnx.TensorProto.FLOAT:
-        return "Cast of a computed tensor is supported to float32 only"
+    if to not in DTYPES:
+        return "Cast of a computed tensor is supported to float32 and bool only"
     return None
 
 

@@ -84,6 +84,8 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "sign": lambda x, a: np.sign(x),
     "sin": lambda x, a: np.sin(x),
     "cos": lambda x, a: np.cos(x),
+    "not": lambda x, a: (x == 0).astype(F32),
+    "tobool": lambda x, a: (x != 0).astype(F32),
 }
 
 # Broadcasting binary ops; call ``binary``.
@@ -91,7 +93,17 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
     "pow": np.power, "max": np.maximum, "min": np.minimum,
     "prelu": lambda x, slope: np.where(x >= 0, x, x * slope),
+    # comparisons and logic: booleans as float32 0 and 1 (any non-zero is true)
+    "less": np.less, "lessorequal": np.less_equal, "greater": np.greater,
+    "greaterorequal": np.greater_equal, "equal": np.equal,
+    "and": lambda a, b: (a != 0) & (b != 0), "or": lambda a, b: (a != 0) | (b != 0),
+    "xor": lambda a, b: (a != 0) ^ (b != 0),
 }
+
+
+def where(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a where cond is non-zero (true), else b, all three broadcast."""
+    return np.where(cond != 0, a, b).astype(F32, copy=False)
 
 
 def activation(kind: str, x: np.ndarray, attrs: Mapping) -> np.ndarray:

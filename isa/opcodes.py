@@ -138,6 +138,16 @@ _TABLE = [
     Opcode("min", ("dst", "src", "src"), {}, "vector", "broadcasting min(a, b)"),
     Opcode("prelu", ("dst", "src", "src"), {}, "vector",
            "broadcasting x if x >= 0 else slope x (x, slope)"),
+    *(Opcode(k, ("dst", "src", "src"), {}, "vector", f"broadcasting {what}, 1.0 or 0.0")
+      for k, what in (("less", "a < b"), ("lessorequal", "a <= b"), ("greater", "a > b"),
+                      ("greaterorequal", "a >= b"), ("equal", "a == b"),
+                      ("and", "a and b (non-zero is true)"), ("or", "a or b"),
+                      ("xor", "a xor b"))),
+    Opcode("not", ("dst", "src"), {}, "vector", "1.0 where x is 0, else 0.0"),
+    Opcode("tobool", ("dst", "src"), {}, "vector", "1.0 where x is not 0, else 0.0 (a cast "
+           "to bool: booleans are float32 0 and 1)"),
+    Opcode("where", ("dst", "src", "src", "src"), {}, "vector",
+           "broadcasting a where cond is not 0, else b (cond, a, b)"),
     Opcode("layernorm", ("dst", "src", "src", "src"), {"axis": "int", "epsilon": "float"},
            "vector", "(x - mean) / sqrt(var + epsilon) * scale + bias over the axes from axis "
            "on (x, scale, bias)"),

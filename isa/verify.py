@@ -379,6 +379,10 @@ def _binary(c: _Ctx, ins: Instr) -> None:
     _broadcast(ins, [c.src(ins, 1), c.src(ins, 2)], c.dst(ins))
 
 
+def _where(c: _Ctx, ins: Instr) -> None:
+    _broadcast(ins, [c.src(ins, i) for i in (1, 2, 3)], c.dst(ins))
+
+
 def _gelu(c: _Ctx, ins: Instr) -> None:
     _same_shape(c, ins)
     if ins.attr("approximate") not in ("none", "tanh"):
@@ -484,14 +488,16 @@ CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
     "softmax": _softmax, "lrn": _lrn,
     "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
     "copy": _copy, "permute": _permute, "barrier": _nothing, "halt": _nothing,
-    "pow": _binary, "max": _binary, "min": _binary, "prelu": _binary,
+    "pow": _binary, "max": _binary, "min": _binary, "prelu": _binary, "where": _where,
+    **{op: _binary for op in ("less", "lessorequal", "greater", "greaterorequal", "equal",
+                              "and", "or", "xor")},
     "gelu": _gelu, "layernorm": _layernorm, "rmsnorm": _layernorm, "logsoftmax": _softmax,
     "slice": _slice, "gather": _gather, "interp": _interp, "dbmm": _bmm, "wbmm": _wbmm,
     **{op: _reduce for op in REDUCTIONS},
     **{op: _same_shape for op in ("erf", "sqrt", "reciprocal", "exp", "neg", "abs", "log",
                                   "floor", "ceil", "round", "sign", "sin", "cos", "elu",
                                   "selu", "celu", "softplus", "softsign", "hardswish", "mish",
-                                  "thresholdedrelu", "shrink")},
+                                  "thresholdedrelu", "shrink", "not", "tobool")},
 }
 
 
@@ -583,7 +589,9 @@ _MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
        for op in ("softmax", "logsoftmax")},
     "pad": lambda c, ins, rank: ins.attr("pads")[0] != 0 or ins.attr("pads")[rank] != 0,
     **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "pow", "max", "min",
-                                        "prelu", "copy", "dbmm", "wbmm")},
+                                        "prelu", "copy", "dbmm", "wbmm", "where", "less",
+                                        "lessorequal", "greater", "greaterorequal", "equal",
+                                        "and", "or", "xor")},
     **{op: lambda c, ins, rank: ins.attr("axis") % rank == 0 for op in ("layernorm", "rmsnorm")},
     **{op: lambda c, ins, rank: 0 in ins.attr("axes") for op in REDUCTIONS},
     "slice": lambda c, ins, rank: (ins.attr("starts")[0], ins.attr("ends")[0],

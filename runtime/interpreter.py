@@ -449,9 +449,10 @@ def _join(parts: list[np.ndarray], name: str) -> np.ndarray:
 
 
 def _check_dtype(port, x: np.ndarray) -> None:
-    """Float data for a float port; for a token-id port, integers in [0, ids)."""
+    """Float data for a float port (booleans too, as 0 and 1); for a token-id port, integers
+    in [0, ids)."""
     if not port.ids:
-        if not np.issubdtype(x.dtype, np.floating):
+        if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
             raise RunError(f"input {port.name!r} has dtype {x.dtype}; expected float32")
         return
     if not np.issubdtype(x.dtype, np.integer):

@@ -101,6 +101,12 @@ def wbmm(m, ins):
     m.store(_dst(ins), y)
 
 
+def where(m, ins):
+    cond, a, b = (m.read(r) for r in ins.operands[1:])
+    y = kernels.where(cond, a, b)
+    m.store(_dst(ins), np.broadcast_to(y, m.shape(_dst(ins))).astype(F32))
+
+
 def interp(m, ins):
     x, index, weight = (m.read(r) for r in ins.operands[1:])
     m.store(_dst(ins), kernels.interp(x, index, weight, ins.attr("axis")))
@@ -243,7 +249,7 @@ SEMANTICS = {
     "softmax": _along_axis(kernels.softmax), "logsoftmax": _along_axis(kernels.logsoftmax),
     "lrn": lrn, "halt": halt,
     "dbmm": dbmm, "wbmm": wbmm, "layernorm": layernorm, "rmsnorm": rmsnorm, "interp": interp,
-    "slice": slice_, "gather": gather,
+    "where": where, "slice": slice_, "gather": gather,
     **{op: _reduce for op in kernels.REDUCE},
 }
 

@@ -387,3 +387,51 @@ def test_calibrated_range_reaches_the_spread_input(tmp_path):
     ranges = {b.name: b.range for b in program.buffers if b.name in read}
     assert ranges and all(r == pytest.approx(np.abs(samples).max(), rel=1e-6)
                           for r in ranges.values()), ranges
+
+
+# -- booleans: comparisons, logic, Where, casts (held as float32 0 and 1) ----------------------
+
+def test_comparisons_logic_and_where_match_onnxruntime():
+    """A mask computed from the input (the way exporters write attention masks), logic on
+    it, Where, casts both ways and a boolean output: every stage and ideal mode against
+    onnxruntime, the boolean output as 0 and 1."""
+    f = helper.make_node
+    nodes = [f("Less", ["x", "k"], ["lt"]), f("GreaterOrEqual", ["x", "z"], ["ge"]),
+             f("Equal", ["r", "z"], ["eq"]), f("Not", ["eq"], ["ne"]),
+             f("And", ["lt", "ne"], ["both"]), f("Or", ["both", "ge"], ["any"]),
+             f("Xor", ["any", "lt"], ["odd"]),
+             f("Where", ["odd", "x", "big"], ["w"]), f("Cast", ["w"], ["wb"], to=TensorProto.BOOL),
+             f("Cast", ["both"], ["bf"], to=TensorProto.FLOAT),
+             f("CastLike", ["wb", "x"], ["wf"]), f("Add", ["wf", "bf"], ["s"]),
+             f("Add", ["s", "w"], ["y"]),
+             f("Greater", ["x", "r"], ["gt"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 4])
+                     for n in ("x", "r")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4]),
+         helper.make_tensor_value_info("gt", TensorProto.BOOL, ["N", 3, 4])],
+        [numpy_helper.from_array(v, k) for k, v in {
+            "k": np.float32(0.5), "z": np.zeros((1, 4), np.float32),
+            "big": np.float32(-1e9)}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    r = RNG.integers(0, 2, (2, 3, 4)).astype(np.float32)
+    want = ort_run(model, {"x": x, "r": r})
+    assert 0 < want[1].mean() < 1 and 0 < (want[0] < -1e8).mean() < 1
+    errors = {}
+    program = compile_model(model, batch=2, verify_each=True, dump=lambda stage, g: errors.update(
+        {stage: rel_err(evaluate(g, {"x": x, "r": r})["y"], want[0])}))
+    assert max(errors.values()) < 1e-6, errors
+    got = run(program, {"x": x, "r": r}, mode="ideal", timing=False).outputs
+    np.testing.assert_array_equal(got["y"], want[0])
+    np.testing.assert_array_equal(got["gt"], want[1].astype(np.float32))
+
+
+def test_a_boolean_max_over_an_empty_set_is_false():
+    model = _standalone([helper.make_node("Less", ["x", "x"], ["b"]),
+                         helper.make_node("ReduceMax", ["b", "axes"], ["m"], keepdims=0),
+                         helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)],
+                        {"x": [2, 0]}, 18, {"axes": np.array([1], np.int64)})
+    got = run(compile_model(model, batch=2), np.zeros((2, 0), np.float32), mode="ideal",
+              timing=False).outputs["y"]
+    np.testing.assert_array_equal(got, [0, 0])
