@@ -177,8 +177,8 @@ class Codegen:
             raise NotImplementedError(f"codegen has no rule for IR op {op.kind}")
 
     def ports(self) -> list[Port]:
-        return [Port("input", n, self.names(n), self.g.index_inputs.get(n, 0))
-                for n in self.g.inputs] + \
+        return [Port("input", n, self.names(n), self.g.index_inputs.get(n, 0),
+                     n in self.g.int_inputs) for n in self.g.inputs] + \
             [Port("output", name, self.names(value))
              for value, name in zip(self.g.outputs, self.g.output_names)]
 

@@ -35,6 +35,7 @@ from .support import (
     SUPPORTED,
     constant_tensors,
     constant_values,
+    held_integers,
     index_inputs,
     used_tensors,
 )
@@ -234,6 +235,7 @@ class _Facts(NamedTuple):
     used: set     # tensors some node reads or the graph returns
     values: dict  # initializers and Constant outputs as arrays
     ids: dict     # integer inputs holding token ids -> rows they may index
+    ints: set     # other integer tensors held as float32 (``support.held_integers``)
 
 
 def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[str]:
@@ -241,10 +243,11 @@ def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[str]:
     for t in tensors:
         if t not in facts.shapes:
             problems.append(f"{name}: tensor {t!r} has an unknown or dynamic shape")
-        elif facts.shapes[t][1] not in DTYPES and t not in facts.ids:
+        elif facts.shapes[t][1] not in DTYPES and t not in facts.ids and t not in facts.ints:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(facts.shapes[t][1])
             ids = " (an integer input may only be token ids that Gather reads from a " \
-                "constant table)" if facts.shapes[t][1] in INDEX_DTYPES else ""
+                "constant table, or values that are moved, compared or cast to float)" \
+                if facts.shapes[t][1] in INDEX_DTYPES else ""
             problems.append(f"{name}: tensor {t!r} is {dtype}; the chip computes float32 "
                             f"(and boolean) tensors only{ids}")
     return problems
@@ -276,8 +279,9 @@ def check_supported(model: onnx.ModelProto) -> None:
     shapes = _static_shapes(model)
     dims = {k: v[0] for k, v in shapes.items()}
     const = constant_tensors(model, dims)
-    facts = _Facts(shapes, dims, const, used_tensors(model), constant_values(model),
-                   index_inputs(model, const, dims))
+    ids = index_inputs(model, const, dims)
+    facts = _Facts(shapes, dims, const, used_tensors(model), constant_values(model), ids,
+                   held_integers(model, const, ids))
     problems = [p for node in model.graph.node if not all(o in facts.const for o in node.output)
                 for p in _node_problems(node, facts)]
     if problems:
@@ -330,7 +334,10 @@ def to_graph(model: onnx.ModelProto) -> Graph:
         except Exception as exc:
             raise CompileError(f"initializer {init.name!r} cannot be read: {exc}") from None
     dims = {k: v[0] for k, v in shapes.items()}
-    graph.index_inputs = index_inputs(model, constant_tensors(model, dims), dims)
+    const = constant_tensors(model, dims)
+    graph.index_inputs = index_inputs(model, const, dims)
+    graph.int_inputs = held_integers(model, const, graph.index_inputs) & \
+        {i.name for i in g.input}
     graph.booleans = {k for k, (_, t) in shapes.items() if t == onnx.TensorProto.BOOL}
     for inp in g.input:
         if inp.name not in inits:

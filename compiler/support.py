@@ -127,6 +127,45 @@ def index_inputs(model: onnx.ModelProto, const: set[str], shapes: Shapes) -> dic
     return out
 
 
+# Ops an integer tensor may pass through held as float32 (they move its values, never compute
+# new ones: the results are integer tensors held alike), and those that end its integer life
+# (a cast to float32 or bool; a comparison, exact on integers below 2**24).
+_INT_MOVES = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity",
+                        "Transpose", "Slice"})
+_INT_ENDS = frozenset({"Cast", "CastLike", "Equal", "Less", "LessOrEqual", "Greater",
+                       "GreaterOrEqual"})
+
+
+def held_integers(model: onnx.ModelProto, const: set[str], ids: dict) -> set[str]:
+    """Integer tensors the chip holds as float32 (exact to 2**24; a run checks it): integer
+    graph inputs other than token ids whose readers only move them (``_INT_MOVES``) or end
+    their integer life (``_INT_ENDS``: an attention mask cast to float, compared), and the
+    integer tensors those moves make."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, pos))
+    returned = {o.name for o in model.graph.output}
+    held: set[str] = set()
+    for inp in model.graph.input:
+        if inp.type.tensor_type.elem_type not in INDEX_DTYPES or inp.name in const or \
+                inp.name in ids:
+            continue
+        path, todo, ok = {inp.name}, [inp.name], True
+        while todo and ok:
+            for node, pos in readers.get(todo.pop(), []):
+                if node.op_type in _INT_MOVES and pos == 0:
+                    path.update(node.output)
+                    todo.extend(node.output)
+                elif node.op_type == "Cast":
+                    ok &= next((a.i for a in node.attribute if a.name == "to"), 0) in DTYPES
+                else:
+                    ok &= node.op_type in _INT_ENDS
+        if ok and not path & returned:
+            held |= path
+    return held
+
+
 def _gather_axis(node: onnx.NodeProto, shapes: Shapes) -> int:
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
     return axis % len(shapes[node.input[0]])

@@ -65,6 +65,7 @@ class Port:
     name: str
     buffer: str
     ids: int = 0  # an input of token ids, integers in [0, ids) held as float32; 0: float data
+    ints: bool = False  # an input of other integers, held as float32 (exact to 2**24)
 
 
 @dataclass(frozen=True)

@@ -450,7 +450,15 @@ def _join(parts: list[np.ndarray], name: str) -> np.ndarray:
 
 def _check_dtype(port, x: np.ndarray) -> None:
     """Float data for a float port (booleans too, as 0 and 1); for a token-id port, integers
-    in [0, ids)."""
+    in [0, ids); for an integer port, integers within 2**24 (float32 holds them exactly)."""
+    if port.ints:
+        if not np.issubdtype(x.dtype, np.integer):
+            raise RunError(f"input {port.name!r} holds integers: it must be an integer array "
+                           f"(int64), got {x.dtype}")
+        if x.size and np.abs(x).max() > 2 ** 24:
+            raise RunError(f"input {port.name!r} holds integers beyond 2**24, which the chip's "
+                           "float32 buffers cannot hold exactly")
+        return
     if not port.ids:
         if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
             raise RunError(f"input {port.name!r} has dtype {x.dtype}; expected float32")
@@ -467,7 +475,8 @@ def _check_dtype(port, x: np.ndarray) -> None:
 def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
                  source: str = "") -> tuple[dict[str, np.ndarray], int]:
     """Validate user inputs (``source``: their file, for messages); return them as float32
-    arrays (token ids as int64) and the number of compiled batches they hold. NaN or Inf is
+    arrays (token ids and other integers as int64) and the number of compiled batches they
+    hold. NaN or Inf is
     an error unless ``allow_nonfinite``."""
     ports = program.inputs
     if isinstance(inputs, np.ndarray):
@@ -495,7 +504,7 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
         n = x.shape[0] // want[0] if want and want[0] and x.shape != want else 1
         if samples is not None and n != samples:
             raise RunError("inputs disagree on the number of batches")
-        samples, feeds[p.name] = n, x.astype(np.int64 if p.ids else np.float32)
+        samples, feeds[p.name] = n, x.astype(np.int64 if p.ids or p.ints else np.float32)
         bad = 0 if allow_nonfinite else int(np.size(x) - np.isfinite(feeds[p.name]).sum())
         if bad:
             where = f" ({source})" if source else ""

@@ -89,13 +89,17 @@ def test_dynamic_weight_rejected(tmp_path):
     fails(cli("cimc", path), "fc: input 1 (w) of Gemm must be a constant")
 
 
-def test_token_ids_that_are_not_only_gathered_are_rejected(tmp_path):
+def test_integer_inputs_that_are_computed_with_are_rejected(tmp_path):
+    """Integers that are only gathered, moved, compared or cast are held as float32; one
+    that a Mul reads is refused, with what an integer input may do."""
     ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    path = _save(_graph_model([helper.make_node("Cast", ["ids"], ["y"], name="c", to=1)],
-                              [ids], [y]), tmp_path / "ids.onnx")
+    nodes = [helper.make_node("Mul", ["ids", "ids"], ["sq"], name="m"),
+             helper.make_node("Cast", ["sq"], ["y"], name="c", to=1)]
+    path = _save(_graph_model(nodes, [ids], [y]), tmp_path / "ids.onnx")
     fails(cli("cimc", path), "tensor 'ids' is int64", "token ids that Gather reads from a "
-                                                      "constant table")
+                                                      "constant table, or values that are "
+                                                      "moved, compared or cast to float")
 
 
 def test_integer_tensors_rejected(tmp_path):

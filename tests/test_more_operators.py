@@ -1,17 +1,19 @@
-"""Operators added after issue 11 by the recipe in docs/design-notes.md (elementwise math and
-activations, Max/Min/PRelu, the Reduce family, LogSoftmax, RMSNormalization, CastLike): each
-behind a convolution, every IR stage and cimrun's ideal mode against onnxruntime; activations
-fused into the convolution's epilogue; quantized mode exact but for the crossbars; and an
-opset-6 PRelu's per-channel slope."""
+"""Operators added after issue 11 by the recipe in docs/design-notes.md, against
+onnxruntime at every IR stage and in cimrun's ideal mode: elementwise math and activations
+(fused into a convolution's epilogue; quantized mode exact but for the crossbars), Max, Min,
+PRelu (an opset-6 per-channel slope too), the Reduce family, LogSoftmax, RMSNormalization,
+CastLike; Resize and Upsample, ConvTranspose (on the crossbars); booleans (comparisons, logic,
+Where) and integer inputs held as float32 (an int64 attention mask)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
-from conftest import cli, ort_run, rel_err
+from conftest import cli, fails, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
+import isa
 from compiler import CompileError, compile_model
 from compiler import resize as rs
 from compiler.basis.fit import fit
@@ -435,3 +437,72 @@ def test_a_boolean_max_over_an_empty_set_is_false():
     got = run(compile_model(model, batch=2), np.zeros((2, 0), np.float32), mode="ideal",
               timing=False).outputs["y"]
     np.testing.assert_array_equal(got, [0, 0])
+
+
+def _int_mask_model() -> onnx.ModelProto:
+    """An int64 attention mask as exporters write it: unsqueezed, cast to float, turned into
+    an additive bias before a softmax; and compared with 0."""
+    f = helper.make_node
+    nodes = [f("Unsqueeze", ["mask", "ax"], ["m1"]),
+             f("Cast", ["m1"], ["mf"], to=TensorProto.FLOAT),
+             f("Sub", ["one", "mf"], ["inv"]), f("Mul", ["inv", "neg"], ["bias"]),
+             f("Add", ["x", "bias"], ["s"]), f("Softmax", ["s"], ["y"], axis=-1),
+             f("Equal", ["mask", "zero"], ["pad"]),
+             f("Cast", ["pad"], ["padf"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5]),
+                     helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 5]),
+         helper.make_tensor_value_info("padf", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in {
+            "ax": np.array([1], np.int64), "one": np.float32(1), "neg": np.float32(-1e4),
+            "zero": np.int64(0)}.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_an_int64_attention_mask_is_held_as_float32(tmp_path):
+    """Through cimc and cimrun as a user runs it: the program declares the mask ints=1, the
+    outputs match onnxruntime, and a float mask or one beyond 2**24 is refused."""
+    model = _int_mask_model()
+    x = RNG.standard_normal((3, 2, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], np.int64)
+    want = ort_run(model, {"x": x, "mask": mask})
+    path, prog, feeds, out = (tmp_path / n for n in ("m.onnx", "m.cim", "in.npz", "out.npz"))
+    onnx.save(model, path)
+    assert cli("cimc", str(path), "--batch", "3", "-o", str(prog)).returncode == 0
+    assert 'input "mask" %mask ints=1' in prog.read_text()
+    np.savez(feeds, x=x, mask=mask)
+    r = cli("cimrun", str(prog), "--input", str(feeds), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    got = np.load(out)
+    assert rel_err(got["y"], want[0]) < 1e-6
+    np.testing.assert_array_equal(got["padf"], want[1])
+    for bad, says in ((mask.astype(np.float32), "must be an integer array"),
+                      (mask * 2 ** 25, "beyond 2**24")):
+        np.savez(feeds, x=x, mask=bad)
+        fails(cli("cimrun", str(prog), "--input", str(feeds)), says)
+
+
+def test_an_integer_input_that_is_computed_with_is_refused():
+    """Integer arithmetic is not float arithmetic (division truncates): an integer input that
+    an Add reads stays unsupported, with the reason."""
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["i", "i"], ["s"]),
+         helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(CompileError, match="tensor 'i' is int64.*moved, compared or cast"):
+        compile_model(model)
+
+
+@pytest.mark.parametrize("old, new, says", [
+    ('%mask ints=1', '%mask ints=2', "the port attributes are ids=N"),
+    ('%mask ints=1', '%mask ids=3 ints=1', "the port attributes are ids=N"),
+    ('output "y" %y', 'output "y" %y ints=1', "only an input can hold"),
+])
+def test_an_integer_port_is_parsed_and_checked(old, new, says):
+    text = isa.print_program(compile_model(_int_mask_model(), batch=3))
+    assert old in text
+    with pytest.raises(isa.IsaError, match=says):
+        isa.parse(text.replace(old, new), check_sum=False)

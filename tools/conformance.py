@@ -36,6 +36,7 @@ from compiler.support import (
     SUPPORTED,
     constant_tensors,
     constant_values,
+    held_integers,
     index_inputs,
     used_tensors,
 )
@@ -203,8 +204,9 @@ def declared_unsupported(model: onnx.ModelProto) -> str | None:
                     if p < len(node.input) and node.input[p] and node.input[p] not in const]
         if computed:
             return f"input {computed[0]} of {node.op_type} computed, not a constant"
-    ids = index_inputs(model, const, shapes)  # token ids, which the compiler takes
-    for name in sorted(used_tensors(model) - const - set(ids)):
+    ids = index_inputs(model, const, shapes)  # token ids and integers the compiler takes
+    for name in sorted(used_tensors(model) - const - set(ids) -
+                       held_integers(model, const, ids)):
         why = _unsupported_type(name, types.get(name))
         if why:
             return why
