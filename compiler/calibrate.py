@@ -50,8 +50,9 @@ def load_samples(path: str, allow_nonfinite: bool = False) -> np.ndarray:
     if isinstance(samples, dict):
         raise CompileError(f"--calibrate {path}: a .npz archive; save the samples as one .npy "
                            "array (numpy.save)")
-    if not np.issubdtype(samples.dtype, np.floating):
-        raise CompileError(f"--calibrate {path}: dtype {samples.dtype}; expected floats")
+    if not (np.issubdtype(samples.dtype, np.floating) or samples.dtype == np.bool_):
+        raise CompileError(f"--calibrate {path}: dtype {samples.dtype}; expected floats "
+                           "(or booleans, for a boolean input)")
     bad = int(samples.size - np.count_nonzero(np.isfinite(samples)))
     if bad and not allow_nonfinite:
         raise CompileError(f"--calibrate {path}: {bad} of {samples.size} values are NaN or "

@@ -67,11 +67,14 @@ def first_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
 
 def run_exposed(model: onnx.ModelProto, samples: np.ndarray, names: Iterable[str],
                 batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Run ``model`` on ``samples`` (float32, fed to ``first_input``) ``batch`` at a time
-    (default: all at once; a last partial batch is left out), with the tensors ``names``
-    exposed as extra outputs. Yields, per batch, {name: value} of the model's outputs, those
-    tensors and the input."""
-    feed = first_input(model).name
+    """Run ``model`` on ``samples`` (fed to ``first_input`` in its declared type: float32, or
+    bool) ``batch`` at a time (default: all at once; a last partial batch is left out), with
+    the tensors ``names`` exposed as extra outputs. Yields, per batch, {name: value} of the
+    model's outputs, those tensors and the input."""
+    first = first_input(model)
+    feed = first.name
+    dtype = np.bool_ if first.type.tensor_type.elem_type == onnx.TensorProto.BOOL \
+        else np.float32
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     known = {o.name for o in exposed.graph.output} | {feed}
@@ -81,5 +84,5 @@ def run_exposed(model: onnx.ModelProto, samples: np.ndarray, names: Iterable[str
     session = reference_evaluator(exposed)
     batch = batch or max(len(samples), 1)
     for start in range(0, len(samples) - len(samples) % batch, batch):
-        x = samples[start:start + batch].astype(np.float32)
+        x = samples[start:start + batch].astype(dtype)
         yield {feed: x, **dict(zip(outs, session.run(None, {feed: x})))}

@@ -417,6 +417,7 @@ def test_comparisons_logic_and_where_match_onnxruntime():
             "big": np.float32(-1e9)}.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     x = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    x[0, 0], x[1, 0] = 0.5, 0.0  # ties with the constants: < against <=, zeros for casts
     r = RNG.integers(0, 2, (2, 3, 4)).astype(np.float32)
     want = ort_run(model, {"x": x, "r": r})
     assert 0 < want[1].mean() < 1 and 0 < (want[0] < -1e8).mean() < 1
@@ -429,14 +430,48 @@ def test_comparisons_logic_and_where_match_onnxruntime():
     np.testing.assert_array_equal(got["gt"], want[1].astype(np.float32))
 
 
-def test_a_boolean_max_over_an_empty_set_is_false():
+@pytest.mark.parametrize("op, value", [("ReduceMax", 0), ("ReduceMin", 1)])
+def test_a_boolean_reduction_over_an_empty_set(op, value):
+    """Over no values a boolean's max is false and its min true (not -inf and inf)."""
     model = _standalone([helper.make_node("Less", ["x", "x"], ["b"]),
-                         helper.make_node("ReduceMax", ["b", "axes"], ["m"], keepdims=0),
+                         helper.make_node(op, ["b", "axes"], ["m"], keepdims=0),
                          helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)],
                         {"x": [2, 0]}, 18, {"axes": np.array([1], np.int64)})
     got = run(compile_model(model, batch=2), np.zeros((2, 0), np.float32), mode="ideal",
               timing=False).outputs["y"]
-    np.testing.assert_array_equal(got, [0, 0])
+    np.testing.assert_array_equal(got, [value, value])
+
+
+def test_a_boolean_input_and_a_constant_condition_through_the_cli(tmp_path):
+    """A bool input (a padding mask) through cimc and cimrun, Where with a constant
+    condition, in quantized mode behind a crossbar product, and --reference feeding
+    onnxruntime the bool it declares."""
+    f = helper.make_node
+    nodes = [f("MatMul", ["x", "w"], ["p"]), f("Where", ["keep", "p", "low"], ["masked"]),
+             f("Where", ["fixed", "masked", "x"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                     helper.make_tensor_value_info("keep", TensorProto.BOOL, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(v, k) for k, v in {
+            "w": RNG.standard_normal((4, 4)).astype(np.float32), "low": np.float32(-100),
+            "fixed": np.array([True, True, False, True])}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.standard_normal((6, 4)).astype(np.float32)
+    keep = RNG.integers(0, 2, (6, 4)).astype(bool)
+    (want,) = ort_run(model, {"x": x, "keep": keep})
+    path, prog, feeds = tmp_path / "b.onnx", tmp_path / "b.cim", tmp_path / "in.npz"
+    onnx.save(model, path)
+    np.savez(feeds, x=x, keep=keep)
+    assert cli("cimc", str(path), "--batch", "6", "-o", str(prog)).returncode == 0
+    for mode, bound in (("ideal", 1e-6), ("quantized", 0.05)):
+        out, report = tmp_path / f"{mode}.npy", tmp_path / f"{mode}.json"
+        r = cli("cimrun", str(prog), "--input", str(feeds), "--mode", mode, "-o", str(out),
+                "--reference", str(path), "--report", str(report))
+        assert r.returncode == 0, r.stderr
+        got = np.load(out)
+        assert rel_err(got, want) < bound
+        np.testing.assert_array_equal(got[~keep & [True, True, False, True]], -100)
 
 
 def _int_mask_model() -> onnx.ModelProto:
