@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
 
+from . import expand_functions
 from .errors import CompileError
 from .ir import Graph
 from .limits import Limits, check_model, initializer_bytes
@@ -193,7 +194,11 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     upgraded = upgrade(model)
     model = _copy(model) if upgraded is model else upgraded
     _fix_batch(model, batch)
+    expand_functions.fill_defaults(model, SUPPORTED)
     model = _infer(model)
+    expanded = expand_functions.expand(model, SUPPORTED)
+    if expanded is not model:  # operators ONNX defines as functions of supported ones
+        model = _infer(expanded)
     # each round of folding can make more shapes static (a Shape of a tensor that the last
     # round gave a shape), until nothing more folds
     while _unknown_shapes(model, dims := {k: v[0] for k, v in _static_shapes(model).items()}):

@@ -541,3 +541,27 @@ def test_an_integer_port_is_parsed_and_checked(old, new, says):
     assert old in text
     with pytest.raises(isa.IsaError, match=says):
         isa.parse(text.replace(old, new), check_sum=False)
+
+
+# -- operators ONNX defines as functions (compiler/expand_functions.py) ------------------------
+
+def test_operators_defined_as_functions_compile_as_their_bodies():
+    """Attention (opset 23, a context-dependent function) and MeanVarianceNormalization have
+    no kernel here: their ONNX function bodies compile instead, with onnxruntime's numbers;
+    a function op the compiler has natively (LayerNormalization) stays one op."""
+    f = helper.make_node
+    model = helper.make_model(helper.make_graph(
+        [f("Attention", ["q", "k", "v"], ["a"]),
+         f("MeanVarianceNormalization", ["a"], ["m"], axes=[2, 3]),
+         f("LayerNormalization", ["m", "scale"], ["y"], axis=-1)], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2, 5, 4]) for n in "qkv"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 5, 4])],
+        [numpy_helper.from_array(RNG.uniform(0.5, 1.5, 4).astype(np.float32), "scale")]),
+        opset_imports=[helper.make_opsetid("", 23)])
+    feeds = {n: RNG.standard_normal((2, 2, 5, 4)).astype(np.float32) for n in "qkv"}
+    (want,) = ort_run(model, feeds)
+    program = compile_model(model, batch=2, verify_each=True)
+    assert sum(i.op == "layernorm" for i in program.text) == 1
+    assert any(i.op == "softmax" for i in program.text)  # from Attention's body
+    got = run(program, feeds, mode="ideal", timing=False).outputs["y"]
+    assert rel_err(got, want) < 1e-5
