@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -32,6 +33,7 @@ from .passes import PIPELINE
 from .passes.basis_decompose import check_fits
 from .passes.lower_to_crossbar import DYNAMIC
 from .passes.schedule import SCHEDULES
+from .support import SUPPORTED
 
 
 def _geometry_flags(p: argparse.ArgumentParser) -> None:
@@ -91,9 +93,27 @@ def _limit_flags(p: argparse.ArgumentParser) -> None:
                         "the compiler holds a few copies of them in memory)")
 
 
+class _ListOperators(argparse.Action):
+    """``--operators``: print the ONNX operators cimc compiles, then exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = sorted(SUPPORTED, key=str.lower)
+        print(textwrap.fill(", ".join(names), 88))
+        print("\n" + textwrap.fill(
+            "Also: any operator ONNX defines as a function of these (Attention, "
+            "MeanVarianceNormalization, ...), and any whose inputs are all constants "
+            "(folded). Some are supported in part; cimc names what it refuses.", 88))
+        parser.exit()
+
+
 def build_parser() -> Parser:
     p = Parser(prog="cimc",
                description="Compile an ONNX model into a crossbar ISA program (.cim).")
+    p.add_argument("--operators", action=_ListOperators,
+                   help="list the ONNX operators cimc compiles, then exit")
     p.add_argument("model", help="ONNX model file; models older than opset 13 are upgraded by "
                                  "onnx's version converter, which handles opset 7 and newer and "
                                  "older models whose every op it has an adapter for")

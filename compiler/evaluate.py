@@ -206,6 +206,12 @@ def _onnx(graph: Graph, op: Op, ins: list) -> list[np.ndarray]:
     return [np.asarray(by_name[o]) for o in op.outputs]
 
 
+def evaluate_op(graph: Graph, op: Op, ins: list) -> list[np.ndarray]:
+    """The results of one op of ``graph`` on operand values ``ins`` (None for an omitted
+    one). Raises CompileError as ``evaluate``."""
+    return _run(graph, op, ins)
+
+
 def _run(graph: Graph, op: Op, ins: list) -> list[np.ndarray]:
     if op.kind in KINDS:
         out = graph.values.get(op.outputs[0])

@@ -19,6 +19,7 @@ import onnx.inliner
 from onnx import helper
 
 DOMAIN = "cimc.expanded"  # the model-local functions the bodies become, then inlined
+DOMAINS = ("", "ai.onnx")  # ONNX's default domain, under both its names
 
 
 def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
@@ -40,9 +41,9 @@ def fill_defaults(model: onnx.ModelProto, native: Container[str]) -> None:
     """Give each node ``expand`` may replace every attribute its schema has a default for,
     in place: a body reads attributes by reference and some declare no defaults of their
     own (onnx's shape inference of MeanVarianceNormalization without axes fails on this)."""
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    opset = next(o.version for o in model.opset_import if o.domain in DOMAINS)
     for node in model.graph.node:
-        schema = None if node.domain not in ("", "ai.onnx") or node.op_type in native \
+        schema = None if node.domain not in DOMAINS or node.op_type in native \
             else _schema(node, opset)
         if schema is None or not (schema.has_function or schema.has_context_dependent_function):
             continue
@@ -70,16 +71,20 @@ def _body(node: onnx.NodeProto, opset: int, types: dict) -> onnx.FunctionProto |
     return body if body is not None and len(body.node) else None
 
 
-def expand(model: onnx.ModelProto, native: Container[str]) -> onnx.ModelProto:
+def expand(model: onnx.ModelProto, native: Container[str],
+           const: Container[str]) -> onnx.ModelProto:
     """``model`` (shapes inferred) with every default-domain node whose op is not in
-    ``native`` and has a function body replaced by it; ``model`` itself when none has."""
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    ``native`` and has a function body replaced by it, but those whose inputs are all in
+    ``const`` (they fold as they are: Range's body is a Loop); ``model`` itself when none
+    is replaced."""
+    opset = next(o.version for o in model.opset_import if o.domain in DOMAINS)
     types = _types(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     count = 0
     for node in out.graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type in native:
+        if node.domain not in DOMAINS or node.op_type in native or \
+                all(not i or i in const for i in node.input):
             continue
         body = _body(node, opset, types)
         if body is None:
@@ -88,7 +93,7 @@ def expand(model: onnx.ModelProto, native: Container[str]) -> onnx.ModelProto:
         fn.CopyFrom(body)
         fn.name, fn.domain = f"{node.op_type}_{count}", DOMAIN
         # the body is the one for the model's opset; the inliner wants the model's version
-        kept = [o for o in fn.opset_import if o.domain not in ("", "ai.onnx")]
+        kept = [o for o in fn.opset_import if o.domain not in DOMAINS]
         del fn.opset_import[:]
         fn.opset_import.extend(kept + [helper.make_opsetid("", opset)])
         out.functions.append(fn)

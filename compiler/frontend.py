@@ -1,11 +1,14 @@
 """ONNX frontend: file -> checked, shape-inferred ``ir.Graph``.
 
-After ``import_model``: every non-constant tensor is float32 with a static shape (symbolic
-batch dimensions fixed to ``batch``), initializers and Constant nodes are ``graph.constants``,
-every remaining node is an op of its ONNX type (attributes decoded, NodeProto kept for folding,
-trailing outputs nobody reads dropped), and every operator that is neither supported nor
-foldable (``compiler.support``) has been reported, all at once. The caller's ModelProto is
-never modified.
+After ``import_model``: every non-constant tensor has a static shape (symbolic batch
+dimensions fixed to ``batch``) and is float32, or a boolean or an integer the chip holds as
+float32 (``graph.booleans``; token ids ``graph.index_inputs`` and other integer inputs
+``graph.int_inputs``, whose ports say so); initializers and Constant nodes are
+``graph.constants``; operators ONNX defines as functions of supported ones are their bodies
+(``expand_functions``); every remaining node is an op of its ONNX type (attributes decoded,
+NodeProto kept for folding, trailing outputs nobody reads dropped), and every operator that
+is neither supported nor foldable (``compiler.support``) has been reported, all at once. The
+caller's ModelProto is never modified.
 
 Opsets: a model older than ``CANONICAL_OPSET`` is upgraded by onnx's version converter. It
 converts opset 7 and newer (onnxruntime's own floor), and older models when it has an adapter
@@ -196,7 +199,8 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     _fix_batch(model, batch)
     expand_functions.fill_defaults(model, SUPPORTED)
     model = _infer(model)
-    expanded = expand_functions.expand(model, SUPPORTED)
+    const = constant_tensors(model, {k: v[0] for k, v in _static_shapes(model).items()})
+    expanded = expand_functions.expand(model, SUPPORTED, const)
     if expanded is not model:  # operators ONNX defines as functions of supported ones
         model = _infer(expanded)
     # each round of folding can make more shapes static (a Shape of a tensor that the last

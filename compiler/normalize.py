@@ -69,8 +69,9 @@ def conv_transpose(graph, op):
     out_sp = [s - k + 1 for s, k in zip(spread, k_eff)]
     if tuple(y[2:]) != tuple(out_sp):
         raise CompileError(f"{op.origin or op.id}: ConvTranspose computes spatial size "
-                           f"{out_sp}, but the model declares {list(y)} (an output_shape "
-                           "below the natural size?)")
+                           f"{out_sp}, as onnxruntime does, but onnx's shape inference "
+                           f"declares {list(y)} (an output_shape below the natural size, or "
+                           "auto_pad with output_padding)")
     acc, shape = op.inputs[0], list(x)
     for i, idx, wt in plan.spreads:
         shape[2 + i] = len(idx)
@@ -210,27 +211,22 @@ def reduce(kind):
 
 
 def resize(graph, op):
-    """Resize as one ``interp`` op per axis whose length or scale changes (``compiler.resize``);
-    a copy when none does."""
+    """Resize as one ``interp`` op per axis whose length or scale changes
+    (``compiler.resize.plan``); a copy when none does."""
     x, y = graph.shape(op.inputs[0]), graph.shape(op.outputs[0])
-    axes = [a % len(x) for a in op.attrs.get("axes", range(len(x)))]
-    attrs = {k: op.attrs.get(k, v) for k, v in rs.DEFAULTS.items()}
     scales, sizes = (graph.constants[op.inputs[i]].reshape(-1) if len(op.inputs) > i and
                      op.inputs[i] else None for i in (2, 3))
-    changed = [(a, s) for a, s, _ in rs.scales_and_lengths(
-        x, scales, sizes, axes, op.attrs.get("keep_aspect_ratio_policy", "stretch"))
-        if y[a] != x[a] or not np.isclose(s, 1.0)]
+    steps = rs.plan(x, scales, sizes, op.attrs, y)
     acc, shape = op.inputs[0], list(x)
-    for i, (a, scale) in enumerate(changed):
-        idx, w = rs.axis_taps(x[a], y[a], scale, attrs)
+    for i, (a, idx, w) in enumerate(steps):
         shape[a] = y[a]
-        out = op.outputs[0] if i == len(changed) - 1 else \
+        out = op.outputs[0] if i == len(steps) - 1 else \
             graph.add_value(graph.fresh("resize"), tuple(shape))
         _interp(graph, op, acc, out, a, idx, w)
         if acc in graph.ranges and (w >= 0).all():  # a weighted mean stays in range; cubic
             graph.ranges.setdefault(out, graph.ranges[acc])  # (negative weights) may not
         acc = out
-    if not changed:
+    if not steps:
         graph.add_op("copy", [acc], op.outputs, {}, op.origin)
     return None
 

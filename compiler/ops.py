@@ -184,7 +184,7 @@ _TABLE = [
                          for n in ("starts", "ends", "axes", "steps"))),
     _onnx("Split", _X, Operand("split", "const", True)),
     _onnx("Expand", _X, Operand("shape", "const")), _onnx("Cast", _X),
-    _onnx("CastLike", _X, Operand("target")),  # float32 to float32 (the dtype check): a copy
+    _onnx("CastLike", _X, Operand("target")),  # as Cast: a copy, or to bool ``tobool``
     *(_onnx(k, _X, Operand("axes", "const", True)) for k in ONNX_REDUCTIONS),
     *(_onnx(k, _X) for k in ("Gelu", "Erf", "Sqrt", "Reciprocal", "Exp", "Neg", "LogSoftmax",
                              *ONNX_UNARY)),

@@ -4,11 +4,12 @@ Resize's interpolation is separable: along each resized axis, output position o 
 input positions with fixed weights. ``axis_taps`` computes them (the positions as indices
 [out, taps], the weights as coefficients [out, taps]) for the nearest, linear and cubic modes,
 every coordinate transformation but ``tf_crop_and_resize``, ``antialias`` and
-``exclude_outside``, as ONNX's reference implementation computes them (positions and weights
-in float64), except that align_corners and pytorch_half_pixel use the output's integer
-length, as the operator's text and onnxruntime do (the reference uses scale x input length,
-which differs when that is fractional). The IR runs them as one ``interp`` op per resized
-axis (``isa.kernels.interp``).
+``exclude_outside``, as ONNX's reference implementation computes them, except where it
+disagrees with onnxruntime: positions are float32, and align_corners and pytorch_half_pixel
+use the output's integer length (the operator's text says so too; the reference uses scale
+x input length, which differs when that is fractional). ``plan`` lists the axes a Resize
+changes; the IR runs each as one ``interp`` op (``isa.kernels.interp``), and ``resize``
+computes the same for ONNX's reference evaluator.
 """
 
 from __future__ import annotations
@@ -92,8 +93,10 @@ def axis_taps(n_in: int, n_out: int, scale: float, attrs: dict) -> tuple[np.ndar
     """(indices, weights), each [n_out, taps]: output position o along the axis is
     sum_t weights[o, t] x input[indices[o, t]]. ``attrs``: mode, coordinate_transformation_mode,
     nearest_mode, cubic_coeff_a, exclude_outside, antialias (ONNX's, defaults filled in)."""
-    y = np.arange(n_out, dtype=np.float64)
-    x = COORDINATES[attrs["coordinate_transformation_mode"]](y, scale, n_in, scale * n_in, n_out)
+    # positions in float32, as onnxruntime computes them: a nearest pick at a near-tie
+    # (scale 0.3: position 1.5000001 or 1.4999999) follows its rounding
+    y, s = np.arange(n_out, dtype=np.float32), np.float32(scale)
+    x = COORDINATES[attrs["coordinate_transformation_mode"]](y, s, n_in, s * n_in, n_out)
     left = np.floor(x)
     ratio = np.where(x == left, 1.0, x - left)  # an exact position counts as the right one
     w = _weights(attrs["mode"], ratio, scale, attrs)
@@ -127,15 +130,26 @@ def scales_and_lengths(x: tuple, scales, sizes, axes: list[int],
     return [(a, r, int(r * x[a] + 0.5)) for a in axes]
 
 
-def resize(x: np.ndarray, scales, sizes, attrs: dict) -> np.ndarray:
-    """ONNX Resize of ``x`` (float32) an axis at a time, as the compiled program computes it;
-    ``attrs`` ONNX's, absent ones defaulted."""
-    axes = [a % x.ndim for a in attrs.get("axes") or range(x.ndim)]
+def plan(shape: tuple, scales, sizes, attrs: dict,
+         out_shape: tuple | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(axis, indices, weights) of each axis a Resize of an input of ``shape`` changes (its
+    length or its scale), in axis order; ``attrs`` ONNX's (absent or None: the defaults);
+    ``out_shape``: the output's declared shape, else computed."""
+    axes = [a % len(shape) for a in attrs.get("axes") or range(len(shape))]
     a = {k: attrs.get(k) if attrs.get(k) is not None else v for k, v in DEFAULTS.items()}
+    steps = []
     for axis, scale, n_out in scales_and_lengths(
-            x.shape, scales, sizes, axes, attrs.get("keep_aspect_ratio_policy") or "stretch"):
-        if n_out != x.shape[axis] or not np.isclose(scale, 1.0):
-            x = kernels.interp(x, *axis_taps(x.shape[axis], n_out, scale, a), axis)
+            shape, scales, sizes, axes, attrs.get("keep_aspect_ratio_policy") or "stretch"):
+        n_out = n_out if out_shape is None else out_shape[axis]
+        if n_out != shape[axis] or not np.isclose(scale, 1.0):
+            steps.append((axis, *axis_taps(shape[axis], n_out, scale, a)))
+    return steps
+
+
+def resize(x: np.ndarray, scales, sizes, attrs: dict) -> np.ndarray:
+    """ONNX Resize of ``x`` (float32) an axis at a time, as the compiled program computes it."""
+    for axis, idx, w in plan(x.shape, scales, sizes, attrs):
+        x = kernels.interp(x, idx, w, axis)
     return x
 
 

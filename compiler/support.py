@@ -6,8 +6,12 @@ domains, and what folds.
 
 Crossbars hold static weights, so e.g. a Conv's weight must be an initializer (or fold to one).
 Any operator whose inputs are all constants is folded at compile time, whatever its type
-(``constant_tensors``), and outputs nobody reads do not matter. The frontend enforces these
-declarations; ``tools/conformance.py`` calls a test case unsupported only by them.
+(``constant_tensors``), and outputs nobody reads do not matter. An operator outside the table
+that ONNX defines as a function of others is replaced by its body first
+(``compiler.expand_functions``). Tensors are float32, or booleans and some integers held as
+float32 (``DTYPES``, ``index_inputs``, ``held_integers``). The frontend enforces these
+declarations; ``tools/conformance.py`` calls a test case unsupported only by them (and by a
+compile error that only names a computed operand where the op table wants a constant).
 """
 
 from __future__ import annotations
@@ -129,11 +133,12 @@ def index_inputs(model: onnx.ModelProto, const: set[str], shapes: Shapes) -> dic
 
 # Ops an integer tensor may pass through held as float32 (they move its values, never compute
 # new ones: the results are integer tensors held alike), and those that end its integer life
-# (a cast to float32 or bool; a comparison, exact on integers below 2**24).
+# (a cast to float32 or bool; a comparison, exact on integers below 2**24; Shape and Size,
+# which read only its shape).
 _INT_MOVES = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity",
                         "Transpose", "Slice"})
 _INT_ENDS = frozenset({"Cast", "CastLike", "Equal", "Less", "LessOrEqual", "Greater",
-                       "GreaterOrEqual"})
+                       "GreaterOrEqual", "Shape", "Size"})
 
 
 def held_integers(model: onnx.ModelProto, const: set[str], ids: dict) -> set[str]:

@@ -201,8 +201,8 @@ _TABLE = [
     Opcode("interp", ("dst", "src", "blob", "blob"), {"axis": "int"}, "vector",
            "resampling along axis with blobs index and weight [out, taps] (indices as float32 "
            "integers): dst[..., o, ...] = sum over t of weight[o, t] src[..., index[o, t], "
-           "...]; Resize's interpolation and ConvTranspose's zero insertion, an axis at a "
-           "time (compiler/resize.py)"),
+           "...]; Resize's interpolation (compiler/resize.py) and ConvTranspose's zero "
+           "insertion (compiler/conv_transpose.py), an axis at a time"),
     Opcode("barrier", (), {"label": "str"}, "control",
            "starts when every earlier instruction has ended; later ones start after it. "
            "label=\"inference\" ends the load phase"),

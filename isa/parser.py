@@ -125,15 +125,15 @@ class _ToProgram(lark.Transformer):
 
     def port(self, items):
         kvs = {k: v for k, v, _ in items[3:]}
-        unknown = set(kvs) - {"ids", "ints"}
-        if unknown or not isinstance(kvs.get("ids", 0), int) or kvs.get("ids", 0) < 0 or \
-                kvs.get("ints", 1) != 1 or ("ids" in kvs and "ints" in kvs):
+        unknown = set(kvs) - {"ids", "ints", "bools"}
+        if unknown or len(kvs) > 1 or not isinstance(kvs.get("ids", 0), int) or \
+                kvs.get("ids", 0) < 0 or kvs.get("ints", 1) != 1 or kvs.get("bools", 1) != 1:
             raise IsaError(f"port {items[1]}: the port attributes are ids=N (N >= 1: token "
-                           "ids) or ints=1 (integers), got "
+                           "ids), ints=1 (integers) or bools=1 (booleans), one at most, got "
                            f"{' '.join(f'{k}={v}' for k, v in kvs.items())}",
                            *_line_col(items[0]))
         return ("port", Port(str(items[0]), json.loads(items[1]), str(items[2])[1:],
-                             kvs.get("ids", 0), "ints" in kvs))
+                             kvs.get("ids", 0), "ints" in kvs, "bools" in kvs))
 
     def buffer(self, items):
         name, ttype = items[0], items[1]

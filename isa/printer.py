@@ -48,7 +48,8 @@ def print_program(p: Program) -> str:
     out = [f"cim {p.version}", _chip(p.chip),
            f"batch {p.batch} {'free' if p.batch_free else 'fixed'}"]
     out += [f"{port.kind} {json.dumps(port.name)} %{port.buffer}" +
-            (f" ids={port.ids}" if port.ids else "") + (" ints=1" if port.ints else "")
+            (f" ids={port.ids}" if port.ids else "") + (" ints=1" if port.ints else "") +
+            (" bools=1" if port.bools else "")
             for port in p.ports]
     out += [f"buffer %{b.name} {b.type} offset={b.offset}" +
             (f" range={_value(float(b.range))}" if b.range else "") for b in p.buffers]

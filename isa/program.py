@@ -66,6 +66,7 @@ class Port:
     buffer: str
     ids: int = 0  # an input of token ids, integers in [0, ids) held as float32; 0: float data
     ints: bool = False  # an input of other integers, held as float32 (exact to 2**24)
+    bools: bool = False  # an input of booleans, held as float32 0 and 1
 
 
 @dataclass(frozen=True)

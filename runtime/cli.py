@@ -67,7 +67,9 @@ def build_parser() -> Parser:
     p.add_argument("--input",
                    help=".npy with the (only) input, or .npz with one array per input name; "
                         "the leading axis may hold any multiple of the compiled batch "
-                        "(required except in --mode timing)")
+                        "(required except in --mode timing). Float arrays, bool arrays for "
+                        "boolean inputs, integer arrays for token ids (ids=V) and other "
+                        "integer inputs (ints=1)")
     p.add_argument("--mode", choices=MODES, default="ideal",
                    help="ideal: float32 arithmetic (default); quantized: the chip's integer "
                         "arithmetic (slices, bit-serial DAC, ADC), no noise; analog: quantized "

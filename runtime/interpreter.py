@@ -449,8 +449,14 @@ def _join(parts: list[np.ndarray], name: str) -> np.ndarray:
 
 
 def _check_dtype(port, x: np.ndarray) -> None:
-    """Float data for a float port (booleans too, as 0 and 1); for a token-id port, integers
-    in [0, ids); for an integer port, integers within 2**24 (float32 holds them exactly)."""
+    """Float data for a float port; for a boolean port, booleans (or 0 and 1); for a
+    token-id port, integers in [0, ids); for an integer port, integers within 2**24 (float32
+    holds them exactly)."""
+    if port.bools:
+        if x.dtype != np.bool_ and not np.isin(x, (0, 1)).all():
+            raise RunError(f"input {port.name!r} is boolean: give a bool array (or 0 and 1), "
+                           f"got {x.dtype} values other than 0 and 1")
+        return
     if port.ints:
         if not np.issubdtype(x.dtype, np.integer):
             raise RunError(f"input {port.name!r} holds integers: it must be an integer array "
@@ -460,7 +466,7 @@ def _check_dtype(port, x: np.ndarray) -> None:
                            "float32 buffers cannot hold exactly")
         return
     if not port.ids:
-        if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
+        if not np.issubdtype(x.dtype, np.floating):
             raise RunError(f"input {port.name!r} has dtype {x.dtype}; expected float32")
         return
     if not np.issubdtype(x.dtype, np.integer):
@@ -503,7 +509,12 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
                            f"dimension {want[0] if want else 1} also works)")
         n = x.shape[0] // want[0] if want and want[0] and x.shape != want else 1
         if samples is not None and n != samples:
-            raise RunError("inputs disagree on the number of batches")
+            given = ", ".join(f"{q.name} {list(np.shape(inputs[q.name]))}" for q in ports)
+            compiled = ", ".join(f"{q.name} {list(buffers[q.buffer].type.shape)}" for q in ports)
+            raise RunError(f"inputs disagree on the number of compiled batches they hold: "
+                           f"{given}, compiled for {compiled}; an input without a batch axis "
+                           "(a mask shared by every sample) needs the run's sample count "
+                           "compiled in (cimc --batch N)")
         samples, feeds[p.name] = n, x.astype(np.int64 if p.ids or p.ints else np.float32)
         bad = 0 if allow_nonfinite else int(np.size(x) - np.isfinite(feeds[p.name]).sum())
         if bad:

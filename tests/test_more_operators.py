@@ -464,6 +464,10 @@ def test_a_boolean_input_and_a_constant_condition_through_the_cli(tmp_path):
     onnx.save(model, path)
     np.savez(feeds, x=x, keep=keep)
     assert cli("cimc", str(path), "--batch", "6", "-o", str(prog)).returncode == 0
+    assert 'input "keep" %keep bools=1' in prog.read_text()
+    np.savez(tmp_path / "half.npz", x=x, keep=keep * 0.5)
+    fails(cli("cimrun", str(prog), "--input", str(tmp_path / "half.npz")),
+          "input 'keep' is boolean: give a bool array (or 0 and 1)")
     for mode, bound in (("ideal", 1e-6), ("quantized", 0.05)):
         out, report = tmp_path / f"{mode}.npy", tmp_path / f"{mode}.json"
         r = cli("cimrun", str(prog), "--input", str(feeds), "--mode", mode, "-o", str(out),
@@ -565,3 +569,95 @@ def test_operators_defined_as_functions_compile_as_their_bodies():
     assert any(i.op == "softmax" for i in program.text)  # from Attention's body
     got = run(program, feeds, mode="ideal", timing=False).outputs["y"]
     assert rel_err(got, want) < 1e-5
+
+
+def test_attention_runs_many_samples_on_a_program_compiled_for_one():
+    """Attention's body casts a constant like its input (CastLike of a constant); folded,
+    no buffer lacks the batch axis, so three samples run through a batch-1 program."""
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1)], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2, 5, 4]) for n in "qkv"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 5, 4])]),
+        opset_imports=[helper.make_opsetid("", 23)])
+    feeds = {n: RNG.standard_normal((3, 2, 5, 4)).astype(np.float32) for n in "qkv"}
+    (want,) = ort_run(model, feeds)
+    program = compile_model(model)
+    assert program.batch_free
+    for mode, bound in (("ideal", 1e-6), ("quantized", 0.05)):
+        got = run(program, feeds, mode=mode, timing=False).outputs["y"]
+        assert rel_err(got, want) < bound, mode
+
+
+def test_an_input_without_the_batch_axis_says_what_to_do(tmp_path):
+    """A mask shared by every sample ([5, 5], no batch axis) fixes the program's batch: a
+    run of more samples names the inputs' shapes and cimc --batch."""
+    f = helper.make_node
+    model = helper.make_model(helper.make_graph(
+        [f("Add", ["x", "m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 5]),
+         helper.make_tensor_value_info("m", TensorProto.FLOAT, [5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 5])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    path, prog, feeds = tmp_path / "m.onnx", tmp_path / "m.cim", tmp_path / "in.npz"
+    onnx.save(model, path)
+    assert cli("cimc", str(path), "-o", str(prog)).returncode == 0
+    np.savez(feeds, x=np.zeros((2, 5, 5), np.float32), m=np.ones((5, 5), np.float32))
+    fails(cli("cimrun", str(prog), "--input", str(feeds)), "x [2, 5, 5], m [5, 5]",
+          "compiled for x [1, 5, 5], m [5, 5]", "cimc --batch N")
+
+
+def test_cimc_lists_the_operators_it_compiles():
+    r = cli("cimc", "--operators")
+    listed = set(r.stdout.split("\n\n")[0].replace("\n", " ").split(", "))
+    assert r.returncode == 0 and {"ConvTranspose", "Resize", "Where", "LogSoftmax"} <= listed
+    assert "Attention" not in listed and "Attention" in r.stdout  # by its function body
+
+
+def test_a_function_operator_on_constants_folds_instead_of_expanding():
+    """Range (position ids, torch.arange) has a body built on Loop; on constants (here the
+    length comes from a static shape) it folds as before, not expanded into the Loop."""
+    f = helper.make_node
+    nodes = [f("Shape", ["x"], ["s"]), f("Gather", ["s", "one"], ["n"]),
+             f("Range", ["zero", "n", "step"], ["r"]), f("Cast", ["r"], ["rf"], to=1),
+             f("Add", ["x", "rf"], ["y"])]
+    model = _standalone(nodes, {"x": [2, 5]}, 13, {
+        "one": np.array(1, np.int64), "zero": np.array(0, np.int64),
+        "step": np.array(1, np.int64)})
+    x = RNG.standard_normal((2, 5)).astype(np.float32)
+    got = run(compile_model(model, batch=2), x, mode="ideal", timing=False).outputs["y"]
+    np.testing.assert_array_equal(got, x + np.arange(5, dtype=np.float32))
+
+
+@pytest.mark.parametrize("rounding", ["round_prefer_ceil", "round_prefer_floor"])
+@pytest.mark.parametrize("transform", ["half_pixel", "half_pixel_symmetric", "asymmetric",
+                                       "align_corners"])
+def test_nearest_resize_at_near_ties_picks_onnxruntimes_pixel(rounding, transform):
+    """Scale 0.3 on 9 pixels puts positions a float32 rounding away from halves; the pick
+    follows onnxruntime's float32 positions."""
+    model = onnx.shape_inference.infer_shapes(helper.make_model(helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                          nearest_mode=rounding, coordinate_transformation_mode=transform)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 1, 1, 0.3], np.float32), "scales")]),
+        opset_imports=[helper.make_opsetid("", 19)]))
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 1, 9)
+    (want,) = ort_run(model, {"x": x})
+    got = run(compile_model(model), x, mode="ideal", timing=False).outputs["y"]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_an_int64_mask_whose_shape_is_read_is_held_too():
+    """Shape reads only the mask's shape: the mask is still held as float32."""
+    f = helper.make_node
+    model = helper.make_model(helper.make_graph(
+        [f("Shape", ["mask"], ["s"]), f("Cast", ["mask"], ["mf"], to=1),
+         f("Reshape", ["mf", "s"], ["y"])], "g",
+        [helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    mask = RNG.integers(0, 2, (2, 5))
+    program = compile_model(model, batch=2)
+    assert [p.ints for p in program.inputs] == [True]
+    got = run(program, {"mask": mask}, mode="ideal", timing=False).outputs["y"]
+    np.testing.assert_array_equal(got, mask)

@@ -2,7 +2,8 @@
 
 Before: a graph straight from the frontend (level ``onnx``: ops are ONNX types).
 After (level ``canonical``): no op has only constant inputs (all folded with ONNX's reference
-evaluator; Shape and Size of a static tensor fold too); the ONNX ops whose row in
+evaluator; Shape and Size of a static tensor fold too; a canonical op a normalizer made from
+constants, as a CastLike of one, with the IR evaluator); the ONNX ops whose row in
 ``compiler.ops`` says ``drop`` (Identity, Dropout) are gone (a graph output that was one
 becomes ``copy``; a Dropout mask someone reads is a constant of ones); the others are canonical
 kinds from ``compiler.normalize`` (conv, matmul, batchnorm, relu, add, reshape, maxpool, ...)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CompileError
+from ..evaluate import evaluate_op
 from ..ir import Graph, Op
 from ..normalize import NORMALIZERS
 from ..onnx_reference import reference_evaluator
@@ -86,6 +88,23 @@ def _normalise(graph: Graph, op: Op) -> None:
         graph.add_op(kind, inputs, op.outputs, attrs, op.origin)
 
 
+def _fold_canonical(graph: Graph) -> None:
+    """Fold the canonical ops whose operands are all constants (a normalizer can make one
+    from an ONNX op that also read a computed tensor: CastLike of a constant, which reads
+    only its target's type). A constant the chip computed would be a buffer without the
+    batch axis that a run of many samples takes it to lead with. A graph output's own
+    ``copy`` of a constant (``_own_outputs``) stays."""
+    for op in graph.ops():
+        if level_of(op) == ONNX or not all(graph.is_const(i) for i in op.inputs if i) or \
+                set(op.outputs) & set(graph.outputs):
+            continue
+        results = evaluate_op(graph, op, [graph.constants[i] if i else None for i in op.inputs])
+        graph.remove_op(op)
+        for name, value in zip(op.outputs, results):
+            graph.remove_value(name)
+            graph.add_constant(name, np.asarray(value))
+
+
 def _own_outputs(graph: Graph) -> None:
     """Give every graph output that is not the result of its own op a ``copy``."""
     seen: set[str] = set()
@@ -109,6 +128,7 @@ def run(graph: Graph, ctx) -> Graph:
         if rewrite is None:
             raise CompileError(f"{op.origin}: operator {op.kind} is not supported")
         rewrite(graph, op)
+    _fold_canonical(graph)
     _own_outputs(graph)
     graph.drop_dead()
     graph.level = CANONICAL
