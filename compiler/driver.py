@@ -75,6 +75,17 @@ def _context(chip: ChipGeometry | None, chip_config: Chip | None, **options) -> 
                           **options)
 
 
+def _check_basis_layers(model: onnx.ModelProto, digital: frozenset) -> None:
+    """BasisN fits Conv, Gemm and MatMul weights: refuse a ConvTranspose it would have to
+    decompose (one ``--digital`` takes is left alone)."""
+    deconv = [name for n in model.graph.node if n.op_type == "ConvTranspose"
+              and (name := frontend.node_name(n)) not in digital]
+    if deconv:
+        raise CompileError("--basis: BasisN decomposes Conv, Gemm and MatMul layers, not "
+                           f"ConvTranspose ({', '.join(deconv[:3])}); --digital "
+                           f"{','.join(deconv[:3])} puts them on the digital unit")
+
+
 def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = None,
                   batch: int = 1, max_xbars: int | None = None, schedule: str = "optimized",
                   chip_config: Chip | None = None, calibrate=None,
@@ -127,12 +138,7 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
         entries = digital.split(",") if isinstance(digital, str) else digital
         ctx.digital = digital_layers(entries, matrix_layers(model))
     if basis is not None:
-        deconv = [name for n in model.graph.node if n.op_type == "ConvTranspose"
-                  and (name := frontend.node_name(n)) not in ctx.digital]
-        if deconv:
-            raise CompileError("--basis: BasisN decomposes Conv, Gemm and MatMul layers, not "
-                               f"ConvTranspose ({', '.join(deconv[:3])}); --digital "
-                               f"{','.join(deconv[:3])} puts them on the digital unit")
+        _check_basis_layers(model, ctx.digital)
         ctx.basis, ctx.basis_reference = basis, layer_matrices(model)
     graph = frontend.import_model(model, batch=batch, calibrate=calibrate, limits=ctx.limits)
     graph = _run_passes(graph, pipeline, ctx, verify_each, dump)

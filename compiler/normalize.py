@@ -190,6 +190,9 @@ _NO_AXES = {"reducel1": ("abs", 1), "reducel2": ("abs", 1), "reducesumsquare": (
 
 
 def reduce(kind):
+    """ReduceX as ``kind`` over its axes (an input, else an attribute; none: all axes, or
+    with noop_with_empty_axes the reduction's elementwise step alone); a boolean's max and
+    min over an empty set clipped to false and true."""
     def normalise(graph, op):
         rank = len(graph.shape(op.inputs[0]))
         axes = _const_ints(graph, op, 1)

@@ -93,6 +93,8 @@ def _cast(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
 
 
 def _resize(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    """Every coordinate transformation ``compiler.resize`` lowers (not tf_crop_and_resize,
+    a crop by roi with an extrapolation value, which is no linear map)."""
     mode = next((a.s.decode() for a in node.attribute
                  if a.name == "coordinate_transformation_mode"), "half_pixel")
     if mode not in COORDINATES:

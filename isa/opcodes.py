@@ -210,3 +210,14 @@ _TABLE = [
 ]
 
 OPCODES: dict[str, Opcode] = {op.mnemonic: op for op in _TABLE}
+
+# Vector opcodes by how their destination's shape follows from their sources (the verifier
+# checks them so): that of their one source, or the sources' broadcast shape.
+ELEMENTWISE = frozenset({
+    "relu", "leakyrelu", "clip", "sigmoid", "tanh", "hardsigmoid", "erf", "sqrt",
+    "reciprocal", "exp", "neg", "abs", "log", "floor", "ceil", "round", "sign", "sin", "cos",
+    "elu", "selu", "celu", "softplus", "softsign", "hardswish", "mish", "thresholdedrelu",
+    "shrink", "not", "tobool"})
+BROADCASTING = frozenset({
+    "add", "sub", "mul", "div", "pow", "max", "min", "prelu", "less", "lessorequal",
+    "greater", "greaterorequal", "equal", "and", "or", "xor", "where"})

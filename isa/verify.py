@@ -23,7 +23,7 @@ import numpy as np
 from . import limits
 from .cells import LowWrite
 from .errors import IsaError
-from .opcodes import OPCODES, REDUCTIONS
+from .opcodes import BROADCASTING, ELEMENTWISE, OPCODES, REDUCTIONS
 from .program import Instr, Program
 
 PAD_MODES = ("constant", "reflect", "edge", "wrap")
@@ -375,12 +375,9 @@ def _copy(c: _Ctx, ins: Instr) -> None:
     _broadcast(ins, [c.src(ins)], c.dst(ins))
 
 
-def _binary(c: _Ctx, ins: Instr) -> None:
-    _broadcast(ins, [c.src(ins, 1), c.src(ins, 2)], c.dst(ins))
-
-
-def _where(c: _Ctx, ins: Instr) -> None:
-    _broadcast(ins, [c.src(ins, i) for i in (1, 2, 3)], c.dst(ins))
+def _broadcasting(c: _Ctx, ins: Instr) -> None:
+    """The sources (two, or Where's three) broadcast to the destination."""
+    _broadcast(ins, [c.src(ins, i) for i in range(1, len(ins.operands))], c.dst(ins))
 
 
 def _gelu(c: _Ctx, ins: Instr) -> None:
@@ -438,6 +435,8 @@ def _gather(c: _Ctx, ins: Instr) -> None:
 
 
 def _interp(c: _Ctx, ins: Instr) -> None:
+    """An axis of the source; index and weight blobs [out, taps] alike, at least one of
+    each, indices integers within the axis; the destination the source with ``out`` there."""
     src, idx, w, axis = c.src(ins), c.src(ins, 2), c.src(ins, 3), ins.attr("axis")
     if not 0 <= axis < len(src):
         _fail(ins, f"axis {axis} is not an axis of {ins.operands[1]} {list(src)} (0 to "
@@ -482,22 +481,13 @@ CHECKS: dict[str, Callable[[_Ctx, Instr], None]] = {
     "write": _write, "mvm": _mvm, "combine": _combine, "dmatmul": _dmatmul, "fill": _nothing,
     "im2col": _im2col, "unpatch": _unpatch, "maxpool": _pool, "avgpool": _pool,
     "gavgpool": _global_pool, "gmaxpool": _global_pool,
-    "add": _binary, "sub": _binary, "mul": _binary, "div": _binary,
-    "relu": _same_shape, "leakyrelu": _same_shape, "clip": _same_shape,
-    "sigmoid": _same_shape, "tanh": _same_shape, "hardsigmoid": _same_shape,
+    **{op: _broadcasting for op in BROADCASTING}, **{op: _same_shape for op in ELEMENTWISE},
     "softmax": _softmax, "lrn": _lrn,
     "reshape": _reshape, "transpose": _transpose, "concat": _concat, "pad": _pad,
     "copy": _copy, "permute": _permute, "barrier": _nothing, "halt": _nothing,
-    "pow": _binary, "max": _binary, "min": _binary, "prelu": _binary, "where": _where,
-    **{op: _binary for op in ("less", "lessorequal", "greater", "greaterorequal", "equal",
-                              "and", "or", "xor")},
     "gelu": _gelu, "layernorm": _layernorm, "rmsnorm": _layernorm, "logsoftmax": _softmax,
     "slice": _slice, "gather": _gather, "interp": _interp, "dbmm": _bmm, "wbmm": _wbmm,
     **{op: _reduce for op in REDUCTIONS},
-    **{op: _same_shape for op in ("erf", "sqrt", "reciprocal", "exp", "neg", "abs", "log",
-                                  "floor", "ceil", "round", "sign", "sin", "cos", "elu",
-                                  "selu", "celu", "softplus", "softsign", "hardswish", "mish",
-                                  "thresholdedrelu", "shrink", "not", "tobool")},
 }
 
 
@@ -589,10 +579,7 @@ _MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
     **{op: lambda c, ins, rank: ins.attr("axis") % rank == 0
        for op in ("softmax", "logsoftmax")},
     "pad": lambda c, ins, rank: ins.attr("pads")[0] != 0 or ins.attr("pads")[rank] != 0,
-    **{op: _blob_along_batch for op in ("add", "sub", "mul", "div", "pow", "max", "min",
-                                        "prelu", "copy", "dbmm", "wbmm", "where", "less",
-                                        "lessorequal", "greater", "greaterorequal", "equal",
-                                        "and", "or", "xor")},
+    **{op: _blob_along_batch for op in BROADCASTING | {"copy", "dbmm", "wbmm"}},
     **{op: lambda c, ins, rank: ins.attr("axis") % rank == 0 for op in ("layernorm", "rmsnorm")},
     **{op: lambda c, ins, rank: 0 in ins.attr("axes") for op in REDUCTIONS},
     "slice": lambda c, ins, rank: (ins.attr("starts")[0], ins.attr("ends")[0],

@@ -623,3 +623,13 @@ def test_canonical_lines_read_as_the_general_reader_reads_them(line, canonical):
     if canonical:
         want = parser._ToProgram([]).instr(parser._instr_items(line, 9))[1]
         assert (got, got.line, got.note) == (want, want.line, want.note)
+
+
+def test_the_shape_classes_of_vector_opcodes_match_the_kernels():
+    """Every elementwise kernel but gelu (its own check) is an ELEMENTWISE opcode, every
+    broadcasting binary kernel and Where a BROADCASTING one, and nothing else is."""
+    from isa import kernels
+    from isa.opcodes import BROADCASTING, ELEMENTWISE
+    assert ELEMENTWISE == set(kernels.ACTIVATIONS) - {"gelu"}
+    assert BROADCASTING == set(kernels.BINARY) | {"where"}
+    assert all(OPCODES[k].unit == "vector" for k in ELEMENTWISE | BROADCASTING)
