@@ -251,7 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     if not args.quiet:
         print(summary(result.stats, result.outputs, job.output, accuracy, args.mode))
+        if job.reference is not None:
+            print(reference_line(reference_report(args.reference, job.reference, job.program,
+                                                  result.outputs, job.labels)))
     return 0
+
+
+def reference_line(ref: dict) -> str:
+    """One console line of ``scoring.reference_report``: each output's largest error
+    relative to the float model, and the float model's accuracy when labels were given."""
+    errors = ", ".join(f"{k} {v:.2g}" for k, v in ref["reference_relative_error"].items())
+    accuracy = ref.get("reference_accuracy")
+    return (f"cimrun: against the float model: largest relative error {errors}" +
+            (f"; its top-1 accuracy {accuracy:.4f}" if accuracy is not None else ""))
 
 
 def summary(stats: dict, outputs: dict, out: str | None, accuracy, mode: str) -> str:

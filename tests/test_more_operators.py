@@ -473,6 +473,7 @@ def test_a_boolean_input_and_a_constant_condition_through_the_cli(tmp_path):
         r = cli("cimrun", str(prog), "--input", str(feeds), "--mode", mode, "-o", str(out),
                 "--reference", str(path), "--report", str(report))
         assert r.returncode == 0, r.stderr
+        assert "cimrun: against the float model: largest relative error y " in r.stdout
         got = np.load(out)
         assert rel_err(got, want) < bound
         np.testing.assert_array_equal(got[~keep & [True, True, False, True]], -100)
