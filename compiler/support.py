@@ -10,8 +10,7 @@ Any operator whose inputs are all constants is folded at compile time, whatever 
 that ONNX defines as a function of others is replaced by its body first
 (``compiler.expand_functions``). Tensors are float32, or booleans and some integers held as
 float32 (``DTYPES``, ``index_inputs``, ``held_integers``). The frontend enforces these
-declarations; ``tools/conformance.py`` calls a test case unsupported only by them (and by a
-compile error that only names a computed operand where the op table wants a constant).
+declarations; ``tools/conformance.py`` calls a test case unsupported only by them.
 """
 
 from __future__ import annotations
