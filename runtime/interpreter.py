@@ -478,6 +478,15 @@ def _check_dtype(port, x: np.ndarray) -> None:
                        f"vocabulary [0, {port.ids}) (the first: {int(x[bad][0])})")
 
 
+def _disagreeing_batches(ports, inputs: dict, buffers: dict) -> str:
+    """The message for inputs that hold different numbers of compiled batches."""
+    given = ", ".join(f"{q.name} {list(np.shape(inputs[q.name]))}" for q in ports)
+    compiled = ", ".join(f"{q.name} {list(buffers[q.buffer].type.shape)}" for q in ports)
+    return (f"inputs disagree on the number of compiled batches they hold: {given}, compiled "
+            f"for {compiled}; an input without a batch axis (a mask shared by every sample) "
+            "needs the run's sample count compiled in (cimc --batch N)")
+
+
 def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
                  source: str = "") -> tuple[dict[str, np.ndarray], int]:
     """Validate user inputs (``source``: their file, for messages); return them as float32
@@ -509,12 +518,7 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
                            f"dimension {want[0] if want else 1} also works)")
         n = x.shape[0] // want[0] if want and want[0] and x.shape != want else 1
         if samples is not None and n != samples:
-            given = ", ".join(f"{q.name} {list(np.shape(inputs[q.name]))}" for q in ports)
-            compiled = ", ".join(f"{q.name} {list(buffers[q.buffer].type.shape)}" for q in ports)
-            raise RunError(f"inputs disagree on the number of compiled batches they hold: "
-                           f"{given}, compiled for {compiled}; an input without a batch axis "
-                           "(a mask shared by every sample) needs the run's sample count "
-                           "compiled in (cimc --batch N)")
+            raise RunError(_disagreeing_batches(ports, inputs, buffers))
         samples, feeds[p.name] = n, x.astype(np.int64 if p.ids or p.ints else np.float32)
         bad = 0 if allow_nonfinite else int(np.size(x) - np.isfinite(feeds[p.name]).sum())
         if bad:
