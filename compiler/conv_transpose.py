@@ -18,10 +18,12 @@ import numpy as np
 
 @dataclass
 class Plan:
-    spreads: list  # (spatial axis i, index [out, 1], weight [out, 1]) for each axis to spread
+    spreads: list  # (axis, index [out, 1], weight [out, 1]) of each axis to spread, as
+    # ``resize.plan``'s steps (axes of the whole input: spatial axis i is 2 + i)
     weight: np.ndarray  # the convolution's [M, C / group, *kernel]
     dilations: list[int]
     group: int
+    out_spatial: list[int]  # the result's spatial shape
 
 
 def insert_zeros(n_in: int, stride: int, before: int, after: int) -> tuple[np.ndarray,
@@ -66,12 +68,13 @@ def plan(x_sp, w: np.ndarray, attrs: dict) -> Plan:
     out_pad = list(attrs.get("output_padding") or [0] * n)
     k_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
     p = pads(attrs, x_sp, k_eff, strides, out_pad)
-    spreads = []
+    spreads, out_sp = [], []
     for i in range(n):
         before, after = k_eff[i] - 1 - p[i], k_eff[i] - 1 - p[n + i] + out_pad[i]
         if strides[i] != 1 or before or after:
-            spreads.append((i, *insert_zeros(x_sp[i], strides[i], before, after)))
+            spreads.append((2 + i, *insert_zeros(x_sp[i], strides[i], before, after)))
+        out_sp.append(before + (x_sp[i] - 1) * strides[i] + 1 + after - k_eff[i] + 1)
     ci, co = w.shape[0] // group, w.shape[1]
     flipped = np.flip(w.reshape(group, ci, co, *kernel).swapaxes(1, 2), tuple(range(3, 3 + n)))
     return Plan(spreads, flipped.reshape(group * co, ci, *kernel).astype(np.float32), dil,
-                group)
+                group, out_sp)

@@ -18,8 +18,9 @@ import onnx.defs
 import onnx.inliner
 from onnx import helper
 
+from .support import DOMAINS
+
 DOMAIN = "cimc.expanded"  # the model-local functions the bodies become, then inlined
-DOMAINS = ("", "ai.onnx")  # ONNX's default domain, under both its names
 
 
 def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:

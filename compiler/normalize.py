@@ -14,7 +14,7 @@ from . import conv_transpose as ct
 from . import resize as rs
 from .errors import CompileError
 from .ir import Graph, Op
-from .ops import LOGIC, MATH, ONNX_REDUCTIONS
+from .ops import LOGIC, MATH, ONNX_ACTIVATIONS, ONNX_REDUCTIONS
 
 
 def _spatial(graph: Graph, op: Op):
@@ -61,27 +61,15 @@ def conv_transpose(graph, op):
     an ``interp`` op per spatial axis to spread, then a conv)."""
     x, y = graph.shape(op.inputs[0]), graph.shape(op.outputs[0])
     plan = ct.plan(x[2:], graph.constants[op.inputs[1]], op.attrs)
-    n, k_eff = len(x) - 2, [(k - 1) * d + 1 for k, d in zip(plan.weight.shape[2:],
-                                                            plan.dilations)]
-    spread = list(x[2:])
-    for i, idx, _ in plan.spreads:
-        spread[i] = len(idx)
-    out_sp = [s - k + 1 for s, k in zip(spread, k_eff)]
-    if tuple(y[2:]) != tuple(out_sp):
+    if tuple(y[2:]) != tuple(plan.out_spatial):
         raise CompileError(f"{op.origin or op.id}: ConvTranspose computes spatial size "
-                           f"{out_sp}, as onnxruntime does, but onnx's shape inference "
-                           f"declares {list(y)} (an output_shape below the natural size, or "
-                           "auto_pad with output_padding)")
-    acc, shape = op.inputs[0], list(x)
-    for i, idx, wt in plan.spreads:
-        shape[2 + i] = len(idx)
-        out = graph.add_value(graph.fresh("spread"), tuple(shape))
-        _interp(graph, op, acc, out, 2 + i, idx, wt)
-        if acc in graph.ranges:  # spreading adds zeros: the calibrated range holds
-            graph.ranges[out] = graph.ranges[acc]
-        acc = out
+                           f"{plan.out_spatial}, as onnxruntime does, but onnx's shape "
+                           f"inference declares {list(y)} (an output_shape below the natural "
+                           "size, or auto_pad with output_padding)")
+    spread = _interp_steps(graph, op, op.inputs[0], plan.spreads)
     weight = graph.add_constant(graph.fresh(f"{op.origin or op.id}.weight"), plan.weight)
-    return "conv", [acc, weight, *op.inputs[2:3]], {
+    n = len(x) - 2
+    return "conv", [spread, weight, *op.inputs[2:3]], {
         "kernel": list(plan.weight.shape[2:]), "strides": [1] * n, "pads": [0] * 2 * n,
         "dilations": plan.dilations, "group": plan.group}
 
@@ -220,26 +208,31 @@ def resize(graph, op):
     scales, sizes = (graph.constants[op.inputs[i]].reshape(-1) if len(op.inputs) > i and
                      op.inputs[i] else None for i in (2, 3))
     steps = rs.plan(x, scales, sizes, op.attrs, y)
-    acc, shape = op.inputs[0], list(x)
-    for i, (a, idx, w) in enumerate(steps):
-        shape[a] = y[a]
-        out = op.outputs[0] if i == len(steps) - 1 else \
-            graph.add_value(graph.fresh("resize"), tuple(shape))
-        _interp(graph, op, acc, out, a, idx, w)
-        if acc in graph.ranges and (w >= 0).all():  # a weighted mean stays in range; cubic
-            graph.ranges.setdefault(out, graph.ranges[acc])  # (negative weights) may not
-        acc = out
-    if not steps:
-        graph.add_op("copy", [acc], op.outputs, {}, op.origin)
+    _interp_steps(graph, op, op.inputs[0], steps, op.outputs[0])
     return None
 
 
-def _interp(graph, op, src: str, dst: str, axis: int, idx, w) -> None:
-    """An ``interp`` op from src to dst along ``axis`` with taps (idx, w) as constants."""
-    base = op.origin or op.id
-    names = [graph.add_constant(graph.fresh(f"{base}.{k}{axis}"), v.astype(np.float32))
-             for k, v in (("index", idx), ("weight", w))]
-    graph.add_op("interp", [src, *names], [dst], {"axis": axis}, op.origin)
+def _interp_steps(graph, op, src: str, steps, out: str | None = None) -> str:
+    """``steps`` ((axis, indices, weights), as ``resize.plan`` gives them) as a chain of
+    ``interp`` ops from ``src``; returns the last result: ``out`` if given (a copy of src
+    when there are no steps), else a new value. A step whose weights are all non-negative
+    (a weighted mean, zeros inserted) keeps its input's calibrated range; cubic's may not."""
+    acc, shape = src, list(graph.shape(src))
+    for i, (axis, idx, w) in enumerate(steps):
+        shape[axis] = len(idx)
+        nxt = out if out is not None and i == len(steps) - 1 else \
+            graph.add_value(graph.fresh(op.kind.lower()), tuple(shape))
+        names = [graph.add_constant(graph.fresh(f"{op.origin or op.id}.{k}{axis}"),
+                                    v.astype(np.float32)) for k, v in (("index", idx),
+                                                                       ("weight", w))]
+        graph.add_op("interp", [acc, *names], [nxt], {"axis": axis}, op.origin)
+        if acc in graph.ranges and (w >= 0).all():
+            graph.ranges.setdefault(nxt, graph.ranges[acc])
+        acc = nxt
+    if out is not None and not steps:
+        graph.add_op("copy", [acc], [out], {}, op.origin)
+        acc = out
+    return acc
 
 
 def copy(graph, op):
@@ -365,12 +358,7 @@ NORMALIZERS = {
     "ConvTranspose": conv_transpose,
     **{k: reduce(kind) for k, kind in ONNX_REDUCTIONS.items()},
     **{k: simple(kind) for k, kind in MATH.items()},
-    "Elu": simple("elu", alpha=1.0), "Celu": simple("celu", alpha=1.0),
-    "Selu": simple("selu", alpha=1.67326319217681884765625, gamma=1.05070102214813232421875),
-    "Softplus": simple("softplus"), "Softsign": simple("softsign"),
-    "HardSwish": simple("hardswish"), "Mish": simple("mish"),
-    "ThresholdedRelu": simple("thresholdedrelu", alpha=1.0),
-    "Shrink": simple("shrink", bias=0.0, lambd=0.5),
+    **{k: simple(kind, **defaults) for k, (kind, defaults) in ONNX_ACTIVATIONS.items()},
     "Erf": simple("erf"), "Sqrt": simple("sqrt"), "Reciprocal": simple("reciprocal"),
     "Exp": simple("exp"), "Neg": simple("neg"), "Pow": simple("pow"),
 }

@@ -32,8 +32,8 @@ class ConvTranspose(OpRun):
 
     def _run(self, x, w, b=None, **attrs):
         plan = conv_transpose.plan(x.shape[2:], w, attrs)
-        for i, idx, wt in plan.spreads:
-            x = kernels.interp(x, idx, wt, 2 + i)
+        for axis, idx, wt in plan.spreads:
+            x = kernels.interp(x, idx, wt, axis)
         n = x.ndim - 2
         return (kernels.conv(x, plan.weight, b, [1] * n, [0] * 2 * n, plan.dilations,
                              plan.group).astype(w.dtype),)

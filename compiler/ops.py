@@ -153,14 +153,17 @@ def _unary(name: str, *attrs: str, fusable: bool = True) -> OpDef:
 
 
 # Elementwise kinds added after issue 11, ONNX type -> canonical kind: math functions (not
-# epilogues) and activations with their float attributes (epilogues).
+# epilogues), and activations (epilogues) with their float attributes' ONNX defaults.
 MATH = {"Abs": "abs", "Log": "log", "Floor": "floor", "Ceil": "ceil", "Round": "round",
         "Sign": "sign", "Sin": "sin", "Cos": "cos"}
-ACTIVATIONS = {"elu": ("alpha",), "selu": ("alpha", "gamma"), "celu": ("alpha",),
-               "softplus": (), "softsign": (), "hardswish": (), "mish": (),
-               "thresholdedrelu": ("alpha",), "shrink": ("bias", "lambd")}
-ONNX_UNARY = (*MATH, "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSwish", "Mish",
-              "ThresholdedRelu", "Shrink")
+ONNX_ACTIVATIONS = {
+    "Elu": ("elu", {"alpha": 1.0}), "Celu": ("celu", {"alpha": 1.0}),
+    "Selu": ("selu", {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+    "Softplus": ("softplus", {}), "Softsign": ("softsign", {}), "HardSwish": ("hardswish", {}),
+    "Mish": ("mish", {}), "ThresholdedRelu": ("thresholdedrelu", {"alpha": 1.0}),
+    "Shrink": ("shrink", {"bias": 0.0, "lambd": 0.5})}
+ACTIVATIONS = {kind: tuple(defaults) for kind, defaults in ONNX_ACTIVATIONS.values()}
+ONNX_UNARY = (*MATH, *ONNX_ACTIVATIONS)
 # Comparisons and logic (booleans held as float32 0 and 1), ONNX type -> canonical kind.
 LOGIC = {"Less": "less", "LessOrEqual": "lessorequal", "Greater": "greater",
          "GreaterOrEqual": "greaterorequal", "Equal": "equal", "And": "and", "Or": "or",

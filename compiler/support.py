@@ -84,9 +84,13 @@ def _layernorm(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | No
     return None
 
 
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    """A Cast's target element type."""
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
 def _cast(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
-    to = next((a.i for a in node.attribute if a.name == "to"), None)
-    if to not in DTYPES:
+    if _cast_to(node) not in DTYPES:
         return "Cast of a computed tensor is supported to float32 and bool only"
     return None
 
@@ -112,15 +116,21 @@ RESTRICTIONS: dict[str, Callable[[onnx.NodeProto, Shapes, Values], str | None]] 
 INDEX_DTYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
 
 
+def _readers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """Tensor name -> (node, input position) of every node that reads it."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, pos))
+    return readers
+
+
 def index_inputs(model: onnx.ModelProto, const: set[str], shapes: Shapes) -> dict[str, int]:
     """Integer graph inputs that only index constant tables (Gather's indices, as embeddings
     read token ids), each with the number of rows it may index (the smallest such table along
     its gather axis): the program validates ids against it. Buffers hold them as float32,
     exact below 2**24."""
-    readers: dict[str, list] = {}
-    for node in model.graph.node:
-        for pos, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, pos))
+    readers = _readers(model)
     out = {}
     for inp in model.graph.input:
         if inp.type.tensor_type.elem_type not in INDEX_DTYPES or inp.name in const:
@@ -147,10 +157,7 @@ def held_integers(model: onnx.ModelProto, const: set[str], ids: dict) -> set[str
     graph inputs other than token ids whose readers only move them (``_INT_MOVES``) or end
     their integer life (``_INT_ENDS``: an attention mask cast to float, compared), and the
     integer tensors those moves make."""
-    readers: dict[str, list] = {}
-    for node in model.graph.node:
-        for pos, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, pos))
+    readers = _readers(model)
     returned = {o.name for o in model.graph.output}
     held: set[str] = set()
     for inp in model.graph.input:
@@ -164,7 +171,7 @@ def held_integers(model: onnx.ModelProto, const: set[str], ids: dict) -> set[str
                     path.update(node.output)
                     todo.extend(node.output)
                 elif node.op_type == "Cast":
-                    ok &= next((a.i for a in node.attribute if a.name == "to"), 0) in DTYPES
+                    ok &= _cast_to(node) in DTYPES
                 else:
                     ok &= node.op_type in _INT_ENDS
         if ok and not path & returned:

@@ -192,14 +192,12 @@ def prepare(args) -> Job:
     return job
 
 
-def _report(args, job: Job, result: RunResult, accuracy: float | None) -> str:
+def _report(args, result: RunResult, accuracy: float | None, reference: dict | None) -> str:
     report = dict(result.stats, program=os.path.abspath(args.program),
                   outputs={k: list(v.shape) for k, v in result.outputs.items()})
     if accuracy is not None:
         report["accuracy"] = accuracy
-    if job.reference is not None:
-        report.update(reference_report(args.reference, job.reference, job.program,
-                                       result.outputs, job.labels))
+    report.update(reference or {})
     return json.dumps(report, indent=2) + "\n"
 
 
@@ -213,19 +211,22 @@ def _save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
     write_atomic(path, write)
 
 
-def finish(args, job: Job, result: RunResult) -> float | None:
-    """Score the run and write every output (only now: the run has succeeded)."""
+def finish(args, job: Job, result: RunResult) -> tuple[float | None, dict | None]:
+    """Score the run and write every output (only now: the run has succeeded); returns the
+    accuracy (with --labels) and the comparison with the float model (with --reference)."""
     accuracy = top1(result.outputs, job.labels) if job.labels is not None else None
+    reference = None if job.reference is None else reference_report(
+        args.reference, job.reference, job.program, result.outputs, job.labels)
     texts = {}
     if args.report:
-        texts[args.report] = _report(args, job, result, accuracy)
+        texts[args.report] = _report(args, result, accuracy, reference)
     if args.trace:
         texts[args.trace] = trace_json(result.timeline)
     if job.output:
         _save_outputs(job.output, result.outputs)
     for path, text in texts.items():
         write_text_atomic(path, text)
-    return accuracy
+    return accuracy, reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                      allow_nonfinite=args.allow_nonfinite, progress=not args.quiet,
                      memory_limit=args.memory_limit, first_sample=args.first_sample,
                      threads=args.threads)
-        accuracy = finish(args, job, result)
+        accuracy, reference = finish(args, job, result)
     except (RunError, isa.IsaError) as exc:
         print(f"cimrun: error: {exc}", file=sys.stderr)
         return 2
@@ -251,9 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     if not args.quiet:
         print(summary(result.stats, result.outputs, job.output, accuracy, args.mode))
-        if job.reference is not None:
-            print(reference_line(reference_report(args.reference, job.reference, job.program,
-                                                  result.outputs, job.labels)))
+        if reference is not None:
+            print(reference_line(reference))
     return 0
 
 

@@ -46,11 +46,16 @@ def _fold(graph: Graph, op: Op) -> bool:
                 from None
     else:
         return False
+    _become_constants(graph, op, results)
+    return True
+
+
+def _become_constants(graph: Graph, op: Op, results) -> None:
+    """``op`` gone, its outputs the constants ``results``."""
     graph.remove_op(op)
     for name, value in zip(op.outputs, results):
         graph.remove_value(name)
         graph.add_constant(name, np.asarray(value))
-    return True
 
 
 def _training_dropout(graph: Graph, op: Op) -> bool:
@@ -98,11 +103,8 @@ def _fold_canonical(graph: Graph) -> None:
         if level_of(op) == ONNX or not all(graph.is_const(i) for i in op.inputs if i) or \
                 set(op.outputs) & set(graph.outputs):
             continue
-        results = evaluate_op(graph, op, [graph.constants[i] if i else None for i in op.inputs])
-        graph.remove_op(op)
-        for name, value in zip(op.outputs, results):
-            graph.remove_value(name)
-            graph.add_constant(name, np.asarray(value))
+        _become_constants(graph, op, evaluate_op(
+            graph, op, [graph.constants[i] if i else None for i in op.inputs]))
 
 
 def _own_outputs(graph: Graph) -> None:
