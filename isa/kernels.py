@@ -143,7 +143,8 @@ def maxpool(x: np.ndarray, kernel, strides, pads, dilations, out) -> np.ndarray:
     """Max over windows of [B, C, *S] into spatial size ``out``; padding never wins (-inf),
     and ``out`` beyond the explicit padding (ceil mode) reads more -inf."""
     widths = win.pad_for(x.shape[2:], out, kernel, strides, pads, dilations)
-    xp = np.pad(x, [(0, 0), (0, 0)] + widths, constant_values=-np.inf)
+    xp = np.pad(x, [(0, 0), (0, 0)] + widths, constant_values=-np.inf) \
+        if any(map(any, widths)) else x  # (np.pad copies even when it pads nothing)
     result = None
     for _, view in win.offset_views(xp, kernel, strides, dilations, out):
         result = view.copy() if result is None else np.maximum(result, view, out=result)

@@ -31,6 +31,7 @@ from . import device
 from . import noise as nz
 from .epilogues import Fused, fuse, run_fused
 from .errors import RunError
+from .implicit_conv import ConvStep, fuse_convs, run_conv
 from .memory import (
     check_memory,
     estimate_bytes,
@@ -313,11 +314,14 @@ def _steps(m: Machine, steps: list, counts: Counter, bar, stop=None) -> None:
     for step in steps:
         if stop is not None and stop.is_set():
             raise _Stopped
-        instrs = step.instrs if isinstance(step, Fused) else \
+        instrs = step.instrs if isinstance(step, (Fused, ConvStep)) else \
             step if isinstance(step, list) else [step]
-        ins = step.group[0] if isinstance(step, Fused) else instrs[0]  # errors: the product
+        # errors name a Fused step's product, a ConvStep's im2col (whose input it reads)
+        ins = step.group[0] if isinstance(step, Fused) else instrs[0]
         try:
-            if isinstance(step, Fused):
+            if isinstance(step, ConvStep):
+                run_conv(m, step)
+            elif isinstance(step, Fused):
                 run_fused(m, step)
             elif isinstance(step, list):
                 (write_group if ins.op == "write" else execute_group)(m, step)
@@ -586,7 +590,7 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     start = time.perf_counter()
     steps, b = plan(program.text), program.batch
     if mode == "ideal":
-        steps = fuse(steps, program)
+        steps = fuse_convs(fuse(steps, program), program)
     chunks = [(i, min(per, groups - i)) for i in range(0, groups, per)]
     def take(i: int, n: int) -> dict:  # one pass's inputs (all of them: no batch to slice)
         return feeds if len(chunks) == 1 else {k: v[i * b:(i + n) * b] for k, v in feeds.items()}

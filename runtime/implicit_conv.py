@@ -1,0 +1,237 @@
+"""Ideal mode: a convolution layer as one onnxruntime Conv, with no patches in memory.
+
+A compiled convolution is ``im2col %P, %X``, the layer's ``Fused`` step (bias, the mvm group
+reading ``%P``, an in-place activation: ``epilogues``) into ``%C``, and ``unpatch %Y, %C``.
+Run as written, im2col copies every input prod(kernel) times into patches, and the product
+then reads them: 42 % of an ideal run of the digits CNN went to im2col (its depthwise
+layer's patches are 144 floats a position, 9 in 10 of them multiplied by zeros).
+``fuse_convs`` makes such a run one ``ConvStep`` when nothing later reads ``%P`` or ``%C``:
+the matrix the crossbars hold now, with im2col's row order and unpatch's channel order, is
+a Conv weight [K, C / groups, *kernel] (grouped where every entry outside the groups'
+blocks is zero, as a depthwise layer's are), and onnxruntime computes ``%Y`` from ``%X``
+with the activation fused, as it runs the model's own Conv.
+
+The sums are those of the same products in another order (float32 rounding, as between
+MLAS's and numpy's products): ideal mode promises the float arithmetic of the program, not
+one summation order. Grouped, the zeros outside the blocks are not multiplied, so an
+infinite input gives no NaN (inf x 0) in the other groups' channels, as it does unfused.
+A sample's outputs do not depend on the other samples of its run: onnxruntime convolves
+image by image, and a session runs on one thread (the machine's threads take runs of
+samples).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from isa import Instr, Program
+
+from .epilogues import Fused
+from .mvm_groups import even_runs
+
+_LOCK = threading.Lock()
+
+
+@dataclass
+class ConvStep:
+    """``im2col`` (its window), ``layer`` (the Fused bias, product and activation that read
+    its patches) and ``unpatch`` (into the layer's output), run as one Conv."""
+
+    im2col: Instr
+    layer: Fused
+    unpatch: Instr
+
+    @property
+    def instrs(self) -> list[Instr]:
+        """The step's instructions in program order."""
+        return [self.im2col, *self.layer.instrs, self.unpatch]
+
+
+def fuse_convs(steps: list, program: Program) -> list:
+    """``steps`` (``epilogues.fuse``'s) with every im2col, Fused layer step over all of its
+    patches' rows and unpatch of its output made one ``ConvStep``, where no later step and
+    no output port reads the patches or the layer's columns."""
+    widths = {b.name: b.type.shape[-1] for b in program.buffers if b.type.shape}
+    last = _last_uses(steps, program)
+    out: list = []
+    i = 0
+    while i < len(steps):
+        run = steps[i:i + 3]
+        if len(run) == 3 and _conv_run(*run, widths) and \
+                last[run[0].operands[0]] <= i + 1 and last[run[2].operands[1]] <= i + 2:
+            out.append(ConvStep(*run))
+            i += 3
+        else:
+            out.append(steps[i])
+            i += 1
+    return out
+
+
+def _conv_run(im2col, layer, unpatch, widths: dict) -> bool:
+    """im2col writes the patches the layer's mvms read, unpatch reads the layer's output."""
+    if not (isinstance(im2col, Instr) and im2col.op == "im2col" and isinstance(layer, Fused)
+            and isinstance(unpatch, Instr) and unpatch.op == "unpatch"):
+        return False
+    patches, cols = im2col.operands[0], layer.copy.operands[0]
+    rows = max(i.attr("rows")[1] for i in layer.group)
+    return (layer.group[0].operands[1] == patches and unpatch.operands[1] == cols
+            and rows <= widths.get(patches[1:], 0))
+
+
+def _last_uses(steps: list, program: Program) -> dict[str, float]:
+    """The index of the last step with each buffer among its operands (infinity for the
+    output ports' buffers: read after the last step)."""
+    last: dict[str, float] = {}
+    for k, step in enumerate(steps):
+        instrs = step.instrs if isinstance(step, Fused) else \
+            step if isinstance(step, list) else [step]
+        for ins in instrs:
+            for ref in ins.operands:
+                last[ref] = k
+    for port in program.outputs:
+        last["%" + port.buffer] = float("inf")
+    return last
+
+
+def run_conv(m, step: ConvStep) -> None:
+    """Run a ``ConvStep`` on machine ``m`` (ideal mode)."""
+    ins = step.im2col
+    x = m.read(ins.operands[1]).astype(np.float32, copy=False)
+    matrix, bias = layer_matrix(m, step, x.shape[1])
+    dst = step.unpatch.operands[0]
+    y = np.empty(m.shape(dst), np.float32)
+    session = _session(step, matrix, bias)
+    runs = even_runs(len(x), max(1, min(m.threads, len(x))))
+    m.map(lambda r: _run(session, x[r[0]:r[1]], y[r[0]:r[1]]), runs)
+    m.store(dst, y)
+
+
+def layer_matrix(m, step: ConvStep, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The matrix [C x prod(kernel), K] the layer's crossbars hold now (zeros where no tile
+    is) and its bias [K], as the unfused step computes ``patches @ matrix + bias``."""
+    rows = channels * math.prod(step.im2col.attr("kernel"))
+    matrix = np.zeros((rows, m.shape(step.layer.copy.operands[0])[-1]), np.float32)
+    for ins in step.layer.group:
+        (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
+        matrix[r0:r1, c0:c1] += m.xbar(ins.attr("xb"), (r1 - r0, c1 - c0), ins)
+    bias = m.read(step.layer.copy.operands[1]).astype(np.float32, copy=False)
+    return matrix, np.broadcast_to(bias, matrix.shape[1:])
+
+
+def conv_weight(step: ConvStep, matrix: np.ndarray, bias: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The Conv weight [K, C / groups, *kernel], bias [K] and group count of a layer's
+    ``matrix`` and ``bias`` (``layer_matrix``): its rows in im2col's order (channel-major
+    patches, permuted by im2col's ``perm``), the output channels picked by unpatch's."""
+    kernel = step.im2col.attr("kernel")
+    taps = math.prod(kernel)
+    rows, cols = step.im2col.attr("perm"), step.unpatch.attr("perm")
+    if rows is not None:  # patches' column i is the unpermuted patches' column rows[i]
+        unpermuted = np.zeros_like(matrix)
+        unpermuted[np.asarray(rows, np.int64)] = matrix
+        matrix = unpermuted
+    if cols is not None:
+        matrix, bias = matrix[:, np.asarray(cols, np.int64)], bias[np.asarray(cols, np.int64)]
+    channels = matrix.shape[0] // taps
+    weight = matrix.T.reshape((matrix.shape[1], channels, taps))
+    groups = _groups(weight)
+    k, per = weight.shape[0] // groups, channels // groups
+    blocks = [weight[g * k:(g + 1) * k, g * per:(g + 1) * per] for g in range(groups)]
+    weight = np.concatenate(blocks).reshape((weight.shape[0], per, *kernel))
+    return np.ascontiguousarray(weight), np.ascontiguousarray(bias), groups
+
+
+def _groups(weight: np.ndarray) -> int:
+    """The most groups whose blocks hold every non-zero of ``weight`` [K, C, taps]: a
+    divisor of both K and C (1 for a dense layer)."""
+    k, c = weight.shape[:2]
+    nonzero = np.any(weight != 0, axis=2)
+    for g in sorted((d for d in range(2, math.gcd(k, c) + 1) if k % d == 0 and c % d == 0),
+                    reverse=True):
+        block = (np.arange(k)[:, None] // (k // g)) == (np.arange(c)[None, :] // (c // g))
+        if not np.any(nonzero & ~block):
+            return g
+    return 1
+
+
+# Sessions built with a layer's weights as constants, by layer: onnxruntime then runs its
+# blocked (NCHWc) convolutions, which it picks only for constant weights (the digits CNN's
+# depthwise layer over 540 images 1.8 -> 0.19 ms, its 3x3 layers 2.4 -> 1.0). Each holds
+# its layer's im2col (so no other takes its id) and a copy of the matrix and bias it was
+# built for, and is rebuilt if the crossbars ever hold others there. At most CACHE_BYTES of
+# such copies are held, the least recently used given up first.
+CACHE_BYTES = 256 * 2 ** 20
+_SESSIONS: OrderedDict = OrderedDict()
+
+
+def _session(step: ConvStep, matrix: np.ndarray, bias: np.ndarray):
+    """The session of ``step``'s Conv, its activation after it, with ``matrix`` and
+    ``bias`` (``layer_matrix``) as its constants."""
+    key = id(step.im2col)
+    with _LOCK:
+        held = _SESSIONS.get(key)
+        act = _activation(step.layer.act)
+        if held is not None and held[0] is step.im2col and held[1] == act \
+                and np.array_equal(held[2], matrix) and np.array_equal(held[3], bias):
+            _SESSIONS.move_to_end(key)
+            return held[4]
+        session = _build(step, *conv_weight(step, matrix, bias))
+        _SESSIONS[key] = (step.im2col, act, matrix.copy(), bias.copy(), session)
+        while len(_SESSIONS) > 1 and sum(h[2].nbytes for h in _SESSIONS.values()) > CACHE_BYTES:
+            _SESSIONS.popitem(last=False)
+        return session
+
+
+def _activation(act: Instr | None) -> tuple:
+    """The layer's activation as the session's node after the Conv: () none, ("Relu",), or
+    ("Clip", min, max) (``epilogues.IN_PLACE``'s, the same floats: onnxruntime fuses them
+    into the convolution's output loop)."""
+    if act is None:
+        return ()
+    if act.op == "relu":
+        return ("Relu",)
+    return ("Clip", float(np.float32(act.attr("min"))), float(np.float32(act.attr("max"))))
+
+
+def _build(step: ConvStep, weight: np.ndarray, bias: np.ndarray, groups: int):
+    """A session on one intra-op thread of x's Conv with these constants, then the step's
+    activation if any."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    ins, act = step.im2col, _activation(step.layer.act)
+    kernel, strides, pads, dilations = (list(ins.attr(a)) for a in
+                                        ("kernel", "strides", "pads", "dilations"))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c" if act else "y"],
+                              kernel_shape=kernel, strides=strides, pads=pads,
+                              dilations=dilations, group=groups)]
+    initializers = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    if act:
+        bounds = [f"{act[0]}{i}" for i in range(len(act) - 1)]
+        nodes.append(helper.make_node(act[0], ["c", *bounds], ["y"]))
+        initializers += [numpy_helper.from_array(np.array(v, np.float32), name)
+                         for name, v in zip(bounds, act[1:])]
+    spatial = [f"s{i}" for i in range(len(kernel))]
+    graph = helper.make_graph(
+        nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                      ["N", "C", *spatial])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _run(session, x: np.ndarray, out: np.ndarray) -> None:
+    """Convolve the samples ``x`` into ``out`` (C-contiguous, the Conv's output shape)."""
+    binding = session.io_binding()
+    binding.bind_cpu_input("x", np.ascontiguousarray(x))
+    binding.bind_output("y", "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+    session.run_with_iobinding(binding)
