@@ -105,50 +105,55 @@ def run_conv(m, step: ConvStep) -> None:
     matrix, bias = layer_matrix(m, step, x.shape[1])
     dst = step.unpatch.operands[0]
     y = np.empty(m.shape(dst), np.float32)
-    session = _session(step, matrix, bias)
+    session, feeds = _session(step, matrix, bias)
     runs = even_runs(len(x), max(1, min(m.threads, len(x))))
-    m.map(lambda r: _run(session, x[r[0]:r[1]], y[r[0]:r[1]]), runs)
+    m.map(lambda r: _run(session, x[r[0]:r[1]], y[r[0]:r[1]], feeds), runs)
     m.store(dst, y)
 
 
 def layer_matrix(m, step: ConvStep, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The matrix [C x prod(kernel), K] the layer's crossbars hold now (zeros where no tile
-    is) and its bias [K], as the unfused step computes ``patches @ matrix + bias``."""
+    """The transpose [K, C x prod(kernel)] of the matrix the layer's crossbars hold now
+    (zeros where no tile is), so that a Conv weight is a view of it, and its bias [K]: the
+    unfused step computes ``patches @ matrix + bias``."""
     rows = channels * math.prod(step.im2col.attr("kernel"))
-    matrix = np.zeros((rows, m.shape(step.layer.copy.operands[0])[-1]), np.float32)
+    matrix = np.zeros((m.shape(step.layer.copy.operands[0])[-1], rows), np.float32)
     for ins in step.layer.group:
         (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
-        matrix[r0:r1, c0:c1] += m.xbar(ins.attr("xb"), (r1 - r0, c1 - c0), ins)
+        matrix[c0:c1, r0:r1] += m.xbar(ins.attr("xb"), (r1 - r0, c1 - c0), ins).T
     bias = m.read(step.layer.copy.operands[1]).astype(np.float32, copy=False)
-    return matrix, np.broadcast_to(bias, matrix.shape[1:])
+    return matrix, np.broadcast_to(bias, matrix.shape[:1])
 
 
 def conv_weight(step: ConvStep, matrix: np.ndarray, bias: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The Conv weight [K, C / groups, *kernel], bias [K] and group count of a layer's
-    ``matrix`` and ``bias`` (``layer_matrix``): its rows in im2col's order (channel-major
-    patches, permuted by im2col's ``perm``), the output channels picked by unpatch's."""
+    transposed ``matrix`` and ``bias`` (``layer_matrix``): its columns in im2col's order
+    (channel-major patches, permuted by im2col's ``perm``), its rows the output channels
+    unpatch's ``perm`` picks."""
     kernel = step.im2col.attr("kernel")
     taps = math.prod(kernel)
     rows, cols = step.im2col.attr("perm"), step.unpatch.attr("perm")
     if rows is not None:  # patches' column i is the unpermuted patches' column rows[i]
         unpermuted = np.zeros_like(matrix)
-        unpermuted[np.asarray(rows, np.int64)] = matrix
+        unpermuted[:, np.asarray(rows, np.int64)] = matrix
         matrix = unpermuted
     if cols is not None:
-        matrix, bias = matrix[:, np.asarray(cols, np.int64)], bias[np.asarray(cols, np.int64)]
-    channels = matrix.shape[0] // taps
-    weight = matrix.T.reshape((matrix.shape[1], channels, taps))
-    groups = _groups(weight)
-    k, per = weight.shape[0] // groups, channels // groups
-    blocks = [weight[g * k:(g + 1) * k, g * per:(g + 1) * per] for g in range(groups)]
-    weight = np.concatenate(blocks).reshape((weight.shape[0], per, *kernel))
+        matrix, bias = matrix[np.asarray(cols, np.int64)], bias[np.asarray(cols, np.int64)]
+    k, channels = matrix.shape[0], matrix.shape[1] // taps
+    weight = matrix.reshape((k, channels, taps))
+    groups = _groups(weight) if 2 * np.count_nonzero(matrix) <= matrix.size else 1
+    if groups > 1:  # each group's block of output channels by its input channels
+        per, block = channels // groups, k // groups
+        weight = np.concatenate([weight[g * block:(g + 1) * block, g * per:(g + 1) * per]
+                                 for g in range(groups)])
+    weight = weight.reshape((k, channels // groups, *kernel))
     return np.ascontiguousarray(weight), np.ascontiguousarray(bias), groups
 
 
 def _groups(weight: np.ndarray) -> int:
     """The most groups whose blocks hold every non-zero of ``weight`` [K, C, taps]: a
-    divisor of both K and C (1 for a dense layer)."""
+    divisor of both K and C (1 for a dense layer; callers skip layers more than half
+    non-zero, which g >= 2 groups cannot hold)."""
     k, c = weight.shape[:2]
     nonzero = np.any(weight != 0, axis=2)
     for g in sorted((d for d in range(2, math.gcd(k, c) + 1) if k % d == 0 and c % d == 0),
@@ -164,27 +169,53 @@ def _groups(weight: np.ndarray) -> int:
 # depthwise layer over 540 images 1.8 -> 0.19 ms, its 3x3 layers 2.4 -> 1.0). Each holds
 # its layer's im2col (so no other takes its id) and a copy of the matrix and bias it was
 # built for, and is rebuilt if the crossbars ever hold others there. At most CACHE_BYTES of
-# such copies are held, the least recently used given up first.
+# such copies are held, the least recently used given up first. Building one costs about
+# four copies of the weights, and onnxruntime keeps three, so only layers of at most
+# CONSTANT_BYTES of weights are built so; larger ones (ResNet-50's from its third stage on,
+# whose few output positions gain least: 1.33 -> 0.98 ms for a 512-channel 3x3 layer on
+# one image, against 1.78 -> 0.92 ms for a 64-channel one) take their weights as inputs.
+# One cimrun of one ResNet-50 image: 0.97 GB peak and 2.1 s with every layer constant,
+# 0.50 GB and 1.7 s so (0.50 GB and 1.6 s before this module). The choice depends on the
+# layer alone, so a sample's outputs do not depend on the run it is in, or on the runs
+# before it.
 CACHE_BYTES = 256 * 2 ** 20
+CONSTANT_BYTES = 2 ** 20
 _SESSIONS: OrderedDict = OrderedDict()
 
 
 def _session(step: ConvStep, matrix: np.ndarray, bias: np.ndarray):
-    """The session of ``step``'s Conv, its activation after it, with ``matrix`` and
-    ``bias`` (``layer_matrix``) as its constants."""
-    key = id(step.im2col)
+    """``step``'s Conv session with ``matrix`` and ``bias`` (``layer_matrix``) as constants,
+    held or built, for a layer of at most ``CONSTANT_BYTES``; else its Conv's with weights
+    as inputs. Returns it and what it takes besides x (nothing, or the weight and bias)."""
+    key, act = id(step.im2col), _activation(step.layer.act)
     with _LOCK:
+        if matrix.nbytes > CONSTANT_BYTES:
+            weight, bias, groups = conv_weight(step, matrix, bias)
+            return _input_session(step, groups), {"w": weight, "b": bias}
         held = _SESSIONS.get(key)
-        act = _activation(step.layer.act)
         if held is not None and held[0] is step.im2col and held[1] == act \
                 and np.array_equal(held[2], matrix) and np.array_equal(held[3], bias):
             _SESSIONS.move_to_end(key)
-            return held[4]
+            return held[4], {}
         session = _build(step, *conv_weight(step, matrix, bias))
         _SESSIONS[key] = (step.im2col, act, matrix.copy(), bias.copy(), session)
         while len(_SESSIONS) > 1 and sum(h[2].nbytes for h in _SESSIONS.values()) > CACHE_BYTES:
             _SESSIONS.popitem(last=False)
-        return session
+        return session, {}
+
+
+_INPUT_SESSIONS: dict = {}
+
+
+def _input_session(step: ConvStep, groups: int):
+    """The session of ``step``'s Conv and activation with weights and bias as inputs, one
+    per window, group count and activation (callers hold ``_LOCK``)."""
+    ins = step.im2col
+    key = (tuple(tuple(ins.attr(a)) for a in ("kernel", "strides", "pads", "dilations")),
+           groups, _activation(step.layer.act))
+    if key not in _INPUT_SESSIONS:
+        _INPUT_SESSIONS[key] = _build(step, None, None, groups)
+    return _INPUT_SESSIONS[key]
 
 
 def _activation(act: Instr | None) -> tuple:
@@ -198,9 +229,9 @@ def _activation(act: Instr | None) -> tuple:
     return ("Clip", float(np.float32(act.attr("min"))), float(np.float32(act.attr("max"))))
 
 
-def _build(step: ConvStep, weight: np.ndarray, bias: np.ndarray, groups: int):
-    """A session on one intra-op thread of x's Conv with these constants, then the step's
-    activation if any."""
+def _build(step: ConvStep, weight: np.ndarray | None, bias: np.ndarray | None, groups: int):
+    """A session on one intra-op thread of x's Conv, then the step's activation if any: its
+    weight and bias these constants, or inputs w and b (None)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -210,28 +241,36 @@ def _build(step: ConvStep, weight: np.ndarray, bias: np.ndarray, groups: int):
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c" if act else "y"],
                               kernel_shape=kernel, strides=strides, pads=pads,
                               dilations=dilations, group=groups)]
-    initializers = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    initializers = [] if weight is None else [numpy_helper.from_array(weight, "w"),
+                                              numpy_helper.from_array(bias, "b")]
     if act:
         bounds = [f"{act[0]}{i}" for i in range(len(act) - 1)]
         nodes.append(helper.make_node(act[0], ["c", *bounds], ["y"]))
         initializers += [numpy_helper.from_array(np.array(v, np.float32), name)
                          for name, v in zip(bounds, act[1:])]
     spatial = [f"s{i}" for i in range(len(kernel))]
-    graph = helper.make_graph(
-        nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                      ["N", "C", *spatial])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", *spatial])]
+    if weight is None:
+        inputs += [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["K", "G", *kernel]),
+                   helper.make_tensor_value_info("b", TensorProto.FLOAT, ["K"])]
+    graph = helper.make_graph(nodes, "conv", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(model.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
 
 
-def _run(session, x: np.ndarray, out: np.ndarray) -> None:
-    """Convolve the samples ``x`` into ``out`` (C-contiguous, the Conv's output shape)."""
+def _run(session, x: np.ndarray, out: np.ndarray, feeds: dict) -> None:
+    """Convolve the samples ``x`` into ``out`` (C-contiguous, the Conv's output shape);
+    ``feeds``: the weight and bias of a session that takes them as inputs."""
     binding = session.io_binding()
     binding.bind_cpu_input("x", np.ascontiguousarray(x))
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
     binding.bind_output("y", "cpu", 0, out.dtype, out.shape, out.ctypes.data)
     session.run_with_iobinding(binding)

@@ -80,6 +80,20 @@ def test_a_samples_outputs_do_not_depend_on_its_run(cnn, digits_test):
         assert np.array_equal(alone[0], together[k])
 
 
+def test_layers_with_weights_as_inputs_compute_alike(cnn, digits_test, monkeypatch):
+    """Layers above CONSTANT_BYTES run on a session that takes the weights as inputs: every
+    layer here, forced; the same outputs within rounding, and a sample's do not depend on
+    its run either."""
+    x = digits_test[0][:40]
+    constant = run(cnn, x, timing=False).outputs["logits"]
+    monkeypatch.setattr(implicit_conv, "CONSTANT_BYTES", 0)
+    inputs = run(cnn, x, timing=False, threads=2).outputs["logits"]
+    assert np.abs(inputs - constant).max() <= 1e-5 * np.abs(constant).max()
+    for k in (0, 39):
+        alone = run(cnn, x[k:k + 1], timing=False, threads=1).outputs["logits"]
+        assert np.array_equal(alone[0], inputs[k])
+
+
 def test_patches_read_after_the_layer_keep_it_unfused(cnn):
     steps = fuse(plan(cnn.text), cnn)
     at = next(i for i, s in enumerate(steps) if getattr(s, "op", "") == "unpatch"
