@@ -247,55 +247,74 @@ class _Facts(NamedTuple):
     ints: set     # other integer tensors held as float32 (``support.held_integers``)
 
 
-def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[str]:
+class Problem(NamedTuple):
+    """One thing that keeps a node from compiling: ``reason`` in a few words (how the
+    conformance tool lists a case), ``detail`` as cimc says it after the node's name."""
+    node: str
+    reason: str
+    detail: str
+
+
+def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[Problem]:
     problems = []
     for t in tensors:
         if t not in facts.shapes:
-            problems.append(f"{name}: tensor {t!r} has an unknown or dynamic shape")
+            why = f"tensor {t!r} has an unknown or dynamic shape"
+            problems.append(Problem(name, why, why))
         elif facts.shapes[t][1] not in DTYPES and t not in facts.ids and t not in facts.ints:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(facts.shapes[t][1])
             ids = " (an integer input may only be token ids that Gather reads from a " \
                 "constant table, or values that are moved, compared or cast to float)" \
                 if facts.shapes[t][1] in INDEX_DTYPES else ""
-            problems.append(f"{name}: tensor {t!r} is {dtype}; the chip computes float32 "
-                            f"(and boolean) tensors only{ids}")
+            problems.append(Problem(name, f"tensor {t!r} is {dtype}",
+                                    f"tensor {t!r} is {dtype}; the chip computes float32 "
+                                    f"(and boolean) tensors only{ids}"))
     return problems
 
 
-def _node_problems(node: onnx.NodeProto, facts: _Facts) -> list[str]:
-    """What keeps ``node`` (not folded away) from compiling, as message parts."""
-    name = node_name(node)
+def _node_problems(node: onnx.NodeProto, facts: _Facts) -> list[Problem]:
+    """What keeps ``node`` (not folded away) from compiling."""
+    name, op = node_name(node), node.op_type
     if node.domain not in DOMAINS:
-        return [f"{name}: operator {node.domain}.{node.op_type} is not supported"]
-    if node.op_type not in SUPPORTED:
-        return [f"{name}: operator {node.op_type} is not supported"]
-    problems = [f"{name}: input {pos} ({node.input[pos]}) of {node.op_type} must be a "
-                "constant (crossbars hold static weights)"
-                for pos in sorted(SUPPORTED[node.op_type])
-                if pos < len(node.input) and node.input[pos] not in facts.const]
-    restriction = RESTRICTIONS.get(node.op_type)
+        return [Problem(name, f"operator {node.domain}.{op}",
+                        f"operator {node.domain}.{op} is not supported")]
+    if op not in SUPPORTED:
+        return [Problem(name, f"operator {op}", f"operator {op} is not supported")]
+    problems = [Problem(name, f"input {pos} of {op} is computed, not a constant",
+                        f"input {pos} ({node.input[pos]}) of {op} must be a constant "
+                        "(crossbars hold static weights)")
+                for pos in sorted(SUPPORTED[op])
+                if pos < len(node.input) and node.input[pos]
+                and node.input[pos] not in facts.const]
+    restriction = RESTRICTIONS.get(op)
     why = restriction(node, facts.dims, facts.values) if restriction else None
     if why:
-        problems.append(f"{name}: {why}")
-    tensors = [i for i in node.input if i not in facts.const]
+        problems.append(Problem(name, why, why))
+    tensors = [i for i in node.input if i and i not in facts.const]
     tensors += [o for o in node.output if o in facts.used and o not in facts.const]
     return problems + _dtype_problems(name, tensors, facts)
 
 
-def check_supported(model: onnx.ModelProto) -> None:
-    """Raise one CompileError listing every problem: unsupported ops, restrictions, dtypes,
-    dynamic shapes. Nodes that fold to constants, and outputs nobody reads, are not checked."""
+def support_problems(model: onnx.ModelProto) -> list[Problem]:
+    """Every problem that keeps ``model`` (prepared: shapes inferred, constants folded) from
+    compiling, node by node: unsupported operators, restrictions, constants the op table
+    wants, dtypes, dynamic shapes. Nodes that fold to constants, and outputs nobody reads,
+    are not checked."""
     shapes = _static_shapes(model)
     dims = {k: v[0] for k, v in shapes.items()}
     const = constant_tensors(model, dims)
     ids = index_inputs(model, const, dims)
     facts = _Facts(shapes, dims, const, used_tensors(model), constant_values(model), ids,
                    held_integers(model, const, ids))
-    problems = [p for node in model.graph.node if not all(o in facts.const for o in node.output)
-                for p in _node_problems(node, facts)]
-    if problems:
-        unique = list(dict.fromkeys(problems))
-        raise CompileError(f"{len(unique)} problem(s) in the model: " + "; ".join(unique))
+    return [p for node in model.graph.node if not all(o in facts.const for o in node.output)
+            for p in _node_problems(node, facts)]
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """Raise one CompileError listing every problem ``support_problems`` finds."""
+    messages = list(dict.fromkeys(f"{p.node}: {p.detail}" for p in support_problems(model)))
+    if messages:
+        raise CompileError(f"{len(messages)} problem(s) in the model: " + "; ".join(messages))
 
 
 def node_name(node: onnx.NodeProto) -> str:

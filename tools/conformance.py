@@ -28,18 +28,8 @@ import onnx
 from onnx import numpy_helper
 
 from compiler import CompileError, compile_model
-from compiler.frontend import prepare, upgrade
-from compiler.support import (
-    DOMAINS,
-    DTYPES,
-    RESTRICTIONS,
-    SUPPORTED,
-    constant_tensors,
-    constant_values,
-    held_integers,
-    index_inputs,
-    used_tensors,
-)
+from compiler.frontend import prepare, support_problems, upgrade
+from compiler.support import SUPPORTED
 from runtime import run
 
 DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
@@ -149,37 +139,12 @@ def bind_constants(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return model, {k: v for k, v in data.items() if k not in bind}
 
 
-def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    g = model.graph
-    return {vi.name: vi.type for vi in list(g.input) + list(g.value_info) + list(g.output)}
-
-
-def _static(tt: onnx.TypeProto) -> tuple[int, ...] | None:
-    """The static shape of a tensor type, or None."""
-    if not tt.HasField("tensor_type") or not tt.tensor_type.HasField("shape"):
-        return None
-    dims = tt.tensor_type.shape.dim
-    return tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) \
-        else None
-
-
-def _unsupported_type(name: str, tt: onnx.TypeProto | None) -> str | None:
-    if tt is None:
-        return None
-    if not tt.HasField("tensor_type"):
-        return f"tensor {name!r} is a {tt.WhichOneof('value')}, not a tensor"
-    if tt.tensor_type.elem_type not in DTYPES:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.tensor_type.elem_type)
-        return f"tensor {name!r} is {dtype}"
-    return None
-
-
 def declared_unsupported(model: onnx.ModelProto) -> str | None:
     """Why ``model`` is outside what ``compiler.support`` declares (an operator that does not
-    fold away, a restriction of a supported one, the type of a tensor the chip would compute),
-    or None. Outputs nobody reads do not count. The model is judged as the compiler judges
-    it: prepared (an older opset upgraded, Upsample becoming Resize; constant subgraphs
-    folded), where that succeeds."""
+    fold away, a restriction of a supported one, the type of a tensor the chip would
+    compute), or None: the first of ``frontend.support_problems``, the compiler's own check.
+    The model is judged as the compiler judges it: prepared (an older opset upgraded,
+    Upsample becoming Resize; constant subgraphs folded), where that succeeds."""
     try:
         model = prepare(model, 1)
     except CompileError:  # the compiler reports it; operators are still checked
@@ -191,30 +156,8 @@ def declared_unsupported(model: onnx.ModelProto) -> str | None:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # the compiler reports it; operators are still checked
         pass
-    types = _types(model)
-    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    shapes.update({k: s for k, t in types.items() if (s := _static(t)) is not None})
-    const, values = constant_tensors(model, shapes), constant_values(model)
-    for node in model.graph.node:
-        if all(o in const for o in node.output):
-            continue
-        if node.domain not in DOMAINS or node.op_type not in SUPPORTED:
-            return f"operator {'.'.join(filter(None, [node.domain, node.op_type]))}"
-        why = RESTRICTIONS[node.op_type](node, shapes, values) \
-            if node.op_type in RESTRICTIONS else None
-        if why:
-            return why
-        computed = [p for p in sorted(SUPPORTED[node.op_type])
-                    if p < len(node.input) and node.input[p] and node.input[p] not in const]
-        if computed:  # the op table wants it constant; after folding it is not
-            return f"input {computed[0]} of {node.op_type} is computed, not a constant"
-    ids = index_inputs(model, const, shapes)  # token ids and integers the compiler takes
-    for name in sorted(used_tensors(model) - const - set(ids) -
-                       held_integers(model, const, ids)):
-        why = _unsupported_type(name, types.get(name))
-        if why:
-            return why
-    return None
+    problems = support_problems(model)
+    return problems[0].reason if problems else None
 
 
 def run_case(case: Case) -> Outcome:
