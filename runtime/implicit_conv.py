@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from isa import Instr, Program
+from isa import windows as win
 
 from .epilogues import Fused
+from .errors import RunError
 from .mvm_groups import even_runs
 
 _LOCK = threading.Lock()
@@ -54,15 +57,17 @@ class ConvStep:
 
 def fuse_convs(steps: list, program: Program) -> list:
     """``steps`` (``epilogues.fuse``'s) with every im2col, Fused layer step over all of its
-    patches' rows and unpatch of its output made one ``ConvStep``, where no later step and
-    no output port reads the patches or the layer's columns."""
-    widths = {b.name: b.type.shape[-1] for b in program.buffers if b.type.shape}
+    patches' rows and unpatch of its output into the convolution's own shape made one
+    ``ConvStep``, where no later step and no output port reads the patches or the layer's
+    columns."""
+    shapes = {"%" + b.name: b.type.shape for b in program.buffers}
+    shapes.update({"@" + b.name: b.data.shape for b in program.blobs})
     last = _last_uses(steps, program)
     out: list = []
     i = 0
     while i < len(steps):
         run = steps[i:i + 3]
-        if len(run) == 3 and _conv_run(*run, widths) and \
+        if len(run) == 3 and _conv_run(*run, shapes) and \
                 last[run[0].operands[0]] <= i + 1 and last[run[2].operands[1]] <= i + 2:
             out.append(ConvStep(*run))
             i += 3
@@ -72,15 +77,29 @@ def fuse_convs(steps: list, program: Program) -> list:
     return out
 
 
-def _conv_run(im2col, layer, unpatch, widths: dict) -> bool:
-    """im2col writes the patches the layer's mvms read, unpatch reads the layer's output."""
+def _conv_run(im2col, layer, unpatch, shapes: dict) -> bool:
+    """im2col writes the patches the layer's mvms read; unpatch reads the layer's output
+    into [B, K, *out], the shape a Conv of im2col's input writes; the bias is one value a
+    column."""
     if not (isinstance(im2col, Instr) and im2col.op == "im2col" and isinstance(layer, Fused)
             and isinstance(unpatch, Instr) and unpatch.op == "unpatch"):
         return False
     patches, cols = im2col.operands[0], layer.copy.operands[0]
-    rows = max(i.attr("rows")[1] for i in layer.group)
-    return (layer.group[0].operands[1] == patches and unpatch.operands[1] == cols
-            and rows <= widths.get(patches[1:], 0))
+    x, y, bias = (shapes.get(r, ()) for r in (im2col.operands[1], unpatch.operands[0],
+                                            layer.copy.operands[1]))
+    if not (layer.group[0].operands[1] == patches and unpatch.operands[1] == cols
+            and len(x) >= 3 and len(shapes.get(patches, ())) == 3):
+        return False
+    kernel, strides, pads, dilations = _window(im2col)
+    out = win.out_size(x[2:], kernel, strides, pads, dilations)
+    k = shapes[cols][-1]
+    return (tuple(y) == (x[0], k, *out)
+            and max(i.attr("rows")[1] for i in layer.group) <= shapes[patches][-1]
+            and len(bias) >= 1 and bias[-1] == k and math.prod(bias) == k)
+
+
+def _window(im2col: Instr) -> list[list[int]]:
+    return [list(im2col.attr(a)) for a in ("kernel", "strides", "pads", "dilations")]
 
 
 def _last_uses(steps: list, program: Program) -> dict[str, float]:
@@ -107,7 +126,10 @@ def run_conv(m, step: ConvStep) -> None:
     y = np.empty(m.shape(dst), np.float32)
     session, feeds = _session(step, matrix, bias)
     runs = even_runs(len(x), max(1, min(m.threads, len(x))))
-    m.map(lambda r: _run(session, x[r[0]:r[1]], y[r[0]:r[1]], feeds), runs)
+    try:
+        m.map(lambda r: _run(session, x[r[0]:r[1]], y[r[0]:r[1]], feeds), runs)
+    except Exception as exc:  # onnxruntime's own (out of memory among them), in one line
+        raise RunError(f"onnxruntime's Conv failed: {str(exc).splitlines()[0]}") from None
     m.store(dst, y)
 
 
@@ -121,7 +143,7 @@ def layer_matrix(m, step: ConvStep, channels: int) -> tuple[np.ndarray, np.ndarr
         (r0, r1), (c0, c1) = ins.attr("rows"), ins.attr("cols")
         matrix[c0:c1, r0:r1] += m.xbar(ins.attr("xb"), (r1 - r0, c1 - c0), ins).T
     bias = m.read(step.layer.copy.operands[1]).astype(np.float32, copy=False)
-    return matrix, np.broadcast_to(bias, matrix.shape[:1])
+    return matrix, bias.reshape(matrix.shape[:1])  # ([M], or [1, M]: fuse_convs checks)
 
 
 def conv_weight(step: ConvStep, matrix: np.ndarray, bias: np.ndarray
@@ -166,42 +188,66 @@ def _groups(weight: np.ndarray) -> int:
 
 # Sessions built with a layer's weights as constants, by layer: onnxruntime then runs its
 # blocked (NCHWc) convolutions, which it picks only for constant weights (the digits CNN's
-# depthwise layer over 540 images 1.8 -> 0.19 ms, its 3x3 layers 2.4 -> 1.0). Each holds
-# its layer's im2col (so no other takes its id) and a copy of the matrix and bias it was
-# built for, and is rebuilt if the crossbars ever hold others there. At most CACHE_BYTES of
-# such copies are held, the least recently used given up first. Building one costs about
-# four copies of the weights, and onnxruntime keeps three, so only layers of at most
-# CONSTANT_BYTES of weights are built so; larger ones (ResNet-50's from its third stage on,
-# whose few output positions gain least: 1.33 -> 0.98 ms for a 512-channel 3x3 layer on
-# one image, against 1.78 -> 0.92 ms for a 64-channel one) take their weights as inputs.
-# One cimrun of one ResNet-50 image: 0.97 GB peak and 2.1 s with every layer constant,
-# 0.50 GB and 1.7 s so (0.50 GB and 1.6 s before this module). The choice depends on the
-# layer alone, so a sample's outputs do not depend on the run it is in, or on the runs
-# before it.
-CACHE_BYTES = 256 * 2 ** 20
+# depthwise layer over 540 images 1.8 -> 0.19 ms, its 3x3 layers 2.4 -> 1.0). Each holds a
+# copy of the matrix and bias it was built for, compared on every run (rebuilt if the
+# crossbars ever hold others), and goes once its im2col instruction has (its program), at
+# the next build.
+# Building one costs about four copies of the weights, and onnxruntime keeps about three,
+# so only layers of at most CONSTANT_BYTES of non-zero weights are built so; larger ones
+# (ResNet-50's from its third stage on, whose few output positions gain least: 1.33 -> 0.98
+# ms for a 512-channel 3x3 layer on one image, against 1.78 -> 0.92 ms for a 64-channel
+# one) take their weights as inputs. One cimrun of one ResNet-50 image: 0.97 GB peak and
+# 2.1 s with every layer constant, 0.50 GB and 1.7 s so (0.50 GB and 1.6 s before this
+# module). The choice depends on the layer alone, so a sample's outputs do not depend on
+# the run it is in, or on the runs before it. Held sessions count RESIDENT_COPIES times
+# their matrix against CACHE_BYTES, the least recently used given up first (and rebuilt,
+# alike, when met again).
+CACHE_BYTES = 512 * 2 ** 20
 CONSTANT_BYTES = 2 ** 20
-_SESSIONS: OrderedDict = OrderedDict()
+RESIDENT_COPIES = 4
+
+
+@dataclass
+class _Held:
+    im2col: weakref.ref
+    unpatch: weakref.ref
+    act: tuple
+    matrix: np.ndarray
+    bias: np.ndarray
+    session: object
+
+    def serves(self, step: ConvStep, act: tuple, matrix: np.ndarray, bias: np.ndarray) -> bool:
+        return (self.im2col() is step.im2col and self.unpatch() is step.unpatch
+                and self.act == act and np.array_equal(self.matrix, matrix)
+                and np.array_equal(self.bias, bias))
+
+
+_SESSIONS: OrderedDict[int, _Held] = OrderedDict()
 
 
 def _session(step: ConvStep, matrix: np.ndarray, bias: np.ndarray):
     """``step``'s Conv session with ``matrix`` and ``bias`` (``layer_matrix``) as constants,
-    held or built, for a layer of at most ``CONSTANT_BYTES``; else its Conv's with weights
-    as inputs. Returns it and what it takes besides x (nothing, or the weight and bias)."""
+    held or built, for a layer of at most ``CONSTANT_BYTES`` of non-zero weights; else its
+    Conv's with weights as inputs. Returns it and what it takes besides x (nothing, or the
+    weight and bias)."""
+    if np.count_nonzero(matrix) * matrix.itemsize > CONSTANT_BYTES:
+        weight, bias, groups = conv_weight(step, matrix, bias)
+        return _input_session(step, groups), {"w": weight, "b": bias}
     key, act = id(step.im2col), _activation(step.layer.act)
     with _LOCK:
-        if matrix.nbytes > CONSTANT_BYTES:
-            weight, bias, groups = conv_weight(step, matrix, bias)
-            return _input_session(step, groups), {"w": weight, "b": bias}
         held = _SESSIONS.get(key)
-        if held is not None and held[0] is step.im2col and held[1] == act \
-                and np.array_equal(held[2], matrix) and np.array_equal(held[3], bias):
+        if held is not None and held.serves(step, act, matrix, bias):
             _SESSIONS.move_to_end(key)
-            return held[4], {}
-        session = _build(step, *conv_weight(step, matrix, bias))
-        _SESSIONS[key] = (step.im2col, act, matrix.copy(), bias.copy(), session)
-        while len(_SESSIONS) > 1 and sum(h[2].nbytes for h in _SESSIONS.values()) > CACHE_BYTES:
+            return held.session, {}
+        for gone in [k for k, h in _SESSIONS.items() if h.im2col() is None]:
+            del _SESSIONS[gone]  # programs no one holds any more
+        _SESSIONS[key] = _Held(weakref.ref(step.im2col), weakref.ref(step.unpatch), act,
+                               matrix.copy(), bias.copy(),
+                               _build(step, *conv_weight(step, matrix, bias)))
+        while len(_SESSIONS) > 1 and RESIDENT_COPIES * sum(
+                h.matrix.nbytes for h in _SESSIONS.values()) > CACHE_BYTES:
             _SESSIONS.popitem(last=False)
-        return session, {}
+        return _SESSIONS[key].session, {}
 
 
 _INPUT_SESSIONS: dict = {}
@@ -209,13 +255,12 @@ _INPUT_SESSIONS: dict = {}
 
 def _input_session(step: ConvStep, groups: int):
     """The session of ``step``'s Conv and activation with weights and bias as inputs, one
-    per window, group count and activation (callers hold ``_LOCK``)."""
-    ins = step.im2col
-    key = (tuple(tuple(ins.attr(a)) for a in ("kernel", "strides", "pads", "dilations")),
-           groups, _activation(step.layer.act))
-    if key not in _INPUT_SESSIONS:
-        _INPUT_SESSIONS[key] = _build(step, None, None, groups)
-    return _INPUT_SESSIONS[key]
+    per window, group count and activation (a few small sessions, kept)."""
+    key = (tuple(map(tuple, _window(step.im2col))), groups, _activation(step.layer.act))
+    with _LOCK:
+        if key not in _INPUT_SESSIONS:
+            _INPUT_SESSIONS[key] = _build(step, None, None, groups)
+        return _INPUT_SESSIONS[key]
 
 
 def _activation(act: Instr | None) -> tuple:
@@ -235,9 +280,8 @@ def _build(step: ConvStep, weight: np.ndarray | None, bias: np.ndarray | None, g
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    ins, act = step.im2col, _activation(step.layer.act)
-    kernel, strides, pads, dilations = (list(ins.attr(a)) for a in
-                                        ("kernel", "strides", "pads", "dilations"))
+    act = _activation(step.layer.act)
+    kernel, strides, pads, dilations = _window(step.im2col)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c" if act else "y"],
                               kernel_shape=kernel, strides=strides, pads=pads,
                               dilations=dilations, group=groups)]

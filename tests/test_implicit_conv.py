@@ -188,3 +188,64 @@ def test_an_error_in_a_fused_convolution_names_its_im2col_line(cnn, digits_test)
     with pytest.raises(RunError, match=rf"line {text_line(broken, im2col)} \(im2col\): %r1 "
                                        "is read before anything was written"):
         run(broken, digits_test[0][:2], timing=False)
+
+
+def _small_conv():
+    rng = np.random.default_rng(3)
+    model = _conv_model((2, 3, 6, 6), rng.standard_normal((8, 3, 3, 3)).astype(np.float32), 1,
+                        pads=[1, 1, 1, 1])
+    return compile_model(model), rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+
+
+def test_a_program_sharing_an_im2col_with_another_permutes_its_own_channels():
+    """A copy of a program with unpatch's channels reversed shares the im2col instruction
+    (and so its id) with the original: the session built for one must not serve the other."""
+    program, x = _small_conv()
+    plain = next(iter(run(program, x, timing=False).outputs.values()))
+    text = [dataclasses.replace(i, attrs=i.attrs + (("perm", list(range(8))[::-1]),))
+            if i.op == "unpatch" else i for i in program.text]
+    reversed_ = dataclasses.replace(program, text=text)
+    got = next(iter(run(reversed_, x, timing=False).outputs.values()))
+    assert np.array_equal(got, plain[:, ::-1])
+
+
+def test_an_unpatch_into_another_shape_or_a_bias_per_position_stays_unfused(monkeypatch):
+    program, x = _small_conv()
+    buffers = {b.name: b for b in program.buffers}
+    step = next(s for s in _steps(program) if isinstance(s, ConvStep))
+    assert [isinstance(s, ConvStep) for s in _steps(program)].count(True) == 1
+    y = step.unpatch.operands[0][1:]
+    flat = dataclasses.replace(buffers[y], type=dataclasses.replace(
+        buffers[y].type, shape=buffers[y].type.shape[:2] + (36,)))
+    flattened = dataclasses.replace(program, buffers=[flat if b.name == y else b
+                                                      for b in program.buffers])
+    assert not any(isinstance(s, ConvStep) for s in _steps(flattened))
+    bias = step.layer.copy.operands[1][1:]
+    per_position = dataclasses.replace(program, blobs=[
+        dataclasses.replace(b, data=np.tile(b.data.reshape(1, -1), (36, 1)))
+        if b.name == bias else b for b in program.blobs])
+    assert not any(isinstance(s, ConvStep) for s in _steps(per_position))
+    row = dataclasses.replace(program, blobs=[
+        dataclasses.replace(b, data=b.data.reshape(1, -1)) if b.name == bias else b
+        for b in program.blobs])  # [1, M]: one value a column, fused
+    assert any(isinstance(s, ConvStep) for s in _steps(row))
+    want = _unfused(monkeypatch, program, x)
+    for variant in (row, per_position):
+        got = run(variant, x, timing=False).outputs
+        assert all(np.abs(got[k] - want[k]).max() <= 1e-5 * np.abs(want[k]).max()
+                   for k in want)
+
+
+def test_sessions_of_programs_no_one_holds_are_given_up():
+    import gc
+    program, x = _small_conv()
+    run(program, x, timing=False)
+    key = id(next(s for s in _steps(program) if isinstance(s, ConvStep)).im2col)
+    assert key in implicit_conv._SESSIONS
+    del program
+    gc.collect()
+    other, _ = _small_conv()
+    run(other, x, timing=False)  # a build, which drops what no program holds
+    assert all(h.im2col() is not None for h in implicit_conv._SESSIONS.values())
+    assert key not in implicit_conv._SESSIONS or \
+        implicit_conv._SESSIONS[key].im2col() is not None
