@@ -88,7 +88,7 @@ class Area:
     vector_lane_mm2: float = 0.0006  # 16-bit multiply-add lane (Horowitz, scaled to 32 nm)
     sram_mm2_per_byte: float = 1.27e-6  # buffer/coefficient memory (ISAAC eDRAM 64 KB 0.083)
     reg_mm2_per_byte: float = 3.0e-6  # accumulator register file (ISAAC OR 256 B 0.00077)
-    write_driver_mm2: float = 0.0025  # an array's program-and-verify switches (assumption)
+    write_driver_mm2: float = 0.0094  # an array's write periphery (NeuroSim V1.4, 32 nm)
     digital_mac_mm2: float = 0.000212  # 8-bit multiplier + 32-bit adder (Horowitz, to 32 nm)
 
 
