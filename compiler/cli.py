@@ -103,9 +103,11 @@ class _ListOperators(argparse.Action):
         names = sorted(SUPPORTED, key=str.lower)
         print(textwrap.fill(", ".join(names), 88))
         print("\n" + textwrap.fill(
-            "Also: any operator ONNX defines as a function of these (Attention, "
-            "MeanVarianceNormalization, ...), and any whose inputs are all constants "
-            "(folded). Some are supported in part; cimc names what it refuses.", 88))
+            "Also: Einsum of one or two operands without a diagonal (written as "
+            "Transpose, Reshape, ReduceSum and MatMul); any operator ONNX defines as a "
+            "function of these (Attention, MeanVarianceNormalization, ...), and any whose "
+            "inputs are all constants (folded). Some are supported in part; cimc names what "
+            "it refuses.", 88))
         parser.exit()
 
 
