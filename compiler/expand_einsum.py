@@ -7,8 +7,8 @@ Transpose of each to (batch indices, kept, contracted) and (batch, contracted, k
 Reshape of the kept and contracted groups to one axis each, a MatMul (which broadcasts the
 batch indices), a Reshape back to the indices and a Transpose to the output's order. A
 constant operand's Transpose and Reshape fold away, so a product with a constant matrix
-reaches the crossbars as any MatMul does. ``...`` stands for the leading axes an operand
-has beyond its letters.
+reaches the crossbars as any MatMul does. ``...`` stands for the axes an operand has beyond
+its letters (written internally as Greek letters, which no ONNX equation has).
 
 Not expanded (the support check then names Einsum): more than two operands, an index
 repeated within one operand (a diagonal), and a node whose operand shapes are unknown.
@@ -25,24 +25,32 @@ from onnx import helper, numpy_helper
 
 from .support import DOMAINS
 
-ELLIPSIS_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # einsum's own indices are lowercase
+# The axes ``...`` stands for, as indices no equation has (ONNX's are ASCII letters)
+ELLIPSIS_LETTERS = "".join(chr(0x3B1 + i) for i in range(24))  # Greek: alpha, beta, ...
+
+
+def _ellipsis(index: str) -> bool:
+    return index in ELLIPSIS_LETTERS
 
 
 def parse(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
-    """The operands' index strings and the output's, ``...`` spelled out as uppercase
-    letters, the output implicit (every index that appears once, alphabetically, after the
-    ellipsis) where the equation has no ``->``; None for what ``expand`` leaves alone."""
+    """The operands' index strings and the output's, ``...`` spelled out as Greek letters,
+    the output implicit where the equation has no ``->`` (the ellipsis, then every index
+    that appears once, in ASCII order, as ONNX and numpy have it); None for what
+    ``expand`` leaves alone."""
     equation = equation.replace(" ", "")
     lhs, arrow, rhs = equation.partition("->")
     terms = lhs.split(",")
-    if len(terms) != len(ranks) or not 1 <= len(terms) <= 2:
+    if len(terms) != len(ranks) or not 1 <= len(terms) <= 2 or \
+            not all(c.isascii() and c.isalpha() for c in equation.replace("...", "")
+                    .replace(",", "").replace("->", "")):
         return None
     width = max([r - len(t.replace("...", "")) for t, r in zip(terms, ranks) if "..." in t],
                 default=0)
     out = []
     for term, rank in zip(terms, ranks):
         own = rank - len(term.replace("...", ""))  # the axes its ellipsis stands for
-        if own < 0 or (own > 0 and "..." not in term):
+        if own < 0 or (own > 0 and "..." not in term) or own > len(ELLIPSIS_LETTERS):
             return None
         term = term.replace("...", ELLIPSIS_LETTERS[width - own:width])
         if len(set(term)) != len(term):
@@ -53,7 +61,7 @@ def parse(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
     else:
         letters = "".join(out)
         result = ELLIPSIS_LETTERS[:width] + "".join(
-            sorted(c for c in set(letters) if letters.count(c) == 1 and c.islower()))
+            sorted(c for c in set(letters) if letters.count(c) == 1 and not _ellipsis(c)))
     if len(set(result)) != len(result) or not set(result) <= set("".join(out)):
         return None
     return out, result
@@ -120,9 +128,9 @@ def _letter_dims(terms: list[str], shapes: list[tuple[int, ...]]) -> dict[str, i
     for term, shape in zip(terms, shapes):
         for c, n in zip(term, shape):
             old = dims.get(c, n)
-            if old != n and not (c.isupper() and 1 in (old, n)):
+            if old != n and not (_ellipsis(c) and 1 in (old, n)):
                 return None
-            dims[c] = max(old, n) if c.isupper() else n
+            dims[c] = max(old, n) if _ellipsis(c) else n
     return dims
 
 
@@ -137,7 +145,7 @@ def rewrite(node: onnx.NodeProto, shapes: list[tuple[int, ...]]) -> _Writer | No
     terms, result = parsed
     dims = _letter_dims(terms, shapes)
     if dims is None or (len(terms) == 2 and any(
-            c.isupper() and c in terms[0] and c in terms[1] and
+            _ellipsis(c) and c in terms[0] and c in terms[1] and
             shapes[0][terms[0].index(c)] != shapes[1][terms[1].index(c)] for c in dims)):
         return None  # a broadcast batch index: MatMul's reshape would not see it
     w = _Writer(node.output[0])

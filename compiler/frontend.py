@@ -252,10 +252,13 @@ class _Facts(NamedTuple):
 
 class Problem(NamedTuple):
     """One thing that keeps a node from compiling: ``reason`` in a few words (how the
-    conformance tool lists a case), ``detail`` as cimc says it after the node's name."""
+    conformance tool lists a case), ``detail`` as cimc says it after the node's name.
+    ``declared``: outside what ``compiler.support`` declares (an operator, a restriction, a
+    dtype); False for a shape left unknown, which a prepared model should not have."""
     node: str
     reason: str
     detail: str
+    declared: bool = True
 
 
 def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[Problem]:
@@ -263,7 +266,7 @@ def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[Proble
     for t in tensors:
         if t not in facts.shapes:
             why = f"tensor {t!r} has an unknown or dynamic shape"
-            problems.append(Problem(name, why, why))
+            problems.append(Problem(name, why, why, declared=False))
         elif facts.shapes[t][1] not in DTYPES and t not in facts.ids and t not in facts.ints:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(facts.shapes[t][1])
             ids = " (an integer input may only be token ids that Gather reads from a " \
@@ -309,8 +312,11 @@ def support_problems(model: onnx.ModelProto) -> list[Problem]:
     ids = index_inputs(model, const, dims)
     facts = _Facts(shapes, dims, const, used_tensors(model), constant_values(model), ids,
                    held_integers(model, const, ids))
-    return [p for node in model.graph.node if not all(o in facts.const for o in node.output)
-            for p in _node_problems(node, facts)]
+    problems = [p for node in model.graph.node if not all(o in facts.const for o in node.output)
+                for p in _node_problems(node, facts)]
+    made = {o for node in model.graph.node for o in node.output}
+    passed = [o.name for o in model.graph.output if o.name not in made | const]
+    return problems + _dtype_problems("graph", passed, facts)  # inputs returned as they are
 
 
 def check_supported(model: onnx.ModelProto) -> None:

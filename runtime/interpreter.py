@@ -452,6 +452,23 @@ def _join(parts: list[np.ndarray], name: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _check_joinable(program: Program, groups: int) -> None:
+    """A program that is not batch-free runs more samples than compiled as passes of its
+    batch, joined along each output's first axis: refuse, before any pass, an output whose
+    first axis is not the samples' (a transpose or a sum over them)."""
+    if program.batch_free or groups < 2:
+        return
+    buffers = program.buffer_map()
+    for port in program.outputs:
+        shape = buffers[port.buffer].type.shape
+        if shape and shape[0] != program.batch:
+            raise RunError(f"output {port.name!r} does not keep the samples on its first axis "
+                           f"(shape {list(shape)} for a compiled batch of {program.batch}), so "
+                           f"passes of {program.batch} cannot be joined: run {program.batch} "
+                           "sample(s) at a time, or compile with --batch set to the run's "
+                           "samples")
+
+
 def _check_dtype(port, x: np.ndarray) -> None:
     """Float data for a float port; for a boolean port, booleans (or 0 and 1); for a
     token-id port, integers in [0, ids); for an integer port, integers within 2**24 (float32
@@ -580,6 +597,7 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     threads = (os.cpu_count() or 1) if threads is None else threads
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
+        _check_joinable(program, groups)
         per = chunk_batches(program, groups, mode, memory_limit, threads)
     timing_stats, timeline = timing_report(program, chip) if timing else ({}, None)
     if mode == "timing":

@@ -296,3 +296,28 @@ def test_the_kept_freed_memory_never_shrinks_within_a_process(monkeypatch):
     assert trims == [memory.KEEP_FREED_BYTES, 1536 * 2 ** 20, 1536 * 2 ** 20, 2 ** 31 - 1]
     # and every call keeps a thread's whole heaps (a top pad of glibc's largest heap)
     assert [v for p, v in calls if p == -2] == [64 * 2 ** 20] * 4
+
+
+@pytest.mark.parametrize("node, shape", [
+    ("Transpose", [3, "N"]),   # the samples on the second axis
+    ("ReduceSum", [3]),        # summed over the samples
+])
+def test_outputs_that_do_not_keep_the_samples_first_refuse_passes(node, shape):
+    """A program that mixes samples runs more samples than compiled as passes of its batch,
+    joined along each output's first axis: where that axis is not the samples', the run is
+    refused before any pass (it had silently joined [3, 1] parts into [9, 1])."""
+    from onnx import TensorProto, helper
+    n = helper.make_node(node, ["x"], ["y"], perm=[1, 0]) if node == "Transpose" else \
+        helper.make_node(node, ["x", "axes"], ["y"], keepdims=0)
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [0])]
+    graph = helper.make_graph(
+        [n], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    program = compile_model(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert not program.batch_free
+    x = np.arange(9, dtype=np.float32).reshape(3, 3)
+    with pytest.raises(RunError, match="does not keep the samples on its first axis"):
+        run(program, x, timing=False)
+    one = run(program, x[:1], timing=False).outputs["y"]  # the compiled batch itself runs
+    assert np.array_equal(one.ravel(), x[0])

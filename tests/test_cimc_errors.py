@@ -455,6 +455,30 @@ def test_conformance_calls_unsupported_only_what_support_declares():
         assert declared_unsupported(_dropout_model(use)) is None
 
 
+def test_a_shape_left_unknown_is_not_called_unsupported():
+    """A tensor whose shape stays unknown is the compiler's failure to report, not a limit
+    support declares: the conformance tool must not file it as unsupported."""
+    dynamic = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    assert declared_unsupported(dynamic) is None
+
+
+def test_an_integer_input_returned_as_it_is_is_refused_by_name():
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("i", TensorProto.INT64, [2])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    assert declared_unsupported(model) == "tensor 'i' is int64"
+    with pytest.raises(CompileError, match="graph: tensor 'i' is int64; the chip computes"):
+        compile_model(model)
+
+
 # --- 8. progress bars -------------------------------------------------------------------------
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
     r = cli("cimc", CNN, "--basis", "auto", "--calibrate", CALIB_X, "--calibrate-labels",

@@ -48,6 +48,9 @@ CASES = {  # equation -> (operand shapes with a batch of 3, constant operands)
     "bi,bi->b": ([(3, 7), (3, 7)], {}),
     "bi,bj->bij": ([(3, 4), (3, 5)], {}),
     "bij,bkj->bk": ([(3, 4, 5), (3, 2, 5)], {}),              # i summed in one operand
+    "...i,Aj->...ij": ([(3, 4), (5, 6)], {"x1": RNG.standard_normal((5, 6)).astype(
+        np.float32)}),                                         # A: a summed capital
+    "bI,IJ->bJ": ([(3, 7), (7, 6)], {"x1": W}),
 }
 
 
@@ -79,9 +82,11 @@ def test_a_linear_einsum_runs_on_more_samples_than_compiled():
 @pytest.mark.parametrize("equation, ranks, want", [
     ("ij,jk->ik", [2, 2], (["ij", "jk"], "ik")),
     ("ij,jk", [2, 2], (["ij", "jk"], "ik")),
-    ("...ij,...jk->...ik", [4, 3], (["ABij", "Bjk"], "ABik")),
-    ("b...,b...->b", [2, 2], (["bA", "bA"], "b")),
-    ("b...,b...", [3, 3], (["bAB", "bAB"], "AB")),  # implicit: the ellipsis (b is twice)
+    ("...ij,...jk->...ik", [4, 3], (["αβij", "βjk"], "αβik")),
+    ("b...,b...->b", [2, 2], (["bα", "bα"], "b")),
+    ("b...,b...", [3, 3], (["bαβ", "bαβ"], "αβ")),  # implicit: the ellipsis (b is twice)
+    ("...i,Aj->...ij", [2, 2], (["αi", "Aj"], "αij")),  # capitals are indices too
+    ("Bi,i", [2, 1], (["Bi", "i"], "B")),  # implicit: ASCII order, capitals included
     (" ij -> ji ", [2], (["ij"], "ji")),
     ("ii->i", [2], None),            # a diagonal
     ("ij,jk,kl->il", [2, 2, 2], None),  # three operands
@@ -96,3 +101,13 @@ def test_a_diagonal_is_named_unsupported():
     model = _model("bii->bi", [(3, 4, 4)], {})
     with pytest.raises(CompileError, match="operator Einsum is not supported"):
         compile_model(model)
+
+
+def test_an_implicit_output_keeps_capital_indices_as_numpy_does():
+    """"Bi,i": with no "->" the output is every index that appears once, in ASCII order
+    (here B, a capital); onnxruntime refuses capitals without "->", so numpy is the oracle."""
+    w = RNG.standard_normal(4).astype(np.float32)
+    model = _model("Bi,i", [(3, 4), (4,)], {"x1": w})
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    got = run(compile_model(model), {"x0": x}, timing=False).outputs["y"]
+    assert rel_err(got, np.maximum(np.einsum("Bi,i", x, w), 0)) < 1e-5

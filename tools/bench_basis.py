@@ -30,6 +30,9 @@ against the write time of a row (from PUMA's 0.086 us to 9 us, spanning every pr
 drivers, and against combiner lanes x batch, with the
 contour where the ratio is 1 and the point each preset sits at. Reprogramming plans are made
 per driver count (the scheduler knows about shared drivers) and re-simulated per write time.
+Then ``basis_equal_area.png``: BasisN's cycles and EDP over optimized reprogramming's at
+equal compute area, against the write driver's area (which sets how many crossbars the
+combiner's area buys) x batch.
 
 Models: ``resnet20`` is the trained digits ResNet-20 with its fine-tuned basis
 (``models/digits_resnet20_basis4.*``: cycles at exactly that N and those coefficients);
@@ -194,9 +197,21 @@ def equal_area(study: Study, same: dict) -> dict:
 DRIVER_MM2 = (0.0, 0.001, 0.0025, 0.005, 0.0066, 0.0094, 0.015, 0.02)
 
 
+def equal_area_point(study: Study, mm2: float) -> tuple[dict, int, dict]:
+    """With a write driver of ``mm2``: BasisN's figures, the crossbars optimized
+    reprogramming gets in BasisN's compute area, and its figures on them."""
+    x = XBARS[study.name]
+    chip = dataclasses.replace(study.chip, area=dataclasses.replace(
+        study.chip.area, write_driver_mm2=mm2))
+    basis = stats(study.program("basisN", x), chip)
+    more = crossbars_within(chip, basis["area"],
+                            stats(study.program("optimized", x), chip)["area"], x)
+    return basis, more, stats(study.program("optimized", more), chip)
+
+
 def driver_area_sweep(study: Study) -> None:
     """BasisN's cycles over optimized reprogramming's and the digital unit's at equal compute
-    area as the assumed write-driver area changes (it sets how many crossbars, or MACs, the
+    area as the write-driver area changes (it sets how many crossbars, or MACs, the
     combiner's area buys)."""
     x = XBARS[study.name]
     print(f"\n### Equal compute area against the write driver's area ({study.name}, batch "
@@ -205,16 +220,48 @@ def driver_area_sweep(study: Study) -> None:
           "| digital MACs | BasisN / digital |")
     print("|---|---|---|---|---|---|")
     for mm2 in DRIVER_MM2:
+        basis, more, opt = equal_area_point(study, mm2)
         chip = dataclasses.replace(study.chip, area=dataclasses.replace(
             study.chip.area, write_driver_mm2=mm2))
-        basis = stats(study.program("basisN", x), chip)
-        more = crossbars_within(chip, basis["area"],
-                                stats(study.program("optimized", x), chip)["area"], x)
-        opt = stats(study.program("optimized", more), chip)
         macs = macs_within(chip, basis["area"], stats(study.program("digital", x), chip)["area"])
         dig = stats(study.program("digital", x), timing_chip(chip, digital_macs=macs))
         print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} "
               f"| {macs} | {basis['cycles'] / dig['cycles']:.2f} |", flush=True)
+
+
+def equal_area_maps(name: str, chip: Chip, zoo: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ratios[write driver mm2, batch] of BasisN's cycles, and of its EDP, over optimized
+    reprogramming's at equal compute area (reprogramming gets the crossbars BasisN's
+    combiner area buys)."""
+    cycles = np.zeros((len(DRIVER_MM2), len(BATCHES)))
+    edp = np.zeros_like(cycles)
+    for j, b in enumerate(BATCHES):
+        study = Study(name, b, chip, zoo)
+        for i, mm2 in enumerate(DRIVER_MM2):
+            basis, _, opt = equal_area_point(study, mm2)
+            cycles[i, j], edp[i, j] = (basis[k] / opt[k] for k in ("cycles", "edp"))
+        print(f"  equal-area map: batch {b} done", flush=True)
+    return cycles, edp
+
+
+def plot_equal_area(cycles: np.ndarray, edp: np.ndarray, chip: Chip, path: str) -> None:
+    """The two equal-area maps side by side, the chip's own driver area marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    rows = [f"{m:g}" for m in DRIVER_MM2]
+    for ax, ratios, what in ((axes[0], cycles, "cycles"), (axes[1], edp, "EDP")):
+        _heat(ax, np.log10(ratios), [str(b) for b in BATCHES], rows, "batch",
+              "write driver mm2 (an array)")
+        if chip.area.write_driver_mm2 in DRIVER_MM2:
+            ax.plot(0, DRIVER_MM2.index(chip.area.write_driver_mm2), "w^", ms=8, mec="k")
+        ax.set_title(f"BasisN / optimized reprogramming {what}, equal compute area, ResNet-50")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 COLUMNS = ("crossbars", "cycles", "energy mJ", "EDP mJ*ms", "cells written",
@@ -359,7 +406,8 @@ def main(argv=None) -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 16],
                    help="batch sizes (default 1 16)")
     p.add_argument("--chip", default="default", help="chip preset or TOML (default: default)")
-    p.add_argument("--maps", default="docs", help="directory for basis_maps.png")
+    p.add_argument("--maps", default="docs",
+                   help="directory for basis_maps.png and basis_equal_area.png")
     p.add_argument("--skip-maps", action="store_true", help="tables only")
     p.add_argument("--zoo", default=os.path.join("models", "zoo"),
                    help="where generated models are cached (default models/zoo)")
@@ -387,6 +435,13 @@ def main(argv=None) -> None:
         print_map("BasisN / best baseline cycles by combiner lanes (rows) and batch (columns), "
                   "resnet50", lmap, [str(n) for n in LANES], [str(b) for b in BATCHES])
         plot_maps(wmap, lmap, chip, os.path.join(args.maps, "basis_maps.png"))
+        cycles, edp = equal_area_maps("resnet50", chip, args.zoo)
+        rows, cols = [f"{m:g}" for m in DRIVER_MM2], [str(b) for b in BATCHES]
+        print_map("BasisN / optimized reprogramming cycles at equal compute area by write "
+                  "driver mm2 (rows) and batch (columns), resnet50", cycles, rows, cols)
+        print_map("BasisN / optimized reprogramming EDP at equal compute area, the same "
+                  "grid", edp, rows, cols)
+        plot_equal_area(cycles, edp, chip, os.path.join(args.maps, "basis_equal_area.png"))
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

@@ -156,8 +156,8 @@ def declared_unsupported(model: onnx.ModelProto) -> str | None:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # the compiler reports it; operators are still checked
         pass
-    problems = support_problems(model)
-    return problems[0].reason if problems else None
+    declared = [p for p in support_problems(model) if p.declared]
+    return declared[0].reason if declared else None
 
 
 def run_case(case: Case) -> Outcome:
