@@ -256,7 +256,9 @@ def plot_equal_area(cycles: np.ndarray, edp: np.ndarray, chip: Chip, path: str) 
               "write driver mm2 (an array)")
         if chip.area.write_driver_mm2 in DRIVER_MM2:
             ax.plot(0, DRIVER_MM2.index(chip.area.write_driver_mm2), "w^", ms=8, mec="k")
-        ax.set_title(f"BasisN / optimized reprogramming {what}, equal compute area, ResNet-50")
+        ax.set_title(f"{what}: BasisN / optimized reprogramming")
+    fig.suptitle("ResNet-50 at equal compute area (reprogramming gets the crossbars BasisN's "
+                 "combiner area buys)", fontsize=10)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
