@@ -103,8 +103,9 @@ class _ListOperators(argparse.Action):
         names = sorted(SUPPORTED, key=str.lower)
         print(textwrap.fill(", ".join(names), 88))
         print("\n" + textwrap.fill(
-            "Also: Einsum of one or two operands without a diagonal (written as "
-            "Transpose, Reshape, ReduceSum and MatMul); any operator ONNX defines as a "
+            "Also: Einsum of one or two operands without a diagonal, CumSum along a "
+            "constant axis, LpNormalization (p 1 or 2), written as the operators above "
+            "(compiler/rewrite_nodes.py); any operator ONNX defines as a "
             "function of these (Attention, MeanVarianceNormalization, ...), and any whose "
             "inputs are all constants (folded). Some are supported in part; cimc names what "
             "it refuses.", 88))

@@ -16,14 +16,12 @@ repeated within one operand (a diagonal), and a node whose operand shapes are un
 
 from __future__ import annotations
 
-from collections.abc import Container
 from math import prod
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from .support import DOMAINS
+from .node_writer import NodeWriter
 
 # The axes ``...`` stands for, as indices no equation has (ONNX's are ASCII letters)
 ELLIPSIS_LETTERS = "".join(chr(0x3B1 + i) for i in range(24))  # Greek: alpha, beta, ...
@@ -67,35 +65,12 @@ def parse(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
     return out, result
 
 
-class _Writer:
-    """New nodes and constants for one Einsum, named after its first output."""
-
-    def __init__(self, base: str):
-        self.base, self.nodes, self.inits, self.count = base, [], [], 0
-
-    def name(self) -> str:
-        self.count += 1
-        return f"{self.base}/einsum{self.count}"
-
-    def node(self, op: str, inputs: list[str], **attrs) -> str:
-        out = self.name()
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
-
-    def ints(self, values) -> str:
-        name = self.name()
-        self.inits.append(numpy_helper.from_array(np.array(values, np.int64), name))
-        return name
-
-    def transpose(self, x: str, term: str, order: str) -> str:
-        perm = [term.index(c) for c in order]
-        return x if perm == sorted(perm) else self.node("Transpose", [x], perm=perm)
-
-    def reshape(self, x: str, shape: list[int]) -> str:
-        return self.node("Reshape", [x, self.ints(shape)])
+def _transpose(w: NodeWriter, x: str, term: str, order: str) -> str:
+    """``x``, whose axes are ``term``'s indices, with them in ``order``."""
+    return w.transpose(x, [term.index(c) for c in order])
 
 
-def _sum_alone(w: _Writer, x: str, term: str, keep: set[str]) -> tuple[str, str]:
+def _sum_alone(w: NodeWriter, x: str, term: str, keep: set[str]) -> tuple[str, str]:
     """``x`` summed over the indices of ``term`` not in ``keep``."""
     axes = [i for i, c in enumerate(term) if c not in keep]
     if not axes:
@@ -104,7 +79,7 @@ def _sum_alone(w: _Writer, x: str, term: str, keep: set[str]) -> tuple[str, str]
     return x, "".join(c for c in term if c in keep)
 
 
-def _two(w: _Writer, names: list[str], terms: list[str], dims: dict[str, int],
+def _two(w: NodeWriter, names: list[str], terms: list[str], dims: dict[str, int],
          result: str) -> tuple[str, str]:
     """The product of two operands as (batch, left, right) indices: a MatMul."""
     (a, b), (ta, tb) = names, terms
@@ -112,8 +87,8 @@ def _two(w: _Writer, names: list[str], terms: list[str], dims: dict[str, int],
     contracted = [c for c in ta if c in tb and c not in result]
     left = [c for c in ta if c not in tb]
     right = [c for c in tb if c not in ta]
-    a = w.transpose(a, ta, "".join(batch + left + contracted))
-    b = w.transpose(b, tb, "".join(batch + contracted + right))
+    a = _transpose(w, a, ta, "".join(batch + left + contracted))
+    b = _transpose(w, b, tb, "".join(batch + contracted + right))
     k = prod(dims[c] for c in contracted)
     a = w.reshape(a, [dims[c] for c in batch] + [prod(dims[c] for c in left), k])
     b = w.reshape(b, [dims[c] for c in batch] + [k, prod(dims[c] for c in right)])
@@ -134,9 +109,10 @@ def _letter_dims(terms: list[str], shapes: list[tuple[int, ...]]) -> dict[str, i
     return dims
 
 
-def rewrite(node: onnx.NodeProto, shapes: list[tuple[int, ...]]) -> _Writer | None:
+def rewrite(node: onnx.NodeProto, shapes: list[tuple[int, ...]], values: dict
+            ) -> NodeWriter | None:
     """The nodes and constants that compute ``node`` (an Einsum whose operands have
-    ``shapes``), or None where ``expand`` leaves it."""
+    ``shapes``), or None where it stays as it is (``values``: constants, unused)."""
     equation = next((helper.get_attribute_value(a) for a in node.attribute
                      if a.name == "equation"), b"").decode()
     parsed = parse(equation, [len(s) for s in shapes])
@@ -148,7 +124,7 @@ def rewrite(node: onnx.NodeProto, shapes: list[tuple[int, ...]]) -> _Writer | No
             _ellipsis(c) and c in terms[0] and c in terms[1] and
             shapes[0][terms[0].index(c)] != shapes[1][terms[1].index(c)] for c in dims)):
         return None  # a broadcast batch index: MatMul's reshape would not see it
-    w = _Writer(node.output[0])
+    w = NodeWriter(node.output[0], "einsum")
     names = list(node.input)
     names[0], terms[0] = _sum_alone(w, names[0], terms[0],
                                     set(result) | (set(terms[1]) if len(terms) == 2 else set()))
@@ -157,40 +133,8 @@ def rewrite(node: onnx.NodeProto, shapes: list[tuple[int, ...]]) -> _Writer | No
         y, term = _two(w, names, terms, dims, result)
     else:
         y, term = names[0], terms[0]
-    if w.transpose(y, term, result) in node.input:  # nothing to compute: "ij->ij"
+    if _transpose(w, y, term, result) in node.input:  # nothing to compute: "ij->ij"
         w.node("Identity", [y])
-    w.nodes[-1].output[0] = node.output[0]
-    return w
+    return w.finish(node.output[0])
 
 
-def expand(model: onnx.ModelProto, const: Container[str]) -> onnx.ModelProto:
-    """``model`` (shapes inferred) with each Einsum of one or two operands, not all
-    constant, replaced by the nodes that compute it; ``model`` itself when none is."""
-    g = model.graph
-    types = {v.name: v.type for v in (*g.value_info, *g.input, *g.output)}
-    shapes = {i.name: tuple(i.dims) for i in g.initializer}
-    for name, t in types.items():
-        d = t.tensor_type.shape.dim
-        if t.tensor_type.HasField("shape") and all(x.HasField("dim_value") for x in d):
-            shapes[name] = tuple(x.dim_value for x in d)
-    nodes, inits, changed = [], [], False
-    for node in g.node:
-        w = None
-        if node.op_type == "Einsum" and node.domain in DOMAINS and \
-                all(i in shapes for i in node.input) and \
-                not all(i in const for i in node.input):
-            w = rewrite(node, [shapes[i] for i in node.input])
-        if w is None:
-            nodes.append(node)
-        else:
-            nodes.extend(w.nodes)
-            inits.extend(w.inits)
-            changed = True
-    if not changed:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    out.graph.initializer.extend(inits)
-    return out

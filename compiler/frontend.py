@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
 
-from . import expand_einsum, expand_functions
+from . import expand_functions, rewrite_nodes
 from .errors import CompileError
 from .ir import Graph
 from .limits import Limits, check_model, initializer_bytes
@@ -203,9 +203,9 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     expanded = expand_functions.expand(model, SUPPORTED, const)
     if expanded is not model:  # operators ONNX defines as functions of supported ones
         model = _infer(expanded)
-    einsums = expand_einsum.expand(model, const)
-    if einsums is not model:
-        model = _infer(einsums)
+    rewritten = rewrite_nodes.expand(model, const)
+    if rewritten is not model:  # Einsum, CumSum, LpNormalization: as ops the compiler has
+        model = _infer(rewritten)
     # each round of folding can make more shapes static (a Shape of a tensor that the last
     # round gave a shape), until nothing more folds
     while _unknown_shapes(model, dims := {k: v[0] for k, v in _static_shapes(model).items()}):

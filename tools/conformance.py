@@ -29,6 +29,7 @@ from onnx import numpy_helper
 
 from compiler import CompileError, compile_model
 from compiler.frontend import prepare, support_problems, upgrade
+from compiler.rewrite_nodes import CONSTANT_INPUTS
 from compiler.support import SUPPORTED
 from runtime import run
 
@@ -128,7 +129,7 @@ def bind_constants(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         nodes = g.node
     bind = set()
     for node in nodes:
-        for pos in SUPPORTED.get(node.op_type, ()):
+        for pos in SUPPORTED.get(node.op_type, CONSTANT_INPUTS.get(node.op_type, ())):
             if pos < len(node.input) and node.input[pos] in data:
                 bind.add(node.input[pos])
     for name in bind:

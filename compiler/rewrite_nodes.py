@@ -1,0 +1,124 @@
+"""ONNX operators with no function body that the compiler takes as others it has.
+
+Once shapes are static (``frontend.prepare``, after function bodies are expanded), each node
+whose operator is in ``REWRITES`` and whose inputs are not all constants (those fold as
+they are) is replaced by the nodes its rewrite writes; a rewrite may decline (returns
+None), and the support check then names the operator:
+
+- Einsum of one or two operands: ``expand_einsum``.
+- CumSum along a constant axis: a MatMul with a constant triangular matrix of ones along
+  that axis (lower or upper, with or without its diagonal, for ``reverse`` and
+  ``exclusive``), so on the crossbars as any product with a constant matrix.
+- LpNormalization (p = 1 or 2): x / norm along the axis, a zero norm divided as 1 (ONNX's
+  reference returns 0 there, and every x on such a line is 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from . import expand_einsum
+from .node_writer import NodeWriter
+from .support import DOMAINS, constant_values
+
+Shapes = list[tuple[int, ...]]
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                default)
+
+
+def cumsum(node: onnx.NodeProto, shapes: Shapes, values: dict) -> NodeWriter | None:
+    """y[..., j, ...] = the sum of x along ``axis`` up to j (ONNX's CumSum)."""
+    if len(node.input) < 2 or node.input[1] not in values:
+        return None
+    rank = len(shapes[0])
+    axis = int(np.asarray(values[node.input[1]]).reshape(-1)[0]) % max(rank, 1)
+    n = shapes[0][axis]
+    i, j = np.indices((n, n))  # y[j] = sum of x[i] over i <= j (reverse: i >= j)
+    reverse, exclusive = _attr(node, "reverse", 0), _attr(node, "exclusive", 0)
+    take = (i >= j) if reverse else (i <= j)
+    if exclusive:
+        take &= i != j
+    w = NodeWriter(node.output[0], "cumsum")
+    ones = w.constant(take.astype(np.float32))
+    if rank == 1:  # MatMul takes rank 2 and up
+        y = w.node("MatMul", [w.reshape(node.input[0], [1, n]), ones])
+        w.reshape(y, [n])
+        return w.finish(node.output[0])
+    perm = [k for k in range(rank) if k != axis] + [axis]
+    y = w.node("MatMul", [w.transpose(node.input[0], perm), ones])
+    w.transpose(y, [int(k) for k in np.argsort(perm)])  # (none when the axis is last)
+    return w.finish(node.output[0])
+
+
+def lp_normalization(node: onnx.NodeProto, shapes: Shapes, values: dict
+                     ) -> NodeWriter | None:
+    """x divided by its L1 or L2 norm along ``axis`` (ONNX's LpNormalization)."""
+    p, axis = _attr(node, "p", 2), _attr(node, "axis", -1)
+    if p not in (1, 2):
+        return None
+    w = NodeWriter(node.output[0], "lpnorm")
+    x = node.input[0]
+    part = w.node("Abs", [x]) if p == 1 else w.node("Mul", [x, x])
+    norm = w.node("ReduceSum", [part, w.ints([axis])], keepdims=1)
+    if p == 2:
+        norm = w.node("Sqrt", [norm])
+    zero = w.node("Equal", [norm, w.constant(np.float32(0))])
+    w.node("Div", [x, w.node("Where", [zero, w.constant(np.float32(1)), norm])])
+    return w.finish(node.output[0])
+
+
+# Inputs a rewrite needs as constants (the conformance tool binds them, as it does the op
+# table's)
+CONSTANT_INPUTS = {"CumSum": frozenset({1})}
+
+REWRITES: dict[str, Callable[[onnx.NodeProto, Shapes, dict], NodeWriter | None]] = {
+    "Einsum": expand_einsum.rewrite,
+    "CumSum": cumsum,
+    "LpNormalization": lp_normalization,
+}
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    g = model.graph
+    shapes = {i.name: tuple(i.dims) for i in g.initializer}
+    for v in (*g.value_info, *g.input, *g.output):
+        d = v.type.tensor_type.shape.dim
+        if v.type.tensor_type.HasField("shape") and all(x.HasField("dim_value") for x in d):
+            shapes[v.name] = tuple(x.dim_value for x in d)
+    return shapes
+
+
+def expand(model: onnx.ModelProto, const: Container[str]) -> onnx.ModelProto:
+    """``model`` (shapes inferred) with each node ``REWRITES`` takes, its inputs not all
+    constant and their shapes static, replaced by the nodes that compute it; ``model``
+    itself when none is."""
+    shapes, values = _static_shapes(model), constant_values(model)
+    nodes, inits, changed = [], [], False
+    for node in model.graph.node:
+        rewrite = REWRITES.get(node.op_type) if node.domain in DOMAINS else None
+        inputs = [i for i in node.input if i]
+        w = None
+        if rewrite is not None and all(i in shapes for i in inputs) and \
+                not all(i in const for i in inputs):
+            w = rewrite(node, [shapes[i] for i in inputs], values)
+        if w is None:
+            nodes.append(node)
+        else:
+            nodes.extend(w.nodes)
+            inits.extend(w.inits)
+            changed = True
+    if not changed:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(inits)
+    return out
