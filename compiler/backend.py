@@ -179,7 +179,7 @@ class Codegen:
     def ports(self) -> list[Port]:
         return [Port("input", n, self.names(n), self.g.index_inputs.get(n, 0),
                      n in self.g.int_inputs, n in self.g.booleans) for n in self.g.inputs] + \
-            [Port("output", name, self.names(value))
+            [Port("output", name, self.names(value), ints=name in self.g.int_outputs)
              for value, name in zip(self.g.outputs, self.g.output_names)]
 
     def buffers(self) -> list[Buffer]:

@@ -373,8 +373,9 @@ def to_graph(model: onnx.ModelProto) -> Graph:
     dims = {k: v[0] for k, v in shapes.items()}
     const = constant_tensors(model, dims)
     graph.index_inputs = index_inputs(model, const, dims)
-    graph.int_inputs = held_integers(model, const, graph.index_inputs) & \
-        {i.name for i in g.input}
+    held = held_integers(model, const, graph.index_inputs)
+    graph.int_inputs = held & {i.name for i in g.input}
+    graph.int_outputs = held & {o.name for o in g.output}
     graph.booleans = {k for k, (_, t) in shapes.items() if t == onnx.TensorProto.BOOL}
     for inp in g.input:
         if inp.name not in inits:

@@ -51,6 +51,7 @@ class Graph:
         self.ranges: dict[str, float] = {}  # calibrated max |value| per tensor
         self.index_inputs: dict[str, int] = {}  # inputs holding token ids -> rows they index
         self.int_inputs: set[str] = set()  # other integer inputs (support.held_integers)
+        self.int_outputs: set[str] = set()  # integer outputs (an ArgMax's), held as float32
         self.booleans: set[str] = set()  # values ONNX types bool (held as float32 0 and 1)
         self.batch = batch
         self.notes: list[str] = []  # summary lines a pass leaves for the IR printer

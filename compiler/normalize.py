@@ -14,7 +14,7 @@ from . import conv_transpose as ct
 from . import resize as rs
 from .errors import CompileError
 from .ir import Graph, Op
-from .ops import LOGIC, MATH, ONNX_ACTIVATIONS, ONNX_REDUCTIONS
+from .ops import LOGIC, MATH, ONNX_ACTIVATIONS, ONNX_ARGS, ONNX_REDUCTIONS
 
 
 def _spatial(graph: Graph, op: Op):
@@ -201,6 +201,28 @@ def reduce(kind):
     return normalise
 
 
+def arg(kind):
+    """ArgMax / ArgMin as ``kind`` along one axis; select_last_index as the first extreme of
+    the axis reversed, counted from its end (n - 1 - i)."""
+    def normalise(graph, op):
+        shape = graph.shape(op.inputs[0])
+        axis = op.attrs.get("axis", 0) % len(shape)
+        attrs = {"axes": [axis], "keepdims": int(op.attrs.get("keepdims", 1))}
+        if not op.attrs.get("select_last_index", 0):
+            return kind, op.inputs[:1], attrs
+        n = shape[axis]
+        starts, ends, steps = [0] * len(shape), list(shape), [1] * len(shape)
+        starts[axis], ends[axis], steps[axis] = n - 1, -1, -1
+        flipped = graph.add_value(graph.fresh(f"{kind}.reversed"), shape)
+        graph.add_op("slice", op.inputs[:1], [flipped],
+                     {"starts": starts, "ends": ends, "steps": steps}, op.origin)
+        first = graph.add_value(graph.fresh(kind), graph.shape(op.outputs[0]))
+        graph.add_op(kind, [flipped], [first], attrs, op.origin)
+        last = graph.add_constant(graph.fresh(f"{op.origin or op.id}.last"), np.float32(n - 1))
+        return "sub", [last, first], {}
+    return normalise
+
+
 def resize(graph, op):
     """Resize as one ``interp`` op per axis whose length or scale changes
     (``compiler.resize.plan``); a copy when none does."""
@@ -357,6 +379,7 @@ NORMALIZERS = {
     "LogSoftmax": axis_op("logsoftmax", -1), "PRelu": simple("prelu"), "Resize": resize,
     "ConvTranspose": conv_transpose,
     **{k: reduce(kind) for k, kind in ONNX_REDUCTIONS.items()},
+    **{k: arg(kind) for k, kind in ONNX_ARGS.items()},
     **{k: simple(kind) for k, kind in MATH.items()},
     **{k: simple(kind, **defaults) for k, (kind, defaults) in ONNX_ACTIVATIONS.items()},
     "Erf": simple("erf"), "Sqrt": simple("sqrt"), "Reciprocal": simple("reciprocal"),

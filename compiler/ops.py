@@ -170,6 +170,9 @@ LOGIC = {"Less": "less", "LessOrEqual": "lessorequal", "Greater": "greater",
          "Xor": "xor"}
 ONNX_REDUCTIONS = {f"Reduce{k}": f"reduce{k.lower()}" for k in (
     "Mean", "Sum", "Max", "Min", "Prod", "L1", "L2", "SumSquare", "LogSum", "LogSumExp")}
+# The index of the first (or, select_last_index, last) extreme along one axis: a reduction
+# whose integer result is held as float32 (``support.held_integers``)
+ONNX_ARGS = {"ArgMax": "argmax", "ArgMin": "argmin"}
 
 
 def _binary(name: str) -> OpDef:
@@ -189,6 +192,7 @@ _TABLE = [
     _onnx("Expand", _X, Operand("shape", "const")), _onnx("Cast", _X),
     _onnx("CastLike", _X, Operand("target")),  # as Cast: a copy, or to bool ``tobool``
     *(_onnx(k, _X, Operand("axes", "const", True)) for k in ONNX_REDUCTIONS),
+    *(_onnx(k, _X) for k in ONNX_ARGS),
     *(_onnx(k, _X) for k in ("Gelu", "Erf", "Sqrt", "Reciprocal", "Exp", "Neg", "LogSoftmax",
                              *ONNX_UNARY)),
     _onnx("Pow", Operand("a"), Operand("b")), _onnx("PRelu", _X, Operand("slope")),
@@ -236,7 +240,7 @@ _TABLE = [
     OpDef("rmsnorm", CANONICAL, (_X, Operand("scale", "const")),
           (Attr("axis", "int"), Attr("epsilon", "float")), S.layernorm, "rmsnorm"),
     *(OpDef(k, CANONICAL, (_X,), (Attr("axes", "ints"), Attr("keepdims", "int")), S.reduce, k)
-      for k in ONNX_REDUCTIONS.values()),
+      for k in (*ONNX_REDUCTIONS.values(), *ONNX_ARGS.values())),
     OpDef("slice", CANONICAL, (_X,), tuple(Attr(a, "ints") for a in ("starts", "ends",
                                                                      "steps")),
           S.sliced, "slice"),

@@ -249,13 +249,16 @@ def reduce(ins: list[Shape], a: dict, declared: Shape) -> Shape:
 
 
 def sliced(ins: list[Shape], a: dict, declared: Shape) -> Shape:
-    """x[starts[i]:ends[i]:steps[i]] on every axis i (python slicing, steps non-zero)"""
+    """range(starts[i], ends[i], steps[i]) of every axis i of x (normalized bounds, as
+    slice.indices gives them: an end of -1 with a negative step runs past the front;
+    steps non-zero)"""
     x = ins[0]
     parts = (a["starts"], a["ends"], a["steps"])
     if any(len(p) != len(x) for p in parts) or 0 in a["steps"]:
         raise ShapeError(f"starts, ends and steps need one entry per axis of x {fmt(x)}, "
                          "steps non-zero")
-    return tuple(len(range(*slice(*t).indices(d))) for d, t in zip(x, zip(*parts)))
+    return tuple(len(range(*slice(*t).indices(d))) if t[1] >= 0 or t[2] > 0
+                 else len(range(t[0], -1, t[2])) for d, t in zip(x, zip(*parts)))
 
 
 def gather(ins: list[Shape], a: dict, declared: Shape) -> Shape:

@@ -152,19 +152,27 @@ _INT_ENDS = frozenset({"Cast", "CastLike", "Equal", "Less", "LessOrEqual", "Grea
                        "GreaterOrEqual", "Shape", "Size"})
 
 
+# Operators that compute an integer (an index) from floats: their results are held as
+# float32 too, and may be program outputs (ports ``ints=1``, returned as int64)
+_INT_SOURCES = frozenset({"ArgMax", "ArgMin"})
+
+
 def held_integers(model: onnx.ModelProto, const: set[str], ids: dict) -> set[str]:
     """Integer tensors the chip holds as float32 (exact to 2**24; a run checks it): integer
-    graph inputs other than token ids whose readers only move them (``_INT_MOVES``) or end
-    their integer life (``_INT_ENDS``: an attention mask cast to float, compared), and the
-    integer tensors those moves make."""
+    graph inputs other than token ids, and the indices ``_INT_SOURCES`` compute, whose
+    readers only move them (``_INT_MOVES``) or end their integer life (``_INT_ENDS``: an
+    attention mask cast to float, compared), and the integer tensors those moves make. An
+    input's integers never reach an output; an index may."""
     readers = _readers(model)
     returned = {o.name for o in model.graph.output}
+    starts = [(i.name, False) for i in model.graph.input
+              if i.type.tensor_type.elem_type in INDEX_DTYPES and i.name not in const
+              and i.name not in ids]
+    starts += [(n.output[0], True) for n in model.graph.node
+               if n.op_type in _INT_SOURCES and n.domain in DOMAINS]
     held: set[str] = set()
-    for inp in model.graph.input:
-        if inp.type.tensor_type.elem_type not in INDEX_DTYPES or inp.name in const or \
-                inp.name in ids:
-            continue
-        path, todo, ok = {inp.name}, [inp.name], True
+    for start, may_return in starts:
+        path, todo, ok = {start}, [start], True
         while todo and ok:
             for node, pos in readers.get(todo.pop(), []):
                 if node.op_type in _INT_MOVES and pos == 0:
@@ -174,7 +182,7 @@ def held_integers(model: onnx.ModelProto, const: set[str], ids: dict) -> set[str
                     ok &= _cast_to(node) in DTYPES
                 else:
                     ok &= node.op_type in _INT_ENDS
-        if ok and not path & returned:
+        if ok and (may_return or not path & returned):
             held |= path
     return held
 

@@ -280,6 +280,9 @@ REDUCE: dict[str, Callable[[np.ndarray, tuple, bool], np.ndarray]] = {
     "reducesumsquare": lambda x, ax, kd: np.sum(x * x, axis=ax, keepdims=kd),
     "reducelogsum": lambda x, ax, kd: _log(np.sum(x, axis=ax, keepdims=kd)),
     "reducelogsumexp": _logsumexp,
+    # the index of the first maximum / minimum along one axis, held as float32
+    "argmax": lambda x, ax, kd: np.argmax(x, axis=ax[0], keepdims=kd),
+    "argmin": lambda x, ax, kd: np.argmin(x, axis=ax[0], keepdims=kd),
 }
 
 

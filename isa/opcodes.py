@@ -62,7 +62,9 @@ class Opcode:
 REDUCTIONS = {"reducemean": "mean", "reducesum": "sum", "reducemax": "maximum",
               "reducemin": "minimum", "reduceprod": "product", "reducel1": "sum of |x|",
               "reducel2": "sqrt of the sum of x^2", "reducesumsquare": "sum of x^2",
-              "reducelogsum": "log of the sum", "reducelogsumexp": "log of the sum of exp(x)"}
+              "reducelogsum": "log of the sum", "reducelogsumexp": "log of the sum of exp(x)",
+              "argmax": "the index of the first maximum (one axis; float32 integers)",
+              "argmin": "the index of the first minimum (one axis; float32 integers)"}
 
 _WINDOW = {"kernel": "ints", "strides": "ints", "pads": "ints", "dilations": "ints"}
 

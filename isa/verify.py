@@ -524,9 +524,10 @@ def _check_ports(p: Program) -> None:
     for port in p.ports:
         if port.buffer not in buffers:
             raise IsaError(f"{port.kind} {port.name!r} binds undeclared buffer %{port.buffer}")
-        if (port.ids or port.ints or port.bools) and port.kind != "input":
-            raise IsaError(f"output {port.name!r}: only an input can hold token ids (ids=), "
-                           "integers (ints=) or booleans (bools=)")
+        if (port.ids or port.bools) and port.kind != "input":
+            raise IsaError(f"output {port.name!r}: only an input can hold token ids (ids=) "
+                           "or booleans (bools=); an output may say ints=1 (integers held "
+                           "as float32, returned as int64)")
     if not p.outputs:
         raise IsaError("the program has no output")
     written = {ins.operands[0] for ins in p.text if OPCODES[ins.op].operands[:1] == ("dst",)}

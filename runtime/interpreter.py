@@ -305,7 +305,9 @@ def _feed(m: Machine, feeds: dict[str, np.ndarray]) -> None:
 
 
 def _outputs(m: Machine) -> dict[str, np.ndarray]:
-    return {p.name: m.bufs[p.buffer] for p in m.program.outputs}
+    """The output ports' arrays: float32, or int64 for a port of integers (``ints=1``)."""
+    return {p.name: np.rint(m.bufs[p.buffer]).astype(np.int64) if p.ints else m.bufs[p.buffer]
+            for p in m.program.outputs}
 
 
 def _steps(m: Machine, steps: list, counts: Counter, bar, stop=None) -> None:

@@ -24,6 +24,9 @@ def classes(program: Program) -> int:
     if len(shape) != 2:
         got = ", ".join(f"{p.name} {list(shapes[p.buffer].type.shape)}" for p in outs)
         raise RunError(f"--labels needs a program with one [N, classes] output; it has {got}")
+    if outs[0].ints:
+        raise RunError(f"--labels scores [N, classes] logits; output {outs[0].name!r} holds "
+                       "integers (an ArgMax's indices): compare them with the labels instead")
     return shape[1]
 
 

@@ -259,6 +259,7 @@ def every_opcode_program() -> Program:
             *(_ins(k, "%rs", "%ln", axes=[2, 3], keepdims=0) for k in (
                 "reducemax", "reducemin", "reduceprod", "reducel1", "reducel2",
                 "reducesumsquare", "reducelogsum", "reducelogsumexp")),
+            *(_ins(k, "%sl", "%ln", axes=[2], keepdims=1) for k in ("argmax", "argmin")),
             _ins("slice", "%sl", "%ln", starts=[0, 0, 1, 0], ends=[1, 3, 2, 2],
                  steps=[1, 1, 1, 1]),
             _ins("gather", "%ga", "%f", "@ix", axis=1),

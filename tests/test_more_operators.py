@@ -539,7 +539,7 @@ def test_an_integer_input_that_is_computed_with_is_refused():
 @pytest.mark.parametrize("old, new, says", [
     ('%mask ints=1', '%mask ints=2', "the port attributes are ids=N"),
     ('%mask ints=1', '%mask ids=3 ints=1', "the port attributes are ids=N"),
-    ('output "y" %y', 'output "y" %y ints=1', "only an input can hold"),
+    ('output "y" %y', 'output "y" %y bools=1', "only an input can hold"),  # ints=1: indices
 ])
 def test_an_integer_port_is_parsed_and_checked(old, new, says):
     text = isa.print_program(compile_model(_int_mask_model(), batch=3))
@@ -662,3 +662,75 @@ def test_an_int64_mask_whose_shape_is_read_is_held_too():
     assert [p.ints for p in program.inputs] == [True]
     got = run(program, {"mask": mask}, mode="ideal", timing=False).outputs["y"]
     np.testing.assert_array_equal(got, mask)
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis, keepdims, last", [(1, 1, 0), (1, 0, 0), (-1, 1, 1), (2, 0, 1)])
+def test_argmax_and_argmin_return_int64_indices_as_onnxruntime(op, axis, keepdims, last):
+    """The index is held as float32 on the chip (a reduction on the vector unit) and the
+    output port says ints=1, so a run returns int64; select_last_index is the first extreme
+    of the axis reversed (a slice with step -1, whose shape rule a verifier checks at every
+    stage), counted from the end."""
+    node = helper.make_node(op, ["c"], ["y"], axis=axis, keepdims=keepdims,
+                            select_last_index=last, name=op.lower())
+    model = _model([node], {}, 13)
+    del model.graph.output[:]  # int64, of the shape inference gives it
+    model = onnx.shape_inference.infer_shapes(model)
+    model.graph.output.extend(v for v in model.graph.value_info if v.name == "y")
+    x = RNG.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    x[:, :, 1:3, 1:3] = 0.0  # ties: which of equal extremes is first or last matters
+    (want,) = ort_run(model, {"x": x})
+    program = compile_model(model, batch=3, verify_each=True)
+    assert [p.ints for p in program.outputs] == [True]
+    again = isa.parse(isa.print_program(program))  # the port's ints=1 survives the file
+    got = run(again, x, mode="ideal", timing=False).outputs["y"]
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
+def test_an_argmax_compared_with_labels_stays_on_the_chip():
+    """ArgMax then Equal with an int64 label input: both integers held as float32, the
+    comparison a boolean, cast to float; no integer reaches the output."""
+    w = RNG.standard_normal((C, 2, 3, 3)).astype(np.float32)
+
+    def model(tail: list, outputs: list, inputs: list) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
+             helper.make_node("ArgMax", ["f"], ["k"], axis=1, keepdims=0, name="argmax"),
+             *tail],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5]),
+                  *inputs], outputs, [numpy_helper.from_array(w, "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.standard_normal((6, 2, 5, 5)).astype(np.float32)
+    (k,) = ort_run(model([], [helper.make_tensor_value_info("k", TensorProto.INT64, ["N"])],
+                         []), {"x": x})
+    label = np.where(np.arange(6) < 3, k, (k + 1) % (C * 25))  # three hits, three misses
+    scored = model([helper.make_node("Equal", ["k", "label"], ["hit"], name="equal"),
+                    helper.make_node("Cast", ["hit"], ["y"], to=TensorProto.FLOAT,
+                                     name="cast")],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+                   [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])])
+    program = compile_model(scored, batch=6)
+    assert not any(p.ints for p in program.outputs)
+    got = run(program, {"x": x, "label": label}, timing=False).outputs["y"]
+    assert np.array_equal(got, [1, 1, 1, 0, 0, 0])
+
+
+def test_labels_refuse_an_output_of_indices(tmp_path):
+    node = helper.make_node("ArgMax", ["c"], ["y"], axis=1, keepdims=1, name="argmax")
+    model = _model([node], {}, 13)
+    del model.graph.output[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    model.graph.output.extend(v for v in model.graph.value_info if v.name == "y")
+    flat = helper.make_node("Flatten", ["y"], ["z"], name="flatten")  # [N, 25] of indices
+    model.graph.node.append(flat)
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.INT64, ["N", 25]))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    np.save(tmp_path / "x.npy", RNG.standard_normal((2, 2, 5, 5)).astype(np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(2, np.int64))
+    assert cli("cimc", str(path), "-o", str(tmp_path / "m.cim"), "-q").returncode == 0
+    r = cli("cimrun", str(tmp_path / "m.cim"), "--input", str(tmp_path / "x.npy"),
+            "--labels", str(tmp_path / "y.npy"))
+    assert r.returncode == 2 and "holds integers (an ArgMax's indices)" in r.stderr, r.stderr
