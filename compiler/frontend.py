@@ -269,9 +269,9 @@ def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[Proble
             problems.append(Problem(name, why, why, declared=False))
         elif facts.shapes[t][1] not in DTYPES and t not in facts.ids and t not in facts.ints:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(facts.shapes[t][1])
-            ids = " (an integer input may only be token ids that Gather reads from a " \
-                "constant table, or values that are moved, compared or cast to float)" \
-                if facts.shapes[t][1] in INDEX_DTYPES else ""
+            ids = " (an integer input, or an ArgMax's index, may only be token ids that " \
+                "Gather reads from a constant table, or values that are moved, compared or " \
+                "cast to float)" if facts.shapes[t][1] in INDEX_DTYPES else ""
             problems.append(Problem(name, f"tensor {t!r} is {dtype}",
                                     f"tensor {t!r} is {dtype}; the chip computes float32 "
                                     f"(and boolean) tensors only{ids}"))

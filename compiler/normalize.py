@@ -151,9 +151,20 @@ def slice_(graph, op):
     full = [[0, d, 1] for d in shape]
     for ax, s, e, st in zip(axes, starts, ends, steps):
         ax %= len(shape)
-        full[ax] = list(slice(s, e, st).indices(shape[ax]))
+        full[ax] = _onnx_range(s, e, st, shape[ax])
     return "slice", op.inputs[:1], {k: [f[i] for f in full]
                                      for i, k in enumerate(("starts", "ends", "steps"))}
+
+
+def _onnx_range(start: int, end: int, step: int, dim: int) -> list[int]:
+    """ONNX Slice's clamping of one axis (a negative bound counts from the end; then, for a
+    positive step, both within [0, dim]; for a negative one the start within [0, dim - 1]
+    and the end within [-1, dim - 1], -1 running past the front). Python's slice.indices
+    differs for a start below -dim with a negative step (it gives an empty range)."""
+    start, end = (v + dim if v < 0 else v for v in (start, end))
+    if step > 0:
+        return [min(max(start, 0), dim), min(max(end, 0), dim), step]
+    return [min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step]
 
 
 def split(graph, op):

@@ -9,8 +9,8 @@ None), and the support check then names the operator:
 - CumSum along a constant axis: a MatMul with a constant triangular matrix of ones along
   that axis (lower or upper, with or without its diagonal, for ``reverse`` and
   ``exclusive``), so on the crossbars as any product with a constant matrix.
-- LpNormalization (p = 1 or 2): x / norm along the axis, a zero norm divided as 1 (ONNX's
-  reference returns 0 there, and every x on such a line is 0).
+- LpNormalization (p = 1 or 2): x / norm along the axis, and 0 where the norm is 0, as
+  ONNX's reference (and onnxruntime, where x is too small to square in float32).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def lp_normalization(node: onnx.NodeProto, shapes: Shapes, values: dict
     if p == 2:
         norm = w.node("Sqrt", [norm])
     zero = w.node("Equal", [norm, w.constant(np.float32(0))])
-    w.node("Div", [x, w.node("Where", [zero, w.constant(np.float32(1)), norm])])
+    y = w.node("Div", [x, w.node("Where", [zero, w.constant(np.float32(1)), norm])])
+    w.node("Where", [zero, w.constant(np.float32(0)), y])  # x too small to square: 0
     return w.finish(node.output[0])
 
 

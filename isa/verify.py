@@ -24,6 +24,7 @@ from . import limits
 from .cells import LowWrite
 from .errors import IsaError
 from .opcodes import BROADCASTING, ELEMENTWISE, OPCODES, REDUCTIONS
+from .printer import text_line
 from .program import Instr, Program
 
 PAD_MODES = ("constant", "reflect", "edge", "wrap")
@@ -404,6 +405,8 @@ def _layernorm(c: _Ctx, ins: Instr) -> None:
 
 def _reduce(c: _Ctx, ins: Instr) -> None:
     src, axes, keep = c.src(ins), ins.attr("axes"), ins.attr("keepdims")
+    if ins.op in ("argmax", "argmin") and len(axes) != 1:
+        _fail(ins, f"{ins.op} takes exactly one axis, got axes {list(axes)}")
     if keep not in (0, 1) or len(set(axes)) != len(axes) or \
             not all(0 <= a < len(src) for a in axes):
         _fail(ins, f"axes {list(axes)} must be distinct axes of {ins.operands[1]} "
@@ -598,10 +601,19 @@ def batch_mixing(p: Program) -> str | None:
     for name, shape in c.buffers.items():
         if not shape or shape[0] != p.batch:
             return f"buffer %{name} {list(shape)} does not lead with the batch {p.batch}"
-    for ins in p.text:
+    return sample_mixing(p, c)
+
+
+def sample_mixing(p: Program, c: _Ctx | None = None) -> str | None:
+    """The first instruction of the verified ``p`` whose result for a sample depends on the
+    other samples of its batch (a reduction or a running sum over the batch axis, ...), as
+    a message, or None: such a program computes something else on passes of its batch
+    than on all of a run's samples at once."""
+    c = c or _Ctx(p)
+    for i, ins in enumerate(p.text):
         mixes = _MIXES.get(ins.op)
         if mixes and mixes(c, ins, len(c.dst(ins))):
-            return f"line {ins.line}: {ins.op} mixes samples of the batch"
+            return f"line {ins.line or text_line(p, i)}: {ins.op} mixes samples of the batch"
     return None
 
 

@@ -14,6 +14,7 @@ import functools
 import os
 import threading
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from isa import Instr, Program, cells
 from isa.chip import Chip
 from isa.printer import text_line
 from isa.timing import Timeline
+from isa.verify import sample_mixing
 
 from . import device
 from . import noise as nz
@@ -456,10 +458,18 @@ def _join(parts: list[np.ndarray], name: str) -> np.ndarray:
 
 def _check_joinable(program: Program, groups: int) -> None:
     """A program that is not batch-free runs more samples than compiled as passes of its
-    batch, joined along each output's first axis: refuse, before any pass, an output whose
-    first axis is not the samples' (a transpose or a sum over them)."""
+    batch, each pass a batch of its own, joined along each output's first axis. Before any
+    pass: warn where an instruction mixes the samples of a batch (a sum, a softmax or an
+    ArgMax over them: a model of a fixed batch wants exactly that, one of any batch
+    another number), and refuse an output whose first axis is not the samples'."""
     if program.batch_free or groups < 2:
         return
+    mixing = sample_mixing(program)
+    if mixing:
+        warnings.warn(f"{mixing}: {groups * program.batch} samples run as {groups} passes of "
+                      f"the compiled batch of {program.batch}, each pass a batch of its own; "
+                      "compile with --batch set to the run's samples for one batch of all",
+                      RuntimeWarning, stacklevel=3)
     buffers = program.buffer_map()
     for port in program.outputs:
         shape = buffers[port.buffer].type.shape

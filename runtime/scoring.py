@@ -21,12 +21,12 @@ def classes(program: Program) -> int:
     outs = program.outputs
     shapes = program.buffer_map()
     shape = shapes[outs[0].buffer].type.shape if len(outs) == 1 else ()
+    if len(outs) == 1 and outs[0].ints:
+        raise RunError(f"--labels scores [N, classes] logits; output {outs[0].name!r} holds "
+                       "integers (an ArgMax's indices): compare them with the labels instead")
     if len(shape) != 2:
         got = ", ".join(f"{p.name} {list(shapes[p.buffer].type.shape)}" for p in outs)
         raise RunError(f"--labels needs a program with one [N, classes] output; it has {got}")
-    if outs[0].ints:
-        raise RunError(f"--labels scores [N, classes] logits; output {outs[0].name!r} holds "
-                       "integers (an ArgMax's indices): compare them with the labels instead")
     return shape[1]
 
 

@@ -303,21 +303,47 @@ def test_the_kept_freed_memory_never_shrinks_within_a_process(monkeypatch):
     ("ReduceSum", [3]),        # summed over the samples
 ])
 def test_outputs_that_do_not_keep_the_samples_first_refuse_passes(node, shape):
-    """A program that mixes samples runs more samples than compiled as passes of its batch,
-    joined along each output's first axis: where that axis is not the samples', the run is
-    refused before any pass (it had silently joined [3, 1] parts into [9, 1])."""
-    from onnx import TensorProto, helper
+    """A program that is not batch-free runs more samples than compiled as passes of its
+    batch, joined along each output's first axis: where that axis is not the samples', the
+    run is refused before any pass (it had silently joined [3, 1] parts into [9, 1])."""
+    from onnx import helper
     n = helper.make_node(node, ["x"], ["y"], perm=[1, 0]) if node == "Transpose" else \
         helper.make_node(node, ["x", "axes"], ["y"], keepdims=0)
-    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [0])]
-    graph = helper.make_graph(
-        [n], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
-    program = compile_model(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 13)]))
-    assert not program.batch_free
+    program = _one_node_program(n, shape)
     x = np.arange(9, dtype=np.float32).reshape(3, 3)
-    with pytest.raises(RunError, match="does not keep the samples on its first axis"):
+    with pytest.warns(RuntimeWarning, match="mixes samples of the batch"), \
+            pytest.raises(RunError, match="does not keep the samples on its first axis"):
         run(program, x, timing=False)
     one = run(program, x[:1], timing=False).outputs["y"]  # the compiled batch itself runs
     assert np.array_equal(one.ravel(), x[0])
+
+
+def test_a_program_that_mixes_samples_warns_before_it_runs_passes():
+    """A running sum over the samples, compiled for one: four samples run as four batches
+    of one (what a model of a fixed batch of one computes), with a warning that one batch
+    of four needs --batch 4."""
+    from onnx import helper
+    program = _one_node_program(helper.make_node("CumSum", ["x", "axes"], ["y"]), ["N", 3])
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with pytest.warns(RuntimeWarning, match=r"mixes samples of the batch: 4 samples run as 4 "
+                                            r"passes .*--batch"):
+        got = run(program, x, timing=False).outputs["y"]
+    assert np.array_equal(got, x)  # each sample its own batch: its running sum is itself
+    whole = compile_model(_one_node_model(helper.make_node("CumSum", ["x", "axes"], ["y"]),
+                                          ["N", 3]), batch=4)
+    assert np.array_equal(run(whole, x, timing=False).outputs["y"], np.cumsum(x, axis=0))
+
+
+def _one_node_model(node, shape):
+    from onnx import TensorProto, helper
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [0])]
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _one_node_program(node, shape):
+    program = compile_model(_one_node_model(node, shape))
+    assert not program.batch_free
+    return program

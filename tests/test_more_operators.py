@@ -734,3 +734,36 @@ def test_labels_refuse_an_output_of_indices(tmp_path):
     r = cli("cimrun", str(tmp_path / "m.cim"), "--input", str(tmp_path / "x.npy"),
             "--labels", str(tmp_path / "y.npy"))
     assert r.returncode == 2 and "holds integers (an ArgMax's indices)" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("start, end, step", [(-10, -7, -1), (-10, -100, -2), (7, 1, -1),
+                                              (-3, -2 ** 63, -1), (-10, 3, 1)])
+def test_slice_bounds_clamp_as_onnx_says(start, end, step):
+    """ONNX clamps a negative step's start to [0, dim - 1] (Python's slice.indices gives an
+    empty range for a start below -dim): the same rows as onnxruntime, verified at every
+    stage."""
+    inits = {k: np.array([v], np.int64) for k, v in
+             (("s", start), ("e", end), ("a", 1), ("st", step))}
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    x = RNG.standard_normal((2, 6, 5)).astype(np.float32)
+    (want,) = ort_run(model, {"x": x})
+    got = run(compile_model(model, batch=2, verify_each=True), x, timing=False).outputs["y"]
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_argmax_takes_exactly_one_axis_in_a_program():
+    node = helper.make_node("ArgMax", ["c"], ["y"], axis=1, keepdims=1, name="argmax")
+    model = _model([node], {}, 13)
+    del model.graph.output[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    model.graph.output.extend(v for v in model.graph.value_info if v.name == "y")
+    text = isa.print_program(compile_model(model))
+    assert "axes=[1]" in text
+    with pytest.raises(isa.IsaError, match="argmax takes exactly one axis"):
+        isa.parse(text.replace("axes=[1]", "axes=[1,2]"), check_sum=False)

@@ -66,3 +66,14 @@ def test_lp_normalization_divides_by_the_norm_and_keeps_zero_lines_zero(p, axis)
     program = _matches_onnxruntime(_model(node, [4, 5], {}), x)
     y = run(program, x, timing=False).outputs["y"]
     assert np.isfinite(y).all()
+
+
+def test_lp_normalization_of_values_too_small_to_square_is_zero():
+    """x around 1e-25: x * x underflows in float32, the norm is 0, and the output 0 (ONNX's
+    reference and onnxruntime), not x itself."""
+    node = helper.make_node("LpNormalization", ["x"], ["y"], p=2, axis=-1)
+    x = np.full((2, 4, 5), 1e-25, np.float32)
+    model = _model(node, [4, 5], {})
+    (want,) = ort_run(model, {"x": x})
+    got = run(compile_model(model, batch=2), x, timing=False).outputs["y"]
+    assert np.array_equal(got, want) and not got.any()
