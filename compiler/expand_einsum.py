@@ -19,9 +19,8 @@ from __future__ import annotations
 from math import prod
 
 import onnx
-from onnx import helper
 
-from .node_writer import NodeWriter
+from .node_writer import NodeWriter, node_attr
 
 # The axes ``...`` stands for, as indices no equation has (ONNX's are ASCII letters)
 ELLIPSIS_LETTERS = "".join(chr(0x3B1 + i) for i in range(24))  # Greek: alpha, beta, ...
@@ -113,8 +112,7 @@ def rewrite(node: onnx.NodeProto, shapes: list[tuple[int, ...]], values: dict
             ) -> NodeWriter | None:
     """The nodes and constants that compute ``node`` (an Einsum whose operands have
     ``shapes``), or None where it stays as it is (``values``: constants, unused)."""
-    equation = next((helper.get_attribute_value(a) for a in node.attribute
-                     if a.name == "equation"), b"").decode()
+    equation = node_attr(node, "equation", b"").decode()
     parsed = parse(equation, [len(s) for s in shapes])
     if parsed is None:
         return None

@@ -199,16 +199,16 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     _fix_batch(model, batch)
     expand_functions.fill_defaults(model, SUPPORTED)
     model = _infer(model)
-    const = constant_tensors(model, {k: v[0] for k, v in _static_shapes(model).items()})
+    const = constant_tensors(model, _static_dims(model))
     expanded = expand_functions.expand(model, SUPPORTED, const)
     if expanded is not model:  # operators ONNX defines as functions of supported ones
         model = _infer(expanded)
-    rewritten = rewrite_nodes.expand(model, const)
+    rewritten = rewrite_nodes.expand(model, _static_dims(model), const)
     if rewritten is not model:  # Einsum, CumSum, LpNormalization: as ops the compiler has
         model = _infer(rewritten)
     # each round of folding can make more shapes static (a Shape of a tensor that the last
     # round gave a shape), until nothing more folds
-    while _unknown_shapes(model, dims := {k: v[0] for k, v in _static_shapes(model).items()}):
+    while _unknown_shapes(model, dims := _static_dims(model)):
         nodes = len(model.graph.node)
         model = fold_constants(model, dims, _opset(model))
         del model.graph.value_info[:]  # inference keeps stale symbolic dims it once guessed
@@ -237,6 +237,11 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], i
         if all(d.HasField("dim_value") for d in dims):
             out[vi.name] = (tuple(d.dim_value for d in dims), tt.elem_type)
     return out
+
+
+def _static_dims(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> static shape (``_static_shapes`` without the element types)."""
+    return {k: v[0] for k, v in _static_shapes(model).items()}
 
 
 class _Facts(NamedTuple):
@@ -414,7 +419,7 @@ def accept(path_or_model, batch: int = 1, limits: Limits | None = None) -> onnx.
     model = load_model(path_or_model) if isinstance(path_or_model, str) else path_or_model
     model = prepare(model, batch)
     check_supported(model)
-    check_model(model, {k: v[0] for k, v in _static_shapes(model).items()}, limits or Limits())
+    check_model(model, _static_dims(model), limits or Limits())
     return model
 
 

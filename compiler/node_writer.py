@@ -1,11 +1,18 @@
 """New ONNX nodes and constants that replace one node (``rewrite_nodes``), named after its
-output so that they cannot clash with the model's own."""
+output so that they cannot clash with the model's own; and what a rewrite reads of the node
+it replaces."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (onnx's own decoding), or ``default``."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                default)
 
 
 class NodeWriter:

@@ -15,22 +15,16 @@ None), and the support check then names the operator:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from . import expand_einsum
-from .node_writer import NodeWriter
+from .node_writer import NodeWriter, node_attr
 from .support import DOMAINS, constant_values
 
 Shapes = list[tuple[int, ...]]
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
-                default)
 
 
 def cumsum(node: onnx.NodeProto, shapes: Shapes, values: dict) -> NodeWriter | None:
@@ -41,7 +35,7 @@ def cumsum(node: onnx.NodeProto, shapes: Shapes, values: dict) -> NodeWriter | N
     axis = int(np.asarray(values[node.input[1]]).reshape(-1)[0]) % max(rank, 1)
     n = shapes[0][axis]
     i, j = np.indices((n, n))  # y[j] = sum of x[i] over i <= j (reverse: i >= j)
-    reverse, exclusive = _attr(node, "reverse", 0), _attr(node, "exclusive", 0)
+    reverse, exclusive = node_attr(node, "reverse", 0), node_attr(node, "exclusive", 0)
     take = (i >= j) if reverse else (i <= j)
     if exclusive:
         take &= i != j
@@ -60,7 +54,7 @@ def cumsum(node: onnx.NodeProto, shapes: Shapes, values: dict) -> NodeWriter | N
 def lp_normalization(node: onnx.NodeProto, shapes: Shapes, values: dict
                      ) -> NodeWriter | None:
     """x divided by its L1 or L2 norm along ``axis`` (ONNX's LpNormalization)."""
-    p, axis = _attr(node, "p", 2), _attr(node, "axis", -1)
+    p, axis = node_attr(node, "p", 2), node_attr(node, "axis", -1)
     if p not in (1, 2):
         return None
     w = NodeWriter(node.output[0], "lpnorm")
@@ -86,21 +80,12 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Shapes, dict], NodeWriter | None]]
 }
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    g = model.graph
-    shapes = {i.name: tuple(i.dims) for i in g.initializer}
-    for v in (*g.value_info, *g.input, *g.output):
-        d = v.type.tensor_type.shape.dim
-        if v.type.tensor_type.HasField("shape") and all(x.HasField("dim_value") for x in d):
-            shapes[v.name] = tuple(x.dim_value for x in d)
-    return shapes
-
-
-def expand(model: onnx.ModelProto, const: Container[str]) -> onnx.ModelProto:
-    """``model`` (shapes inferred) with each node ``REWRITES`` takes, its inputs not all
-    constant and their shapes static, replaced by the nodes that compute it; ``model``
-    itself when none is."""
-    shapes, values = _static_shapes(model), constant_values(model)
+def expand(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]],
+           const: Container[str]) -> onnx.ModelProto:
+    """``model`` (shapes inferred; ``shapes``: its static ones) with each node ``REWRITES``
+    takes, its inputs not all constant and their shapes static, replaced by the nodes that
+    compute it; ``model`` itself when none is."""
+    values = constant_values(model)
     nodes, inits, changed = [], [], False
     for node in model.graph.node:
         rewrite = REWRITES.get(node.op_type) if node.domain in DOMAINS else None

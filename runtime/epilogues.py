@@ -44,6 +44,13 @@ class Fused:
         return [self.copy, *self.group] + ([self.act] if self.act is not None else [])
 
 
+def instructions(step) -> list[Instr]:
+    """A planned step's instructions in program order: a fused step's (``instrs``), a
+    group's, or the one instruction it is."""
+    return step.instrs if hasattr(step, "instrs") else step if isinstance(step, list) else \
+        [step]
+
+
 def fuse(steps: list, program: Program) -> list:
     """``steps`` (``mvm_groups.plan``'s) with every bias copy, mvm group over the whole of
     its destination and in-place activation of it that follow one another made one

@@ -31,7 +31,7 @@ from isa.verify import sample_mixing
 
 from . import device
 from . import noise as nz
-from .epilogues import Fused, fuse, run_fused
+from .epilogues import Fused, fuse, instructions, run_fused
 from .errors import RunError
 from .implicit_conv import ConvStep, fuse_convs, run_conv
 from .memory import (
@@ -318,8 +318,7 @@ def _steps(m: Machine, steps: list, counts: Counter, bar, stop=None) -> None:
     for step in steps:
         if stop is not None and stop.is_set():
             raise _Stopped
-        instrs = step.instrs if isinstance(step, (Fused, ConvStep)) else \
-            step if isinstance(step, list) else [step]
+        instrs = instructions(step)
         # errors name a Fused step's product, a ConvStep's im2col (whose input it reads)
         ins = step.group[0] if isinstance(step, Fused) else instrs[0]
         try:

@@ -37,15 +37,39 @@ _LOCK = threading.Lock()
 _SESSIONS: dict = {}
 
 
+def one_thread_session(model, arena: bool = True):
+    """An onnxruntime CPU session of ``model`` (an onnx ModelProto) on one intra-op thread,
+    quiet; ``arena``: onnxruntime's memory arena for what the model allocates itself. Our
+    threads call such sessions concurrently (see the module docstring)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def run_into(session, feeds: dict, out: np.ndarray, output: str = "y") -> np.ndarray:
+    """Run ``session`` on ``feeds`` (name -> array, bound without copies where contiguous),
+    writing its ``output`` into ``out`` (C-contiguous, the output's shape); returns out."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    binding.bind_output(output, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+    session.run_with_iobinding(binding)
+    return out
+
+
 def _session(op: str):
     """The session of one ``op`` node (MatMulInteger: uint8 @ int8 -> int32; MatMul:
-    float32) on one intra-op thread, built on first use."""
+    float32), built on first use."""
     session = _SESSIONS.get(op)
     if session is not None:
         return session
     with _LOCK:
         if op not in _SESSIONS:
-            import onnxruntime as ort
             from onnx import TensorProto, helper
 
             a, b, y = ((TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
@@ -55,23 +79,13 @@ def _session(op: str):
                 [helper.make_tensor_value_info("a", a, ["M", "K"]),
                  helper.make_tensor_value_info("b", b, ["K", "N"])],
                 [helper.make_tensor_value_info("y", y, ["M", "N"])])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            _SESSIONS[op] = ort.InferenceSession(model.SerializeToString(), options,
-                                                 providers=["CPUExecutionProvider"])
+            _SESSIONS[op] = one_thread_session(
+                helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
         return _SESSIONS[op]
 
 
 def _run(op: str, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    session = _session(op)
-    binding = session.io_binding()
-    binding.bind_cpu_input("a", np.ascontiguousarray(a))
-    binding.bind_cpu_input("b", np.ascontiguousarray(b))
-    binding.bind_output("y", "cpu", 0, out.dtype, out.shape, out.ctypes.data)
-    session.run_with_iobinding(binding)
-    return out
+    return run_into(_session(op), {"a": a, "b": b}, out)
 
 
 def _check_out(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

@@ -153,14 +153,15 @@ def copy(m, ins):
     m.store(_dst(ins), np.broadcast_to(m.read(ins.operands[1]), m.shape(_dst(ins))).astype(F32))
 
 
-def _window(ins) -> list:
+def window(ins) -> list:
+    """A window instruction's kernel, strides, pads and dilations (im2col, the pools)."""
     return [ins.attr(a) for a in ("kernel", "strides", "pads", "dilations")]
 
 
 def im2col(m, ins):
     x = m.read(ins.operands[1])
     # im2col's patches are a new array, never a view of x: mvms accumulate into their operands
-    patches = win.im2col(x, *_window(ins)).reshape(m.shape(_dst(ins)))
+    patches = win.im2col(x, *window(ins)).reshape(m.shape(_dst(ins)))
     m.store(_dst(ins), kernels.permute(patches, ins.attr("perm")))
 
 
@@ -171,12 +172,12 @@ def unpatch(m, ins):
 
 def maxpool(m, ins):
     x, out = m.read(ins.operands[1]), m.shape(_dst(ins))[2:]
-    m.store(_dst(ins), kernels.maxpool(x, *_window(ins), out))
+    m.store(_dst(ins), kernels.maxpool(x, *window(ins), out))
 
 
 def avgpool(m, ins):
     x, out = m.read(ins.operands[1]), m.shape(_dst(ins))[2:]
-    m.store(_dst(ins), kernels.avgpool(x, *_window(ins), out, ins.attr("count_pad")))
+    m.store(_dst(ins), kernels.avgpool(x, *window(ins), out, ins.attr("count_pad")))
 
 
 def _global(kernel):

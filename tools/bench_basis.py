@@ -197,12 +197,16 @@ def equal_area(study: Study, same: dict) -> dict:
 DRIVER_MM2 = (0.0, 0.001, 0.0025, 0.005, 0.0066, 0.0094, 0.015, 0.02)
 
 
+def with_driver(chip: Chip, mm2: float) -> Chip:
+    """``chip`` with a write driver of ``mm2`` an array."""
+    return dataclasses.replace(chip, area=dataclasses.replace(chip.area, write_driver_mm2=mm2))
+
+
 def equal_area_point(study: Study, mm2: float) -> tuple[dict, int, dict]:
     """With a write driver of ``mm2``: BasisN's figures, the crossbars optimized
     reprogramming gets in BasisN's compute area, and its figures on them."""
     x = XBARS[study.name]
-    chip = dataclasses.replace(study.chip, area=dataclasses.replace(
-        study.chip.area, write_driver_mm2=mm2))
+    chip = with_driver(study.chip, mm2)
     basis = stats(study.program("basisN", x), chip)
     more = crossbars_within(chip, basis["area"],
                             stats(study.program("optimized", x), chip)["area"], x)
@@ -221,8 +225,7 @@ def driver_area_sweep(study: Study) -> None:
     print("|---|---|---|---|---|---|")
     for mm2 in DRIVER_MM2:
         basis, more, opt = equal_area_point(study, mm2)
-        chip = dataclasses.replace(study.chip, area=dataclasses.replace(
-            study.chip.area, write_driver_mm2=mm2))
+        chip = with_driver(study.chip, mm2)
         macs = macs_within(chip, basis["area"], stats(study.program("digital", x), chip)["area"])
         dig = stats(study.program("digital", x), timing_chip(chip, digital_macs=macs))
         print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} "
