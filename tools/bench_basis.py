@@ -24,6 +24,9 @@ whenever the crossbars hold every tile.
 Equal crossbars: every mapping on ``XBARS[model]`` crossbars. Equal area: the baselines get
 BasisN's compute area: reprogramming as many crossbars as fit in it (weight-stationary,
 replicated, once they hold every tile); the digital unit as many MACs as fit.
+Then the same equal-area comparison with the digital unit against a MAC's area, from the
+default (a multiplier and an adder alone) to a systolic cell as the TPU v1 built it and
+beyond (``MAC_MM2``), for every model and batch.
 
 Heat maps (ResNet-50, batch 1 and ``XBARS``): BasisN's cycles over the best baseline's,
 against the write time of a row (from PUMA's 0.086 us to 9 us, spanning every preset) x write
@@ -168,9 +171,10 @@ def crossbars_within(chip: Chip, area: float, base_area: float, xbars: int) -> i
 
 def macs_within(chip: Chip, area: float, base_area: float) -> int:
     """Digital MACs a chip of compute area ``base_area`` (with ``timing.digital_macs``) can
-    have within ``area`` (never fewer than it has)."""
+    have within ``area``: fewer than it has where its MACs alone overshoot ``area`` (larger
+    MACs than the default's), at least one."""
     macs = chip.timing.digital_macs
-    return max(macs, macs + math.floor((area - base_area) / chip.area.digital_mac_mm2))
+    return max(1, macs + math.floor((area - base_area) / chip.area.digital_mac_mm2))
 
 
 def equal_area(study: Study, same: dict) -> dict:
@@ -185,9 +189,7 @@ def equal_area(study: Study, same: dict) -> dict:
     else:
         for m in ("optimized", "optimized+sort+stuck"):
             rows[m] = study.measure(m, more)
-    wide = timing_chip(study.chip, digital_macs=macs_within(study.chip, target,
-                                                            same["digital"]["area"]))
-    rows["digital"] = stats(study.program("digital", x), wide)
+    rows["digital"] = digital_at_equal_area(study, study.chip, target)[1]
     return rows
 
 
@@ -195,6 +197,44 @@ def equal_area(study: Study, same: dict) -> dict:
 # with two), and the range a sourced model leaves open, from switches alone (0.001, writes
 # at or below 1.5 V) to unscaled high-voltage devices and a share of pumps (0.02)
 DRIVER_MM2 = (0.0, 0.001, 0.0025, 0.005, 0.0066, 0.0094, 0.015, 0.02)
+
+
+# A digital MAC's area, mm2 at 32 nm: from the default's multiplier and adder alone
+# (Horowitz 45 nm, 212 um2 scaled; no weight or pipeline registers, no wiring) to a systolic
+# array's whole cell as built: the TPU v1's matrix unit, 24 % of a die of at most 331 mm2 at
+# 28 nm for 65,536 MACs (Jouppi et al., ISCA 2017, table 2 and the floor plan of figure 2),
+# is at most 1,212 um2 a MAC, 1,583 at 32 nm (area ~ feature^2); and beyond it
+MAC_MM2 = (0.000212, 0.0005, 0.001, 0.00158, 0.0025, 0.004, 0.006)
+
+
+def with_mac(chip: Chip, mm2: float) -> Chip:
+    """``chip`` with a digital MAC of ``mm2``."""
+    return dataclasses.replace(chip, area=dataclasses.replace(chip.area, digital_mac_mm2=mm2))
+
+
+def digital_at_equal_area(study: Study, chip: Chip, area: float) -> tuple[int, dict]:
+    """The MACs the digital unit gets within compute area ``area`` on ``chip``, and its
+    figures with them."""
+    x = XBARS[study.name]
+    macs = macs_within(chip, area, stats(study.program("digital", x), chip)["area"])
+    return macs, stats(study.program("digital", x), timing_chip(chip, digital_macs=macs))
+
+
+def mac_area_sweep(studies: list[Study]) -> None:
+    """BasisN's cycles and EDP over the digital unit's at equal compute area as a digital
+    MAC's area changes (it sets how many MACs BasisN's area buys)."""
+    print("\n### Equal compute area against a digital MAC's area (BasisN / digital unit: "
+          "MACs in BasisN's area, cycles, EDP)\n")
+    print("| MAC mm2 | " + " | ".join(f"{s.name} batch {s.batch}" for s in studies) + " |")
+    print("|" + "---|" * (1 + len(studies)))
+    basis = [stats(s.program("basisN", XBARS[s.name]), s.chip) for s in studies]
+    for mm2 in MAC_MM2:
+        cells = []
+        for study, b in zip(studies, basis):
+            macs, dig = digital_at_equal_area(study, with_mac(study.chip, mm2), b["area"])
+            cells.append(f"{macs}: {b['cycles'] / dig['cycles']:.2f}x, "
+                         f"{b['edp'] / dig['edp']:.2f}x")
+        print(f"| {mm2:g} | " + " | ".join(cells) + " |", flush=True)
 
 
 def with_driver(chip: Chip, mm2: float) -> Chip:
@@ -217,7 +257,6 @@ def driver_area_sweep(study: Study) -> None:
     """BasisN's cycles over optimized reprogramming's and the digital unit's at equal compute
     area as the write-driver area changes (it sets how many crossbars, or MACs, the
     combiner's area buys)."""
-    x = XBARS[study.name]
     print(f"\n### Equal compute area against the write driver's area ({study.name}, batch "
           f"{study.batch})\n")
     print("| write driver mm2 | BasisN compute mm2 | optimized crossbars | BasisN / optimized "
@@ -225,9 +264,7 @@ def driver_area_sweep(study: Study) -> None:
     print("|---|---|---|---|---|---|")
     for mm2 in DRIVER_MM2:
         basis, more, opt = equal_area_point(study, mm2)
-        chip = with_driver(study.chip, mm2)
-        macs = macs_within(chip, basis["area"], stats(study.program("digital", x), chip)["area"])
-        dig = stats(study.program("digital", x), timing_chip(chip, digital_macs=macs))
+        macs, dig = digital_at_equal_area(study, with_driver(study.chip, mm2), basis["area"])
         print(f"| {mm2:g} | {basis['area']:.3g} | {more} | {basis['cycles'] / opt['cycles']:.2f} "
               f"| {macs} | {basis['cycles'] / dig['cycles']:.2f} |", flush=True)
 
@@ -419,10 +456,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     start = time.perf_counter()
     chip = load_chip(args.chip)
-    crossbars, area = [], []
+    crossbars, area, studies = [], [], []
     for name in args.models:
         for b in args.batches:
             study = Study(name, b, chip, args.zoo)
+            studies.append(study)
             rows = equal_crossbars(study)
             crossbars.append((name, b, rows))
             area.append((name, b, equal_area(study, rows)))
@@ -430,6 +468,7 @@ def main(argv=None) -> None:
                   f"{time.perf_counter() - start:.0f} s)", flush=True)
     print_table(f"Equal crossbars ({args.chip} chip)", crossbars)
     print_table(f"Equal compute area ({args.chip} chip: BasisN's)", area)
+    mac_area_sweep(studies)
     if not args.skip_maps:
         study = Study("resnet50", 1, chip, args.zoo)
         driver_area_sweep(study)
