@@ -33,6 +33,7 @@ from . import device
 from . import noise as nz
 from .epilogues import Fused, fuse, instructions, run_fused
 from .errors import RunError
+from .ideal_graph import GraphStep, fuse_graphs, run_graph
 from .implicit_conv import ConvStep, fuse_convs, run_conv
 from .memory import (
     check_memory,
@@ -322,7 +323,9 @@ def _steps(m: Machine, steps: list, counts: Counter, bar, stop=None) -> None:
         # errors name a Fused step's product, a ConvStep's im2col (whose input it reads)
         ins = step.group[0] if isinstance(step, Fused) else instrs[0]
         try:
-            if isinstance(step, ConvStep):
+            if isinstance(step, GraphStep):
+                run_graph(m, step)
+            elif isinstance(step, ConvStep):
                 run_conv(m, step)
             elif isinstance(step, Fused):
                 run_fused(m, step)
@@ -619,7 +622,7 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     start = time.perf_counter()
     steps, b = plan(program.text), program.batch
     if mode == "ideal":
-        steps = fuse_convs(fuse(steps, program), program)
+        steps = fuse_graphs(fuse_convs(fuse(steps, program), program), program)
     chunks = [(i, min(per, groups - i)) for i in range(0, groups, per)]
     def take(i: int, n: int) -> dict:  # one pass's inputs (all of them: no batch to slice)
         return feeds if len(chunks) == 1 else {k: v[i * b:(i + n) * b] for k, v in feeds.items()}

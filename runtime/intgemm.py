@@ -54,12 +54,19 @@ def one_thread_session(model, arena: bool = True):
 def run_into(session, feeds: dict, out: np.ndarray, output: str = "y") -> np.ndarray:
     """Run ``session`` on ``feeds`` (name -> array, bound without copies where contiguous),
     writing its ``output`` into ``out`` (C-contiguous, the output's shape); returns out."""
+    run_bound(session, feeds, {output: out})
+    return out
+
+
+def run_bound(session, feeds: dict, outs: dict) -> None:
+    """``run_into`` with several outputs: each output named in ``outs`` written into its
+    array (C-contiguous, the output's shape)."""
     binding = session.io_binding()
     for name, value in feeds.items():
         binding.bind_cpu_input(name, np.ascontiguousarray(value))
-    binding.bind_output(output, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+    for name, out in outs.items():
+        binding.bind_output(name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
     session.run_with_iobinding(binding)
-    return out
 
 
 def _session(op: str):
