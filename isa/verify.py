@@ -45,12 +45,22 @@ class _Ctx:
         self.blobs = p.blob_map()
         self.blob_shapes = {b.name: tuple(b.data.shape) for b in p.blobs}
         self.finite: set[str] = set()  # blobs already found finite
+        self.alike: dict[str, bool] = {}  # blobs checked by batch_rows
         end = next((i for i, ins in enumerate(p.text) if ins.op == "barrier"
                     and ins.attr("label") == "inference"), len(p.text))
         self.load_writes = {id(ins) for ins in p.text[:end] if ins.op == "write"}
 
     def shape(self, ref: str) -> tuple[int, ...]:
         return (self.buffers if ref[0] == "%" else self.blob_shapes)[ref[1:]]
+
+    def batch_rows(self, ref: str) -> bool:
+        """Whether ``ref`` is a blob with more than one row along its leading axis that are
+        not all alike (``same_for_every_sample``)."""
+        if ref[0] != "@" or not self.shape(ref) or self.shape(ref)[0] == 1:
+            return False
+        if ref not in self.alike:
+            self.alike[ref] = same_for_every_sample(self.blobs[ref[1:]].data)
+        return not self.alike[ref]
 
     def dst(self, ins: Instr) -> tuple[int, ...]:
         return self.shape(ins.operands[0])
@@ -569,21 +579,35 @@ def _check_form(c: _Ctx, ins: Instr) -> None:
             _fail(ins, f"operand {i + 1} ({ref}) must be a {'buffer' if need == '%' else 'blob'}")
 
 
+def same_for_every_sample(data: np.ndarray) -> bool:
+    """Whether a blob's rows along its leading axis are all alike (a constant expanded over a
+    fixed batch, as a class token folded at ``--batch 4``): read along the batch, it is the
+    same for every sample, and its first row serves a run of any size."""
+    return data.ndim >= 1 and len(data) >= 1 and bool(np.all(data == data[:1]))
+
+
 def _blob_along_batch(c: _Ctx, ins: Instr, rank: int) -> bool:
     """A blob source with the destination's rank and more than one row along the batch."""
     return any(r[0] == "@" and len(c.shape(r)) == rank and c.shape(r)[0] != 1
                for r in ins.operands[1:])
 
 
+def _rows_along_batch(c: _Ctx, ins: Instr, rank: int) -> bool:
+    """A blob source with the destination's rank and rows along the batch that differ (a
+    broadcasting op reads alike rows as one: ``runtime.semantics``)."""
+    return any(len(c.shape(r)) == rank and c.batch_rows(r) for r in ins.operands[1:])
+
+
 # opcode -> does this (verified) instruction mix samples, given the destination's rank
 _MIXES: dict[str, Callable[[_Ctx, Instr, int], bool]] = {
     "transpose": lambda c, ins, rank: ins.attr("perm")[0] != 0,
     "concat": lambda c, ins, rank: ins.attr("axis") % rank == 0 or any(
-        r[0] == "@" and c.shape(r)[0] != 1 for r in ins.operands[1:]),
+        c.batch_rows(r) for r in ins.operands[1:]),
     **{op: lambda c, ins, rank: ins.attr("axis") % rank == 0
        for op in ("softmax", "logsoftmax")},
     "pad": lambda c, ins, rank: ins.attr("pads")[0] != 0 or ins.attr("pads")[rank] != 0,
-    **{op: _blob_along_batch for op in BROADCASTING | {"copy", "dbmm", "wbmm"}},
+    **{op: _rows_along_batch for op in BROADCASTING},
+    **{op: _blob_along_batch for op in ("copy", "dbmm", "wbmm")},
     **{op: lambda c, ins, rank: ins.attr("axis") % rank == 0 for op in ("layernorm", "rmsnorm")},
     **{op: lambda c, ins, rank: 0 in ins.attr("axes") for op in REDUCTIONS},
     "slice": lambda c, ins, rank: (ins.attr("starts")[0], ins.attr("ends")[0],

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ from .chips import resolve
 from .errors import RunError
 from .interpreter import MODES, RunResult, check_inputs, run
 from .reference import reference_outputs
-from .scoring import check_labels, classes, reference_report, top1
+from .scoring import check_labels, check_reference, classes, reference_report, top1
 from .trace import trace_json
 
 
@@ -126,7 +127,7 @@ class Job:
     chip: Chip
     inputs: dict[str, np.ndarray] | None = None
     labels: np.ndarray | None = None
-    reference: list[np.ndarray] | None = None
+    reference: dict[str, np.ndarray] | None = None
     output: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -189,6 +190,7 @@ def prepare(args) -> Job:
                                       samples * program.batch, classes(program), args.labels)
     if args.reference and job.inputs is not None:
         job.reference = reference_outputs(args.reference, job.inputs)
+        check_reference(args.reference, job.reference, program, samples)
     return job
 
 
@@ -229,8 +231,19 @@ def finish(args, job: Job, result: RunResult) -> tuple[float | None, dict | None
     return accuracy, reference
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The runtime's warnings (``warnings.warn``) as cimrun's own lines."""
+    print(f"cimrun: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(args)
+
+
+def _main(args) -> int:
     try:
         job = prepare(args)
         for warning in job.warnings:

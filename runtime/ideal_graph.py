@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isa import Instr, Program
+from isa.verify import same_for_every_sample
 
 from . import implicit_conv as ic
 from .epilogues import instructions
@@ -72,12 +73,17 @@ class _Graph:
     constants: list = field(default_factory=list)
     count: int = 0
 
-    def read(self, ref: str) -> str:
-        """The value holding ``ref`` now: a blob's constant, or an input on first read."""
+    def read(self, ref: str, rank: int | None = None) -> str:
+        """The value holding ``ref`` now: a blob's constant (read by an op whose destination
+        has ``rank`` axes: as ``Machine.read_per_sample`` reads it), or an input on first
+        read."""
         if ref not in self.current:
             name = self.fresh(ref[1:])
             if ref[0] == "@":
-                self.constant(name, np.asarray(self.blobs[ref[1:]], np.float32))
+                data = np.asarray(self.blobs[ref[1:]], np.float32)
+                if data.ndim == rank and len(data) > 1 and same_for_every_sample(data):
+                    data = data[:1]
+                self.constant(name, data)
             else:
                 self.inputs.append((ref, name))
             self.current[ref] = name
@@ -120,9 +126,10 @@ def _clip(g: _Graph, ins: Instr, weights) -> None:
     g.node("Clip", [g.read(ins.operands[1]), *bounds], _dst(ins))
 
 
-def _binary(op: str) -> Callable:
+def _binary(op: str, shapes: dict) -> Callable:
     def emit(g: _Graph, ins: Instr, weights) -> None:
-        g.node(op, [g.read(ins.operands[1]), g.read(ins.operands[2])], _dst(ins))
+        rank = len(shapes[_dst(ins)])
+        g.node(op, [g.read(r, rank) for r in ins.operands[1:]], _dst(ins))
     return emit
 
 
@@ -164,7 +171,7 @@ _UNARY = {"relu": "Relu", "gavgpool": "GlobalAveragePool", "gmaxpool": "GlobalMa
 
 def _emitters(shapes: dict) -> dict[str, Callable]:
     """opcode -> fn(graph, instruction, weights) adding its nodes."""
-    return {**{k: _binary(v) for k, v in _BINARY.items()},
+    return {**{k: _binary(v, shapes) for k, v in _BINARY.items()},
             **{k: _unary(v) for k, v in _UNARY.items()},
             "clip": _clip, "maxpool": _maxpool, "reshape": _reshape(shapes)}
 

@@ -27,7 +27,7 @@ from isa import Instr, Program, cells
 from isa.chip import Chip
 from isa.printer import text_line
 from isa.timing import Timeline
-from isa.verify import sample_mixing
+from isa.verify import same_for_every_sample, sample_mixing
 
 from . import device
 from . import noise as nz
@@ -93,6 +93,7 @@ class Machine:
         self.ranges = {b.name: b.range for b in program.buffers if b.range}
         self._blob_max: dict[str, float] = {}
         self.blobs = {b.name: b.data for b in program.blobs}
+        self._alike: dict[str, bool] = {}  # read_per_sample's blobs
         self.shapes = _shapes(program, scale)
         # the working set of one batched crossbar read (mvm_groups), shared by runs
         # of samples that read at once (fork)
@@ -124,6 +125,18 @@ class Machine:
             return self.bufs[ref[1:]]
         except KeyError:
             raise RunError(f"{ref} is read before anything was written to it") from None
+
+    def read_per_sample(self, ref: str, rank: int) -> np.ndarray:
+        """``read``, but a blob of ``rank`` axes whose rows along the batch are all alike
+        (``isa.verify.same_for_every_sample``) as its first row, which broadcasts over a run
+        of any number of samples (the verifier does not count it as mixing samples)."""
+        value = self.read(ref)
+        if ref[0] == "@" and value.ndim == rank and len(value) > 1:
+            alike = self._alike.get(ref)
+            if alike is None:
+                alike = self._alike[ref] = same_for_every_sample(value)
+            return value[:1] if alike else value
+        return value
 
     def store(self, ref: str, value: np.ndarray) -> None:
         if value.shape != self.shapes[ref[1:]]:

@@ -51,14 +51,32 @@ def top1(outputs: dict[str, np.ndarray], labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-def reference_report(path: str, want: list[np.ndarray], program: Program,
+def check_reference(path: str, want: dict[str, np.ndarray], program: Program,
+                    samples: int) -> None:
+    """The float model (``want``: its outputs by name on the run's inputs) has every output
+    of the program, by name, in the shape a run of ``samples`` compiled batches gives it;
+    raise RunError naming the first that differs."""
+    buffers = program.buffer_map()
+    for port in program.outputs:
+        if port.name not in want:
+            raise RunError(f"--reference {path}: the model has no output {port.name!r} (its "
+                           f"outputs: {', '.join(map(repr, want)) or 'none'}); compare with "
+                           "the model the program was compiled from")
+        shape = buffers[port.buffer].type.shape
+        expected = (shape[0] * samples, *shape[1:]) if shape else ()
+        if np.shape(want[port.name]) != expected:
+            raise RunError(f"--reference {path}: output {port.name!r} is "
+                           f"{list(np.shape(want[port.name]))}; the program's is "
+                           f"{list(expected)}")
+
+
+def reference_report(path: str, want: dict[str, np.ndarray], program: Program,
                      outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> dict:
-    """The float model's accuracy and each output's largest error relative to it."""
-    want_by_name = dict(zip([p.name for p in program.outputs], want))
-    errors = {k: float(np.abs(v - want_by_name[k]).max()
-                       / max(np.abs(want_by_name[k]).max(), 1e-30))
-              for k, v in outputs.items() if k in want_by_name}
+    """The float model's accuracy and each output's largest error relative to it (``want``:
+    its outputs by name, ``check_reference``'d)."""
+    errors = {k: float(np.abs(v - want[k]).max() / max(np.abs(want[k]).max(), 1e-30))
+              for k, v in outputs.items() if k in want}
     out = {"reference": os.path.abspath(path), "reference_relative_error": errors}
     if labels is not None:
-        out["reference_accuracy"] = top1({"y": want[0]}, labels)
+        out["reference_accuracy"] = top1({"y": want[program.outputs[0].name]}, labels)
     return out

@@ -102,7 +102,8 @@ def wbmm(m, ins):
 
 
 def where(m, ins):
-    cond, a, b = (m.read(r) for r in ins.operands[1:])
+    rank = len(m.shape(_dst(ins)))
+    cond, a, b = (m.read_per_sample(r, rank) for r in ins.operands[1:])
     y = kernels.where(cond, a, b)
     m.store(_dst(ins), np.broadcast_to(y, m.shape(_dst(ins))).astype(F32))
 
@@ -187,8 +188,8 @@ def _global(kernel):
 
 
 def _binary(m, ins):
-    y = kernels.binary(ins.op, m.read(ins.operands[1]), m.read(ins.operands[2]))
     shape = m.shape(_dst(ins))
+    y = kernels.binary(ins.op, *(m.read_per_sample(r, len(shape)) for r in ins.operands[1:]))
     fresh = isinstance(y, np.ndarray) and y.shape == shape  # a ufunc's result: a new array
     m.store(_dst(ins), y if fresh else np.broadcast_to(y, shape).astype(F32))
 
@@ -214,7 +215,7 @@ def concat(m, ins):
     """A blob joined along another axis than the batch is the same for every sample (a class
     token): it is repeated over the run's samples."""
     batch, axis = m.shape(_dst(ins))[0], ins.attr("axis")
-    parts = [m.read(r) for r in ins.operands[1:]]
+    parts = [m.read_per_sample(r, len(m.shape(_dst(ins)))) for r in ins.operands[1:]]
     if axis % len(m.shape(_dst(ins))):
         parts = [np.broadcast_to(p, (batch,) + p.shape[1:]) if r[0] == "@" else p
                  for r, p in zip(ins.operands[1:], parts)]

@@ -414,3 +414,71 @@ def test_summary_and_report_agree_on_writes(cnn_program, tmp_path):
     assert report["writes_per_inference"] == 0 and report["load"]["tile_writes"] == loads > 0
     assert f"0 crossbar writes (load phase: {loads})" in r.stdout
     assert "tile_writes" not in report  # the old, ambiguous total is gone
+
+
+# --- cimrun --reference: matched by name, checked before the run, batched as compiled ------
+def _two_outputs(path, outputs):
+    """x [N, 4] -> a = Relu(x), b = Neg(x), c = x[:, :3]: ``outputs`` in that order."""
+    info = {"a": ["N", 4], "b": ["N", 4], "c": ["N", 3]}
+    inits = [onnx.numpy_helper.from_array(np.array(v, np.int64), k)
+             for k, v in (("s", [0]), ("e", [3]), ("ax", [1]))]
+    model = _graph_model(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+         helper.make_node("Slice", ["x", "s", "e", "ax"], ["c"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, info[o]) for o in outputs], inits)
+    return _save(model, path)
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    d = tmp_path_factory.mktemp("two")
+    program = d / "two.cim"
+    assert cli("cimc", _two_outputs(d / "two.onnx", "ab"), "-o", str(program), "-q"
+               ).returncode == 0
+    np.save(d / "x.npy", np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
+    return d, program
+
+
+def test_reference_outputs_are_matched_by_name(two, tmp_path):
+    d, program = two
+    r = cli("cimrun", str(program), "--input", str(d / "x.npy"), "-o", str(tmp_path / "o.npz"),
+            "--reference", _two_outputs(tmp_path / "rev.onnx", "ba"))
+    assert r.returncode == 0, r.stderr
+    assert "largest relative error a 0, b 0" in r.stdout, r.stdout
+
+
+def test_a_reference_without_an_output_or_of_another_shape_fails_before_the_run(two, tmp_path):
+    d, program = two
+    out = tmp_path / "o.npz"
+    np.savez(out, keep=np.arange(3))
+    fails(cli("cimrun", str(program), "--input", str(d / "x.npy"), "-o", str(out),
+              "--reference", _two_outputs(tmp_path / "c.onnx", "ca")),
+          "the model has no output 'b'", "'c', 'a'")
+    sliced = _graph_model([helper.make_node("Relu", ["x"], ["a"]),
+                           helper.make_node("Neg", ["x"], ["n"]),
+                           helper.make_node("Flatten", ["n"], ["b"], axis=0)],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                           for o in "ab"])
+    fails(cli("cimrun", str(program), "--input", str(d / "x.npy"), "-o", str(out),
+              "--reference", _save(sliced, tmp_path / "flat.onnx")),
+          "output 'b' is [1, 12]; the program's is [3, 4]")
+    assert np.array_equal(np.load(out)["keep"], np.arange(3))
+
+
+def test_a_reference_of_fixed_batch_runs_in_batches_of_it(tmp_path):
+    model = onnx.load(model_path("digits_mlp"))
+    for v in (*model.graph.input, *model.graph.output):
+        v.type.tensor_type.shape.dim[0].Clear()
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    del model.graph.value_info[:]
+    path = _save(model, tmp_path / "mlp1.onnx")
+    assert cli("cimc", path, "-o", str(tmp_path / "p.cim"), "-q").returncode == 0
+    x = np.load(os.path.join(MODELS, "digits_test_x.npy"))[:6]
+    np.save(tmp_path / "x.npy", x)
+    r = cli("cimrun", str(tmp_path / "p.cim"), "--input", str(tmp_path / "x.npy"),
+            "-o", str(tmp_path / "y.npy"), "--reference", path)
+    assert r.returncode == 0, r.stderr
+    error = float(r.stdout.split("largest relative error")[1].split()[1].rstrip(","))
+    assert error < 1e-5, r.stdout

@@ -166,6 +166,41 @@ def test_batch_mixing_program_runs_in_chunks():
     assert rel_err(got, want) < 1e-6
 
 
+def test_cimrun_gives_the_runtimes_warnings_as_its_own_lines(tmp_path):
+    model = _model([helper.make_node("Softmax", ["x"], ["y"], axis=0)], [2, 3], [2, 3], {})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert cli("cimc", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.cim"), "-q"
+               ).returncode == 0
+    np.save(tmp_path / "x.npy", _f32(6, 3))
+    r = cli("cimrun", str(tmp_path / "m.cim"), "--input", str(tmp_path / "x.npy"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("cimrun: warning: line ") and "softmax mixes samples" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "RuntimeWarning" not in r.stderr
+
+
+def test_a_constant_expanded_over_a_fixed_batch_does_not_mix_samples():
+    """A class token Expand-ed to the batch folds, at --batch 4, into a blob of four alike
+    rows: concat and add read it as one row, so 12 samples run as one pass, and a blob whose
+    rows differ still runs as passes of the batch."""
+    shape = np.array([4, 1, 3], np.int64)
+    nodes = [helper.make_node("Expand", ["t", "s"], ["e"]),
+             helper.make_node("Concat", ["e", "x"], ["c"], axis=1),
+             helper.make_node("Add", ["c", "e"], ["y"])]
+    model = _model(nodes, [4, 2, 3], [4, 3, 3], {"t": _f32(1, 1, 3), "s": shape})
+    program = compile_model(model)
+    x = _f32(12, 2, 3)
+    result = run(program, x)
+    assert result.stats["passes"] == 1
+    want = np.concatenate([ort_run(model, {"x": x[i:i + 4]})[0] for i in (0, 4, 8)])
+    assert rel_err(result.outputs["y"], want) < 1e-6
+    model = _model(nodes, [4, 2, 3], [4, 3, 3], {"t": _f32(4, 1, 3), "s": shape})
+    program = compile_model(model)
+    with pytest.warns(RuntimeWarning, match="concat mixes samples"):
+        result = run(program, x)
+    want = np.concatenate([ort_run(model, {"x": x[i:i + 4]})[0] for i in (0, 4, 8)])
+    assert result.stats["passes"] == 3 and rel_err(result.outputs["y"], want) < 1e-6
+
+
 def test_old_opset_is_converted():
     nodes = [helper.make_node("Clip", ["x"], ["c"], min=-0.5, max=0.5),
              helper.make_node("Pad", ["c"], ["p"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=2.0),
