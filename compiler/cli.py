@@ -60,16 +60,16 @@ def _basis_flags(p: argparse.ArgumentParser) -> None:
                         "(needs --calibrate and --calibrate-labels); FILE: a .npz basis set "
                         "(from --basis-out or tools/finetune_basis.py), used exactly. A fit "
                         "that reconstructs some layer poorly prints a warning")
-    b.add_argument("--basis-unit", type=int, default=9, metavar="L",
+    b.add_argument("--basis-unit", type=int, metavar="L",
                    help="basis vector length: L consecutive rows of each layer's unrolled "
                         "kernels, 1..rows (default 9: one input channel's 3x3 window; padded "
                         "where a layer's rows are not a multiple)")
-    b.add_argument("--coef-bits", type=int, default=4, metavar="B",
+    b.add_argument("--coef-bits", type=int, metavar="B",
                    help="coefficient bits, sign included, 2..8 (default 4)")
-    b.add_argument("--coef-sparsity", type=float, default=0.0, metavar="S",
+    b.add_argument("--coef-sparsity", type=float, metavar="S",
                    help="fraction of each layer's coefficients forced to zero, 0 <= S < 1 "
                         "(default 0)")
-    b.add_argument("--accuracy-budget", type=float, default=1.0, metavar="P",
+    b.add_argument("--accuracy-budget", type=float, metavar="P",
                    help="--basis auto: percentage points of float accuracy it may lose, "
                         "0..100 (default 1)")
     b.add_argument("--calibrate-labels", metavar="LABELS.npy",
@@ -236,13 +236,15 @@ def _basis(args, model: onnx.ModelProto, samples, chip: Chip, bars: bool) -> Bas
 def _compile(args, output: str) -> Program:
     """Check everything, then fit, compile and write; the program written."""
     flags.check_ranges(args)
+    unread = flags.ignored(args)
+    flags.fill_defaults(args)
     pipeline = flags.passes(args)
     chip = flags.chip(args)
     flags.check_basis(args, chip)
     low = None if args.bit_stucking is None else flags.low_write(args.bit_stucking,
                                                                  chip.arch.slices)
     flags.check_outputs(args, output)
-    for message in flags.ignored(args):
+    for message in unread:
         _warn(message)
     dump = dump_to_stdout if args.dump_ir == "-" else \
         dump_to_dir(args.dump_ir) if args.dump_ir else None

@@ -134,10 +134,29 @@ def digital(args: argparse.Namespace, model) -> frozenset[str]:
 
 
 # Flags that only a setting of another flag reads: (flag, dest, needs, whether it applies)
+def _fits_a_basis(a: argparse.Namespace) -> bool:
+    """--basis N or auto: a basis is fitted (a FILE's is used as it is)."""
+    return a.basis is not None and (a.basis == "auto" or a.basis.isdigit())
+
+
 _DEPENDENT = (
     ("--calibrate-labels", "calibrate_labels", "--basis auto", lambda a: a.basis == "auto"),
     ("--dynamic-xbars", "dynamic_xbars", "--dynamic write", lambda a: a.dynamic == "write"),
+    ("--accuracy-budget", "accuracy_budget", "--basis auto", lambda a: a.basis == "auto"),
+    *((flag(dest), dest, "--basis N or auto (a basis FILE is used as it is)", _fits_a_basis)
+      for dest in ("basis_unit", "coef_bits", "coef_sparsity")),
 )
+
+# The basis fit's settings when not given (None until then, so that ``ignored`` can tell a
+# flag given from its default)
+FIT_DEFAULTS = {"basis_unit": 9, "coef_bits": 4, "coef_sparsity": 0.0, "accuracy_budget": 1.0}
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Give the basis fit's flags that were not given their defaults (``FIT_DEFAULTS``)."""
+    for dest, value in FIT_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
 
 
 def ignored(args: argparse.Namespace) -> list[str]:

@@ -367,6 +367,24 @@ def test_flags_nothing_reads_are_said_to_be_ignored(tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
+def test_basis_fit_flags_without_a_fit_are_said_to_be_ignored(tmp_path):
+    """--basis-unit, --coef-bits and --coef-sparsity shape a fit (--basis N or auto), and
+    --accuracy-budget only --basis auto's: given otherwise they change nothing."""
+    fit = ["--basis-unit", "4", "--coef-bits", "6", "--coef-sparsity", "0.5"]
+    r = cli("cimc", CNN, "-q", "-o", str(tmp_path / "p.cim"), *fit, "--accuracy-budget", "3")
+    assert r.returncode == 0, r.stderr
+    assert _warnings(r.stderr) == [
+        "cimc: warning: --accuracy-budget is read only with --basis auto; ignored",
+        *(f"cimc: warning: {f} is read only with --basis N or auto (a basis FILE is used as "
+          "it is); ignored" for f in fit[::2])]
+    tuned = os.path.join(MODELS, "digits_cnn_basis4")
+    r = cli("cimc", tuned + ".onnx", "--basis", tuned + ".basis.npz", "-q", "-o",
+            str(tmp_path / "f.cim"), "--coef-bits", "6")
+    assert r.returncode == 0 and _warnings(r.stderr) == [
+        "cimc: warning: --coef-bits is read only with --basis N or auto (a basis FILE is used "
+        "as it is); ignored"], r.stderr
+
+
 def test_library_warning_goes_to_the_callback():
     model, seen = onnx.load(CNN), []
     compile_model(model, basis=fit(layer_matrices(model), 3), warn=seen.append)
