@@ -78,7 +78,9 @@ def build_parser() -> Parser:
                         "timing and energy model only, no arithmetic and no outputs")
     p.add_argument("--chip", default="default",
                    help=f"chip preset ({', '.join(presets())}) or TOML file; device, timing "
-                        "and energy may differ from compile time, geometry may not")
+                        "and energy may differ from compile time, geometry may not: a file's "
+                        "[arch] keys and --set arch.KEY must match the program's (a preset's "
+                        "geometry is the program's)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one chip parameter, e.g. --set timing.write_drivers=4 "
                         "(repeatable; each value is checked against its physical range)")

@@ -482,3 +482,23 @@ def test_a_reference_of_fixed_batch_runs_in_batches_of_it(tmp_path):
     assert r.returncode == 0, r.stderr
     error = float(r.stdout.split("largest relative error")[1].split()[1].rstrip(","))
     assert error < 1e-5, r.stdout
+
+
+def test_a_run_chip_naming_other_geometry_fails_either_way(cnn_program, tmp_path):
+    """A TOML's [arch] keys and --set arch.KEY must match the program's geometry, whether the
+    program's is the default or not; a preset leaves the program's geometry alone."""
+    (tmp_path / "c64.toml").write_text("[arch]\nrows = 64\n")
+    (tmp_path / "c128.toml").write_text("[arch]\nrows = 128\ncols = 128\n")
+    p64 = tmp_path / "p64.cim"
+    assert cli("cimc", model_path("digits_cnn"), "--chip", str(tmp_path / "c64.toml"), "-o",
+               str(p64), "-q").returncode == 0
+    fails(cli("cimrun", str(p64), "--input", SAMPLE, "--chip", str(tmp_path / "c128.toml"),
+              "-q"), "c128.toml sets rows 128; the program was compiled for rows 64")
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--chip",
+              str(tmp_path / "c64.toml"), "-q"),
+          "sets rows 64; the program was compiled for rows 128")
+    fails(cli("cimrun", str(p64), "--input", SAMPLE, "--set", "arch.rows=128", "-q"),
+          "--set arch.rows=128 sets rows 128")
+    for chip in ("default", str(tmp_path / "c64.toml")):
+        r = cli("cimrun", str(p64), "--input", SAMPLE, "--chip", chip, "-q")
+        assert r.returncode == 0, r.stderr
