@@ -40,6 +40,18 @@ def _seed(text: str) -> int:
     return value
 
 
+# sample indices key the noise streams as 64-bit integers: a dataset's indices stay below it
+MAX_FIRST_SAMPLE = 2 ** 62
+
+
+def _first_sample(text: str) -> int:
+    """--first-sample: a non-negative integer up to ``MAX_FIRST_SAMPLE``."""
+    value = _seed(text)
+    if value > MAX_FIRST_SAMPLE:
+        raise argparse.ArgumentTypeError(f"{text} is above 2**62, the largest first sample index")
+    return value
+
+
 def _threads(text: str) -> int:
     try:
         value = int(text)
@@ -87,7 +99,7 @@ def build_parser() -> Parser:
     p.add_argument("--trace", help="write a Chrome trace-event JSON (open it in Perfetto)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="seed (>= 0) of the run's random generators (default 0)")
-    p.add_argument("--first-sample", type=_seed, default=0, metavar="N",
+    p.add_argument("--first-sample", type=_first_sample, default=0, metavar="N",
                    help="index of the first input sample in its dataset (default 0): noise is "
                         "keyed by sample index, so a dataset split into runs with the right "
                         "offsets gives the same outputs as one run")

@@ -624,6 +624,9 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     threads = (os.cpu_count() or 1) if threads is None else threads
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
+        if not 0 <= first_sample <= 2 ** 63 - 1 - groups * program.batch:
+            raise RunError(f"first_sample {first_sample}: the samples' indices must lie within "
+                           "0..2**63 - 1 (they key the noise streams)")
         _check_joinable(program, groups)
         per = chunk_batches(program, groups, mode, memory_limit, threads)
     timing_stats, timeline = timing_report(program, chip) if timing else ({}, None)

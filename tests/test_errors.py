@@ -235,6 +235,8 @@ def test_usage_errors_are_one_line(cnn_program):
         fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, flag, value),
               f"argument {flag}: '{value}' {message}")
     fails(cli("cimrun", str(cnn_program), "--mode", "fast"), "argument --mode")
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--first-sample",
+              str(2 ** 64 - 1)), f"argument --first-sample: {2 ** 64 - 1} is above 2**62")
 
 
 def test_timing_mode_refuses_labels_and_reference(cnn_program, tmp_path):
