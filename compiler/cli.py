@@ -101,6 +101,16 @@ class _ListOperators(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         names = sorted(SUPPORTED, key=str.lower)
+        try:
+            self._print(names)
+            sys.stdout.flush()
+        except BrokenPipeError:  # (cimc --operators | head -1)
+            quiet_broken_pipe()
+            parser.exit(SIGPIPE_STATUS)
+        parser.exit()
+
+    @staticmethod
+    def _print(names: list[str]) -> None:
         print(textwrap.fill(", ".join(names), 88))
         print("\n" + textwrap.fill(
             "Also: Einsum of one or two operands without a diagonal, CumSum along a "
@@ -109,7 +119,6 @@ class _ListOperators(argparse.Action):
             "function of these (Attention, MeanVarianceNormalization, ...), and any whose "
             "inputs are all constants (folded). Some are supported in part; cimc names what "
             "it refuses.", 88))
-        parser.exit()
 
 
 def build_parser() -> Parser:

@@ -41,13 +41,20 @@ Dump = Callable[[str, Graph], None]
 
 def dump_to_dir(directory: str) -> Dump:
     """A dump callback writing ``NN-name.ir`` and ``NN-name.dot`` files into ``directory``
-    (created now, so that a bad path fails before any work), each file atomically."""
+    (created now, so that a bad path fails before any work), each file atomically. Dumps of
+    an earlier compile there (files of that form, name a stage) are removed first, so that
+    the directory holds this compile's alone; other files are left alone."""
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         reason = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
         raise CompileError(f"--dump-ir {directory}: cannot create the directory "
                            f"({reason})") from None
+    for name in os.listdir(directory):  # an earlier compile's, which this one may not redo
+        stage, dot, ext = name[3:].rpartition(".")
+        if name[:2].isdigit() and name[2:3] == "-" and ext in ("ir", "dot") and (
+                stage == "import" or stage in PASSES):
+            os.remove(os.path.join(directory, name))
     counter = iter(range(100))
 
     def dump(stage: str, graph: Graph) -> None:

@@ -144,23 +144,30 @@ def format_graph(graph: Graph, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _dot(text) -> str:
+    """``text`` inside a DOT double-quoted string (ONNX names may hold quotes, backslashes
+    and newlines)."""
+    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def format_dot(graph: Graph) -> str:
     """Graphviz DOT: ops as boxes, graph inputs/outputs as ellipses, edges labelled by shape."""
     out = ["digraph ir {", "  rankdir=TB; node [shape=box, fontname=monospace];"]
     for name in graph.inputs:
-        out.append(f'  "in:{name}" [shape=ellipse, label="{name}"];')
+        out.append(f'  "in:{_dot(name)}" [shape=ellipse, label="{_dot(name)}"];')
     for op in graph.ops():
-        out.append(f'  "{op.id}" [label="{op.kind}\\n{op.origin}"];')
+        out.append(f'  "{_dot(op.id)}" [label="{_dot(op.kind)}\\n{_dot(op.origin)}"];')
         for name in op.inputs:
             src = graph.producer(name)
             if src is not None:
-                out.append(f'  "{src.id}" -> "{op.id}" [label="{_type(graph, name)}"];')
+                out.append(f'  "{_dot(src.id)}" -> "{_dot(op.id)}" '
+                           f'[label="{_dot(_type(graph, name))}"];')
             elif name in graph.inputs:
-                out.append(f'  "in:{name}" -> "{op.id}";')
+                out.append(f'  "in:{_dot(name)}" -> "{_dot(op.id)}";')
     for name in graph.outputs:
-        out.append(f'  "out:{name}" [shape=ellipse, label="{name}"];')
+        out.append(f'  "out:{_dot(name)}" [shape=ellipse, label="{_dot(name)}"];')
         src = graph.producer(name)
         if src is not None:
-            out.append(f'  "{src.id}" -> "out:{name}";')
+            out.append(f'  "{_dot(src.id)}" -> "out:{_dot(name)}";')
     out.append("}")
     return "\n".join(out) + "\n"

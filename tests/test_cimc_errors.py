@@ -552,6 +552,42 @@ def test_broken_pipe_is_quiet(tmp_path):
     assert proc.wait() == 141 and err == "", err
 
 
+def test_operators_into_a_closed_pipe_is_quiet():
+    """``cimc --operators | head -1``: the list is printed while the reader has gone (its
+    pipe closed before cimc starts writing): no traceback, status 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "--operators"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err
+
+
+def test_dump_ir_dir_holds_this_compiles_dumps_alone(tmp_path):
+    """A second compile into the same --dump-ir directory, of fewer stages, removes the first
+    one's dumps (files named NN-stage.ir/.dot) and keeps any other file; the DOT files
+    escape names holding quotes."""
+    ir = tmp_path / "ir"
+    r = cli("cimc", CNN, "-o", str(tmp_path / "a.cim"), "--weight-sorting", "--xbars", "3",
+            "--dump-ir", str(ir), "-q")
+    assert r.returncode == 0, r.stderr
+    assert (ir / "09-allocate-buffers.ir").exists()
+    (ir / "notes.txt").write_text("mine")
+    nodes = [helper.make_node("Relu", ['in"x'], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info('in"x', TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    path = _save(model, tmp_path / "q.onnx")
+    r = cli("cimc", path, "-o", str(tmp_path / "b.cim"), "--dump-ir", str(ir), "-q")
+    assert r.returncode == 0, r.stderr
+    stages = ["import"] + PIPELINE
+    assert sorted(p.name for p in ir.iterdir()) == sorted(
+        [f"{i:02d}-{s}.{e}" for i, s in enumerate(stages) for e in ("ir", "dot")]
+        + ["notes.txt"])
+    dot = (ir / "00-import.dot").read_text()
+    assert '"in:in\\"x" [shape=ellipse, label="in\\"x"];' in dot
+
+
 def test_dump_ir_stdout_is_the_ir_text_only(tmp_path):
     r = cli("cimc", CNN, "--dump-ir", "-", "-o", str(tmp_path / "p.cim"))
     assert r.returncode == 0 and r.stdout.count("graph(batch=1)") == len(PIPELINE) + 1
