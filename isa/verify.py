@@ -46,6 +46,7 @@ class _Ctx:
         self.blob_shapes = {b.name: tuple(b.data.shape) for b in p.blobs}
         self.finite: set[str] = set()  # blobs already found finite
         self.alike: dict[str, bool] = {}  # blobs checked by batch_rows
+        self.tiles: dict[int, tuple[int, int]] = {}  # crossbar -> its last write's tile
         end = next((i for i, ins in enumerate(p.text) if ins.op == "barrier"
                     and ins.attr("label") == "inference"), len(p.text))
         self.load_writes = {id(ins) for ins in p.text[:end] if ins.op == "write"}
@@ -147,6 +148,7 @@ def _write(c: _Ctx, ins: Instr) -> None:
     _crossbar(c, ins, rows, cols)
     _finite_blob(c, ins, ref)
     _low_write(c, ins)
+    c.tiles[ins.attr("xb")] = (rows[1] - rows[0], cols[1] - cols[0])
 
 
 def _low_write(c: _Ctx, ins: Instr) -> None:
@@ -185,6 +187,18 @@ def _mvm(c: _Ctx, ins: Instr) -> None:
     rows = _window(ins, "rows", src[-1], f"inputs of {src_ref}")
     cols = _window(ins, "cols", dst[-1], f"outputs of {dst_ref}")
     _crossbar(c, ins, rows, cols)
+    _programmed(c, ins, (rows[1] - rows[0], cols[1] - cols[0]))
+
+
+def _programmed(c: _Ctx, ins: Instr, tile: tuple[int, int]) -> None:
+    """The crossbar an mvm reads holds a tile of its shape: the last write before it (the
+    text runs straight through) programmed one."""
+    xb, held = ins.attr("xb"), c.tiles.get(ins.attr("xb"))
+    if held is None:
+        _fail(ins, f"mvm reads crossbar {xb}, which no write before it programs")
+    if held != tile:
+        _fail(ins, f"mvm reads a {tile[0]}x{tile[1]} tile of crossbar {xb}, whose last write "
+                   f"programs {held[0]}x{held[1]}")
 
 
 def _combine(c: _Ctx, ins: Instr) -> None:

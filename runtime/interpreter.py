@@ -271,9 +271,9 @@ class Machine:
     def xbar(self, xb: int, shape, ins: Instr):
         tile = self.xbars.get(xb)
         held = None if tile is None else getattr(tile, "cells", tile).shape[-2:]
-        if held != tuple(shape):
-            raise RunError(f"line {self.lines[id(ins)]}: mvm on crossbar {xb} expects a "
-                           f"{shape} tile, it holds {held}")
+        if held != tuple(shape):  # (the verifier rules it out for the programs it reads)
+            raise RunError(f"mvm on crossbar {xb} expects a {tuple(shape)} tile, it holds "
+                           + ("nothing" if held is None else f"a {held} tile"))
         return tile
 
 
@@ -557,6 +557,10 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
         x = np.asarray(inputs[p.name])
         want = buffers[p.buffer].type.shape
         _check_dtype(p, x)
+        if want and x.ndim == len(want) and x.shape[0] == 0 and want[0] > 0:
+            where = f" ({source})" if source else ""
+            raise RunError(f"input {p.name!r}{where} holds no samples (shape "
+                           f"{list(x.shape)}); give at least {want[0]}")
         ok = x.shape == want or (len(want) >= 1 and x.ndim == len(want)
                                  and x.shape[1:] == want[1:] and want[0] > 0
                                  and x.shape[0] % want[0] == 0)
@@ -577,6 +581,12 @@ def check_inputs(program: Program, inputs, allow_nonfinite: bool = False,
     return feeds, samples or 1
 
 
+def _mb(nbytes: float) -> str:
+    """Megabytes to three significant digits (0.4, 258, 1,520)."""
+    mb = nbytes / 2 ** 20
+    return f"{mb:,.0f}" if mb >= 100 else f"{mb:.3g}"
+
+
 def chunk_batches(program: Program, groups: int, mode: str,
                   memory_limit: int | None = None, runs: int = 1) -> int:
     """Compiled batches one pass runs: all ``groups`` when they fit, else as many as fit
@@ -589,8 +599,8 @@ def chunk_batches(program: Program, groups: int, mode: str,
     if not fits(1):
         need = estimate_bytes(program, program.batch, mode, runs)
         if memory_limit:
-            raise RunError(f"--mode {mode} needs about {need / 2 ** 20:.0f} MB for one "
-                           f"compiled batch, over --memory-limit {memory_limit / 2 ** 20:.0f} MB")
+            raise RunError(f"--mode {mode} needs about {_mb(need)} MB for one compiled "
+                           f"batch, over --memory-limit {_mb(memory_limit)} MB")
         check_memory(need, f"--mode {mode} on {program.batch} sample(s)")
     if not program.batch_free:
         return 1

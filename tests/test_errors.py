@@ -504,3 +504,14 @@ def test_a_run_chip_naming_other_geometry_fails_either_way(cnn_program, tmp_path
     for chip in ("default", str(tmp_path / "c64.toml")):
         r = cli("cimrun", str(p64), "--input", SAMPLE, "--chip", chip, "-q")
         assert r.returncode == 0, r.stderr
+
+
+def test_an_input_without_samples_says_so(cnn_program, tmp_path):
+    np.save(tmp_path / "x0.npy", np.zeros((0, 1, 8, 8), np.float32))
+    fails(cli("cimrun", str(cnn_program), "--input", str(tmp_path / "x0.npy")),
+          f"input 'image' ({tmp_path / 'x0.npy'}) holds no samples (shape [0, 1, 8, 8])")
+
+
+def test_a_small_memory_limit_is_named_as_given(cnn_program):
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--memory-limit", "0.4",
+              "--mode", "quantized"), "over --memory-limit 0.4 MB")

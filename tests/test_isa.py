@@ -80,6 +80,19 @@ def test_errors_name_line_and_problem(old, new, message):
     assert message in str(err.value)
 
 
+def test_an_mvm_reads_a_crossbar_a_write_programmed_with_its_tile():
+    """Checked when a program is read, not when a run reaches the mvm (timing mode never
+    would): a crossbar no write programs, or a tile of another shape."""
+    write = next(line for line in TINY.splitlines() if line.strip().startswith("write @w"))
+    with pytest.raises(IsaError, match="mvm reads crossbar 0, which no write before it "
+                                       "programs"):
+        isa.parse(TINY.replace(write + "\n", ""), check_sum=False)
+    with pytest.raises(IsaError, match="mvm reads a 4x3 tile of crossbar 0, whose last write "
+                                       "programs 4x2"):
+        isa.parse(TINY.replace(write, write.replace("cols=[0,3]", "cols=[0,2]")),
+                  check_sum=False)
+
+
 def test_syntax_error_reports_line_and_column():
     text = TINY.replace("batch 1 free", "batch one free")
     with pytest.raises(IsaError) as err:
