@@ -41,7 +41,8 @@ def _geometry_flags(p: argparse.ArgumentParser) -> None:
     for name, text in [("rows", "crossbar rows"), ("cols", "crossbar columns in cells"),
                        ("cell_bits", "bits per RRAM cell"), ("weight_bits", "bits per weight"),
                        ("input_bits", "DAC input bits"),
-                       ("dac_bits", "input bits the DAC applies a step (1: bit-serial)"),
+                       ("dac_bits", "input bits the DAC applies a step (1: bit-serial; at "
+                                    "most the input bits)"),
                        ("adc_bits", "ADC bits"),
                        ("adc_per_step", "1: an ADC conversion after every input step; 0: one "
                                         "per MVM, after analog shift-add of the steps")]:
