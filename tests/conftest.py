@@ -29,6 +29,17 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
+def assert_alone_as_in_runs(program, x: np.ndarray, picks, output: str) -> np.ndarray:
+    """A sample's ideal-mode ``output`` is the same bits run alone (one thread) as within a
+    run of all of ``x`` (two threads); returns the run's outputs."""
+    from runtime import run
+    together = run(program, x, timing=False, threads=2).outputs[output]
+    for k in picks:
+        alone = run(program, x[k:k + 1], timing=False, threads=1).outputs[output]
+        assert np.array_equal(alone[0], together[k]), k
+    return together
+
+
 def cli(tool: str, *args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run ``cimc`` or ``cimrun`` as a user would (a separate process)."""
     module = {"cimc": "compiler.cli", "cimrun": "runtime.cli"}[tool]

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import MODELS
+from conftest import MODELS, assert_alone_as_in_runs
 
 from compiler import compile_model
 from isa import Instr
@@ -69,10 +69,7 @@ def test_graphed_runs_match_ungraphed_ones_and_onnxruntime(name, digits_test, mo
 
 def test_a_samples_outputs_do_not_depend_on_its_run(cnn, digits_test):
     x = digits_test[0][:70]
-    together = run(cnn, x, timing=False, threads=2).outputs["logits"]
-    for k in (0, 33, 69):
-        alone = run(cnn, x[k:k + 1], timing=False, threads=1).outputs["logits"]
-        assert np.array_equal(alone[0], together[k])
+    together = assert_alone_as_in_runs(cnn, x, (0, 33, 69), "logits")
     chunked = run(cnn, x, timing=False, memory_limit=2 * 2 ** 20)
     assert chunked.stats["passes"] > 1
     assert np.array_equal(chunked.outputs["logits"], together)
@@ -84,8 +81,7 @@ def test_layers_with_weights_as_inputs_compute_alike(cnn, digits_test, monkeypat
     monkeypatch.setattr(implicit_conv, "CONSTANT_BYTES", 0)
     inputs = run(cnn, x, timing=False, threads=2).outputs["logits"]
     assert np.abs(inputs - constant).max() <= 1e-5 * np.abs(constant).max()
-    alone = run(cnn, x[7:8], timing=False, threads=1).outputs["logits"]
-    assert np.array_equal(alone[0], inputs[7])
+    assert np.array_equal(assert_alone_as_in_runs(cnn, x, (7,), "logits"), inputs)
 
 
 def test_a_session_serves_only_the_instructions_and_weights_it_was_built_for(cnn, digits_test,

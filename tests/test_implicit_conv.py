@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import MODELS
+from conftest import MODELS, assert_alone_as_in_runs
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
@@ -20,6 +20,13 @@ from runtime import RunError, implicit_conv, interpreter, run
 from runtime.epilogues import fuse
 from runtime.implicit_conv import ConvStep, fuse_convs
 from runtime.mvm_groups import plan
+
+
+@pytest.fixture(autouse=True)
+def convolutions_alone(monkeypatch):
+    """These tests are of ConvSteps run as sessions of their own: ideal_graph, which runs
+    runs of them as one graph, is off (tests/test_ideal_graph.py has it on)."""
+    monkeypatch.setattr(interpreter, "fuse_graphs", lambda steps, program: steps)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +80,7 @@ def test_fused_runs_match_the_unfused_ones_and_onnxruntime(cnn, digits_test, mon
 
 
 def test_a_samples_outputs_do_not_depend_on_its_run(cnn, digits_test):
-    x = digits_test[0][:70]
-    together = run(cnn, x, timing=False, threads=2).outputs["logits"]
-    for k in (0, 33, 69):
-        alone = run(cnn, x[k:k + 1], timing=False, threads=1).outputs["logits"]
-        assert np.array_equal(alone[0], together[k])
+    assert_alone_as_in_runs(cnn, digits_test[0][:70], (0, 33, 69), "logits")
 
 
 def test_layers_with_weights_as_inputs_compute_alike(cnn, digits_test, monkeypatch):
@@ -87,11 +90,8 @@ def test_layers_with_weights_as_inputs_compute_alike(cnn, digits_test, monkeypat
     x = digits_test[0][:40]
     constant = run(cnn, x, timing=False).outputs["logits"]
     monkeypatch.setattr(implicit_conv, "CONSTANT_BYTES", 0)
-    inputs = run(cnn, x, timing=False, threads=2).outputs["logits"]
+    inputs = assert_alone_as_in_runs(cnn, x, (0, 39), "logits")
     assert np.abs(inputs - constant).max() <= 1e-5 * np.abs(constant).max()
-    for k in (0, 39):
-        alone = run(cnn, x[k:k + 1], timing=False, threads=1).outputs["logits"]
-        assert np.array_equal(alone[0], inputs[k])
 
 
 def test_patches_read_after_the_layer_keep_it_unfused(cnn):
