@@ -112,8 +112,10 @@ def activation(kind: str, x: np.ndarray, attrs: Mapping) -> np.ndarray:
 
 
 def binary(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The binary op ``kind`` (a key of BINARY) of a and b, broadcast."""
-    return BINARY[kind](a, b).astype(F32, copy=False)
+    """The binary op ``kind`` (a key of BINARY) of a and b, broadcast; x / 0, 0 / 0 and
+    overflows give IEEE's infinities and NaNs without numpy's warnings (as ``_log``)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return BINARY[kind](a, b).astype(F32, copy=False)
 
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strides, pads, dilations,

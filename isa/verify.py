@@ -594,10 +594,13 @@ def _check_form(c: _Ctx, ins: Instr) -> None:
 
 
 def same_for_every_sample(data: np.ndarray) -> bool:
-    """Whether a blob's rows along its leading axis are all alike (a constant expanded over a
-    fixed batch, as a class token folded at ``--batch 4``): read along the batch, it is the
-    same for every sample, and its first row serves a run of any size."""
-    return data.ndim >= 1 and len(data) >= 1 and bool(np.all(data == data[:1]))
+    """Whether a blob's rows along its leading axis are all alike, bit for bit (a constant
+    expanded over a fixed batch, as a class token folded at ``--batch 4``): read along the
+    batch, it is the same for every sample, and its first row serves a run of any size."""
+    if data.ndim < 1 or len(data) < 1:
+        return False
+    rows = np.ascontiguousarray(data).view(np.uint8).reshape(len(data), -1)
+    return bool(np.all(rows == rows[:1]))  # bit for bit: 0.0 and -0.0 differ (1 / x)
 
 
 def _blob_along_batch(c: _Ctx, ins: Instr, rank: int) -> bool:

@@ -7,7 +7,7 @@ import os
 import tomllib
 
 from isa import IsaError, Program
-from isa.chip import Chip, load_chip, presets
+from isa.chip import Chip, load_chip, presets, with_overrides
 
 from .errors import RunError
 
@@ -18,23 +18,40 @@ def resolve(spec: str | None = None, overrides: list[str] | None = None,
             program: Program | None = None) -> Chip:
     """A preset name or a TOML path, then ``--set`` overrides. Geometry comes from the program
     (fixed at compile time): a TOML file's ``[arch]`` keys and ``--set arch.KEY`` overrides
-    must agree with it (a preset's geometry is the program's)."""
+    must agree with it (a preset's geometry is the program's); the overrides apply to the
+    program's geometry, so that one matching it is checked against the program's own."""
+    overrides = overrides or []
     try:
-        chip = load_chip(spec, overrides)
+        if program is None:
+            return load_chip(spec, overrides)
+        chip = load_chip(spec)
+        keys = [k for section, k in map(_key, overrides) if section == "arch"]
+        named = [k for k in _file_geometry(spec) if k not in keys]  # (--set has the last word)
+        differ = [k for k in named if getattr(chip.arch, k) != getattr(program.chip, k)]
+        if "xbars" in keys:
+            raise RunError("--set arch.xbars: a program's crossbars are fixed when it is "
+                           "compiled (cimc --xbars N)")
+        chip = with_overrides(dataclasses.replace(chip, arch=program.chip), overrides)
     except IsaError as exc:
         raise RunError(str(exc)) from None
-    if program is None:
-        return chip
-    differ = [k for k in sorted(_named_geometry(spec, overrides or []))
-              if getattr(chip.arch, k) != getattr(program.chip, k)]
+    differ += [k for k in keys if getattr(chip.arch, k) != getattr(program.chip, k)
+               and k not in differ]
     if differ:
-        where = " ".join(([f"chip {spec}"] if spec and spec not in presets() else [])
-                         + [f"--set {o}" for o in overrides or [] if _key(o)[0] == "arch"])
-        sets, compiled = (", ".join(f"{k} {getattr(a, k)}" for k in differ)
-                          for a in (chip.arch, program.chip))
+        where = " ".join(([f"chip {spec}"] if set(named) & set(differ) else [])
+                         + [f"--set {o}" for o in overrides if _key(o)[0] == "arch"])
+        sets = ", ".join(f"{k} {_named_value(k, spec, overrides, chip)}" for k in differ)
+        compiled = ", ".join(f"{k} {getattr(program.chip, k)}" for k in differ)
         raise RunError(f"{where} sets {sets}; the program was compiled for {compiled}; "
                        "recompile with that chip, or leave the geometry out of the run's")
     return dataclasses.replace(chip, arch=program.chip)
+
+
+def _named_value(key: str, spec: str | None, overrides: list[str], chip: Chip):
+    """The value the run's chip gives geometry ``key``: its last --set, else its file's."""
+    for o in reversed(overrides):
+        if _key(o) == ("arch", key):
+            return getattr(chip.arch, key)
+    return getattr(load_chip(spec).arch, key)
 
 
 def _key(assignment: str) -> tuple[str, str]:
@@ -43,12 +60,10 @@ def _key(assignment: str) -> tuple[str, str]:
     return section, key
 
 
-def _named_geometry(spec: str | None, overrides: list[str]) -> set[str]:
-    """The geometry keys a run's chip names: a TOML file's [arch] keys and ``--set arch.KEY``
-    (the crossbar count is the chip's to give, not the program's)."""
-    keys = {key for section, key in map(_key, overrides) if section == "arch"}
-    if spec and spec not in presets() and os.path.isfile(spec):
-        with open(spec, "rb") as f:  # (load_chip has read and checked it)
-            keys |= set(tomllib.load(f).get("arch", {}))
-    keys.discard("xbars")
-    return keys
+def _file_geometry(spec: str | None) -> list[str]:
+    """The geometry keys a TOML chip file's [arch] names (none for a preset; the crossbar
+    count is not the run's to give: a file shared with cimc may name it)."""
+    if not spec or spec in presets() or not os.path.isfile(spec):
+        return []
+    with open(spec, "rb") as f:  # (load_chip has read and checked it)
+        return sorted(k for k in tomllib.load(f).get("arch", {}) if k != "xbars")

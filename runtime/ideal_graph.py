@@ -176,9 +176,11 @@ def _emitters(shapes: dict) -> dict[str, Callable]:
             "clip": _clip, "maxpool": _maxpool, "reshape": _reshape(shapes)}
 
 
-def _graphable(step, shapes: dict) -> bool:
+def _graphable(step, shapes: dict, per_sample: frozenset = frozenset()) -> bool:
     """Whether ``step`` is a ConvStep or an instruction ``_emitters`` states exactly, on
-    buffers whose leading axis is the samples'."""
+    buffers whose leading axis is the samples', reading no blob of ``per_sample`` along the
+    samples (blobs with a row per sample of the compiled batch, rows that differ: a run of
+    samples cannot take them as one constant)."""
     if isinstance(step, ic.ConvStep):
         return True
     if not isinstance(step, Instr) or step.op not in _emitters(shapes):
@@ -187,6 +189,10 @@ def _graphable(step, shapes: dict) -> bool:
     if any(len(shapes.get(r, ())) < 1 for r in refs):
         return False
     dst, srcs = shapes[_dst(step)], [shapes.get(r, ()) for r in step.operands[1:]]
+    if any(r in per_sample and len(shapes[r]) == len(dst) for r in step.operands[1:]):
+        return False  # (a blob of lower rank broadcasts along other axes than the samples)
+    if step.op == "maxpool" and step.attr("ceil"):
+        return False  # (ONNX's opset-13 shape rule and onnxruntime's kernel disagree on it)
     if step.op in _BINARY:  # broadcast to exactly the destination, samples kept apart
         try:
             joined = np.broadcast_shapes(*srcs)
@@ -202,12 +208,15 @@ def fuse_graphs(steps: list, program: Program) -> list:
     steps holding a ``ConvStep`` made one ``GraphStep``."""
     shapes = {"%" + b.name: b.type.shape for b in program.buffers}
     shapes.update({"@" + b.name: b.data.shape for b in program.blobs})
+    per_sample = frozenset("@" + b.name for b in program.blobs
+                           if b.data.ndim and len(b.data) > 1
+                           and not same_for_every_sample(b.data))
     last = ic._last_uses(steps, program)
     out: list = []
     i = 0
     while i < len(steps):
         j = i
-        while j < len(steps) and _graphable(steps[j], shapes):
+        while j < len(steps) and _graphable(steps[j], shapes, per_sample):
             j += 1
         run = steps[i:j]
         if len(run) >= 2 and any(isinstance(s, ic.ConvStep) for s in run):
@@ -249,6 +258,7 @@ class _Held:
     input names (None: constants)."""
 
     instrs: list  # weak references to the step's instructions
+    blobs: list  # (name, data) of the blobs the graph holds as constants
     layers: list
     session: object
     inputs: list
@@ -258,12 +268,14 @@ class _Held:
     def alive(self) -> bool:
         return self.instrs[0]() is not None
 
-    def serves(self, step: GraphStep, layers: list) -> bool:
+    def serves(self, step: GraphStep, layers: list, blobs: dict) -> bool:
         # every instruction, not only the first: a copy of a program may share some of them
+        # (and not its blobs: those baked in as constants are compared too)
         instrs = step.instrs
         return len(self.instrs) == len(instrs) and all(
-            w() is i for w, i in zip(self.instrs, instrs)) and len(self.layers) == len(
-            layers) and all(
+            w() is i for w, i in zip(self.instrs, instrs)) and all(
+            blobs.get(name) is data or np.array_equal(blobs.get(name), data, equal_nan=True)
+            for name, data in self.blobs) and len(self.layers) == len(layers) and all(
             (h is None) == (not c) and (h is None or (np.array_equal(h[0], mat)
                                                       and np.array_equal(h[1], b)))
             for h, (mat, b, c) in zip(self.layers, layers))
@@ -279,7 +291,7 @@ def _held(m, step: GraphStep, layers: list) -> _Held:
     key = id(step.instrs[0])
     with _LOCK:
         held = _SESSIONS.get(key)
-        if held is not None and held.serves(step, layers):
+        if held is not None and held.serves(step, layers, m.blobs):
             _SESSIONS.move_to_end(key)
             return held
         for gone in [k for k, h in _SESSIONS.items() if not h.alive()]:
@@ -319,7 +331,8 @@ def _build(m, step: GraphStep, layers: list) -> _Held:
                for r in step.outputs]
     graph = helper.make_graph(g.nodes, "segment", value_infos, outputs, g.constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    return _Held([weakref.ref(i) for i in step.instrs], kept,
+    baked = [(r[1:], m.blobs[r[1:]]) for r in g.current if r[0] == "@"]
+    return _Held([weakref.ref(i) for i in step.instrs], baked, kept,
                  one_thread_session(model, arena=False),
                  [(r, name) for r, name in g.inputs if r[0] == "%"],
                  [(r, g.current[r]) for r in step.outputs], feeds)

@@ -504,6 +504,21 @@ def test_a_run_chip_naming_other_geometry_fails_either_way(cnn_program, tmp_path
     for chip in ("default", str(tmp_path / "c64.toml")):
         r = cli("cimrun", str(p64), "--input", SAMPLE, "--chip", chip, "-q")
         assert r.returncode == 0, r.stderr
+    r = cli("cimrun", str(p64), "--input", SAMPLE, "--chip", str(tmp_path / "c128.toml"),
+            "--set", "arch.rows=64", "-q")  # a later --set has the last word
+    assert r.returncode == 0, r.stderr
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--set", "arch.xbars=3"),
+          "--set arch.xbars: a program's crossbars are fixed when it is compiled")
+
+
+def test_a_set_geometry_matching_the_program_is_checked_against_it(tmp_path):
+    """--set arch.cols=4 on a program of 4 columns of 4-bit cells: valid with the program's
+    geometry, though not with the default's 2-bit cells."""
+    program = tmp_path / "c4.cim"
+    assert cli("cimc", model_path("digits_cnn"), "--cols", "4", "--cell-bits", "4", "-o",
+               str(program), "-q").returncode == 0
+    r = cli("cimrun", str(program), "--input", SAMPLE, "--set", "arch.cols=4", "-q")
+    assert r.returncode == 0, r.stderr
 
 
 def test_an_input_without_samples_says_so(cnn_program, tmp_path):

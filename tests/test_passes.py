@@ -201,6 +201,25 @@ def test_a_constant_expanded_over_a_fixed_batch_does_not_mix_samples():
     assert result.stats["passes"] == 3 and rel_err(result.outputs["y"], want) < 1e-6
 
 
+def test_rows_alike_but_for_the_sign_of_zero_still_differ():
+    """0.0 and -0.0 compare equal but divide to +inf and -inf: rows are alike bit for bit."""
+    from isa.verify import same_for_every_sample
+    k = np.array([[0.0, 1, 2], [-0.0, 1, 2]], np.float32)
+    assert not same_for_every_sample(k) and same_for_every_sample(np.array([k[0], k[0]]))
+    nan = np.array([[np.nan, 1], [np.nan, 1]], np.float32)
+    assert same_for_every_sample(nan)  # the same bits: the same for every sample
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Div", ["h", "k"],
+                                                                             ["y"])]
+    model = _model(nodes, [2, 3], [2, 3], {"w": np.eye(3, dtype=np.float32), "k": k})
+    program = compile_model(model, batch=2)
+    x = np.ones((2, 3), np.float32)
+    with pytest.warns(RuntimeWarning, match="mixes samples"):
+        got = run(program, np.concatenate([x, x])).outputs["y"]
+    want = ort_run(model, {"x": x})[0]
+    assert np.array_equal(got, np.concatenate([want, want]))
+    assert np.isneginf(got[1, 0]) and np.isposinf(got[0, 0])
+
+
 def test_old_opset_is_converted():
     nodes = [helper.make_node("Clip", ["x"], ["c"], min=-0.5, max=0.5),
              helper.make_node("Pad", ["c"], ["p"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=2.0),
