@@ -74,6 +74,9 @@ class Energy:
     combiner_add_pj: float = 0.05    # one 16-bit integer add (Horowitz 45 nm: 8b 0.03, 32b 0.1)
     combiner_acc_pj: float = 0.1     # one shift-add into a 24-bit accumulator
     digital_mac_pj: float = 0.3      # digital unit: 8-bit multiply 0.2 + 32-bit add 0.1 (Horowitz)
+    cmos_scale: float = 1.0          # factor on every CMOS logic and SRAM energy above and in
+                                     # isa.combiner's SRAM table (Horowitz's 45 nm figures)
+                                     # against the arrays' and converters' 32 nm ones
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "digital_macs": (1, INF, False), "digital_weight_bytes_per_cycle": (1, INF, False),
     **{k: (0, 1, False) for k in ("per_column_scaling", "differential", "raw_calibration",
                                   "stuck_aware", "slice_compensation", "combiner_analog")},
-    "adc_headroom": (0, 16, True),
+    "adc_headroom": (0, 16, True), "cmos_scale": (0, INF, True),
 }
 
 

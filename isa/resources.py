@@ -80,7 +80,8 @@ def digital_unit(program: Program, chip: Chip) -> tuple[dict, dict]:
     sram = weight_sram_bytes(program)
     fetch = fetch_bytes_per_inference(program)
     report = {"digital_macs": macs, "digital_fetch_bytes_per_inference": fetch,
-              "digital_fetch_pj_per_inference": fetch * sram_pj_per_byte(sram)}
+              "digital_fetch_pj_per_inference": fetch * sram_pj_per_byte(sram)
+              * chip.energy.cmos_scale}
     area = {"digital_macs": macs * chip.area.digital_mac_mm2,
             "digital_weight_sram": sram * chip.area.sram_mm2_per_byte}
     return report, area
@@ -127,7 +128,8 @@ def resources(program: Program, chip: Chip) -> dict:
         "sram_bytes": {"scratchpad": scratch, "coefficients": size.coef_bytes,
                        "weight_store": store, "digital_weights": weight_sram_bytes(program)},
         "coef_fetch_bytes_per_inference": fetch,
-        "coef_fetch_pj_per_inference": fetch * sram_pj_per_byte(size.coef_bytes),
+        "coef_fetch_pj_per_inference": fetch * sram_pj_per_byte(size.coef_bytes)
+        * chip.energy.cmos_scale,
         "combiner_area_vs_xbars_adcs": combiner / analog if analog else 0.0,
         **digital,
         "area_mm2": sum(area.values()),

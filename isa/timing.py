@@ -117,13 +117,19 @@ def tile_write_cost(chip: Chip, rows: int, cols: int) -> Cost:
 def vector_cost(chip: Chip, elems: int) -> Cost:
     """``elems`` elements through the vector unit, ``vector_lanes`` a cycle."""
     cycles = -(-elems // chip.timing.vector_lanes)
-    return cycles / chip.timing.clock_ghz, elems * chip.energy.vector_pj_per_elem
+    return cycles / chip.timing.clock_ghz, elems * chip.energy.vector_pj_per_elem * cmos(chip)
 
 
 def buffer_cost(chip: Chip, nbytes: int) -> Cost:
     """``nbytes`` bytes through the scratchpad port, ``buffer_bytes_per_cycle`` a cycle."""
     cycles = -(-nbytes // chip.timing.buffer_bytes_per_cycle)
-    return cycles / chip.timing.clock_ghz, nbytes * chip.energy.buffer_pj_per_byte
+    return cycles / chip.timing.clock_ghz, nbytes * chip.energy.buffer_pj_per_byte * cmos(chip)
+
+
+def cmos(chip: Chip) -> float:
+    """The factor on CMOS logic and SRAM energies (``energy.cmos_scale``): Horowitz's 45 nm
+    figures, taken as published at 1, beside ISAAC's 32 nm arrays and converters."""
+    return chip.energy.cmos_scale
 
 
 def combine_cost(chip: Chip, vectors: int, work: CombineWork,
@@ -145,7 +151,7 @@ def combine_cost(chip: Chip, vectors: int, work: CombineWork,
     energy = (vectors * (work.merged_reads * e.combiner_read_pj + work.adds * e.combiner_add_pj
                          + work.accumulations * (e.combiner_acc_pj + _acc_rw_pj(chip, size)))
               + fetch * sram_pj_per_byte(size.coef_bytes))
-    return cycles / t.clock_ghz, energy
+    return cycles / t.clock_ghz, energy * cmos(chip)
 
 
 def _coef_fetch(chip: Chip, vectors: int, work: CombineWork) -> int:
@@ -176,8 +182,9 @@ def analog_combine_cost(chip: Chip, vectors: int, work: CombineWork,
     ns = max(reads * steps * t.mvm_step_ns / max(a.xbars, 1),
              -(-fetch // t.combiner_coef_bytes_per_cycle) / t.clock_ghz)
     energy = (reads * (steps * e.xbar_step_pj + a.input_steps * a.rows * dac_pj(chip))
-              + conversions * (e.adc_pj + e.combiner_acc_pj + _acc_rw_pj(chip, size))
-              + fetch * sram_pj_per_byte(size.coef_bytes))
+              + conversions * (e.adc_pj + (e.combiner_acc_pj + _acc_rw_pj(chip, size))
+                               * cmos(chip))
+              + fetch * sram_pj_per_byte(size.coef_bytes) * cmos(chip))
     return ns, energy
 
 
@@ -197,7 +204,7 @@ def dmatmul_cost(chip: Chip, vectors: int, k: int, m: int, weight_bytes_sram: in
     fetch = weight_bytes(k * m, chip.arch.weight_bits)
     cycles = max(-(-macs // t.digital_macs), -(-fetch // t.digital_weight_bytes_per_cycle))
     energy = macs * chip.energy.digital_mac_pj + fetch * sram_pj_per_byte(weight_bytes_sram)
-    return cycles / t.clock_ghz, energy
+    return cycles / t.clock_ghz, energy * cmos(chip)
 
 
 def dbmm_cost(chip: Chip, macs: int) -> Cost:
@@ -206,7 +213,7 @@ def dbmm_cost(chip: Chip, macs: int) -> Cost:
     operands come from the scratchpad, like an mvm's inputs, and are not charged; nothing is
     fetched from the weight SRAM."""
     t = chip.timing
-    return -(-macs // t.digital_macs) / t.clock_ghz, macs * chip.energy.digital_mac_pj
+    return -(-macs // t.digital_macs) / t.clock_ghz, macs * chip.energy.digital_mac_pj * cmos(chip)
 
 
 def tile_windows(k: int, n: int, arch: ChipGeometry) -> list[tuple[int, int, int, int]]:
@@ -323,7 +330,7 @@ class _Ctx:
         self.combiner = combiner_size(program)  # coefficient SRAM and accumulator file sizes
         self.digital_sram = weight_sram_bytes(program)  # the digital unit's weight SRAM
         # reprogramming reads every weight it writes from its on-chip store (isa.resources)
-        self.store_pj_per_byte = sram_pj_per_byte(weight_store_bytes(program))
+        self.store_pj_per_byte = sram_pj_per_byte(weight_store_bytes(program)) * cmos(chip)
 
     def tensor_max(self, blob: str) -> float:
         """Largest magnitude in a blob (per-tensor weight scaling, as the runtime's)."""

@@ -87,6 +87,23 @@ def test_cost_functions_by_hand():
     assert digital_cost(chip, "reshape", 100) == digital_cost(chip, "barrier", 0) == (0.0, 0.0)
 
 
+def test_cmos_scale_scales_the_digital_energies_alone():
+    """energy.cmos_scale multiplies CMOS logic and SRAM energies (the fill's buffer bytes
+    here) and leaves the arrays' and converters' (the mvm's) as they are."""
+    half = dataclasses.replace(Chip(), energy=dataclasses.replace(Chip().energy, cmos_scale=0.5))
+    assert buffer_cost(half, 12) == pytest.approx((FILL_NS, FILL_PJ / 2))
+    assert vector_cost(half, 65) == (2.0, 32.5)
+    assert mvm_cost(half, 4, 3, 1) == pytest.approx((MVM_NS, MVM_PJ))
+    program = _program([_fill("y"), _mvm("y", 0)])
+    st = _timing(program, dataclasses.replace(half, arch=program.chip)).stats
+    assert st["energy_pj_per_inference"] == pytest.approx(FILL_PJ / 2 + MVM_PJ)
+    assert st["latency_ns_per_inference"] == FILL_NS + MVM_NS
+    digital = compile_model(model_path("digits_cnn"), digital="all")
+    whole, halved = (run(digital, mode="timing", chip=dataclasses.replace(
+        c, arch=digital.chip)).stats["energy_pj_per_inference"] for c in (Chip(), half))
+    assert halved == pytest.approx(whole / 2)  # every layer on the digital unit: all CMOS
+
+
 def test_machine_issue_rules():
     m = Machine(drivers=1)
     assert m.issue("buffer", 1.0, dst="y") == (0.0, 1.0)  # initialise y

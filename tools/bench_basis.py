@@ -26,7 +26,8 @@ BasisN's compute area: reprogramming as many crossbars as fit in it (weight-stat
 replicated, once they hold every tile); the digital unit as many MACs as fit.
 Then the same equal-area comparison with the digital unit against a MAC's area, from the
 default (a multiplier and an adder alone) to a systolic cell as the TPU v1 built it and
-beyond (``MAC_MM2``), for every model and batch.
+beyond (``MAC_MM2``), and BasisN's EDP over the baselines' against ``energy.cmos_scale``
+(``CMOS``: the node of the CMOS logic and SRAM energies), for every model and batch.
 
 Heat maps (ResNet-50, batch 1 and ``XBARS``): BasisN's cycles over the best baseline's,
 against the write time of a row (from PUMA's 0.086 us to 9 us, spanning every preset) x write
@@ -134,11 +135,14 @@ class Study:
         over = MAPPINGS.get(mapping, ({}, {}))[1]
         return stats(self.program(mapping, xbars, chip), timing_chip(chip, **over))
 
-    def weight_stationary(self, xbars: int) -> dict:
-        """Weight-stationary on ``xbars`` >= tiles crossbars, spares holding replicas."""
-        program = compile_model(self.path, batch=self.batch, max_xbars=xbars,
-                                chip_config=self.chip)
-        return stats(program, self.chip)
+    def weight_stationary(self, xbars: int, chip: Chip | None = None) -> dict:
+        """Weight-stationary on ``xbars`` >= tiles crossbars, spares holding replicas
+        (simulated on ``chip``, default the study's)."""
+        key = ("weight-stationary", xbars)
+        if key not in self.cache:
+            self.cache[key] = compile_model(self.path, batch=self.batch, max_xbars=xbars,
+                                            chip_config=self.chip)
+        return stats(self.cache[key], chip or self.chip)
 
 
 def best_baseline(rows: dict, metric: str = "cycles") -> str:
@@ -191,6 +195,39 @@ def equal_area(study: Study, same: dict) -> dict:
             rows[m] = study.measure(m, more)
     rows["digital"] = digital_at_equal_area(study, study.chip, target)[1]
     return rows
+
+
+# energy.cmos_scale: Horowitz's 45 nm CMOS logic and SRAM energies as published (1, the
+# default), classical scaling to the arrays' 32 nm (about 0.58: C ~ feature, 1.0 -> 0.9 V),
+# and below, toward a newer node for the digital parts
+CMOS = (1.0, 0.8, 0.58, 0.4, 0.3)
+
+
+def with_cmos(chip: Chip, scale: float) -> Chip:
+    """``chip`` with its CMOS energies scaled by ``scale``."""
+    return dataclasses.replace(chip, energy=dataclasses.replace(chip.energy, cmos_scale=scale))
+
+
+def cmos_sweep(studies: list[Study]) -> None:
+    """BasisN's EDP over optimized reprogramming's (equal crossbars, equal compute area) and
+    the digital unit's (equal compute area) as the CMOS energies scale: BasisN's combiner and
+    coefficient SRAM are CMOS, reprogramming's energy mostly writes and array reads."""
+    print("\n### BasisN's EDP over the baselines' against energy.cmos_scale (optimized at equal "
+          "crossbars / optimized at equal area / digital at equal area)\n")
+    print("| cmos_scale | " + " | ".join(f"{s.name} batch {s.batch}" for s in studies) + " |")
+    print("|" + "---|" * (1 + len(studies)))
+    for scale in CMOS:
+        cells = []
+        for study in studies:
+            chip, x = with_cmos(study.chip, scale), XBARS[study.name]
+            basis = stats(study.program("basisN", x), chip)
+            opt = stats(study.program("optimized", x), chip)
+            more = crossbars_within(chip, basis["area"], opt["area"], x)
+            wide = study.weight_stationary(more, chip) if more >= study.tiles else \
+                stats(study.program("optimized", more), chip)
+            dig = digital_at_equal_area(study, chip, basis["area"])[1]
+            cells.append(" / ".join(f"{basis['edp'] / b['edp']:.2f}" for b in (opt, wide, dig)))
+        print(f"| {scale:g} | " + " | ".join(cells) + " |", flush=True)
 
 
 # The write driver's area: NeuroSim's 0.0094 mm2 (three banks of level shifters; 0.0066
@@ -469,6 +506,7 @@ def main(argv=None) -> None:
     print_table(f"Equal crossbars ({args.chip} chip)", crossbars)
     print_table(f"Equal compute area ({args.chip} chip: BasisN's)", area)
     mac_area_sweep(studies)
+    cmos_sweep(studies)
     if not args.skip_maps:
         study = Study("resnet50", 1, chip, args.zoo)
         driver_area_sweep(study)
