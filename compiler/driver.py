@@ -13,11 +13,12 @@ import warnings
 from collections.abc import Iterable
 from typing import Callable
 
+import numpy as np
 import onnx
 
 from isa import ChipGeometry, Program
 from isa.cells import LowWrite
-from isa.chip import Chip
+from isa.chip import Chip, load_chip
 from isa.files import write_text_atomic
 from isa.limits import check_geometry
 
@@ -93,6 +94,29 @@ def _check_basis_layers(model: onnx.ModelProto, digital: frozenset) -> None:
                            f"{','.join(deconv[:3])} puts them on the digital unit")
 
 
+def _chip_config(chip_config) -> Chip | None:
+    """A Chip, or a preset name or TOML path loaded as one (as ``cimc --chip`` takes it)."""
+    if chip_config is None or isinstance(chip_config, Chip):
+        return chip_config
+    if isinstance(chip_config, str):
+        return load_chip(chip_config)
+    raise CompileError(f"chip_config must be an isa.chip.Chip, a preset name or a TOML path, "
+                       f"not {type(chip_config).__name__}")
+
+
+def _check_arguments(batch, max_xbars, calibrate) -> None:
+    """``compile_model``'s numbers and samples, as cimc's flags check them."""
+    if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
+        raise CompileError(f"batch {batch!r}: must be an integer of at least 1")
+    if max_xbars is not None and (not isinstance(max_xbars, (int, np.integer))
+                                  or max_xbars < 1):
+        raise CompileError(f"max_xbars {max_xbars!r}: must be an integer of at least 1 "
+                           "(None: a crossbar per tile)")
+    if calibrate is not None and not isinstance(calibrate, np.ndarray):
+        raise CompileError(f"calibrate must be an array of sample inputs (np.load a .npy "
+                           f"first), not {type(calibrate).__name__}")
+
+
 def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = None,
                   batch: int = 1, max_xbars: int | None = None, schedule: str = "optimized",
                   chip_config: Chip | None = None, calibrate=None,
@@ -106,9 +130,10 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     """Compile an ONNX model (path or ModelProto; a ModelProto is never modified).
 
     ``chip``: the compiled geometry (default: ``chip_config.arch``); ``chip_config``: the chip
-    whose timing the scheduler estimates with. ``calibrate``: sample inputs (array) whose
-    activation ranges set the DAC full scales. ``basis``: a BasisN decomposition
-    (``compiler.basis.fit.fit`` or ``BasisSet.load``) every crossbar layer is mapped onto.
+    whose timing the scheduler estimates with (a Chip, or a preset name or TOML path).
+    ``calibrate``: sample inputs (array) whose activation ranges set the DAC full scales.
+    ``basis``: a BasisN decomposition (``compiler.basis.fit.fit`` or ``BasisSet.load``) every
+    crossbar layer is mapped onto.
     ``passes``: the pipeline (default ``PIPELINE``), checked before anything runs.
     ``limits``: scratchpad and weight budgets. ``progress``: progress bars on stderr.
     ``warn``: receives one line per warning (a poorly reconstructing basis).
@@ -122,6 +147,8 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     ``dynamic``: products of two computed operands on the ``digital`` unit or ``write``
     (written into ``dynamic_xbars`` crossbars at every inference; ``cimc --dynamic``).
     Raises CompileError (or isa.IsaError for a bad geometry) on user errors."""
+    chip_config = _chip_config(chip_config)
+    _check_arguments(batch, max_xbars, calibrate)
     pipeline = list(PIPELINE if passes is None else passes)
     if weight_sorting:
         pipeline = with_pass(pipeline, "sort-weights")

@@ -18,7 +18,7 @@ import numpy as np
 
 import isa
 from isa.chip import Chip, presets
-from isa.cli import INTERRUPTED, Parser
+from isa.cli import INTERRUPTED, SIGPIPE_STATUS, Parser, quiet_broken_pipe
 from isa.files import check_distinct, check_writable, load_array, write_atomic, write_text_atomic
 
 from .chips import resolve
@@ -37,6 +37,8 @@ def _seed(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    if value >= 2 ** 64:
+        raise argparse.ArgumentTypeError(f"{text} is not below 2**64 (seeds are 64-bit)")
     return value
 
 
@@ -277,10 +279,15 @@ def _main(args) -> int:
     except KeyboardInterrupt:
         print("cimrun: interrupted", file=sys.stderr)
         return INTERRUPTED
-    if not args.quiet:
-        print(summary(result.stats, result.outputs, job.output, accuracy, args.mode))
-        if reference is not None:
-            print(reference_line(reference))
+    try:
+        if not args.quiet:
+            print(summary(result.stats, result.outputs, job.output, accuracy, args.mode))
+            if reference is not None:
+                print(reference_line(reference))
+        sys.stdout.flush()
+    except BrokenPipeError:  # (cimrun ... | head -1: the outputs are written already)
+        quiet_broken_pipe()
+        return SIGPIPE_STATUS
     return 0
 
 

@@ -23,8 +23,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
-from isa import Instr, Program, cells
-from isa.chip import Chip
+from isa import Instr, IsaError, Program, cells
+from isa.chip import Chip, load_chip
 from isa.printer import text_line
 from isa.timing import Timeline
 from isa.verify import same_for_every_sample, sample_mixing
@@ -611,13 +611,55 @@ def chunk_batches(program: Program, groups: int, mode: str,
     return low
 
 
+def _run_chip(program: Program, chip) -> Chip:
+    """The chip a run simulates: ``chip`` (a Chip, a preset name or a TOML path; None: the
+    default) with the program's geometry, which was fixed when it was compiled (a preset's
+    or a config's own geometry is not the run's to change: ``runtime.chips.resolve`` checks
+    a file's against it for cimrun)."""
+    if isinstance(chip, str):
+        try:
+            chip = load_chip(chip)
+        except IsaError as exc:
+            raise RunError(str(exc)) from None
+    if chip is not None and not isinstance(chip, Chip):
+        raise RunError(f"chip must be an isa.chip.Chip, a preset name or a TOML path, not "
+                       f"{type(chip).__name__}")
+    return dataclasses.replace(chip or Chip(), arch=program.chip)
+
+
+# mitigations that need the verify reads of program-and-verify (README, "Mitigations")
+VERIFY_DRIVEN = ("stuck_aware", "slice_compensation", "raw_calibration")
+
+
+def _warn_unverified(chip: Chip) -> None:
+    """A warning for mitigations left on where the chip has no verify reads to drive them."""
+    on = [k for k in VERIFY_DRIVEN if getattr(chip.mapping, k)]
+    if chip.timing.t_verify_ns == 0 and on:
+        warnings.warn(f"the chip has no verify reads (timing.t_verify_ns = 0), but "
+                      f"{', '.join('mapping.' + k for k in on)} need them: the accuracy is "
+                      f"optimistic (--set mapping.NAME=0 for an open-loop chip)",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _check_run_args(seed, threads, memory_limit) -> None:
+    """The run's seed, threads and memory limit, as cimrun's flags check them."""
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
+        raise RunError(f"seed {seed!r}: must be an integer within 0..2**64 - 1")
+    if not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise RunError(f"threads {threads!r}: must be at least 1 (None: one per core)")
+    if memory_limit is not None and not memory_limit > 0:
+        raise RunError(f"memory_limit {memory_limit!r}: must be a positive number of bytes "
+                       "(None: what the machine has)")
+
+
 def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
         chip: Chip | None = None, timing: bool = True, allow_nonfinite: bool = False,
         progress: bool = False, memory_limit: int | None = None,
         first_sample: int = 0, threads: int | None = 1) -> RunResult:
     """Run ``program`` on ``inputs`` (an array, or a dict by input name) and, with ``timing``,
     simulate its timing and energy on ``chip`` (default: the default chip with the program's
-    geometry). Mode ``timing`` skips the arithmetic. NaN/Inf inputs are an error unless
+    geometry; a preset name or TOML path also works; the geometry is always the
+    program's). Mode ``timing`` skips the arithmetic. NaN/Inf inputs are an error unless
     ``allow_nonfinite``. ``progress``: a progress bar on a terminal for long runs. The samples
     run in passes that fit ``memory_limit`` bytes (``chunk_batches``); noise is keyed by
     sample (``runtime.noise``): ``first_sample`` is the index of the first input sample in
@@ -630,8 +672,13 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     RunError."""
     if mode not in MODES:
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
-    chip = chip or dataclasses.replace(Chip(), arch=program.chip)
+    chip = _run_chip(program, chip)
     threads = (os.cpu_count() or 1) if threads is None else threads
+    _check_run_args(seed, threads, memory_limit)
+    if mode != "timing" and inputs is None:
+        raise RunError(f"--mode {mode} needs inputs (only timing mode runs without them)")
+    if mode in ("quantized", "analog"):
+        _warn_unverified(chip)
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
         if not 0 <= first_sample <= 2 ** 63 - 1 - groups * program.batch:
@@ -664,7 +711,10 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
             pool.shutdown()
     outputs = parts[0][0] if len(parts) == 1 else \
         {k: _join([p[0][k] for p in parts], k) for k in parts[0][0]}
-    failed, changed = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    # each pass replays the program's writes on the same fresh chip (their noise keyed by
+    # crossbar and write number), shared by its samples: the counts are one replay's, so
+    # they do not depend on how the run is split into passes
+    failed, changed = max(p[1] for p in parts), max(p[2] for p in parts)
     seconds = time.perf_counter() - start
     stats = {"mode": mode, "seed": seed, "samples": groups * program.batch,
              "passes": len(chunks),

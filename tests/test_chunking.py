@@ -4,6 +4,7 @@ by sample index, products are summed in an order the batch size does not change,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import subprocess
@@ -15,6 +16,7 @@ from conftest import MODELS, cli, fails, model_path
 
 from compiler import compile_model
 from isa.cells import LowWrite
+from isa.chip import Chip
 from runtime import interpreter, run
 from runtime.errors import RunError
 from runtime.memory import estimate_bytes
@@ -347,3 +349,20 @@ def _one_node_program(node, shape):
     program = compile_model(_one_node_model(node, shape))
     assert not program.batch_free
     return program
+
+
+def test_write_counters_do_not_depend_on_the_passes(digits_test):
+    """A reprogramming MLP (7 tiles on 2 crossbars) in one pass and in several: the same
+    outputs, and cells_changed and endurance_failed_cells count one execution of its writes
+    whatever the split (they had summed over passes)."""
+    mlp = compile_model(os.path.join(MODELS, "digits_mlp.onnx"), max_xbars=2)
+    chip = dataclasses.replace(Chip(), arch=mlp.chip, device=dataclasses.replace(
+        Chip().device, endurance_writes=3))
+    x = digits_test[0][:24]
+    whole = run(mlp, x, mode="analog", chip=chip, timing=False)
+    limit = estimate_bytes(mlp, 8, "analog", 1)  # passes of 8 samples
+    split = run(mlp, x, mode="analog", chip=chip, timing=False, memory_limit=limit)
+    assert whole.stats["passes"] == 1 and split.stats["passes"] > 1
+    assert np.array_equal(*(next(iter(r.outputs.values())) for r in (whole, split)))
+    for stat in ("cells_changed", "endurance_failed_cells"):
+        assert split.stats[stat] == whole.stats[stat] > 0, stat

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -368,3 +369,20 @@ def test_analog_conductances_are_resolved_to_the_grid(cell_bits, sets):
     assert exact.grid_bound is None
     assert np.array_equal(exact.cells, (device.gmin_levels(chip) + exact.target).astype(
         np.float32))
+
+
+def test_an_open_loop_chip_has_no_verify_driven_mitigations(digits_test):
+    """neurosim-open-loop has no verify reads (t_verify_ns 0), so the mitigations they drive
+    are off in the preset; a chip without verify reads that keeps them on warns."""
+    open_loop = load_chip("neurosim-open-loop")
+    assert open_loop.timing.t_verify_ns == 0
+    assert not (open_loop.mapping.stuck_aware or open_loop.mapping.slice_compensation
+                or open_loop.mapping.raw_calibration)
+    program = compile_model(model_path("digits_mlp"))
+    x = digits_test[0][:4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no warning)
+        run(program, x, mode="analog", chip=open_loop, timing=False)
+    unverified = load_chip("default", ["timing.t_verify_ns=0"])
+    with pytest.warns(RuntimeWarning, match="no verify reads .* mapping.stuck_aware"):
+        run(program, x, mode="analog", chip=unverified, timing=False)

@@ -530,3 +530,61 @@ def test_an_input_without_samples_says_so(cnn_program, tmp_path):
 def test_a_small_memory_limit_is_named_as_given(cnn_program):
     fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--memory-limit", "0.4",
               "--mode", "quantized"), "over --memory-limit 0.4 MB")
+
+
+def test_cimrun_into_a_closed_pipe_is_quiet(cnn_program, tmp_path):
+    """``cimrun ... | true``: the outputs are written, the summary meets a closed pipe: no
+    traceback, status 141."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", str(cnn_program), "--input",
+                             SAMPLE, "-o", str(tmp_path / "y.npy")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err
+    assert np.load(tmp_path / "y.npy").shape == (1, 10)
+
+
+def test_seeds_are_64_bit(cnn_program):
+    fails(cli("cimrun", str(cnn_program), "--input", SAMPLE, "--seed", str(2 ** 64)),
+          f"argument --seed: {2 ** 64} is not below 2**64")
+
+
+# --- the Python API: a user's mistake is a RunError or CompileError, not a deep TypeError ---
+def test_api_arguments_are_checked_like_the_flags():
+    from compiler import CompileError, compile_model
+    from runtime import RunError, run
+    model = model_path("digits_cnn")
+    for kw, message in ((dict(calibrate="x.npy"), "calibrate must be an array"),
+                        (dict(batch=1.5), "batch 1.5: must be an integer"),
+                        (dict(max_xbars=0), "max_xbars 0: must be an integer of at least 1")):
+        with pytest.raises(CompileError, match=message):
+            compile_model(model, **kw)
+    program = compile_model(model, chip_config="puma-optimistic")  # a preset by name
+    x = np.load(SAMPLE)
+    for kw, message in ((dict(inputs=None), "needs inputs"), (dict(threads=0), "threads 0"),
+                        (dict(memory_limit=0), "memory_limit 0"), (dict(seed=-1), "seed -1"),
+                        (dict(chip=3), "chip must be an isa.chip.Chip")):
+        with pytest.raises(RunError, match=message):
+            run(program, **({"inputs": x} | kw))
+
+
+def test_a_runs_chip_keeps_the_programs_geometry():
+    """A preset passed to run() gives its device, timing and energy, never its geometry: a
+    program of 4-bit ADCs and 4-bit cells runs as compiled."""
+    import dataclasses
+
+    from compiler import compile_model
+    from isa import ChipGeometry
+    from isa.chip import load_chip
+    from runtime import run
+    geometry = ChipGeometry(adc_bits=4, cell_bits=4)
+    program = compile_model(model_path("digits_cnn"), chip=geometry)
+    x = np.load(os.path.join(MODELS, "digits_test_x.npy"))[:20]
+    own = run(program, x, mode="quantized").outputs["logits"]
+    for chip in (load_chip("puma-optimistic"), "default", load_chip("default")):
+        result = run(program, x, mode="quantized", chip=chip)
+        assert result.stats["chip"]["arch"] == dataclasses.asdict(program.chip)
+    assert np.array_equal(run(program, x, mode="quantized", chip="default").outputs["logits"],
+                          own)
