@@ -264,9 +264,26 @@ def _check(path: str, data: dict) -> Sweep:
             fail(f"[cases.{name}] must be a table of settings")
         sweep.cases[name] = {_key(k, actions, fail): _value(k, v, actions, here, fail)
                              for k, v in bundle.items()}
+    _one_place(sweep, fail)
     sweep.axes = ["model", *sweep.grid] + (["case"] if sweep.cases else [])
     sweep.metrics = _metrics(data.get("metrics"), sweep, fail)
     return sweep
+
+
+def _one_place(sweep: Sweep, fail) -> None:
+    """Every setting in one of [fixed], [grid] or the cases: a point takes a case's value over
+    the grid's and the grid's over [fixed], so a key in two of them would be labelled with
+    one value and run with another."""
+    places = [("[fixed]", sweep.fixed), ("[grid]", sweep.grid),
+              *((f"[cases.{name}]", bundle) for name, bundle in sweep.cases.items())]
+    seen: dict[str, str] = {}
+    for where, settings in places:
+        for key in settings:
+            if key in seen and not (seen[key].startswith("[cases.")
+                                    and where.startswith("[cases.")):
+                fail(f"{key.replace('_', '-')} is set in {seen[key]} and {where}: set each "
+                     "setting in one place")
+            seen.setdefault(key, where)
 
 
 def _seeds(value, fail) -> list[int]:
@@ -350,10 +367,8 @@ def _value(key: str, value, actions: dict, here: str, fail):
         if not (isinstance(value, str) and (value in presets()
                                             or os.path.isfile(os.path.join(here, value)))):
             fail(f"chip {value!r}: neither a preset ({', '.join(presets())}) nor a TOML file")
-    if dest in FILE_FLAGS and isinstance(value, str):
-        candidate = os.path.join(here, value)
-        if os.path.isfile(candidate):
-            return candidate
+    if dest in FILE_FLAGS and isinstance(value, str) and not _named(dest, value):
+        return _existing(here, value, f"{key} {value!r} (relative to the sweep file)", fail)
     action = actions.get(dest)
     if action is not None and action.nargs == 0 and not isinstance(value, bool):
         fail(f"{key} = {value!r}: a switch; use true or false")
@@ -367,6 +382,13 @@ def _value(key: str, value, actions: dict, here: str, fail):
     if "." in key and (isinstance(value, bool) or not isinstance(value, (int, float))):
         fail(f"{key} = {value!r}: expected a number (switches are 0 or 1)")
     return value
+
+
+def _named(dest: str, value: str) -> bool:
+    """A file flag's value that names no file: a chip preset, or --basis N or auto."""
+    from isa.chip import presets
+    return (dest == "chip" and value in presets()) or (
+        dest == "basis" and (value == "auto" or value.isdigit()))
 
 
 def _existing(here: str, path, what: str, fail) -> str:

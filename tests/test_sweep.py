@@ -473,9 +473,17 @@ def test_program_cache_and_list(tmp_path, capsys):
     (dict(top={"name": "mine"}), ["unknown key(s) name"]),
     (dict(grid={"chip": ["default", "nochip"]}),
      ["chip 'nochip': neither a preset (default, ", "nor a TOML file"]),
+    (dict(fixed={"adc-bits": 6}, grid={"adc-bits": [4, 8]}),
+     ["adc-bits is set in [fixed] and [grid]: set each setting in one place"]),
+    (dict(fixed={"calibrate": "cal.npy"}),
+     ["calibrate 'cal.npy' (relative to the sweep file): ", "cal.npy: no such file"]),
 ])
-def test_sweep_file_errors(tmp_path, capsys, options, needles):
+def test_sweep_file_errors(tmp_path, capsys, options, needles, monkeypatch):
     path = write_sweep(tmp_path, **options)
+    other = tmp_path.parent / f"{tmp_path.name}-cwd"  # a cal.npy where the sweep is run from,
+    other.mkdir()  # not beside the sweep file: paths are the sweep file's
+    np.save(other / "cal.npy", np.zeros((1, 1, 8, 8), np.float32))
+    monkeypatch.chdir(other)
     status, out, err = main([path], capsys)
     assert status == 2 and out == ""
     assert err.startswith(f"cimsweep: error: {path}: ") and err.count("\n") == 1, err
@@ -580,3 +588,17 @@ def test_an_interrupted_setting_is_incomplete_and_mixed_columns_write(tmp_path):
     path = str(tmp_path / "mixed.parquet")
     results.write_table(path, mixed)
     assert results.read_table(path) == [{"basis": "4", "x": 1}, {"basis": "auto", "x": 2}]
+
+
+def test_a_setting_in_the_grid_and_a_case_is_refused(tmp_path, capsys):
+    """A point takes a case's value over the grid's: rows labelled adc_bits=4 and 8 both ran
+    the case's 5. Cases may share a key among themselves."""
+    path = write_sweep(tmp_path, grid={"adc-bits": [4, 8]})
+    with open(path, "a") as f:
+        f.write('[cases.a]\n"adc-bits" = 5\n[cases.b]\nxbars = 9\n')
+    status, out, err = main([path], capsys)
+    assert status == 2 and "adc-bits is set in [grid] and [cases.a]" in err, err
+    path = write_sweep(tmp_path, name="ok.toml")
+    with open(path, "a") as f:
+        f.write('[cases.a]\n"adc-bits" = 5\n[cases.b]\n"adc-bits" = 6\n')
+    assert {c: b["adc_bits"] for c, b in spec.load(str(path)).cases.items()} == {"a": 5, "b": 6}
