@@ -23,7 +23,7 @@ from isa.files import check_writable, load_array, write_atomic
 from . import tasks
 from .errors import SweepError
 from .results import Journal, journal_path, merge, require_arrow, write_table
-from .spec import Point, Sweep
+from .spec import TIMING_METRICS, Point, Sweep
 
 
 @dataclass
@@ -80,11 +80,18 @@ def dataset(sweep: Sweep):
     return x, y, n
 
 
-def pending(points: list[Point], journal: Journal, retry_failed: bool) -> list[Point]:
-    """The points still to run: not in the journal (with ``retry_failed``: or failed)."""
+def pending(points: list[Point], journal: Journal, retry_failed: bool,
+            metrics: tuple = ()) -> list[Point]:
+    """The points still to run: not in the journal (with ``retry_failed``: or failed), or
+    recorded without one of the timing ``metrics`` a first shard records (a metric added to
+    the sweep file since)."""
+    wanted = [m for m in metrics if m in TIMING_METRICS]
+
     def finished(p: Point) -> bool:
         row = journal.rows.get(p.key)
-        return row is not None and (row["status"] == "ok" or not retry_failed)
+        if row is None or (row["status"] != "ok" and retry_failed):
+            return False
+        return row["status"] != "ok" or p.shard != 0 or all(m in row for m in wanted)
     return [p for p in points if not finished(p)]
 
 
@@ -109,7 +116,7 @@ def run_sweep(sweep: Sweep, executor, retry_failed: bool = False, progress: bool
     os.makedirs(sweep.cache, exist_ok=True)
     points = sweep.points(samples)
     journal = Journal(journal_path(sweep.results))
-    todo = pending(points, journal, retry_failed)
+    todo = pending(points, journal, retry_failed, tuple(sweep.metrics))
     version = code_version()
     groups: dict[str, list[Point]] = {}
     configs = {}

@@ -316,7 +316,9 @@ def _dataset(sweep: Sweep, data, here: str, fail) -> None:
 
 
 def _metrics(value, sweep: Sweep, fail) -> list[str]:
-    default = (["accuracy"] if sweep.labels else []) + ["edp", "area_mm2"]
+    # (accuracy by default only where there are labels and every point computes outputs)
+    default = (["accuracy"] if sweep.labels and "timing" not in sweep.modes() else []) + [
+        "edp", "area_mm2"]
     metrics = default if value is None else value
     if not isinstance(metrics, list) or not all(m in METRICS for m in metrics):
         fail(f"metrics {value!r}: a list drawn from {', '.join(METRICS)}")

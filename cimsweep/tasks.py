@@ -75,6 +75,7 @@ def run_task(point: Point, program_key: str, source, x, y, metrics: list[str]) -
     """Run ``point`` on its shard ``x`` (labels ``y`` or None) and return its result row:
     the sample count and correct answers, the requested timing metrics (shard 0 only: they
     do not depend on the samples) and the crossbars the program uses."""
+    from compiler.flags import GEOMETRY_FLAGS
     from runtime import run
     from runtime.chips import resolve
     from runtime.scoring import check_labels, classes
@@ -82,7 +83,11 @@ def run_task(point: Point, program_key: str, source, x, y, metrics: list[str]) -
     row: dict = {"status": "ok", "error": None}
     try:
         program = _program(program_key, source)
-        chip = resolve(point.chip, list(point.overrides), program)
+        # the geometry flags the point compiled with override its chip file's [arch], as
+        # they did for cimc
+        geometry = [f"arch.{dest}={value}" for dest, value in point.compile.flags
+                    if dest in GEOMETRY_FLAGS and value is not None]
+        chip = resolve(point.chip, geometry + list(point.overrides), program)
         timing = point.shard == 0 and any(m in TIMING_METRICS for m in metrics)
         inputs = None if point.mode == "timing" else x
         result = run(program, inputs, mode=point.mode, seed=point.seed, chip=chip,

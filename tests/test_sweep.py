@@ -602,3 +602,37 @@ def test_a_setting_in_the_grid_and_a_case_is_refused(tmp_path, capsys):
     with open(path, "a") as f:
         f.write('[cases.a]\n"adc-bits" = 5\n[cases.b]\n"adc-bits" = 6\n')
     assert {c: b["adc_bits"] for c, b in spec.load(str(path)).cases.items()} == {"a": 5, "b": 6}
+
+
+def test_a_timing_sweep_with_labels_defaults_to_metrics_it_can_compute(tmp_path):
+    """accuracy is a default metric only where every point computes outputs."""
+    path = write_sweep(tmp_path, mode="timing")
+    assert spec.load(str(path)).metrics == ["edp", "area_mm2"]
+    assert spec.load(str(write_sweep(tmp_path, name="a.toml"))).metrics == [
+        "accuracy", "edp", "area_mm2"]
+
+
+def test_a_metric_added_on_resume_is_computed(tmp_path):
+    """Points recorded before mvm_count joined the metrics run again for it (their first
+    shards record timing metrics), instead of leaving its column empty."""
+    path = write_sweep(tmp_path, mode="quantized", samples=20, shards=2,
+                       grid={"adc-bits": [6, 8]}, top={"metrics": ["accuracy", "edp"]})
+    first = run(path)
+    assert first.ran == 4
+    text = path.read_text().replace('metrics = ["accuracy", "edp"]',
+                                    'metrics = ["accuracy", "edp", "mvm_count"]')
+    path.write_text(text)
+    again = run(path)
+    assert again.ran == 2  # the two first shards
+    rows = table(again)
+    assert all(r["mvm_count"] is not None and r["mvm_count"] > 0 for r in rows), rows
+
+
+def test_a_grid_over_geometry_overrides_a_chip_files_arch(tmp_path):
+    """chip = a file with [arch] cell_bits = 4 and a grid over cell-bits: each point compiles
+    with the grid's value over the file's, and runs so (the 2-bit point had failed)."""
+    (tmp_path / "arch.toml").write_text("[arch]\ncell_bits = 4\n")
+    path = write_sweep(tmp_path, mode="quantized", samples=10, grid={"cell-bits": [2, 4]},
+                       fixed={"chip": "arch.toml"})
+    outcome = run(path)
+    assert outcome.failed == 0 and outcome.ran == 2
