@@ -161,6 +161,7 @@ class _State:
         self.runs: dict[int, tuple[Point, str]] = {}
         self.shards: dict[tuple[int, int], tuple] = {}
         self.ran = self.failed = self.compiled = 0
+        self.said: set[str] = set()  # the runs' warnings printed so far
         self.bar = tqdm(total=total, desc="cimsweep", unit="point", disable=not progress,
                         dynamic_ncols=True)
 
@@ -212,7 +213,17 @@ class _State:
             self.program_ready(key, path, value.get("data"))
             return
         point, key = self.runs.pop(tid)
+        if ok:
+            self._warn(point, value.pop("warnings", []))
         self._record(point, key, value if ok else {"status": "error", "error": value})
+
+    def _warn(self, point: Point, said: list[str]) -> None:
+        """A run's warnings, each once per sweep (its seeds and shards say the same)."""
+        for warning in said:
+            if warning not in self.said:
+                self.said.add(warning)
+                where = " ".join(f"{k}={v}" for k, v in point.params)
+                self.bar.write(f"cimsweep: warning: {where}: {warning}", file=sys.stderr)
 
     def _record(self, point: Point, key: str, value: dict) -> None:
         row = _row(point, key, value)

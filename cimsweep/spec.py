@@ -271,19 +271,42 @@ def _check(path: str, data: dict) -> Sweep:
 
 
 def _one_place(sweep: Sweep, fail) -> None:
-    """Every setting in one of [fixed], [grid] or the cases: a point takes a case's value over
-    the grid's and the grid's over [fixed], so a key in two of them would be labelled with
-    one value and run with another."""
+    """Every setting in one of [fixed], [grid] or the cases, a ``mapping``'s flags included:
+    a point takes a case's value over the grid's, the grid's over [fixed] and a mapping's
+    flags over all, so a key set twice would be labelled with one value and run with
+    another. (``stationary`` drops ``xbars``, as documented: not a clash.)"""
     places = [("[fixed]", sweep.fixed), ("[grid]", sweep.grid),
               *((f"[cases.{name}]", bundle) for name, bundle in sweep.cases.items())]
     seen: dict[str, str] = {}
     for where, settings in places:
-        for key in settings:
-            if key in seen and not (seen[key].startswith("[cases.")
-                                    and where.startswith("[cases.")):
-                fail(f"{key.replace('_', '-')} is set in {seen[key]} and {where}: set each "
-                     "setting in one place")
-            seen.setdefault(key, where)
+        for key, how in _implied(settings, where, fail).items():
+            other = seen.get(key)
+            if other is not None and not (other.startswith("[cases.")
+                                          and where.startswith("[cases.")):
+                fail(f"{_spelled(key)} is set in {other} and {where}{how}: set each setting "
+                     "in one place")
+            seen.setdefault(key, where + how)
+
+
+def _implied(settings: dict, where: str, fail) -> dict[str, str]:
+    """The keys ``settings`` (a table, or the grid's lists) set, with how: directly, or
+    through a ``mapping`` value's flags (one that the same table also sets fails)."""
+    keys = {k: "" for k in settings}
+    values = settings.get("mapping")
+    for value in values if isinstance(values, list) else [] if values is None else [values]:
+        for key, flag in mapping_flags(value).items():
+            if flag is None:
+                continue
+            if key in settings:
+                fail(f"{_spelled(key)} is set in {where} and by its mapping {value!r}: set "
+                     "each setting in one place")
+            keys.setdefault(key, f" (mapping {value!r})")
+    return keys
+
+
+def _spelled(key: str) -> str:
+    """A setting's key as a sweep file writes it (cimc flags with dashes)."""
+    return key if "." in key else key.replace("_", "-")
 
 
 def _seeds(value, fail) -> list[int]:

@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 
 import numpy as np
 
@@ -74,7 +75,17 @@ def _program(key: str, source) -> isa.Program:
 def run_task(point: Point, program_key: str, source, x, y, metrics: list[str]) -> dict:
     """Run ``point`` on its shard ``x`` (labels ``y`` or None) and return its result row:
     the sample count and correct answers, the requested timing metrics (shard 0 only: they
-    do not depend on the samples) and the crossbars the program uses."""
+    do not depend on the samples) and the crossbars the program uses; the run's warnings
+    are returned (``warnings``), not printed by the worker."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = _run_point(point, program_key, source, x, y, metrics)
+    said = list(dict.fromkeys(str(w.message) for w in caught))
+    return {**row, "warnings": said} if said else row
+
+
+def _run_point(point: Point, program_key: str, source, x, y, metrics: list[str]) -> dict:
+    """``run_task``'s row."""
     from compiler.flags import GEOMETRY_FLAGS
     from runtime import run
     from runtime.chips import resolve

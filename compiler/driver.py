@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from isa import ChipGeometry, Program
+from isa import ChipGeometry, IsaError, Program
 from isa.cells import LowWrite
-from isa.chip import Chip, load_chip
+from isa.chip import Chip, chip_of
 from isa.files import write_text_atomic
 from isa.limits import check_geometry
 
@@ -95,13 +95,12 @@ def _check_basis_layers(model: onnx.ModelProto, digital: frozenset) -> None:
 
 
 def _chip_config(chip_config) -> Chip | None:
-    """A Chip, or a preset name or TOML path loaded as one (as ``cimc --chip`` takes it)."""
-    if chip_config is None or isinstance(chip_config, Chip):
-        return chip_config
-    if isinstance(chip_config, str):
-        return load_chip(chip_config)
-    raise CompileError(f"chip_config must be an isa.chip.Chip, a preset name or a TOML path, "
-                       f"not {type(chip_config).__name__}")
+    """``isa.chip.chip_of`` (a Chip, or a preset name or TOML path loaded as one, as ``cimc
+    --chip`` takes it), its errors CompileError."""
+    try:
+        return chip_of(chip_config)
+    except IsaError as exc:
+        raise CompileError(str(exc)) from None
 
 
 def _check_arguments(batch, max_xbars, calibrate) -> None:
@@ -109,7 +108,7 @@ def _check_arguments(batch, max_xbars, calibrate) -> None:
     if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
         raise CompileError(f"batch {batch!r}: must be an integer of at least 1")
     if max_xbars is not None and (not isinstance(max_xbars, (int, np.integer))
-                                  or max_xbars < 1):
+                                  or isinstance(max_xbars, bool) or max_xbars < 1):
         raise CompileError(f"max_xbars {max_xbars!r}: must be an integer of at least 1 "
                            "(None: a crossbar per tile)")
     if calibrate is not None and not isinstance(calibrate, np.ndarray):

@@ -233,6 +233,17 @@ def presets() -> list[str]:
                   if f.name.endswith(".toml"))
 
 
+def chip_of(value) -> Chip | None:
+    """A Chip as the Python API takes one: a Chip (or None) as it is, a preset name or a TOML
+    path (str or os.PathLike) loaded; IsaError for anything else."""
+    if value is None or isinstance(value, Chip):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load_chip(os.fspath(value))
+    raise IsaError(f"a chip must be an isa.chip.Chip, a preset name or a TOML path, not "
+                   f"{type(value).__name__}")
+
+
 def load_chip(spec: str | None = None, overrides: list[str] | None = None) -> Chip:
     """A preset name or a TOML path (default: the ``default`` preset), then ``--set``
     overrides. Raises IsaError naming the spec when it is neither."""

@@ -38,7 +38,8 @@ def resolve(spec: str | None = None, overrides: list[str] | None = None,
                and k not in differ]
     if differ:
         where = " ".join(([f"chip {spec}"] if set(named) & set(differ) else [])
-                         + [f"--set {o}" for o in overrides if _key(o)[0] == "arch"])
+                         + [f"--set {o}" for o in overrides
+                            if _key(o)[0] == "arch" and _key(o)[1] in differ])
         sets = ", ".join(f"{k} {_named_value(k, spec, overrides, chip)}" for k in differ)
         compiled = ", ".join(f"{k} {getattr(program.chip, k)}" for k in differ)
         raise RunError(f"{where} sets {sets}; the program was compiled for {compiled}; "

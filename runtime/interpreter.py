@@ -24,7 +24,7 @@ from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
 from isa import Instr, IsaError, Program, cells
-from isa.chip import Chip, load_chip
+from isa.chip import Chip, chip_of
 from isa.printer import text_line
 from isa.timing import Timeline
 from isa.verify import same_for_every_sample, sample_mixing
@@ -612,18 +612,14 @@ def chunk_batches(program: Program, groups: int, mode: str,
 
 
 def _run_chip(program: Program, chip) -> Chip:
-    """The chip a run simulates: ``chip`` (a Chip, a preset name or a TOML path; None: the
-    default) with the program's geometry, which was fixed when it was compiled (a preset's
-    or a config's own geometry is not the run's to change: ``runtime.chips.resolve`` checks
-    a file's against it for cimrun)."""
-    if isinstance(chip, str):
-        try:
-            chip = load_chip(chip)
-        except IsaError as exc:
-            raise RunError(str(exc)) from None
-    if chip is not None and not isinstance(chip, Chip):
-        raise RunError(f"chip must be an isa.chip.Chip, a preset name or a TOML path, not "
-                       f"{type(chip).__name__}")
+    """The chip a run simulates: ``chip`` (``isa.chip.chip_of``: a Chip, a preset name or a
+    TOML path; None: the default) with the program's geometry, which was fixed when it was
+    compiled (a preset's or a config's own geometry is not the run's to change:
+    ``runtime.chips.resolve`` checks a file's against it for cimrun)."""
+    try:
+        chip = chip_of(chip)
+    except IsaError as exc:
+        raise RunError(str(exc)) from None
     return dataclasses.replace(chip or Chip(), arch=program.chip)
 
 
@@ -641,15 +637,24 @@ def _warn_unverified(chip: Chip) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _check_run_args(seed, threads, memory_limit) -> None:
-    """The run's seed, threads and memory limit, as cimrun's flags check them."""
-    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
+def _integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_run_args(seed, threads, memory_limit, first_sample) -> None:
+    """The run's seed, threads, memory limit and first sample, as cimrun's flags check
+    them."""
+    if not _integer(seed) or not 0 <= seed < 2 ** 64:
         raise RunError(f"seed {seed!r}: must be an integer within 0..2**64 - 1")
-    if not isinstance(threads, (int, np.integer)) or threads < 1:
+    if not _integer(threads) or threads < 1:
         raise RunError(f"threads {threads!r}: must be at least 1 (None: one per core)")
-    if memory_limit is not None and not memory_limit > 0:
+    if memory_limit is not None and (not isinstance(memory_limit, (int, float, np.number))
+                                     or isinstance(memory_limit, bool)
+                                     or not memory_limit > 0):
         raise RunError(f"memory_limit {memory_limit!r}: must be a positive number of bytes "
                        "(None: what the machine has)")
+    if not _integer(first_sample):
+        raise RunError(f"first_sample {first_sample!r}: must be an integer")
 
 
 def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
@@ -674,10 +679,11 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
         raise RunError(f"mode {mode!r} is not available; choose from {', '.join(MODES)}")
     chip = _run_chip(program, chip)
     threads = (os.cpu_count() or 1) if threads is None else threads
-    _check_run_args(seed, threads, memory_limit)
+    _check_run_args(seed, threads, memory_limit, first_sample)
+    seed, threads, first_sample = int(seed), int(threads), int(first_sample)
     if mode != "timing" and inputs is None:
         raise RunError(f"--mode {mode} needs inputs (only timing mode runs without them)")
-    if mode in ("quantized", "analog"):
+    if mode == "analog":  # (quantized mode draws no noise and has no stuck cells)
         _warn_unverified(chip)
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)

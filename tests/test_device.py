@@ -386,3 +386,6 @@ def test_an_open_loop_chip_has_no_verify_driven_mitigations(digits_test):
     unverified = load_chip("default", ["timing.t_verify_ns=0"])
     with pytest.warns(RuntimeWarning, match="no verify reads .* mapping.stuck_aware"):
         run(program, x, mode="analog", chip=unverified, timing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # quantized mode: no noise, no stuck cells to see
+        run(program, x, mode="quantized", chip=unverified, timing=False)

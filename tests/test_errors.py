@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, cli, fails, model_path
+from conftest import MODELS, ROOT, cli, fails, model_path
 from onnx import TensorProto, helper
 
 
@@ -558,14 +559,22 @@ def test_api_arguments_are_checked_like_the_flags():
     model = model_path("digits_cnn")
     for kw, message in ((dict(calibrate="x.npy"), "calibrate must be an array"),
                         (dict(batch=1.5), "batch 1.5: must be an integer"),
-                        (dict(max_xbars=0), "max_xbars 0: must be an integer of at least 1")):
+                        (dict(max_xbars=0), "max_xbars 0: must be an integer of at least 1"),
+                        (dict(max_xbars=True), "max_xbars True"),
+                        (dict(chip_config="nochip"), "chip 'nochip': neither a preset")):
         with pytest.raises(CompileError, match=message):
             compile_model(model, **kw)
     program = compile_model(model, chip_config="puma-optimistic")  # a preset by name
+    preset = os.path.join(ROOT, "isa", "chips", "puma-optimistic.toml")
+    assert compile_model(model, chip_config=pathlib.Path(preset)) == program  # or path
+    assert run(program, np.load(SAMPLE), seed=np.int64(3), chip=pathlib.Path(preset),
+               mode="analog").outputs["logits"].shape == (1, 10)
     x = np.load(SAMPLE)
     for kw, message in ((dict(inputs=None), "needs inputs"), (dict(threads=0), "threads 0"),
                         (dict(memory_limit=0), "memory_limit 0"), (dict(seed=-1), "seed -1"),
-                        (dict(chip=3), "chip must be an isa.chip.Chip")):
+                        (dict(seed=True), "seed True"), (dict(first_sample=0.5), "first_sample"),
+                        (dict(memory_limit="1e9"), "memory_limit '1e9'"),
+                        (dict(chip=3), "a chip must be an isa.chip.Chip")):
         with pytest.raises(RunError, match=message):
             run(program, **({"inputs": x} | kw))
 

@@ -475,6 +475,13 @@ def test_program_cache_and_list(tmp_path, capsys):
      ["chip 'nochip': neither a preset (default, ", "nor a TOML file"]),
     (dict(fixed={"adc-bits": 6}, grid={"adc-bits": [4, 8]}),
      ["adc-bits is set in [fixed] and [grid]: set each setting in one place"]),
+    (dict(fixed={"mapping": "reprogram", "xbars": 4},
+          grid={"schedule": ["naive", "optimized"]}),
+     ["schedule is set in [fixed] (mapping 'reprogram') and [grid]"]),
+    (dict(fixed={"mapping": "digital", "digital": "first"}),
+     ["digital is set in [fixed] and by its mapping 'digital'"]),
+    (dict(fixed={"device.read_sigma": 0.1}, grid={"device.read_sigma": [0, 0.2]}),
+     ["device.read_sigma is set in [fixed] and [grid]"]),
     (dict(fixed={"calibrate": "cal.npy"}),
      ["calibrate 'cal.npy' (relative to the sweep file): ", "cal.npy: no such file"]),
 ])
@@ -636,3 +643,16 @@ def test_a_grid_over_geometry_overrides_a_chip_files_arch(tmp_path):
                        fixed={"chip": "arch.toml"})
     outcome = run(path)
     assert outcome.failed == 0 and outcome.ran == 2
+
+
+def test_a_runs_warnings_reach_the_terminal_once_as_cimsweeps(tmp_path, capsys):
+    """A chip without verify reads warns in analog mode: once for the whole sweep (two seeds,
+    two shards), as a cimsweep line, and not into the results."""
+    path = write_sweep(tmp_path, samples=20, shards=2, seeds=[0, 1], results_file="r.csv",
+                       grid={"timing.t_verify_ns": [0, 1]})
+    status, out, err = main([path, "-q", "--jobs", "1"], capsys)
+    assert status == 0, err
+    said = [line for line in err.splitlines() if "no verify reads" in line]
+    assert len(said) == 1 and said[0].startswith("cimsweep: warning: model=net "), err
+    assert "RuntimeWarning" not in err
+    assert all("warnings" not in row for row in table(tmp_path / "r.csv"))
