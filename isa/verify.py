@@ -45,7 +45,7 @@ class _Ctx:
         self.blobs = p.blob_map()
         self.blob_shapes = {b.name: tuple(b.data.shape) for b in p.blobs}
         self.finite: set[str] = set()  # blobs already found finite
-        self.alike: dict[str, bool] = {}  # blobs checked by batch_rows
+        self.differ: dict[str, bool] = {}  # blobs checked by batch_rows
         self.tiles: dict[int, tuple[int, int]] = {}  # crossbar -> its last write's tile
         end = next((i for i, ins in enumerate(p.text) if ins.op == "barrier"
                     and ins.attr("label") == "inference"), len(p.text))
@@ -55,13 +55,13 @@ class _Ctx:
         return (self.buffers if ref[0] == "%" else self.blob_shapes)[ref[1:]]
 
     def batch_rows(self, ref: str) -> bool:
-        """Whether ``ref`` is a blob with more than one row along its leading axis that are
-        not all alike (``same_for_every_sample``)."""
-        if ref[0] != "@" or not self.shape(ref) or self.shape(ref)[0] == 1:
+        """Whether ``ref`` is a blob whose rows along its leading axis differ
+        (``rows_differ``)."""
+        if ref[0] != "@":
             return False
-        if ref not in self.alike:
-            self.alike[ref] = same_for_every_sample(self.blobs[ref[1:]].data)
-        return not self.alike[ref]
+        if ref not in self.differ:
+            self.differ[ref] = rows_differ(self.blobs[ref[1:]].data)
+        return self.differ[ref]
 
     def dst(self, ins: Instr) -> tuple[int, ...]:
         return self.shape(ins.operands[0])
@@ -601,6 +601,13 @@ def same_for_every_sample(data: np.ndarray) -> bool:
         return False
     rows = np.ascontiguousarray(data).view(np.uint8).reshape(len(data), -1)
     return bool(np.all(rows == rows[:1]))  # bit for bit: 0.0 and -0.0 differ (1 / x)
+
+
+def rows_differ(data: np.ndarray) -> bool:
+    """Whether a blob has more than one row along its leading axis and they are not all
+    alike (``same_for_every_sample``): read along the batch, it gives each sample of a
+    compiled batch a row of its own."""
+    return data.ndim >= 1 and len(data) > 1 and not same_for_every_sample(data)
 
 
 def _blob_along_batch(c: _Ctx, ins: Instr, rank: int) -> bool:

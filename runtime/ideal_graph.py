@@ -8,11 +8,11 @@ onnxruntime runs the whole model in 0.45 ms. ``fuse_graphs`` makes every run of 
 consecutive steps that ONNX states exactly, at least one of them a ``ConvStep``, one
 ``GraphStep``: one session computes, from the buffers the run reads before it writes them,
 the buffers it writes that a later step or an output port reads. What ONNX states exactly
-(``EMITTERS``): ``ConvStep`` (a Conv with its activation fused, as ``implicit_conv``
+(``_EMITTERS``): ``ConvStep`` (a Conv with its activation fused, as ``implicit_conv``
 builds it, weights as constants for layers of at most ``implicit_conv.CONSTANT_BYTES`` of
 non-zero weights, else inputs), relu and clip, the broadcasting add, sub, mul, div, max and
-min whose result has the destination's shape, maxpool, global average and max pooling, and
-a reshape that keeps the leading (sample) axis.
+min whose result has the destination's shape, maxpool (not in ceil mode), global average
+and max pooling, and a reshape that keeps the leading (sample) axis.
 
 The floats are those of the steps run one by one up to summation order (a global average's
 sum, a convolution's, as in ``implicit_conv``): ideal mode promises the program's float
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isa import Instr, Program
-from isa.verify import same_for_every_sample
+from isa.verify import rows_differ
 
 from . import implicit_conv as ic
 from .epilogues import instructions
@@ -66,7 +66,7 @@ class _Graph:
     """An ONNX graph being built: each buffer's current value, the graph's inputs (buffers
     read before any write), its nodes and constants."""
 
-    blobs: dict
+    blob: Callable  # (ref, rank) -> a blob as ops of that rank read it (Machine.read_per_sample)
     current: dict = field(default_factory=dict)
     inputs: list = field(default_factory=list)
     nodes: list = field(default_factory=list)
@@ -80,10 +80,7 @@ class _Graph:
         if ref not in self.current:
             name = self.fresh(ref[1:])
             if ref[0] == "@":
-                data = np.asarray(self.blobs[ref[1:]], np.float32)
-                if data.ndim == rank and len(data) > 1 and same_for_every_sample(data):
-                    data = data[:1]
-                self.constant(name, data)
+                self.constant(name, np.asarray(self.blob(ref, rank), np.float32))
             else:
                 self.inputs.append((ref, name))
             self.current[ref] = name
@@ -115,65 +112,56 @@ def _dst(ins: Instr) -> str:
 
 
 def _unary(op: str) -> Callable:
-    def emit(g: _Graph, ins: Instr, weights) -> None:
+    def emit(g: _Graph, ins: Instr, shapes: dict) -> None:
         g.node(op, [g.read(ins.operands[1])], _dst(ins))
     return emit
 
 
-def _clip(g: _Graph, ins: Instr, weights) -> None:
+def _clip(g: _Graph, ins: Instr, shapes: dict) -> None:
     bounds = [g.constant(g.fresh(f"clip.{k}"), np.array(ins.attr(k), np.float32))
               for k in ("min", "max")]
     g.node("Clip", [g.read(ins.operands[1]), *bounds], _dst(ins))
 
 
-def _binary(op: str, shapes: dict) -> Callable:
-    def emit(g: _Graph, ins: Instr, weights) -> None:
+def _binary(op: str) -> Callable:
+    def emit(g: _Graph, ins: Instr, shapes: dict) -> None:
         rank = len(shapes[_dst(ins)])
         g.node(op, [g.read(r, rank) for r in ins.operands[1:]], _dst(ins))
     return emit
 
 
-def _maxpool(g: _Graph, ins: Instr, weights) -> None:
+def _maxpool(g: _Graph, ins: Instr, shapes: dict) -> None:
     kernel, strides, pads, dilations = window(ins)
     g.node("MaxPool", [g.read(ins.operands[1])], _dst(ins), kernel_shape=kernel,
            strides=strides, pads=pads, dilations=dilations, ceil_mode=int(ins.attr("ceil")))
 
 
-def _reshape(shapes: dict) -> Callable:
-    def emit(g: _Graph, ins: Instr, weights) -> None:
-        shape = g.constant(g.fresh("shape"), np.array((0, *shapes[_dst(ins)][1:]), np.int64))
-        g.node("Reshape", [g.read(ins.operands[1]), shape], _dst(ins))
-    return emit
+def _reshape(g: _Graph, ins: Instr, shapes: dict) -> None:
+    shape = g.constant(g.fresh("shape"), np.array((0, *shapes[_dst(ins)][1:]), np.int64))
+    g.node("Reshape", [g.read(ins.operands[1]), shape], _dst(ins))
 
 
-def _conv(g: _Graph, step: ic.ConvStep, weights) -> None:
-    """A Conv of the layer's input and its weights (``weights``: the step's constant weight
-    and bias, or None: graph inputs), then its activation."""
-    kernel, strides, pads, dilations = window(step.im2col)
-    weight, bias, groups = weights
+def _conv(g: _Graph, step: ic.ConvStep, weight, bias, groups: int) -> None:
+    """A Conv of the layer's input by ``weight`` and ``bias`` (constants, or None: graph
+    inputs), then its activation (``implicit_conv.conv_nodes``)."""
     w, b = g.fresh("w"), g.fresh("b")
     if weight is None:
         g.inputs += [(w, w), (b, b)]
     else:
         g.constant(w, weight), g.constant(b, bias)
-    act = ic._activation(step.layer.act)
-    dst = step.unpatch.operands[0]
-    g.node("Conv", [g.read(step.im2col.operands[1]), w, b], dst, kernel_shape=kernel,
-           strides=strides, pads=pads, dilations=dilations, group=groups)
-    if act:
-        bounds = [g.constant(g.fresh("clip"), np.array(v, np.float32)) for v in act[1:]]
-        g.node(act[0], [g.current[dst], *bounds], dst)
+    x = g.read(step.im2col.operands[1])
+    nodes, bounds = ic.conv_nodes(step, x, w, b, g.write(step.unpatch.operands[0]), groups,
+                                  g.fresh)
+    g.nodes += nodes
+    g.constants += bounds
 
 
 _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min"}
 _UNARY = {"relu": "Relu", "gavgpool": "GlobalAveragePool", "gmaxpool": "GlobalMaxPool"}
-
-
-def _emitters(shapes: dict) -> dict[str, Callable]:
-    """opcode -> fn(graph, instruction, weights) adding its nodes."""
-    return {**{k: _binary(v, shapes) for k, v in _BINARY.items()},
-            **{k: _unary(v) for k, v in _UNARY.items()},
-            "clip": _clip, "maxpool": _maxpool, "reshape": _reshape(shapes)}
+# opcode -> fn(graph, instruction, the program's buffer shapes) adding its nodes
+_EMITTERS: dict[str, Callable] = {
+    **{k: _binary(v) for k, v in _BINARY.items()}, **{k: _unary(v) for k, v in _UNARY.items()},
+    "clip": _clip, "maxpool": _maxpool, "reshape": _reshape}
 
 
 def _graphable(step, shapes: dict, per_sample: frozenset = frozenset()) -> bool:
@@ -183,7 +171,7 @@ def _graphable(step, shapes: dict, per_sample: frozenset = frozenset()) -> bool:
     samples cannot take them as one constant)."""
     if isinstance(step, ic.ConvStep):
         return True
-    if not isinstance(step, Instr) or step.op not in _emitters(shapes):
+    if not isinstance(step, Instr) or step.op not in _EMITTERS:
         return False
     refs = [r for r in step.operands if r[0] == "%"]
     if any(len(shapes.get(r, ())) < 1 for r in refs):
@@ -208,9 +196,7 @@ def fuse_graphs(steps: list, program: Program) -> list:
     steps holding a ``ConvStep`` made one ``GraphStep``."""
     shapes = {"%" + b.name: b.type.shape for b in program.buffers}
     shapes.update({"@" + b.name: b.data.shape for b in program.blobs})
-    per_sample = frozenset("@" + b.name for b in program.blobs
-                           if b.data.ndim and len(b.data) > 1
-                           and not same_for_every_sample(b.data))
+    per_sample = frozenset("@" + b.name for b in program.blobs if rows_differ(b.data))
     last = ic._last_uses(steps, program)
     out: list = []
     i = 0
@@ -294,13 +280,8 @@ def _held(m, step: GraphStep, layers: list) -> _Held:
         if held is not None and held.serves(step, layers, m.blobs):
             _SESSIONS.move_to_end(key)
             return held
-        for gone in [k for k, h in _SESSIONS.items() if not h.alive()]:
-            del _SESSIONS[gone]
-        _SESSIONS[key] = _build(m, step, layers)
-        while len(_SESSIONS) > 1 and ic.RESIDENT_COPIES * sum(
-                h[0].nbytes for v in _SESSIONS.values() for h in v.layers if h) \
-                > ic.CACHE_BYTES:
-            _SESSIONS.popitem(last=False)
+        ic.keep(_SESSIONS, key, _build(m, step, layers), _Held.alive,
+                lambda held: sum(h[0].nbytes for h in held.layers if h))
         return _SESSIONS[key]
 
 
@@ -310,8 +291,7 @@ def _build(m, step: GraphStep, layers: list) -> _Held:
     from onnx import TensorProto, helper
 
     program_shapes = {"%" + b.name: b.type.shape for b in m.program.buffers}
-    emit = _emitters(program_shapes)
-    g = _Graph(m.blobs)
+    g = _Graph(m.read_per_sample)
     convs = iter(layers)
     kept, feeds = [], []
     for s in step.steps:
@@ -319,11 +299,11 @@ def _build(m, step: GraphStep, layers: list) -> _Held:
             matrix, bias, constant = next(convs)
             weight, b, n = ic.conv_weight(s, matrix, bias)
             start = len(g.inputs)
-            _conv(g, s, (weight, b, n) if constant else (None, None, n))
+            _conv(g, s, *((weight, b) if constant else (None, None)), n)
             kept.append((matrix.copy(), bias.copy()) if constant else None)
             feeds.append(None if constant else [name for _, name in g.inputs[start:]])
         else:
-            emit[s.op](g, s, None)
+            _EMITTERS[s.op](g, s, program_shapes)
     value_infos = [helper.make_tensor_value_info(
         name, TensorProto.FLOAT, ["N", *program_shapes[ref][1:]] if ref[0] == "%" else None)
         for ref, name in g.inputs]

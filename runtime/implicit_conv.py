@@ -235,15 +235,22 @@ def _session(step: ConvStep, matrix: np.ndarray, bias: np.ndarray):
         if held is not None and held.serves(step, act, matrix, bias):
             _SESSIONS.move_to_end(key)
             return held.session, {}
-        for gone in [k for k, h in _SESSIONS.items() if h.im2col() is None]:
-            del _SESSIONS[gone]  # programs no one holds any more
-        _SESSIONS[key] = _Held(weakref.ref(step.im2col), weakref.ref(step.unpatch), act,
-                               matrix.copy(), bias.copy(),
-                               _build(step, *conv_weight(step, matrix, bias)))
-        while len(_SESSIONS) > 1 and RESIDENT_COPIES * sum(
-                h.matrix.nbytes for h in _SESSIONS.values()) > CACHE_BYTES:
-            _SESSIONS.popitem(last=False)
+        keep(_SESSIONS, key, _Held(weakref.ref(step.im2col), weakref.ref(step.unpatch), act,
+                                   matrix.copy(), bias.copy(),
+                                   _build(step, *conv_weight(step, matrix, bias))),
+             lambda h: h.im2col() is not None, lambda h: h.matrix.nbytes)
         return _SESSIONS[key].session, {}
+
+
+def keep(cache: OrderedDict, key, held, alive, nbytes) -> None:
+    """Hold ``held`` in ``cache`` under ``key`` (the caller holds the cache's lock): first
+    drop what ``alive(h)`` says no program holds any more, then give up the least recently
+    used while ``RESIDENT_COPIES`` times their ``nbytes(h)`` exceeds ``CACHE_BYTES``."""
+    for gone in [k for k, h in cache.items() if not alive(h)]:
+        del cache[gone]
+    cache[key] = held
+    while len(cache) > 1 and RESIDENT_COPIES * sum(map(nbytes, cache.values())) > CACHE_BYTES:
+        cache.popitem(last=False)
 
 
 _INPUT_SESSIONS: dict = {}
@@ -270,23 +277,36 @@ def _activation(act: Instr | None) -> tuple:
     return ("Clip", float(np.float32(act.attr("min"))), float(np.float32(act.attr("max"))))
 
 
+def conv_nodes(step: ConvStep, x: str, w: str, b: str, y: str, groups: int,
+               fresh) -> tuple[list, list]:
+    """The ONNX nodes of ``step``'s Conv of value ``x`` by weight ``w`` and bias ``b`` into
+    ``y``, then its activation (``_activation``), and the activation's bound constants;
+    ``fresh(stem)`` names the values between them."""
+    from onnx import helper, numpy_helper
+
+    act = _activation(step.layer.act)
+    kernel, strides, pads, dilations = window(step.im2col)
+    c = fresh("c") if act else y
+    nodes = [helper.make_node("Conv", [x, w, b], [c], kernel_shape=kernel, strides=strides,
+                              pads=pads, dilations=dilations, group=groups)]
+    if not act:
+        return nodes, []
+    bounds = [fresh(f"{act[0]}{i}") for i in range(len(act) - 1)]
+    nodes.append(helper.make_node(act[0], [c, *bounds], [y]))
+    return nodes, [numpy_helper.from_array(np.array(v, np.float32), name)
+                   for name, v in zip(bounds, act[1:])]
+
+
 def _build(step: ConvStep, weight: np.ndarray | None, bias: np.ndarray | None, groups: int):
     """A session on one intra-op thread of x's Conv, then the step's activation if any: its
     weight and bias these constants, or inputs w and b (None)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    act = _activation(step.layer.act)
-    kernel, strides, pads, dilations = window(step.im2col)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c" if act else "y"],
-                              kernel_shape=kernel, strides=strides, pads=pads,
-                              dilations=dilations, group=groups)]
-    initializers = [] if weight is None else [numpy_helper.from_array(weight, "w"),
-                                              numpy_helper.from_array(bias, "b")]
-    if act:
-        bounds = [f"{act[0]}{i}" for i in range(len(act) - 1)]
-        nodes.append(helper.make_node(act[0], ["c", *bounds], ["y"]))
-        initializers += [numpy_helper.from_array(np.array(v, np.float32), name)
-                         for name, v in zip(bounds, act[1:])]
+    kernel = step.im2col.attr("kernel")
+    nodes, initializers = conv_nodes(step, "x", "w", "b", "y", groups, lambda stem: stem)
+    if weight is not None:
+        initializers += [numpy_helper.from_array(weight, "w"),
+                         numpy_helper.from_array(bias, "b")]
     spatial = [f"s{i}" for i in range(len(kernel))]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", *spatial])]
     if weight is None:

@@ -27,7 +27,7 @@ from isa import Instr, IsaError, Program, cells
 from isa.chip import Chip, chip_of
 from isa.printer import text_line
 from isa.timing import Timeline
-from isa.verify import same_for_every_sample, sample_mixing
+from isa.verify import rows_differ, sample_mixing
 
 from . import device
 from . import noise as nz
@@ -93,7 +93,7 @@ class Machine:
         self.ranges = {b.name: b.range for b in program.buffers if b.range}
         self._blob_max: dict[str, float] = {}
         self.blobs = {b.name: b.data for b in program.blobs}
-        self._alike: dict[str, bool] = {}  # read_per_sample's blobs
+        self._differ: dict[str, bool] = {}  # read_per_sample's blobs
         self.shapes = _shapes(program, scale)
         # the working set of one batched crossbar read (mvm_groups), shared by runs
         # of samples that read at once (fork)
@@ -131,12 +131,11 @@ class Machine:
         (``isa.verify.same_for_every_sample``) as its first row, which broadcasts over a run
         of any number of samples (the verifier does not count it as mixing samples)."""
         value = self.read(ref)
-        if ref[0] == "@" and value.ndim == rank and len(value) > 1:
-            alike = self._alike.get(ref)
-            if alike is None:
-                alike = self._alike[ref] = same_for_every_sample(value)
-            return value[:1] if alike else value
-        return value
+        if ref[0] != "@" or value.ndim != rank:
+            return value
+        if ref not in self._differ:
+            self._differ[ref] = rows_differ(value)
+        return value if self._differ[ref] else value[:1]
 
     def store(self, ref: str, value: np.ndarray) -> None:
         if value.shape != self.shapes[ref[1:]]:
