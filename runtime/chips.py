@@ -24,14 +24,14 @@ def resolve(spec: str | None = None, overrides: list[str] | None = None,
     try:
         if program is None:
             return load_chip(spec, overrides)
-        chip = load_chip(spec)
+        base = load_chip(spec)
         keys = [k for section, k in map(_key, overrides) if section == "arch"]
         named = [k for k in _file_geometry(spec) if k not in keys]  # (--set has the last word)
-        differ = [k for k in named if getattr(chip.arch, k) != getattr(program.chip, k)]
+        differ = [k for k in named if getattr(base.arch, k) != getattr(program.chip, k)]
         if "xbars" in keys:
             raise RunError("--set arch.xbars: a program's crossbars are fixed when it is "
                            "compiled (cimc --xbars N)")
-        chip = with_overrides(dataclasses.replace(chip, arch=program.chip), overrides)
+        chip = with_overrides(dataclasses.replace(base, arch=program.chip), overrides)
     except IsaError as exc:
         raise RunError(str(exc)) from None
     differ += [k for k in keys if getattr(chip.arch, k) != getattr(program.chip, k)
@@ -40,19 +40,12 @@ def resolve(spec: str | None = None, overrides: list[str] | None = None,
         where = " ".join(([f"chip {spec}"] if set(named) & set(differ) else [])
                          + [f"--set {o}" for o in overrides
                             if _key(o)[0] == "arch" and _key(o)[1] in differ])
-        sets = ", ".join(f"{k} {_named_value(k, spec, overrides, chip)}" for k in differ)
+        sets = ", ".join(f"{k} {getattr((chip if k in keys else base).arch, k)}"
+                         for k in differ)
         compiled = ", ".join(f"{k} {getattr(program.chip, k)}" for k in differ)
         raise RunError(f"{where} sets {sets}; the program was compiled for {compiled}; "
                        "recompile with that chip, or leave the geometry out of the run's")
     return dataclasses.replace(chip, arch=program.chip)
-
-
-def _named_value(key: str, spec: str | None, overrides: list[str], chip: Chip):
-    """The value the run's chip gives geometry ``key``: its last --set, else its file's."""
-    for o in reversed(overrides):
-        if _key(o) == ("arch", key):
-            return getattr(chip.arch, key)
-    return getattr(load_chip(spec).arch, key)
 
 
 def _key(assignment: str) -> tuple[str, str]:
