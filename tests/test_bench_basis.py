@@ -7,7 +7,7 @@ import dataclasses
 import math
 
 from isa.chip import Chip
-from tools.bench_basis import crossbars_within, macs_within, per_xbar_area, with_mac
+from tools.bench_basis import crossbars_within, macs_within, per_xbar_area, replaced
 
 
 def test_macs_within_adds_what_the_spare_area_buys():
@@ -17,7 +17,7 @@ def test_macs_within_adds_what_the_spare_area_buys():
 
 
 def test_macs_within_takes_macs_away_where_larger_ones_overshoot():
-    chip = with_mac(Chip(), 0.001)  # the chip's own 36 MACs now 0.036 mm2
+    chip = replaced(Chip(), "area", digital_mac_mm2=0.001)  # its own 36 MACs: 0.036 mm2
     assert macs_within(chip, 0.5, 0.5 + 0.0205) == 36 - 21  # floor(-20.5) = -21
     assert macs_within(chip, 0.0, 1.0) == 1  # at least one
 

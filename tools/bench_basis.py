@@ -81,8 +81,14 @@ MAPPINGS = {
 }
 
 
+def replaced(chip: Chip, section: str, **fields) -> Chip:
+    """``chip`` with ``fields`` of its ``section`` (timing, energy, area, ...) replaced."""
+    return dataclasses.replace(chip, **{section: dataclasses.replace(getattr(chip, section),
+                                                                     **fields)})
+
+
 def timing_chip(chip: Chip, **timing) -> Chip:
-    return dataclasses.replace(chip, timing=dataclasses.replace(chip.timing, **timing))
+    return replaced(chip, "timing", **timing)
 
 
 def model_and_basis(name: str, zoo: str) -> tuple[str, BasisSet]:
@@ -135,14 +141,11 @@ class Study:
         over = MAPPINGS.get(mapping, ({}, {}))[1]
         return stats(self.program(mapping, xbars, chip), timing_chip(chip, **over))
 
-    def weight_stationary(self, xbars: int, chip: Chip | None = None) -> dict:
-        """Weight-stationary on ``xbars`` >= tiles crossbars, spares holding replicas
-        (simulated on ``chip``, default the study's)."""
-        key = ("weight-stationary", xbars)
-        if key not in self.cache:
-            self.cache[key] = compile_model(self.path, batch=self.batch, max_xbars=xbars,
-                                            chip_config=self.chip)
-        return stats(self.cache[key], chip or self.chip)
+    def weight_stationary(self, xbars: int) -> dict:
+        """Weight-stationary on ``xbars`` >= tiles crossbars, spares holding replicas."""
+        program = compile_model(self.path, batch=self.batch, max_xbars=xbars,
+                                chip_config=self.chip)
+        return stats(program, self.chip)
 
 
 def best_baseline(rows: dict, metric: str = "cycles") -> str:
@@ -203,11 +206,6 @@ def equal_area(study: Study, same: dict) -> dict:
 CMOS = (1.0, 0.8, 0.58, 0.4, 0.3)
 
 
-def with_cmos(chip: Chip, scale: float) -> Chip:
-    """``chip`` with its CMOS energies scaled by ``scale``."""
-    return dataclasses.replace(chip, energy=dataclasses.replace(chip.energy, cmos_scale=scale))
-
-
 def cmos_sweep(studies: list[Study]) -> None:
     """BasisN's EDP over optimized reprogramming's (equal crossbars, equal compute area) and
     the digital unit's (equal compute area) as the CMOS energies scale: BasisN's combiner and
@@ -219,12 +217,11 @@ def cmos_sweep(studies: list[Study]) -> None:
     for scale in CMOS:
         cells = []
         for study in studies:
-            chip, x = with_cmos(study.chip, scale), XBARS[study.name]
+            chip, x = replaced(study.chip, "energy", cmos_scale=scale), XBARS[study.name]
             basis = stats(study.program("basisN", x), chip)
             opt = stats(study.program("optimized", x), chip)
             more = crossbars_within(chip, basis["area"], opt["area"], x)
-            wide = study.weight_stationary(more, chip) if more >= study.tiles else \
-                stats(study.program("optimized", more), chip)
+            wide = stats(study.program("optimized", more), chip)
             dig = digital_at_equal_area(study, chip, basis["area"])[1]
             cells.append(" / ".join(f"{basis['edp'] / b['edp']:.2f}" for b in (opt, wide, dig)))
         print(f"| {scale:g} | " + " | ".join(cells) + " |", flush=True)
@@ -242,11 +239,6 @@ DRIVER_MM2 = (0.0, 0.001, 0.0025, 0.005, 0.0066, 0.0094, 0.015, 0.02)
 # 28 nm for 65,536 MACs (Jouppi et al., ISCA 2017, table 2 and the floor plan of figure 2),
 # is at most 1,212 um2 a MAC, 1,583 at 32 nm (area ~ feature^2); and beyond it
 MAC_MM2 = (0.000212, 0.0005, 0.001, 0.00158, 0.0025, 0.004, 0.006)
-
-
-def with_mac(chip: Chip, mm2: float) -> Chip:
-    """``chip`` with a digital MAC of ``mm2``."""
-    return dataclasses.replace(chip, area=dataclasses.replace(chip.area, digital_mac_mm2=mm2))
 
 
 def digital_at_equal_area(study: Study, chip: Chip, area: float) -> tuple[int, dict]:
@@ -268,7 +260,8 @@ def mac_area_sweep(studies: list[Study]) -> None:
     for mm2 in MAC_MM2:
         cells = []
         for study, b in zip(studies, basis):
-            macs, dig = digital_at_equal_area(study, with_mac(study.chip, mm2), b["area"])
+            macs, dig = digital_at_equal_area(study, replaced(study.chip, "area",
+                                                              digital_mac_mm2=mm2), b["area"])
             cells.append(f"{macs}: {b['cycles'] / dig['cycles']:.2f}x, "
                          f"{b['edp'] / dig['edp']:.2f}x")
         print(f"| {mm2:g} | " + " | ".join(cells) + " |", flush=True)
@@ -276,7 +269,7 @@ def mac_area_sweep(studies: list[Study]) -> None:
 
 def with_driver(chip: Chip, mm2: float) -> Chip:
     """``chip`` with a write driver of ``mm2`` an array."""
-    return dataclasses.replace(chip, area=dataclasses.replace(chip.area, write_driver_mm2=mm2))
+    return replaced(chip, "area", write_driver_mm2=mm2)
 
 
 def equal_area_point(study: Study, mm2: float) -> tuple[dict, int, dict]:
