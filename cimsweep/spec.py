@@ -411,9 +411,9 @@ def _value(key: str, value, actions: dict, here: str, fail):
 
 def _named(dest: str, value: str) -> bool:
     """A file flag's value that names no file: a chip preset, or --basis N or auto."""
+    from compiler.flags import fits_a_basis
     from isa.chip import presets
-    return (dest == "chip" and value in presets()) or (
-        dest == "basis" and (value == "auto" or value.isdigit()))
+    return (dest == "chip" and value in presets()) or (dest == "basis" and fits_a_basis(value))
 
 
 def _existing(here: str, path, what: str, fail) -> str:

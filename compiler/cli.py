@@ -225,7 +225,7 @@ def _basis(args, model: onnx.ModelProto, samples, chip: Chip, bars: bool) -> Bas
     from .basis.auto import choose, decomposition  # onnxruntime: only when fitting
     if args.basis is None:
         return None
-    if args.basis != "auto" and not args.basis.isdigit():
+    if not flags.fits_a_basis(args.basis):
         basis = BasisSet.load(args.basis)
         check_fits(basis.unit, basis.n, chip.arch, f"--basis {args.basis}")
         return basis

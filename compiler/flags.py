@@ -134,17 +134,18 @@ def digital(args: argparse.Namespace, model) -> frozenset[str]:
 
 
 # Flags that only a setting of another flag reads: (flag, dest, needs, whether it applies)
-def _fits_a_basis(a: argparse.Namespace) -> bool:
-    """--basis N or auto: a basis is fitted (a FILE's is used as it is)."""
-    return a.basis is not None and (a.basis == "auto" or a.basis.isdigit())
+def fits_a_basis(basis: str | None) -> bool:
+    """Whether a --basis value asks for a fit (N or auto) rather than naming a FILE, whose
+    basis is used as it is."""
+    return basis is not None and (basis == "auto" or basis.isdigit())
 
 
 _DEPENDENT = (
     ("--calibrate-labels", "calibrate_labels", "--basis auto", lambda a: a.basis == "auto"),
     ("--dynamic-xbars", "dynamic_xbars", "--dynamic write", lambda a: a.dynamic == "write"),
     ("--accuracy-budget", "accuracy_budget", "--basis auto", lambda a: a.basis == "auto"),
-    *((flag(dest), dest, "--basis N or auto (a basis FILE is used as it is)", _fits_a_basis)
-      for dest in ("basis_unit", "coef_bits", "coef_sparsity")),
+    *((flag(dest), dest, "--basis N or auto (a basis FILE is used as it is)",
+       lambda a: fits_a_basis(a.basis)) for dest in ("basis_unit", "coef_bits", "coef_sparsity")),
 )
 
 # The basis fit's settings when not given (None until then, so that ``ignored`` can tell a
