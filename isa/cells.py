@@ -7,9 +7,10 @@ so both count the same cells.
 Digits: a tile [R, C] becomes integer magnitudes of weight_bits - 1 bits (a scale per
 column of the tile, or one per tensor: ``mapping.per_column_scaling``), split into signs
 (differential pairs; or one array with an offset) and ``slices`` digits of ``cell_bits``
-each, least significant first: ``digits[sign, slice, r, c]``. One crossbar cell holds one
-digit. Differential pairs use a balanced encoding, most significant slice first, each digit
-the rounded remainder (``encode``); the offset scheme plain base-2^cell_bits digits.
+each (as many as the magnitude bits need: the pair carries the sign), least significant
+first: ``digits[sign, slice, r, c]``. One crossbar cell holds one digit. Differential pairs
+use a balanced encoding, most significant slice first, each digit the rounded remainder
+(``encode``); the offset scheme plain base-2^cell_bits digits.
 
 Cell state: what every cell of one crossbar holds, an int16 array of the crossbar's size
 [signs, slices, rows, weights_per_row] (``blank``), -1 where nothing is known (never
@@ -31,11 +32,35 @@ from .chip import Chip
 UNKNOWN = -1  # a cell state nothing has been written to
 
 
-def quantize_weights(tile: np.ndarray, chip: Chip, tensor_max):
-    """Signed integer magnitudes and the per-column scale of a tile [R, C] (scale [C]), or of
-    every matrix of a stack [..., R, C] (scale [..., C]). ``tensor_max``: the largest
-    magnitude (one per matrix of a stack) when ``mapping.per_column_scaling`` is 0."""
-    qmax = 2 ** (chip.arch.weight_bits - 1) - 1
+def signed_max(chip: Chip) -> int:
+    """The largest magnitude of a symmetric ``weight_bits``-bit integer: what the digital
+    unit rounds its weights to."""
+    return 2 ** (chip.arch.weight_bits - 1) - 1
+
+
+def magnitude_max(chip: Chip) -> int:
+    """The largest integer magnitude a crossbar weight is rounded to: ``signed_max``. The
+    offset scheme stores q + offset, a sign bit more, in the same ``slices`` digits, so
+    where they hold exactly weight_bits - 1 bits (1 or 7 bits a cell at 8-bit weights) its
+    weights get one magnitude bit less (``offset_bits_lost``)."""
+    a = chip.arch
+    if chip.mapping.differential:
+        return signed_max(chip)
+    return min(signed_max(chip) + 1, 2 ** (a.cell_bits * a.slices - 1)) - 1
+
+
+def offset_bits_lost(chip: Chip) -> bool:
+    """Whether the offset scheme's sign costs a magnitude bit on this geometry (never with
+    differential pairs)."""
+    return magnitude_max(chip) < signed_max(chip)
+
+
+def quantize_weights(tile: np.ndarray, chip: Chip, tensor_max, qmax: int | None = None):
+    """Signed integer magnitudes (at most ``qmax``, by default a crossbar's
+    ``magnitude_max``) and the per-column scale of a tile [R, C] (scale [C]), or of every
+    matrix of a stack [..., R, C] (scale [..., C]). ``tensor_max``: the largest magnitude
+    (one per matrix of a stack) when ``mapping.per_column_scaling`` is 0."""
+    qmax = magnitude_max(chip) if qmax is None else qmax
     peak = np.abs(tile).max(axis=-2) if chip.mapping.per_column_scaling else \
         np.broadcast_to(np.asarray(tensor_max, np.float64)[..., None],
                         tile.shape[:-2] + tile.shape[-1:])
@@ -53,7 +78,7 @@ def to_digits(q: np.ndarray, chip: Chip) -> tuple[np.ndarray, float]:
     if chip.mapping.differential:
         mags, offset = np.stack([np.maximum(q, 0), np.maximum(-q, 0)], axis=-3), 0
     else:
-        offset = 2 ** (chip.arch.weight_bits - 1)
+        offset = magnitude_max(chip) + 1
         mags = np.expand_dims(q + offset, -3)
     powers = base ** np.arange(slices)
     digits = (mags[..., :, None, :, :] // powers[:, None, None]) % base

@@ -33,8 +33,9 @@ class ChipGeometry:
 
     @property
     def slices(self) -> int:
-        """Cells a weight is sliced over (one sign; differential pairs double it)."""
-        return -(-self.weight_bits // self.cell_bits)
+        """Cells a weight's magnitude is sliced over: its weight_bits - 1 magnitude bits,
+        cell_bits a cell (the sign is the pair's: differential pairs double the cells)."""
+        return -(-(self.weight_bits - 1) // self.cell_bits)
 
     @property
     def input_steps(self) -> int:

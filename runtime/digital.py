@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from isa.cells import signed_max
 from isa.chip import Chip
 
 from .analog import input_levels
@@ -37,6 +38,6 @@ def quantized_matmul(x: np.ndarray, x_range: np.ndarray, weight: np.ndarray,
     magnitude ``weight_max``, for per-tensor scaling) -> float32 [B, V, M]."""
     levels = 2 ** chip.arch.input_bits - 1
     xq = input_levels(x, chip.arch.input_bits, x_range)
-    wq, scale = quantize_weights(weight, chip, weight_max)
+    wq, scale = quantize_weights(weight, chip, weight_max, signed_max(chip))
     y = exact_matmul(xq, wq) * (x_range / levels) * scale
     return (y if bias is None else y + bias).astype(np.float32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from isa.cells import signed_max
 from isa.chip import Chip
 from isa.timing import tile_windows
 
@@ -50,7 +51,8 @@ def digital_bmm(a: np.ndarray, b: np.ndarray, x_range: np.ndarray, chip: Chip) -
     """``dbmm`` in quantized and analog modes: exact integer products, float32 result."""
     (a, b, lead), levels = _flat(a, b), 2 ** chip.arch.input_bits - 1
     r = sample_ranges(a, x_range, len(a))
-    bq, scale = device.quantize_weights(b, chip, np.abs(b).max(axis=(1, 2), initial=0.0))
+    bq, scale = device.quantize_weights(b, chip, np.abs(b).max(axis=(1, 2), initial=0.0),
+                                        signed_max(chip))
     y = exact_matmul(input_levels(a, chip.arch.input_bits, r), bq) * (r / levels) * \
         scale[:, None, :]
     return y.astype(np.float32).reshape(lead + y.shape[-2:])

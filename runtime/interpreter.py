@@ -636,6 +636,17 @@ def _warn_unverified(chip: Chip) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
+def _warn_offset_bits(chip: Chip) -> None:
+    """A warning where the offset scheme's sign costs its weights a magnitude bit."""
+    if cells.offset_bits_lost(chip):
+        a = chip.arch
+        warnings.warn(f"mapping.differential = 0 at {a.cell_bits}-bit cells: {a.slices} slices "
+                      f"hold {a.weight_bits - 1} bits, the magnitude and not the offset "
+                      f"scheme's sign, so its weights are rounded to {a.weight_bits - 1} bits "
+                      f"(differential pairs keep {a.weight_bits})", RuntimeWarning,
+                      stacklevel=3)
+
+
 def _integer(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -684,6 +695,8 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
         raise RunError(f"--mode {mode} needs inputs (only timing mode runs without them)")
     if mode == "analog":  # (quantized mode draws no noise and has no stuck cells)
         _warn_unverified(chip)
+    if mode in ("quantized", "analog"):
+        _warn_offset_bits(chip)
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
         if not 0 <= first_sample <= 2 ** 63 - 1 - groups * program.batch:

@@ -389,3 +389,56 @@ def test_an_open_loop_chip_has_no_verify_driven_mitigations(digits_test):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # quantized mode: no noise, no stuck cells to see
         run(program, x, mode="quantized", chip=unverified, timing=False)
+
+
+@pytest.mark.parametrize("weight_bits,cell_bits,slices,per_row", [
+    (8, 1, 7, 9), (8, 2, 4, 16), (8, 3, 3, 21), (8, 6, 2, 32), (8, 7, 1, 64), (8, 8, 1, 64),
+    (2, 1, 1, 64), (16, 8, 2, 32)])
+def test_slices_hold_the_magnitude_bits(weight_bits, cell_bits, slices, per_row):
+    """A weight's cells of one sign hold its weight_bits - 1 magnitude bits (the differential
+    pair carries the sign): ceil((W - 1) / B) slices, 128 / (2 x slices) weights a row."""
+    arch = ChipGeometry(weight_bits=weight_bits, cell_bits=cell_bits)
+    assert (arch.slices, arch.weights_per_row) == (slices, per_row)
+
+
+def test_seven_bit_cells_hold_a_weight_in_one_digit(digits_test):
+    """At 7 bits a cell a 7-bit magnitude is one cell's digit, so quantized mode reads the
+    digits CNN as closely as at 8 bits (it had a second, nearly empty slice of place value
+    128 whose ADC error swamped the first: 55 % accuracy)."""
+    chip = _chip(arch=ChipGeometry(cell_bits=7))
+    q = np.arange(-127, 128)[:, None].astype(np.float64)
+    digits = isa.cells.nominal_digits(q, chip, 127.0)
+    assert digits.shape == (2, 1, 255, 1)
+    assert np.array_equal(digits[0, 0] - digits[1, 0], q)
+    x = digits_test[0][:64]
+    errs = {}
+    for bits in (7, 8):
+        program = compile_model(model_path("digits_cnn"), chip=ChipGeometry(cell_bits=bits))
+        ideal = run(program, x, timing=False).outputs["logits"]
+        errs[bits] = rel_err(run(program, x, mode="quantized", timing=False).outputs["logits"],
+                             ideal)
+    assert errs[7] <= 1.5 * errs[8]
+
+
+def test_the_offset_scheme_loses_a_bit_where_the_slices_hold_only_the_magnitude(digits_test):
+    """The offset scheme stores q + offset, sign included, in the slices: at 1 bit a cell
+    seven slices hold 0..127, so weights round to +-63 around an offset of 64 (and a run
+    says so); at 2 bits a cell four slices hold 0..255, weights +-127 around 128."""
+    tile = np.linspace(-1.0, 1.0, 255)[:, None]
+    for bits, qmax in ((1, 63), (2, 127)):
+        chip = _chip("mapping.differential=0", arch=ChipGeometry(cell_bits=bits))
+        q, _ = isa.cells.quantize_weights(tile, chip, 1.0)
+        digits, offset = isa.cells.to_digits(q, chip)
+        assert (q.min(), q.max(), offset) == (-qmax, qmax, qmax + 1)
+        places = (2 ** bits) ** np.arange(chip.arch.slices)
+        assert np.array_equal(np.tensordot(places, digits[0], 1), q + offset)
+    x, offset = digits_test[0][:4], _chip("mapping.differential=0")
+    for bits, warns in ((1, True), (2, False)):
+        program = compile_model(model_path("digits_mlp"), chip=ChipGeometry(cell_bits=bits))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run(program, x, mode="quantized", chip=offset, timing=False)
+        said = [str(w.message) for w in caught if "mapping.differential = 0" in str(w.message)]
+        assert said == ([("mapping.differential = 0 at 1-bit cells: 7 slices hold 7 bits, the "
+                          "magnitude and not the offset scheme's sign, so its weights are "
+                          "rounded to 7 bits (differential pairs keep 8)")] if warns else [])
