@@ -32,8 +32,15 @@ def _input_dims(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
 
 
 def check_samples(model: onnx.ModelProto, samples: np.ndarray, where: str) -> None:
-    """Raise CompileError (starting with ``where``, e.g. "--calibrate x.npy") unless
-    ``samples`` are [N >= 1, ...] of the model's input shape."""
+    """Raise CompileError (starting with ``where``, e.g. "--calibrate x.npy") unless the
+    model has one input and ``samples`` are [N >= 1, ...] of its shape."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    if len(inputs) > 1:
+        raise CompileError(f"{where}: the model has {len(inputs)} inputs "
+                           f"({', '.join(inputs)}) and calibration feeds one; compile without "
+                           "--calibrate (each sample's inputs are then scaled by their own "
+                           "maximum)")
     name, dims = _input_dims(model)
     want = ", ".join("?" if d is None else str(d) for d in dims[1:])
     fits = samples.ndim == len(dims) and all(

@@ -173,7 +173,8 @@ def build_parser() -> Parser:
                         "product needs)")
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="sample inputs whose activation ranges set each crossbar input's DAC "
-                        "full scale (default: each sample scaled by its own maximum)")
+                        "full scale, for a model of one input (default: each sample scaled "
+                        "by its own maximum)")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="accept NaN and Inf in the --calibrate samples: such values are left out "
                         "of the ranges, such samples out of basis fitting (default: an error)")

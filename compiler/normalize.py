@@ -89,13 +89,52 @@ def gemm(graph, op):
     return "matmul", ins, {}
 
 
+def _as_matrix(graph, name: str, other: str):
+    """The constant ``name`` as a 2-D matrix if it is one, or a stack of one matrix
+    ([1, .., 1, K, M]) no deeper than ``other`` (its leading ones broadcast away); else None."""
+    c = graph.constants.get(name)
+    if c is None or c.ndim < 2 or c.ndim > len(graph.shape(other)) or \
+            any(d != 1 for d in c.shape[:-2]):
+        return None
+    return c.reshape(c.shape[-2:])
+
+
+def _swap_last(graph, op, name: str) -> str:
+    """A transpose of ``name``'s last two axes, added before ``op``'s result."""
+    shape = graph.shape(name)
+    out = graph.add_value(graph.fresh(f"{name}.T"), shape[:-2] + (shape[-1], shape[-2]))
+    perm = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
+    graph.add_op("transpose", [name], [out], {"perm": perm}, op.origin)
+    return out
+
+
 def matmul(graph, op):
-    """A 2-D constant b: crossbar weights (x of rank >= 2); anything else is a product of two
-    operands of rank >= 2 that the chip computes per inference (``support.RESTRICTIONS``)."""
-    b = graph.constants.get(op.inputs[1])
-    if b is not None and b.ndim == 2:
-        return "matmul", op.inputs[:2], {}
-    return "dynmatmul", op.inputs[:2], {}
+    """A constant b that is one matrix: crossbar weights (x of rank >= 2). A constant a with
+    a computed b: y = (b^T a^T)^T, two transposes around the product, so the constant is
+    the weight side (crossbar weights if it is one matrix); a computed b of rank 2 has its
+    samples on the contracted axis, so its transposes mix samples as the product does.
+    Anything else is a product of two operands of rank >= 2 that the chip computes
+    per inference (``support.RESTRICTIONS``)."""
+    a, b = op.inputs[:2]
+    weight = _as_matrix(graph, b, a)
+    if weight is not None:
+        name = b if graph.constants[b].ndim == 2 else \
+            graph.add_constant(graph.fresh(f"{op.origin or op.id}.w"), weight)
+        return "matmul", [a, name], {}
+    if a in graph.constants and b not in graph.constants:
+        c = graph.constants[a]
+        at = graph.add_constant(graph.fresh(f"{op.origin or op.id}.wT"),
+                                np.ascontiguousarray(np.swapaxes(c, -1, -2)))
+        bt = _swap_last(graph, op, b)
+        shape = graph.shape(op.outputs[0])
+        yt = graph.add_value(graph.fresh(f"{op.origin or op.id}.yT"),
+                             shape[:-2] + (shape[-1], shape[-2]))
+        inner = Op(op.id, "MatMul", [bt, at], [yt], {}, op.origin)
+        kind, ins, attrs = matmul(graph, inner)
+        graph.add_op(kind, ins, [yt], attrs, op.origin)
+        return "transpose", [yt], {"perm": list(range(len(shape) - 2)) +
+                                   [len(shape) - 1, len(shape) - 2]}
+    return "dynmatmul", [a, b], {}
 
 
 def layernorm(graph, op):

@@ -479,6 +479,10 @@ def _interp(c: _Ctx, ins: Instr) -> None:
 
 
 def _bmm(c: _Ctx, ins: Instr) -> None:
+    """a [..., M, K] (a buffer: the input side, quantized per sample) @ b [..., K, N]."""
+    if ins.operands[1][0] != "%":
+        _fail(ins, f"first operand {ins.operands[1]} must be a buffer (the input side; a "
+                   "constant a is the weight side of (b^T a^T)^T)")
     a, b = c.src(ins, 1), c.src(ins, 2)
     for ref, shape in ((ins.operands[1], a), (ins.operands[2], b)):
         _expect_rank(ins, ref, shape, range(2, limits.MAX_RANK + 1))

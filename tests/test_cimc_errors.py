@@ -222,6 +222,24 @@ def test_nonfinite_calibration_samples_are_an_error(tmp_path, nan_samples):
                            "--allow-nonfinite"))
 
 
+def test_calibrating_a_model_of_two_inputs_is_refused(tmp_path):
+    """Calibration feeds one input: a model of two had crashed in the reference evaluator
+    (traceback, exit 1); now one message, before any work, and the output kept."""
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]),
+                  tmp_path / "two.onnx")
+    np.save(tmp_path / "x.npy", _f32(3, 4))
+    _fails_keeping_output(tmp_path, model, "--calibrate", str(tmp_path / "x.npy"),
+                          (f"--calibrate {tmp_path / 'x.npy'}: the model has 2 inputs (x, m) "
+                           "and calibration feeds one",))
+    with pytest.raises(CompileError, match="the model has 2 inputs"):
+        compile_model(str(model), calibrate=_f32(3, 4))
+
+
 def test_allowed_nonfinite_values_are_left_out_of_the_ranges(tmp_path, nan_samples):
     r = cli("cimc", CNN, "-o", str(tmp_path / "p.cim"), "--calibrate", str(nan_samples),
             "--allow-nonfinite")

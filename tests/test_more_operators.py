@@ -153,6 +153,26 @@ def test_a_reduction_over_no_axes_keeps_its_elementwise_step(op):
     assert rel_err(got, want) < 1e-6
 
 
+@pytest.mark.parametrize("a_shape,x_shape,crossbars", [
+    ((4, 5), (3, 5, 8), True), ((1, 4, 5), (3, 5, 8), True), ((2, 4, 5), (3, 2, 5, 8), False),
+    ((4, 5), (5, 8), True)])
+def test_a_constant_left_operand_of_matmul_is_the_weight_side(a_shape, x_shape, crossbars):
+    """MatMul(W, x) with a constant W: y = (x^T W^T)^T, so W is the weight side, on crossbars
+    when it is one matrix (a stack of ones broadcasts away), and quantized mode reads it (it
+    had been a dbmm whose constant first operand quantized and analog modes could not
+    run). A 2-D x has its samples on the contracted axis."""
+    w = RNG.standard_normal(a_shape).astype(np.float32)
+    model = _standalone([helper.make_node("MatMul", ["w", "x"], ["y"])], {"x": list(x_shape)},
+                        13, {"w": w})
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    (want,) = ort_run(model, {"x": x})
+    program = compile_model(model, batch=x_shape[0], verify_each=True)
+    ops = [i.op for i in program.text]
+    assert ("mvm" in ops, "dbmm" in ops) == (crossbars, not crossbars)
+    assert rel_err(run(program, x, timing=False).outputs["y"], want) < 1e-6
+    assert rel_err(run(program, x, mode="quantized", timing=False).outputs["y"], want) < 0.02
+
+
 def test_max_and_min_of_operands_that_broadcast_step_by_step():
     """Each step of the chain has its own operands' broadcast shape (the IR is verified
     after every pass)."""
