@@ -103,6 +103,12 @@ def _fix_batch(model: onnx.ModelProto, batch: int) -> None:
                                    "may be symbolic: export the model with static shapes")
             d.Clear()
             d.dim_value = batch
+    # an input returned as an output: its declared output type would stand for the input
+    # in shape inference, symbolic batch and all
+    inputs = {i.name: i for i in model.graph.input}
+    for out in model.graph.output:
+        if out.name in inputs:
+            out.type.CopyFrom(inputs[out.name].type)
 
 
 def upgrade(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -173,6 +173,21 @@ def test_a_constant_left_operand_of_matmul_is_the_weight_side(a_shape, x_shape, 
     assert rel_err(run(program, x, mode="quantized", timing=False).outputs["y"], want) < 0.02
 
 
+def test_an_input_returned_as_an_output_keeps_its_batch():
+    """outputs [x, Relu(x)] with a symbolic batch: the output x's declared [N, ...] had stood
+    for the input in shape inference, so Relu(x) got no static shape and cimc refused it."""
+    sym = ["N", 4, 8]
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, sym)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, sym) for n in ("x", "y")]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.standard_normal((3, 4, 8)).astype(np.float32)
+    out = run(compile_model(model), x, timing=False).outputs
+    np.testing.assert_array_equal(out["x"], x)
+    np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
+
+
 def test_max_and_min_of_operands_that_broadcast_step_by_step():
     """Each step of the chain has its own operands' broadcast shape (the IR is verified
     after every pass)."""
