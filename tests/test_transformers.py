@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import MODELS, cli, fails, ort_run, rel_err
+from conftest import MODELS, cli, fails, model_path, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
@@ -250,3 +250,15 @@ def test_digits_vit_quantized_stays_within_a_point_of_float(name, digits_test):
     (want,) = ort_run(os.path.join(MODELS, name), {"image": x})
     quantized = run(program, x, mode="quantized", timing=False).outputs["logits"]
     assert (quantized.argmax(1) == y).mean() >= (want.argmax(1) == y).mean() - 0.01
+
+
+def test_a_product_named_with_digital_goes_to_the_digital_unit_under_write():
+    """--digital NODE on one of attention's products under --dynamic write: that product is a
+    dbmm and the others stay wbmm (the name had been accepted and ignored)."""
+    program = compile_model(model_path("digits_vit"), dynamic="write",
+                            digital="/blocks.0/attn/MatMul")
+    by_op = {}
+    for ins in program.text:
+        if ins.op in ("dbmm", "wbmm"):
+            by_op.setdefault(ins.op, []).append(ins.note)
+    assert by_op["dbmm"] == ["/blocks.0/attn/MatMul"] and len(by_op["wbmm"]) == 5

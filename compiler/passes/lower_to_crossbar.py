@@ -24,7 +24,7 @@ A product of two computed operands (``dynmatmul``: attention's Q K^T and weights
 mapped by the policy ``ctx.dynamic`` (``cimc --dynamic``): ``digital`` makes it a
 ``dyn_digital`` (the digital MAC unit, opcode ``dbmm``), ``write`` a ``dyn_write`` (its second
 operand written into crossbars at every inference, opcode ``wbmm``; schedule gives it its
-crossbars).
+crossbars); one whose node is in ``ctx.digital`` is a ``dyn_digital`` whatever the policy.
 """
 
 from __future__ import annotations
@@ -196,8 +196,10 @@ DYNAMIC = {"digital": "dyn_digital", "write": "dyn_write"}
 
 
 def _lower_dynamic(graph: Graph, op: Op, ctx) -> None:
-    """The policy ``ctx.dynamic`` (a key of ``DYNAMIC``, checked by ``compile_model``)."""
-    graph.add_op(DYNAMIC[ctx.dynamic], op.inputs, op.outputs, {}, op.origin)
+    """The policy ``ctx.dynamic`` (a key of ``DYNAMIC``, checked by ``compile_model``), or
+    the digital unit for a product whose node is in ``ctx.digital``."""
+    policy = "digital" if op.origin in ctx.digital else ctx.dynamic
+    graph.add_op(DYNAMIC[policy], op.inputs, op.outputs, {}, op.origin)
 
 
 LOWER = {"conv": _lower_conv, "matmul": _lower_matmul, "dynmatmul": _lower_dynamic}
