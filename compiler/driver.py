@@ -174,14 +174,30 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
         _check_basis_layers(model, ctx.digital)
         ctx.basis, ctx.basis_reference = basis, layer_matrices(model)
     graph = frontend.import_model(model, batch=batch, calibrate=calibrate, limits=ctx.limits)
+    fixed_batch = graph.batch
     graph = _run_passes(graph, pipeline, ctx, verify_each, dump)
     if ctx.basis is not None:
         message = reconstruction_warning(ctx.stats.get("basis", []), ctx.basis.n)
         if message:
             warn(message)
-    if message := _idle_reprogramming_options(ctx, graph):
-        warn(message)
+    for message in (_idle_reprogramming_options(ctx, graph),
+                    _idle_model_options(ctx, batch, fixed_batch)):
+        if message:
+            warn(message)
     return backend.generate(graph, ctx.chip, graph.xbars, ctx.bit_stucking)
+
+
+def _idle_model_options(ctx: CompileContext, batch: int, model_batch: int) -> str | None:
+    """A warning for options this model gives nothing to act on: a batch other than 1 where
+    the model fixes its own, ``dynamic_xbars`` where no product is written per inference."""
+    idle = []
+    if batch != 1 and model_batch != batch:
+        idle.append(f"--batch {batch} does nothing: the model's batch is fixed at "
+                    f"{model_batch}")
+    if ctx.dynamic_xbars is not None and "dynamic_xbars" not in ctx.stats:
+        idle.append("--dynamic-xbars does nothing: no product of two computed operands is "
+                    "written to crossbars")
+    return "; ".join(idle) or None
 
 
 def _idle_reprogramming_options(ctx: CompileContext, graph: Graph) -> str | None:

@@ -672,3 +672,20 @@ def test_compile_model_does_not_mutate_the_model():
     before = model.SerializeToString()
     assert (compile_model(model, batch=4).batch, compile_model(model, batch=8).batch) == (4, 8)
     assert model.SerializeToString() == before
+
+
+def test_options_the_model_leaves_idle_are_warned_about(tmp_path):
+    """--batch on a model whose batch is fixed, and --dynamic-xbars on one without products
+    written per inference, compile as without them, and say so."""
+    fixed = _save(_model([helper.make_node("Relu", ["x"], ["y"])], [3, 4], [3, 4]),
+                  tmp_path / "b3.onnx")
+    cases = [(fixed, ["--batch", "2"], "--batch 2 does nothing: the model's batch is fixed at 3"),
+             (CNN, ["--dynamic", "write", "--dynamic-xbars", "3"],
+              "--dynamic-xbars does nothing: no product of two computed operands is written "
+              "to crossbars")]
+    for model, flags, warning in cases:
+        r = cli("cimc", str(model), "-o", str(tmp_path / "p.cim"), *flags)
+        assert r.returncode == 0 and f"cimc: warning: {warning}" in r.stderr, r.stderr
+        quiet = cli("cimc", str(model), "-o", str(tmp_path / "q.cim"), *flags[:-2])
+        assert "warning" not in quiet.stderr
+        assert (tmp_path / "p.cim").read_bytes() == (tmp_path / "q.cim").read_bytes()
