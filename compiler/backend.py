@@ -21,6 +21,7 @@ import numpy as np
 
 from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 from isa.cells import LowWrite
+from isa.printer import one_line
 from isa.verify import batch_mixing
 
 from .ir import Graph, Op
@@ -208,7 +209,9 @@ def generate(graph: Graph, chip: ChipGeometry, xbars: int,
     cg.emit("halt", [])
     start = Instr("barrier", (), (("label", "inference"),), "end of the load phase")
     program = Program(chip=replace(chip, xbars=xbars), batch=graph.batch, batch_free=False,
-                      ports=ports, buffers=cg.buffers(), text=cg.loads + [start] + cg.text,
+                      ports=ports, buffers=cg.buffers(),
+                      text=[replace(i, note=one_line(i.note)) if i.note != one_line(i.note) else i
+                            for i in cg.loads + [start] + cg.text],  # notes print as comments
                       blobs=list(cg.blobs.values()))
     program.batch_free = batch_mixing(program) is None
     return program

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from isa.printer import one_line
+
 from .ir import Graph
 from .ops import ATTR_TYPES, OPS, OpDef, lookup
 from .shapes import fmt
@@ -121,7 +123,7 @@ def _const(name: str, arr: np.ndarray) -> str:
 
 def _comment(graph: Graph, values: list[str], origin: str = "") -> str:
     """``  # onnx: origin; offset N`` (the scratchpad offset, once allocate-buffers ran)."""
-    parts = [f"onnx: {origin}"] if origin else []
+    parts = [f"onnx: {one_line(origin)}"] if origin else []
     parts += [f"offset {graph.offsets[v]}" for v in values if v in graph.offsets]
     return "  # " + "; ".join(parts) if parts else ""
 

@@ -20,6 +20,12 @@ def _value(v) -> str:
     return str(int(v))
 
 
+def one_line(text: str) -> str:
+    """``text`` as one line of printable characters, the others escaped as Python's repr
+    escapes them, ends stripped: a note as its trailing comment prints and parses back."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text).strip()
+
+
 def format_instr(ins: Instr) -> str:
     spec = OPCODES[ins.op]
     parts = [ins.op]
@@ -29,7 +35,8 @@ def format_instr(ins: Instr) -> str:
     for key, value in sorted(ins.attrs, key=lambda kv: order.index(kv[0])):
         parts.append(f"{key}={_value(float(value) if spec.attrs[key] == 'float' else value)}")
     line = " ".join(parts)
-    return f"{line:<60} # {ins.note}" if ins.note else line
+    note = one_line(ins.note)
+    return f"{line:<60} # {note}" if note else line
 
 
 def _chip(chip: ChipGeometry) -> str:

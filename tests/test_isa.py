@@ -9,12 +9,14 @@ import dataclasses
 import zlib
 
 import numpy as np
+import onnx
 import pytest
 from conftest import zero_bomb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import isa
+from compiler import compile_model
 from isa import OPCODES, Blob, Buffer, ChipGeometry, Instr, IsaError, Port, Program, TensorType
 
 
@@ -42,6 +44,24 @@ def test_round_trip_hand_program():
     p = tiny_program()
     assert isa.parse(TINY) == p
     assert isa.print_program(isa.parse(TINY)) == TINY
+
+
+def test_a_node_name_of_several_lines_is_one_comment(tmp_path):
+    """An ONNX node named across lines (and with a tab, quotes and a '#'): the notes it gives
+    are one line, escaped, so the program parses back as it was printed (its second line
+    had become an instruction the parser refused)."""
+    w = np.ones((3, 2), np.float32)
+    name = 'node "A"\n#x\tz\r'
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name=name)], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
+        [onnx.numpy_helper.from_array(w, "w")]),
+        opset_imports=[onnx.helper.make_opsetid("", 13)])
+    program = compile_model(model)
+    assert {i.note for i in program.text if i.op != "barrier"} - {""} == {'node "A"\\n#x\\tz\\r'}
+    text = isa.print_program(program)
+    assert isa.parse(text) == program and isa.print_program(isa.parse(text)) == text
 
 
 def test_every_opcode_has_a_documented_unit():
