@@ -224,6 +224,13 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return model
 
 
+def _shape_and_dtype(shape_and_type) -> tuple[tuple[int, ...], str]:
+    """A value's shape and the dtype its ONNX type is (numpy's name: float32, int64, bool,
+    ...), which the IR printer shows before canonicalize makes every value float32."""
+    shape, elem = shape_and_type
+    return shape, str(onnx.helper.tensor_dtype_to_np_dtype(elem))
+
+
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -390,7 +397,7 @@ def to_graph(model: onnx.ModelProto) -> Graph:
     graph.booleans = {k for k, (_, t) in shapes.items() if t == onnx.TensorProto.BOOL}
     for inp in g.input:
         if inp.name not in inits:
-            graph.add_value(inp.name, shapes[inp.name][0])
+            graph.add_value(inp.name, *_shape_and_dtype(shapes[inp.name]))
             graph.inputs.append(inp.name)
     for node in g.node:
         outs = _read_outputs(node, used)
@@ -399,7 +406,7 @@ def to_graph(model: onnx.ModelProto) -> Graph:
             continue
         for o in outs:
             if o in shapes:
-                graph.add_value(o, shapes[o][0])
+                graph.add_value(o, *_shape_and_dtype(shapes[o]))
         graph.add_op(node.op_type, [i for i in node.input], outs, node_attrs(node),
                      node_name(node), proto=node)
     graph.outputs = [o.name for o in g.output]

@@ -22,7 +22,7 @@ import numpy as np
 from isa.printer import one_line
 
 from .ir import Graph
-from .ops import ATTR_TYPES, OPS, OpDef, lookup
+from .ops import ATTR_TYPES, ONNX, OPS, OpDef, lookup
 from .shapes import fmt
 
 SHOWN = 3  # items shown of a tile list, a placement, ...
@@ -111,7 +111,15 @@ def _ref(graph: Graph, name: str) -> str:
 
 
 def _type(graph: Graph, name: str) -> str:
-    return f"f32{fmt(graph.shape(name))}"
+    """ONNX's dtype and shape before canonicalize; after it f32[shape] (every value is held
+    as float32) and, where ONNX typed it otherwise, what it holds, as the .cim ports say:
+    token ids below V, other integers, booleans."""
+    if graph.level == ONNX and name in graph.values:  # before canonicalize: ONNX's dtype
+        return f"{_dtype(graph.values[name].dtype)}{fmt(graph.shape(name))}"
+    held = f" ids={graph.index_inputs[name]}" if name in graph.index_inputs else \
+        " ints" if name in graph.int_inputs or name in graph.int_outputs else \
+        " bool" if name in graph.booleans else ""
+    return f"f32{fmt(graph.shape(name))}{held}"
 
 
 def _const(name: str, arr: np.ndarray) -> str:

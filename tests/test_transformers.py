@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
 import pytest
 from conftest import MODELS, cli, fails, model_path, ort_run, rel_err
 from onnx import TensorProto, helper, numpy_helper
@@ -262,3 +263,28 @@ def test_a_product_named_with_digital_goes_to_the_digital_unit_under_write():
         if ins.op in ("dbmm", "wbmm"):
             by_op.setdefault(ins.op, []).append(ins.note)
     assert by_op["dbmm"] == ["/blocks.0/attn/MatMul"] and len(by_op["wbmm"]) == 5
+
+
+def test_ir_dumps_say_what_each_float32_holds(tmp_path):
+    """Before canonicalize the IR shows ONNX's dtypes (int64 ids, a Shape's int64); after
+    it every value is f32 and the dump says what an input holds, as the .cim ports do."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, ["N", 3])
+    table = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(5, 4), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("Cast", ["flag"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["f", "ax"], ["f3"]),
+             helper.make_node("Mul", ["e", "f3"], ["y"])]
+    axis = numpy_helper.from_array(np.array([-1], np.int64), "ax")
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [ids, flag],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])], [table, axis]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    r = cli("cimc", str(path), "-o", str(tmp_path / "m.cim"), "--dump-ir", str(tmp_path / "ir"))
+    assert r.returncode == 0, r.stderr
+    dumps = sorted((tmp_path / "ir").glob("*.ir"))
+    first, second = dumps[0].read_text(), dumps[1].read_text()
+    assert "input %ids: i64[1,3]" in first and "input %flag: bool[1,3]" in first
+    assert "input %ids: f32[1,3] ids=5" in second and "input %flag: f32[1,3] bool" in second
