@@ -299,13 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         program = _compile(args, output)
-        if not args.quiet and args.dump_ir != "-":
+        if not args.quiet:  # (to stderr when stdout carries the IR dumps)
             mvms = sum(1 for i in program.text if i.op == "mvm")
             dmms = sum(1 for i in program.text if i.op == "dmatmul")
             counts = f"{mvms} mvm" + (f", {dmms} dmatmul" if dmms else "")
             print(f"cimc: wrote {output}: {len(program.text)} instructions, {counts}, "
                   f"{program.chip.xbars} crossbars, {len(program.blobs)} blobs "
-                  f"({time.perf_counter() - start:.1f} s)", flush=True)
+                  f"({time.perf_counter() - start:.1f} s)", flush=True,
+                  file=sys.stderr if args.dump_ir == "-" else sys.stdout)
     except BrokenPipeError:
         quiet_broken_pipe()
         return SIGPIPE_STATUS

@@ -51,7 +51,9 @@ def reference_outputs(path: str, inputs: dict[str, np.ndarray]) -> dict[str, np.
         raise RunError(f"--reference {path}: no such file")
     try:
         import onnxruntime as ort
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its optimizer's notes are not the user's
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         types = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
         fixed = {i.name: i.shape[0] for i in session.get_inputs()
                  if i.shape and isinstance(i.shape[0], int)}

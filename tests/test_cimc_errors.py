@@ -609,7 +609,8 @@ def test_dump_ir_dir_holds_this_compiles_dumps_alone(tmp_path):
 def test_dump_ir_stdout_is_the_ir_text_only(tmp_path):
     r = cli("cimc", CNN, "--dump-ir", "-", "-o", str(tmp_path / "p.cim"))
     assert r.returncode == 0 and r.stdout.count("graph(batch=1)") == len(PIPELINE) + 1
-    assert "digraph" not in r.stdout
+    assert "digraph" not in r.stdout and "cimc: wrote" not in r.stdout
+    assert r.stderr.startswith(f"cimc: wrote {tmp_path / 'p.cim'}: ")  # the summary, aside
     assert "the IR text only (no DOT)" in " ".join(cli("cimc", "--help").stdout.split())
 
 

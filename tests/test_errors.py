@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import MODELS, ROOT, cli, fails, model_path
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 
 def _save(model, path):
@@ -449,6 +449,22 @@ def test_reference_outputs_are_matched_by_name(two, tmp_path):
             "--reference", _two_outputs(tmp_path / "rev.onnx", "ba"))
     assert r.returncode == 0, r.stderr
     assert "largest relative error a 0, b 0" in r.stdout, r.stdout
+
+
+def test_a_quiet_reference_run_prints_nothing_of_onnxruntimes(tmp_path):
+    """onnxruntime's log (here its warning about an initializer no node reads, in colour)
+    is not the user's: cimrun -q --reference prints nothing."""
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    unused = numpy_helper.from_array(np.ones(3, np.float32), "unused")
+    model = _save(_graph_model([helper.make_node("Relu", ["x"], ["y"])], [x_info],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                               [unused]), tmp_path / "m.onnx")
+    program = tmp_path / "m.cim"
+    assert cli("cimc", model, "-o", str(program), "-q").returncode == 0
+    np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
+    r = cli("cimrun", str(program), "--input", str(tmp_path / "x.npy"), "--reference", model,
+            "-q", "-o", str(tmp_path / "o.npy"))
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stderr
 
 
 def test_a_reference_without_an_output_or_of_another_shape_fails_before_the_run(two, tmp_path):
