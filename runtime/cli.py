@@ -239,7 +239,7 @@ def finish(args, job: Job, result: RunResult) -> tuple[float | None, dict | None
     if args.report:
         texts[args.report] = _report(args, result, accuracy, reference)
     if args.trace:
-        texts[args.trace] = trace_json(result.timeline)
+        texts[args.trace] = trace_json(result.timeline, [i.note for i in job.program.text])
     if job.output:
         _save_outputs(job.output, result.outputs)
     for path, text in texts.items():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import cli, model_path
 
+import isa
 from compiler import compile_model
 from isa import Blob, Buffer, ChipGeometry, Instr, Port, Program, TensorType
 from isa.chip import Chip
@@ -216,6 +217,10 @@ def test_trace_matches_report(tmp_path):
     assert end - rep["load"]["latency_ns"] == pytest.approx(rep["latency_ns_per_inference"])
     assert sum(e["args"]["energy_pj"] for e in slices if e["cat"] == "inference") == \
         pytest.approx(rep["energy_pj_per_inference"])
+    text = isa.load(str(prog)).text  # each slice names its instruction's ONNX node
+    assert all(e["args"].get("node", "") == text[e["args"]["instruction"]].note for e in slices)
+    assert {e["args"].get("node") for e in slices if e["name"] == "mvm"} == \
+        {"conv1", "dw", "pw", "conv4", "fc"}
 
 
 def test_chip_presets_and_overrides(tmp_path):
