@@ -288,8 +288,8 @@ def _dtype_problems(name: str, tensors: list[str], facts: _Facts) -> list[Proble
         elif facts.shapes[t][1] not in DTYPES and t not in facts.ids and t not in facts.ints:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(facts.shapes[t][1])
             ids = " (an integer input, or an ArgMax's index, may only be token ids that " \
-                "Gather reads from a constant table, or values that are moved, compared or " \
-                "cast to float)" if facts.shapes[t][1] in INDEX_DTYPES else ""
+                "Gather reads from a constant table, or, not both, values that are moved, " \
+                "compared or cast to float)" if facts.shapes[t][1] in INDEX_DTYPES else ""
             problems.append(Problem(name, f"tensor {t!r} is {dtype}",
                                     f"tensor {t!r} is {dtype}; the chip computes float32 "
                                     f"(and boolean) tensors only{ids}"))
@@ -338,10 +338,17 @@ def support_problems(model: onnx.ModelProto) -> list[Problem]:
 
 
 def check_supported(model: onnx.ModelProto) -> None:
-    """Raise one CompileError listing every problem ``support_problems`` finds."""
+    """Raise one CompileError listing every problem ``support_problems`` finds; problems
+    whose details share an explanation (after "; ") give it once, after the last of them."""
     messages = list(dict.fromkeys(f"{p.node}: {p.detail}" for p in support_problems(model)))
-    if messages:
-        raise CompileError(f"{len(messages)} problem(s) in the model: " + "; ".join(messages))
+    if not messages:
+        return
+    groups: dict[str, list[str]] = {}
+    for m in messages:
+        head, _, why = m.partition("; ")
+        groups.setdefault(why, []).append(head)
+    text = "; ".join("; ".join(heads + ([why] if why else [])) for why, heads in groups.items())
+    raise CompileError(f"{len(messages)} problem(s) in the model: {text}")
 
 
 def node_name(node: onnx.NodeProto) -> str:

@@ -690,3 +690,22 @@ def test_options_the_model_leaves_idle_are_warned_about(tmp_path):
         quiet = cli("cimc", str(model), "-o", str(tmp_path / "q.cim"), *flags[:-2])
         assert "warning" not in quiet.stderr
         assert (tmp_path / "p.cim").read_bytes() == (tmp_path / "q.cim").read_bytes()
+
+
+def test_problems_sharing_an_explanation_give_it_once(tmp_path):
+    """Token ids both Gathered and compared: each use is listed, the explanation of what
+    integers the chip takes once (it had followed every one of them)."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])
+    table = numpy_helper.from_array(_f32(5, 4), "table")
+    pad = numpy_helper.from_array(np.array(0, np.int64), "pad_id")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Equal", ["ids", "pad_id"], ["pad"], name="is_pad")]
+    g = helper.make_graph(nodes, "g", [ids], [
+        helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 3, 4]),
+        helper.make_tensor_value_info("pad", TensorProto.BOOL, ["N", 3])], [table, pad])
+    model = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]),
+                  tmp_path / "m.onnx")
+    r = cli("cimc", str(model), "-o", str(tmp_path / "m.cim"))
+    fails(r, "2 problem(s) in the model: embed: tensor 'ids' is int64; is_pad: tensor 'ids' "
+             "is int64; the chip computes float32 (and boolean) tensors only")
+    assert r.stderr.count("the chip computes") == 1
