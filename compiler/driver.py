@@ -194,7 +194,8 @@ def _idle_model_options(ctx: CompileContext, batch: int, model_batch: int) -> st
     if batch != 1 and model_batch != batch:
         idle.append(f"--batch {batch} does nothing: the model's batch is fixed at "
                     f"{model_batch}")
-    if ctx.dynamic_xbars is not None and "dynamic_xbars" not in ctx.stats:
+    if ctx.dynamic == "write" and ctx.dynamic_xbars is not None and \
+            "dynamic_xbars" not in ctx.stats:  # (without write, cimc says it is unread)
         idle.append("--dynamic-xbars does nothing: no product of two computed operands is "
                     "written to crossbars")
     return "; ".join(idle) or None
