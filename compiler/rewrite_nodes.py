@@ -11,6 +11,8 @@ None), and the support check then names the operator:
   ``exclusive``), so on the crossbars as any product with a constant matrix.
 - LpNormalization (p = 1 or 2): x / norm along the axis, and 0 where the norm is 0, as
   ONNX's reference (and onnxruntime, where x is too small to square in float32).
+- A ceil-mode MaxPool or AveragePool with a last window starting in the end padding: the
+  pool, then a Slice that drops that window (``ceil_pool``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,35 @@ def lp_normalization(node: onnx.NodeProto, shapes: Shapes, values: dict
     return w.finish(node.output[0])
 
 
+def ceil_pool(node: onnx.NodeProto, shapes: Shapes, values: dict) -> NodeWriter | None:
+    """A ceil-mode MaxPool or AveragePool whose last window along an axis would start in the
+    end padding: onnx's shape inference counts that window before opset 22, onnxruntime and
+    onnx's reference evaluator drop it (as opset 22 does). The pool as it is, then a Slice
+    that drops it, so the model's later shapes are onnxruntime's; None when no such window
+    (or for auto_pad, or a MaxPool whose indices are read)."""
+    x = shapes[0]
+    n = len(x) - 2
+    if not node_attr(node, "ceil_mode", 0) or n < 1 or any(node.output[1:]) or \
+            node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    k = list(node_attr(node, "kernel_shape"))
+    s = list(node_attr(node, "strides", [1] * n))
+    d = list(node_attr(node, "dilations", [1] * n))
+    p = list(node_attr(node, "pads", [0] * 2 * n))
+    up = [-(-(x[2 + i] + p[i] + p[n + i] - ((k[i] - 1) * d[i] + 1)) // s[i]) + 1
+          for i in range(n)]
+    short = [u - ((u - 1) * s[i] >= x[2 + i] + p[i]) for i, u in enumerate(up)]
+    if short == up:
+        return None
+    w = NodeWriter(node.output[0], "ceil")
+    pool = onnx.NodeProto()
+    pool.CopyFrom(node)
+    pool.output[0] = w.name()
+    w.nodes.append(pool)
+    w.node("Slice", [pool.output[0], w.ints([0] * n), w.ints(short), w.ints(range(2, 2 + n))])
+    return w.finish(node.output[0])
+
+
 # Inputs a rewrite needs as constants (the conformance tool binds them, as it does the op
 # table's)
 CONSTANT_INPUTS = {"CumSum": frozenset({1})}
@@ -77,6 +108,8 @@ REWRITES: dict[str, Callable[[onnx.NodeProto, Shapes, dict], NodeWriter | None]]
     "Einsum": expand_einsum.rewrite,
     "CumSum": cumsum,
     "LpNormalization": lp_normalization,
+    "MaxPool": ceil_pool,
+    "AveragePool": ceil_pool,
 }
 
 
@@ -107,4 +140,9 @@ def expand(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]],
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     out.graph.initializer.extend(inits)
+    # shapes are inferred again: a ceil_pool rewrite changes them from its node on, even
+    # where the model declares onnx's count for an output
+    del out.graph.value_info[:]
+    for o in out.graph.output:
+        o.type.tensor_type.ClearField("shape")
     return out

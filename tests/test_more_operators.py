@@ -188,6 +188,30 @@ def test_an_input_returned_as_an_output_keeps_its_batch():
     np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
 
 
+@pytest.mark.parametrize("op,extra", [("MaxPool", {}), ("AveragePool", {}),
+                                      ("AveragePool", {"count_include_pad": 1})])
+@pytest.mark.parametrize("opset", [11, 19])
+def test_a_ceil_mode_window_starting_in_the_end_padding_is_dropped(op, extra, opset):
+    """5 x 5, kernel 3, stride 3, pads 1, ceil mode: onnx's shape inference counts a third
+    window starting at 5, in the end padding (-inf or 0 on every row); onnxruntime and
+    onnx's reference drop it. The compiled model takes onnxruntime's 2 x 2 through the
+    Flatten after it, even where the model declares onnx's 3 x 3."""
+    n = helper.make_node
+    model = onnx.shape_inference.infer_shapes(helper.make_model(helper.make_graph(
+        [n(op, ["x"], ["p"], kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1],
+           ceil_mode=1, **extra), n("Flatten", ["p"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+        opset_imports=[helper.make_opsetid("", opset)]))
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim][1:] == \
+        [18]  # onnx's count, 2 x 3 x 3, declared
+    x = RNG.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    (want,) = ort_run(model, {"x": x})
+    assert want.shape == (3, 8)
+    got = run(compile_model(model, batch=3, verify_each=True), x, timing=False).outputs["y"]
+    assert got.shape == want.shape and rel_err(got, want) < 1e-6
+
+
 def test_max_and_min_of_operands_that_broadcast_step_by_step():
     """Each step of the chain has its own operands' broadcast shape (the IR is verified
     after every pass)."""
