@@ -117,8 +117,23 @@ def upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = _opset(model)
     if opset >= CANONICAL_OPSET:
         return model
+    _refuse_old_training(model, opset)
     converted = _convert(_per_channel_prelu(model) if opset < 7 else model)
     return _legacy_resize(converted, model) if opset <= 10 else converted
+
+
+def _refuse_old_training(model: onnx.ModelProto, opset: int) -> None:
+    """Before opset 14 a BatchNormalization with its mean and variance outputs is in training
+    mode (it normalises with the batch's statistics); onnx's version converter drops those
+    outputs and so the mode. One CompileError naming the node."""
+    if opset >= 14:
+        return
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx") and \
+                any(node.output[1:]):
+            raise CompileError(f"{node_name(node)}: BatchNormalization with mean and variance "
+                               f"outputs is in training mode at opset {opset} (it normalises "
+                               "with the batch's statistics): not supported (inference only)")
 
 
 def _legacy_resize(converted: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:

@@ -102,6 +102,26 @@ def _resize(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
                  if a.name == "coordinate_transformation_mode"), "half_pixel")
     if mode not in COORDINATES:
         return f"Resize's coordinate_transformation_mode {mode!r} is not supported"
+    interpolation = next((a.s.decode() for a in node.attribute if a.name == "mode"),
+                         "nearest")
+    if interpolation not in ("nearest", "linear", "cubic"):
+        return (f"Resize's mode {interpolation!r} is not one of ONNX's (nearest, linear, "
+                "cubic)")
+    return None
+
+
+def _prelu(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
+    """The slope broadcasts to x (onnx's shape inference does not check it; before opset 7
+    a slope of C values was per channel, which ``frontend`` makes so)."""
+    x, slope = shapes.get(node.input[0]), shapes.get(node.input[1])
+    if x is not None and slope is not None:
+        try:
+            fits = np.broadcast_shapes(tuple(x), tuple(slope)) == tuple(x)
+        except ValueError:
+            fits = False
+        if not fits:
+            return (f"PRelu's slope {list(slope)} does not broadcast to its input "
+                    f"{list(x)} (a slope per channel is [C, 1, ...] since opset 7)")
     return None
 
 
@@ -109,7 +129,7 @@ def _resize(node: onnx.NodeProto, shapes: Shapes, values: Values) -> str | None:
 # is not supported (None: fine). ``values`` holds initializers and Constant outputs.
 RESTRICTIONS: dict[str, Callable[[onnx.NodeProto, Shapes, Values], str | None]] = {
     "Dropout": _dropout, "BatchNormalization": _batchnorm, "MatMul": _matmul, "Cast": _cast,
-    "LayerNormalization": _layernorm, "Resize": _resize,
+    "LayerNormalization": _layernorm, "Resize": _resize, "PRelu": _prelu,
 }
 
 # Integer element types a graph input may have when it holds token ids (``index_inputs``).

@@ -711,3 +711,35 @@ def test_problems_sharing_an_explanation_give_it_once(tmp_path):
     fails(r, "2 problem(s) in the model: embed: tensor 'ids' is int64; is_pad: tensor 'ids' "
              "is int64; the chip computes float32 (and boolean) tensors only")
     assert r.stderr.count("the chip computes") == 1
+
+
+def _old_model(nodes, x_shape, outputs, inits, opset):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     x_shape)],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                           for o in outputs],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return onnx.shape_inference.infer_shapes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]))
+
+
+def test_models_onnxruntime_runs_otherwise_or_refuses_are_refused(tmp_path):
+    """Each compiled without a word before: a BatchNormalization-9 with its statistics
+    outputs (training mode: onnxruntime normalises with the batch's statistics), an
+    Upsample-7 'bilinear' (it had run as cubic), a PRelu-9 slope of C values on NCHW (the
+    program failed in cimrun)."""
+    c = {k: np.ones(3, np.float32) for k in ("s", "b", "m", "v")}
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"],
+                          ["y", "rm", "rv", "sm", "sv"])
+    up = helper.make_node("Upsample", ["x"], ["y"], mode="bilinear", scales=[1.0, 1.0, 2.0, 2.0])
+    prelu = helper.make_node("PRelu", ["x", "s"], ["y"])
+    cases = [
+        (_old_model([bn], [2, 3, 4, 4], ["y"], c, 9),
+         "BatchNormalization(y, rm, rv, sm, sv): BatchNormalization with mean and variance "
+         "outputs is in training mode at opset 9"),
+        (_old_model([up], [1, 3, 4, 4], ["y"], {}, 7),
+         "Resize's mode 'bilinear' is not one of ONNX's (nearest, linear, cubic)"),
+        (_old_model([prelu], [2, 3, 5, 6], ["y"], {"s": c["s"]}, 9),
+         "PRelu(y): PRelu's slope [3] does not broadcast to its input [2, 3, 5, 6]")]
+    for i, (model, message) in enumerate(cases):
+        _fails_keeping_output(tmp_path, _save(model, tmp_path / f"m{i}.onnx"), (message,))
