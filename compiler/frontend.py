@@ -217,6 +217,9 @@ def prepare(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
         raise CompileError(f"invalid ONNX model: {str(exc).splitlines()[0]}") from None
     upgraded = upgrade(model)
     model = _copy(model) if upgraded is model else upgraded
+    # IR 4 lets initializers be something other than graph inputs, as the constants the
+    # rewrites and folding add are (an IR-3 model's are all inputs, which IR 4 still reads)
+    model.ir_version = max(model.ir_version, 4)
     _fix_batch(model, batch)
     expand_functions.fill_defaults(model, SUPPORTED)
     model = _infer(model)
