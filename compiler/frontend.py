@@ -115,6 +115,11 @@ def upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` itself at ``CANONICAL_OPSET`` or newer; an older one upgraded (a new
     ModelProto, opset-6 PRelu slopes made per-channel first), or one CompileError."""
     opset = _opset(model)
+    if opset > onnx.defs.onnx_opset_version():
+        raise CompileError(f"the model imports opset {opset}; the installed onnx "
+                           f"({onnx.__version__}) defines opsets up to "
+                           f"{onnx.defs.onnx_opset_version()}, so its operators' meaning at "
+                           f"opset {opset} is unknown")
     if opset >= CANONICAL_OPSET:
         return model
     _refuse_old_training(model, opset)
@@ -161,9 +166,10 @@ def _convert(model: onnx.ModelProto) -> onnx.ModelProto:
         return version_converter.convert_version(model, CANONICAL_OPSET)
     except Exception as exc:
         reason = re.sub(r"^.*Assertion `.*` failed: ", "", str(exc).splitlines()[0])
+        reason = reason.replace("$", "")  # "No Adapter From Version $5 for Tile"
         raise CompileError(f"onnx's version converter cannot upgrade this opset-{opset} model "
-                           f"to opset {CANONICAL_OPSET} ({reason}); export it at opset 7 or "
-                           "newer") from None
+                           f"to opset {CANONICAL_OPSET} ({reason}); export it at opset "
+                           f"{CANONICAL_OPSET} or newer, which compiles as it is") from None
 
 
 def _per_channel_prelu(model: onnx.ModelProto) -> onnx.ModelProto:

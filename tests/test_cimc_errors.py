@@ -634,8 +634,17 @@ def test_opset_the_converter_cannot_upgrade(tmp_path):
     pad = helper.make_node("Pad", ["x"], ["y"], paddings=[0, 1, 0, 1])
     path = _save(_model([pad], [2, 3], [2, 5], opset=1), tmp_path / "old.onnx")
     _fails_keeping_output(tmp_path, path, ("onnx's version converter cannot upgrade this opset-1 "
-                                           "model to opset 13", "No Adapter From Version $1 for "
-                                           "Pad", "export it at opset 7 or newer"))
+                                           "model to opset 13", "No Adapter From Version 1 for "
+                                           "Pad", "export it at opset 13 or newer"))
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused(tmp_path):
+    newest = onnx.defs.onnx_opset_version()
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    path = _save(_model([relu], [2, 3], [2, 3], opset=newest + 1), tmp_path / "new.onnx")
+    _fails_keeping_output(tmp_path, path, (f"the model imports opset {newest + 1}; the "
+                                           f"installed onnx ({onnx.__version__}) defines "
+                                           f"opsets up to {newest}",))
 
 
 # --- 10. --chip: presets and [arch] -----------------------------------------------------------
