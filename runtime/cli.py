@@ -23,7 +23,7 @@ from isa.files import check_distinct, check_writable, load_array, write_atomic, 
 
 from .chips import resolve
 from .errors import RunError
-from .interpreter import MODES, RunResult, check_inputs, run
+from .interpreter import MODES, RunResult, check_inputs, run, running_instruction
 from .reference import reference_outputs
 from .scoring import check_labels, check_reference, classes, reference_report, top1
 from .trace import trace_json
@@ -248,8 +248,10 @@ def finish(args, job: Job, result: RunResult) -> tuple[float | None, dict | None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """The runtime's warnings (``warnings.warn``) as cimrun's own lines."""
-    print(f"cimrun: warning: {message}", file=sys.stderr)
+    """The runtime's warnings (``warnings.warn``) as cimrun's own lines; one raised while an
+    instruction runs (numpy's invalid value in a subtraction, say) names it."""
+    where = running_instruction()
+    print(f"cimrun: warning: {where + ': ' if where else ''}{message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,15 +325,32 @@ def _outputs(m: Machine) -> dict[str, np.ndarray]:
             for p in m.program.outputs}
 
 
+_RUNNING = threading.local()  # this thread's step, for warnings numpy raises inside it
+
+
+def running_instruction() -> str | None:
+    """"line N (op)" of the step this thread is running (None outside a run): cimrun names
+    it in the warnings numpy raises there."""
+    return getattr(_RUNNING, "where", None)
+
+
 def _steps(m: Machine, steps: list, counts: Counter, bar, stop=None) -> None:
     """Run ``steps`` on ``m`` in order, counting their instructions into ``counts``; raise
     ``_Stopped`` before a step once the event ``stop`` is set."""
+    try:
+        _run_steps(m, steps, counts, bar, stop)
+    finally:
+        _RUNNING.where = None
+
+
+def _run_steps(m: Machine, steps: list, counts: Counter, bar, stop) -> None:
     for step in steps:
         if stop is not None and stop.is_set():
             raise _Stopped
         instrs = instructions(step)
         # errors name a Fused step's product, a ConvStep's im2col (whose input it reads)
         ins = step.group[0] if isinstance(step, Fused) else instrs[0]
+        _RUNNING.where = f"line {m.lines[id(ins)]} ({ins.op})"
         try:
             if isinstance(step, GraphStep):
                 run_graph(m, step)

@@ -614,3 +614,25 @@ def test_a_runs_chip_keeps_the_programs_geometry():
         assert result.stats["chip"]["arch"] == dataclasses.asdict(program.chip)
     assert np.array_equal(run(program, x, mode="quantized", chip="default").outputs["logits"],
                           own)
+
+
+def test_a_numpy_warning_names_the_instruction_it_came_from(tmp_path):
+    """A softmax over a row masked entirely to -inf: numpy's invalid-value warning is
+    cimrun's, with the line and opcode of the instruction that raised it."""
+    mask = np.zeros((3, 4), np.float32)
+    mask[1] = -np.inf
+    model = _graph_model([helper.make_node("Add", ["x", "mask"], ["a"]),
+                          helper.make_node("Softmax", ["a"], ["y"], axis=-1)],
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])],
+                         [numpy_helper.from_array(mask, "mask")])
+    program = tmp_path / "m.cim"
+    assert cli("cimc", _save(model, tmp_path / "m.onnx"), "-o", str(program), "-q"
+               ).returncode == 0
+    line = next(i + 1 for i, t in enumerate(program.read_text().splitlines())
+                if t.strip().startswith("softmax"))
+    np.save(tmp_path / "x.npy", np.ones((2, 3, 4), np.float32))
+    r = cli("cimrun", str(program), "--input", str(tmp_path / "x.npy"), "-q",
+            "-o", str(tmp_path / "y.npy"))
+    assert r.returncode == 0
+    assert f"cimrun: warning: line {line} (softmax): invalid value encountered" in r.stderr
