@@ -24,5 +24,8 @@ class CompileContext:
     bit_stucking: object = None  # an isa.cells.LowWrite on rotating tiles' writes, or None
     digital: frozenset = frozenset()  # ONNX node names of the conv/matmul layers lowered onto
                                       # the digital MAC unit (cimc --digital)
+    digital_named: frozenset = frozenset()  # those named by node (not all/first/last): a
+                                            # product of two computed operands named so is
+                                            # a dbmm whatever ``dynamic`` says
     dynamic: str = "digital"  # products of two computed operands: "digital" or "write"
     dynamic_xbars: int | None = None  # crossbars for "write" (None: one matrix's tiles)

@@ -165,33 +165,35 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
     ctx.dynamic, ctx.dynamic_xbars = dynamic, dynamic_xbars
     if bit_stucking is not None:
         ctx.bit_stucking = low_write(bit_stucking, ctx.chip.slices)
-    if basis is not None or digital:
-        model = frontend.load_model(model) if isinstance(model, str) else model
+    model = frontend.load_model(model) if isinstance(model, str) else model
     if digital:
         entries = digital.split(",") if isinstance(digital, str) else digital
         ctx.digital = digital_layers(entries, matrix_layers(model))
+        ctx.digital_named = ctx.digital & set(entries)
     if basis is not None:
         _check_basis_layers(model, ctx.digital)
         ctx.basis, ctx.basis_reference = basis, layer_matrices(model)
+    batch_read = frontend.symbolic_batch(model)
     graph = frontend.import_model(model, batch=batch, calibrate=calibrate, limits=ctx.limits)
-    fixed_batch = graph.batch
     graph = _run_passes(graph, pipeline, ctx, verify_each, dump)
     if ctx.basis is not None:
         message = reconstruction_warning(ctx.stats.get("basis", []), ctx.basis.n)
         if message:
             warn(message)
     for message in (_idle_reprogramming_options(ctx, graph),
-                    _idle_model_options(ctx, batch, fixed_batch)):
+                    _idle_model_options(ctx, batch, None if batch_read else graph.batch)):
         if message:
             warn(message)
     return backend.generate(graph, ctx.chip, graph.xbars, ctx.bit_stucking)
 
 
-def _idle_model_options(ctx: CompileContext, batch: int, model_batch: int) -> str | None:
+def _idle_model_options(ctx: CompileContext, batch: int, model_batch: int | None
+                        ) -> str | None:
     """A warning for options this model gives nothing to act on: a batch other than 1 where
-    the model fixes its own, ``dynamic_xbars`` where no product is written per inference."""
+    the model fixes its own (``model_batch``; None: some input's batch is symbolic),
+    ``dynamic_xbars`` where no product is written per inference."""
     idle = []
-    if batch != 1 and model_batch != batch:
+    if batch != 1 and model_batch is not None and model_batch != batch:
         idle.append(f"--batch {batch} does nothing: the model's batch is fixed at "
                     f"{model_batch}")
     if ctx.dynamic == "write" and ctx.dynamic_xbars is not None and \

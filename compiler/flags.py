@@ -125,12 +125,16 @@ def check_basis(args: argparse.Namespace, chip: Chip) -> None:
                            "or a .npz basis file")
 
 
-def digital(args: argparse.Namespace, model) -> frozenset[str]:
-    """The layers ``--digital all|first,last|NODE,...`` maps onto the digital unit, checked
-    against the conv/matmul layers of ``model`` (an ONNX ModelProto); empty without the flag."""
+def digital(args: argparse.Namespace, model) -> list[str]:
+    """The entries of ``--digital all|first,last|NODE,...`` (``compile_model`` resolves
+    them: a word and a name differ for products of two computed operands), checked here
+    against the conv/matmul layers of ``model`` (an ONNX ModelProto), before any long work;
+    empty without the flag."""
     if args.digital is None:
-        return frozenset()
-    return digital_layers(args.digital.split(","), matrix_layers(model))
+        return []
+    entries = args.digital.split(",")
+    digital_layers(entries, matrix_layers(model))
+    return entries
 
 
 # Flags that only a setting of another flag reads: (flag, dest, needs, whether it applies)

@@ -88,6 +88,15 @@ def load_model(path: str, limits: Limits | None = None) -> onnx.ModelProto:
     return model
 
 
+def symbolic_batch(model: onnx.ModelProto) -> bool:
+    """Whether some input (not an initializer) has a symbolic first dimension, which
+    ``--batch`` fixes."""
+    inits = {i.name for i in model.graph.initializer}
+    return any(dims and not dims[0].HasField("dim_value")
+               for dims in (i.type.tensor_type.shape.dim for i in model.graph.input
+                            if i.name not in inits))
+
+
 def _fix_batch(model: onnx.ModelProto, batch: int) -> None:
     inits = {i.name for i in model.graph.initializer}
     for inp in model.graph.input:

@@ -99,12 +99,16 @@ def _as_matrix(graph, name: str, other: str):
     return c.reshape(c.shape[-2:])
 
 
+def _swap_perm(rank: int) -> list[int]:
+    """The permutation that swaps the last two of ``rank`` axes."""
+    return list(range(rank - 2)) + [rank - 1, rank - 2]
+
+
 def _swap_last(graph, op, name: str) -> str:
     """A transpose of ``name``'s last two axes, added before ``op``'s result."""
     shape = graph.shape(name)
     out = graph.add_value(graph.fresh(f"{name}.T"), shape[:-2] + (shape[-1], shape[-2]))
-    perm = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
-    graph.add_op("transpose", [name], [out], {"perm": perm}, op.origin)
+    graph.add_op("transpose", [name], [out], {"perm": _swap_perm(len(shape))}, op.origin)
     return out
 
 
@@ -122,7 +126,12 @@ def matmul(graph, op):
             graph.add_constant(graph.fresh(f"{op.origin or op.id}.w"), weight)
         return "matmul", [a, name], {}
     if a in graph.constants and b not in graph.constants:
-        c = graph.constants[a]
+        c, rank = graph.constants[a], len(graph.shape(b))
+        if _as_matrix(graph, a, b) is None and c.ndim > rank:
+            raise CompileError(f"{op.origin or op.id}: MatMul of a constant {list(c.shape)} "
+                               f"by a computed {list(graph.shape(b))}: a constant of more "
+                               "axes than the computed operand would put its own axes before "
+                               "the samples; not supported")
         at = graph.add_constant(graph.fresh(f"{op.origin or op.id}.wT"),
                                 np.ascontiguousarray(np.swapaxes(c, -1, -2)))
         bt = _swap_last(graph, op, b)
@@ -132,8 +141,7 @@ def matmul(graph, op):
         inner = Op(op.id, "MatMul", [bt, at], [yt], {}, op.origin)
         kind, ins, attrs = matmul(graph, inner)
         graph.add_op(kind, ins, [yt], attrs, op.origin)
-        return "transpose", [yt], {"perm": list(range(len(shape) - 2)) +
-                                   [len(shape) - 1, len(shape) - 2]}
+        return "transpose", [yt], {"perm": _swap_perm(len(shape))}
     return "dynmatmul", [a, b], {}
 
 

@@ -143,6 +143,8 @@ def expand(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]],
     # shapes are inferred again: a ceil_pool rewrite changes them from its node on, even
     # where the model declares onnx's count for an output
     del out.graph.value_info[:]
+    inputs = {i.name for i in out.graph.input}
     for o in out.graph.output:
-        o.type.tensor_type.ClearField("shape")
+        if o.name not in inputs:  # (an input returned as it is keeps the input's type)
+            o.type.tensor_type.ClearField("shape")
     return out

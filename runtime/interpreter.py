@@ -654,14 +654,20 @@ def _warn_unverified(chip: Chip) -> None:
 
 
 def _warn_offset_bits(chip: Chip) -> None:
-    """A warning where the offset scheme's sign costs its weights a magnitude bit."""
-    if cells.offset_bits_lost(chip):
-        a = chip.arch
-        warnings.warn(f"mapping.differential = 0 at {a.cell_bits}-bit cells: {a.slices} slices "
-                      f"hold {a.weight_bits - 1} bits, the magnitude and not the offset "
-                      f"scheme's sign, so its weights are rounded to {a.weight_bits - 1} bits "
-                      f"(differential pairs keep {a.weight_bits})", RuntimeWarning,
-                      stacklevel=3)
+    """A warning where the offset scheme's sign costs its weights a magnitude bit; a
+    RunError where it leaves none."""
+    if not cells.offset_bits_lost(chip):
+        return
+    a = chip.arch
+    held = a.cell_bits * a.slices
+    what = (f"mapping.differential = 0 at {a.weight_bits}-bit weights and {a.cell_bits}-bit "
+            f"cells: {a.slices} slice(s) hold {held} bit(s), the magnitude and not the offset "
+            "scheme's sign")
+    if cells.magnitude_max(chip) < 1:
+        raise RunError(f"{what}, so no magnitude bit is left: use differential pairs "
+                       "(mapping.differential = 1) or more bits a weight")
+    warnings.warn(f"{what}, so its weights are rounded to {held} bits (differential pairs "
+                  f"keep {a.weight_bits})", RuntimeWarning, stacklevel=3)
 
 
 def _integer(value) -> bool:

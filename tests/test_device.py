@@ -14,7 +14,7 @@ import isa
 from compiler import compile_model
 from isa import ChipGeometry
 from isa.chip import SECTIONS, Chip, from_dict, load_chip, presets, with_overrides
-from runtime import device, encoding, kernels, run
+from runtime import RunError, device, encoding, kernels, run
 from runtime import noise as nz
 from runtime.analog import crossbar_mvm
 
@@ -439,6 +439,12 @@ def test_the_offset_scheme_loses_a_bit_where_the_slices_hold_only_the_magnitude(
             warnings.simplefilter("always")
             run(program, x, mode="quantized", chip=offset, timing=False)
         said = [str(w.message) for w in caught if "mapping.differential = 0" in str(w.message)]
-        assert said == ([("mapping.differential = 0 at 1-bit cells: 7 slices hold 7 bits, the "
-                          "magnitude and not the offset scheme's sign, so its weights are "
-                          "rounded to 7 bits (differential pairs keep 8)")] if warns else [])
+        assert said == ([("mapping.differential = 0 at 8-bit weights and 1-bit cells: 7 "
+                          "slice(s) hold 7 bit(s), the magnitude and not the offset scheme's "
+                          "sign, so its weights are rounded to 7 bits (differential pairs "
+                          "keep 8)")] if warns else [])
+    two_bit = compile_model(model_path("digits_mlp"), chip=ChipGeometry(cell_bits=1,
+                                                                       weight_bits=2))
+    with pytest.raises(RunError, match="2-bit weights and 1-bit cells: 1 slice.s. hold 1 "
+                                       "bit.s., .* so no magnitude bit is left"):
+        run(two_bit, x, mode="quantized", chip=offset, timing=False)

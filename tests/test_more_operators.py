@@ -164,7 +164,10 @@ def test_a_constant_left_operand_of_matmul_is_the_weight_side(a_shape, x_shape, 
     w = RNG.standard_normal(a_shape).astype(np.float32)
     model = _standalone([helper.make_node("MatMul", ["w", "x"], ["y"])], {"x": list(x_shape)},
                         13, {"w": w})
-    x = RNG.standard_normal(x_shape).astype(np.float32)
+    # samples of different scales (so of different DAC ranges), where they lead the product
+    scales = np.arange(1, x_shape[0] + 1).reshape((-1,) + (1,) * (len(x_shape) - 1)) \
+        if len(x_shape) >= 3 else 1.0
+    x = (RNG.standard_normal(x_shape) * scales).astype(np.float32)
     (want,) = ort_run(model, {"x": x})
     program = compile_model(model, batch=x_shape[0], verify_each=True)
     ops = [i.op for i in program.text]
@@ -173,19 +176,32 @@ def test_a_constant_left_operand_of_matmul_is_the_weight_side(a_shape, x_shape, 
     assert rel_err(run(program, x, mode="quantized", timing=False).outputs["y"], want) < 0.02
 
 
-def test_an_input_returned_as_an_output_keeps_its_batch():
-    """outputs [x, Relu(x)] with a symbolic batch: the output x's declared [N, ...] had stood
-    for the input in shape inference, so Relu(x) got no static shape and cimc refused it."""
+def test_a_constant_left_operand_deeper_than_the_computed_one_is_refused():
+    """W [2, 4, 5] @ x [5, 8]: W's leading axis would come before the samples (the program
+    had run with the wrong samples' DAC ranges or failed in cimrun)."""
+    model = _standalone([helper.make_node("MatMul", ["w", "x"], ["y"], name="mm")],
+                        {"x": [5, 8]}, 13, {"w": np.ones((2, 4, 5), np.float32)})
+    with pytest.raises(CompileError, match=r"mm: MatMul of a constant \[2, 4, 5\] by a "
+                                           r"computed \[5, 8\]: a constant of more axes"):
+        compile_model(model, batch=5)
+
+
+@pytest.mark.parametrize("op", ["Relu", "LpNormalization"])
+def test_an_input_returned_as_an_output_keeps_its_batch(op):
+    """outputs [x, op(x)] with a symbolic batch: the output x's declared [N, ...] had stood
+    for the input in shape inference, so op(x) got no static shape and cimc refused it
+    (LpNormalization: also after the rewrite into ops the compiler has)."""
     sym = ["N", 4, 8]
     model = helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_node(op, ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, sym)],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, sym) for n in ("x", "y")]),
         opset_imports=[helper.make_opsetid("", 13)])
     x = RNG.standard_normal((3, 4, 8)).astype(np.float32)
     out = run(compile_model(model), x, timing=False).outputs
     np.testing.assert_array_equal(out["x"], x)
-    np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
+    (want,) = ort_run(model, {"x": x})[1:]
+    assert rel_err(out["y"], want) < 1e-6
 
 
 @pytest.mark.parametrize("op,extra", [("MaxPool", {}), ("AveragePool", {}),

@@ -263,6 +263,10 @@ def test_a_product_named_with_digital_goes_to_the_digital_unit_under_write():
         if ins.op in ("dbmm", "wbmm"):
             by_op.setdefault(ins.op, []).append(ins.note)
     assert by_op["dbmm"] == ["/blocks.0/attn/MatMul"] and len(by_op["wbmm"]) == 5
+    for words in ("all", "first,last"):  # words pick layers, and leave products to --dynamic
+        program = compile_model(model_path("digits_vit"), dynamic="write", digital=words)
+        ops = [i.op for i in program.text]
+        assert (ops.count("wbmm"), ops.count("dbmm")) == (6, 0) and "dmatmul" in ops
 
 
 def test_ir_dumps_say_what_each_float32_holds(tmp_path):

@@ -24,7 +24,7 @@ A product of two computed operands (``dynmatmul``: attention's Q K^T and weights
 mapped by the policy ``ctx.dynamic`` (``cimc --dynamic``): ``digital`` makes it a
 ``dyn_digital`` (the digital MAC unit, opcode ``dbmm``), ``write`` a ``dyn_write`` (its second
 operand written into crossbars at every inference, opcode ``wbmm``; schedule gives it its
-crossbars); one whose node is in ``ctx.digital`` is a ``dyn_digital`` whatever the policy.
+crossbars); one ``--digital`` names by its node is a ``dyn_digital`` whatever the policy.
 """
 
 from __future__ import annotations
@@ -197,8 +197,9 @@ DYNAMIC = {"digital": "dyn_digital", "write": "dyn_write"}
 
 def _lower_dynamic(graph: Graph, op: Op, ctx) -> None:
     """The policy ``ctx.dynamic`` (a key of ``DYNAMIC``, checked by ``compile_model``), or
-    the digital unit for a product whose node is in ``ctx.digital``."""
-    policy = "digital" if op.origin in ctx.digital else ctx.dynamic
+    the digital unit for a product ``--digital`` names by its node (``ctx.digital_named``;
+    ``all``, ``first`` and ``last`` leave products to the policy)."""
+    policy = "digital" if op.origin in ctx.digital_named else ctx.dynamic
     graph.add_op(DYNAMIC[policy], op.inputs, op.outputs, {}, op.origin)
 
 
