@@ -1,5 +1,6 @@
-"""Activation ranges from sample inputs (``cimc --calibrate samples.npy``), and the checks of
-those samples and of their labels (``--calibrate-labels``).
+"""Activation ranges from sample inputs (``cimc --calibrate samples.npy``, or a .npz of one
+array per input), and the checks of those samples and of their labels
+(``--calibrate-labels``).
 
 Runs the prepared ONNX model with ONNX's reference evaluator on the samples, every
 intermediate float tensor exposed (``onnx_reference.run_exposed``), and records each one's
@@ -20,57 +21,82 @@ import onnx
 from isa.files import load_array
 
 from .errors import CompileError
-from .onnx_reference import first_input, run_exposed
+from .onnx_reference import first_input, model_inputs, run_exposed
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value_info.type.tensor_type.shape.dim]
 
 
 def _input_dims(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
     """Name and dims (None where symbolic) of the model's first non-initializer input."""
     first = first_input(model)
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in first.type.tensor_type.shape.dim]
-    return first.name, dims
+    return first.name, _dims(first)
 
 
-def check_samples(model: onnx.ModelProto, samples: np.ndarray, where: str) -> None:
-    """Raise CompileError (starting with ``where``, e.g. "--calibrate x.npy") unless the
-    model has one input and ``samples`` are [N >= 1, ...] of its shape."""
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    if len(inputs) > 1:
-        raise CompileError(f"{where}: the model has {len(inputs)} inputs "
-                           f"({', '.join(inputs)}) and calibration feeds one; compile without "
-                           "--calibrate (each sample's inputs are then scaled by their own "
-                           "maximum)")
-    name, dims = _input_dims(model)
-    want = ", ".join("?" if d is None else str(d) for d in dims[1:])
-    fits = samples.ndim == len(dims) and all(
-        d is None or d == s for d, s in zip(dims[1:], samples.shape[1:]))
-    if not fits or len(samples) == 0:
-        raise CompileError(f"{where}: samples of shape {list(samples.shape)}; the "
-                           f"model's input {name!r} takes [N, {want}] with N >= 1")
+def sample_count(samples) -> int:
+    """How many samples an array, or {input: array} of one array per input, holds."""
+    return len(next(iter(samples.values()))) if isinstance(samples, dict) else len(samples)
 
 
-def load_samples(path: str, allow_nonfinite: bool = False) -> np.ndarray:
-    """The float samples in ``path`` (.npy, never unpickled). Raises CompileError (IsaError for
-    an unreadable file) naming ``path``; NaN or Inf values are an error unless allowed."""
-    samples = load_array(path, "--calibrate")
-    if isinstance(samples, dict):
-        raise CompileError(f"--calibrate {path}: a .npz archive; save the samples as one .npy "
-                           "array (numpy.save)")
-    if not (np.issubdtype(samples.dtype, np.floating) or samples.dtype == np.bool_):
-        raise CompileError(f"--calibrate {path}: dtype {samples.dtype}; expected floats "
-                           "(or booleans, for a boolean input)")
-    bad = int(samples.size - np.count_nonzero(np.isfinite(samples)))
+def check_samples(model: onnx.ModelProto, samples, where: str) -> None:
+    """Raise CompileError (starting with ``where``, e.g. "--calibrate x.npy") unless
+    ``samples`` feed the model: an array [N >= 1, ...] of its one input's shape, or, for any
+    model, {input name: array} with an array of N >= 1 samples of each input's shape."""
+    inputs = {i.name: _dims(i) for i in model_inputs(model)}
+    if not isinstance(samples, dict):
+        if len(inputs) > 1:
+            raise CompileError(f"{where}: the model has {len(inputs)} inputs "
+                               f"({', '.join(inputs)}); give one array per input in a .npz "
+                               "keyed by input name (numpy.savez)")
+        samples = {next(iter(inputs)): samples}
+    missing, extra = [k for k in inputs if k not in samples], \
+        [k for k in samples if k not in inputs]
+    if missing or extra:
+        raise CompileError(f"{where}: arrays {sorted(samples)}; the model's inputs are "
+                           f"{list(inputs)}" + (f" (missing {missing})" if missing else ""))
+    for name, dims in inputs.items():
+        x = samples[name]
+        want = ", ".join("?" if d is None else str(d) for d in dims[1:])
+        fits = x.ndim == len(dims) and all(d is None or d == n
+                                           for d, n in zip(dims[1:], x.shape[1:]))
+        if not fits or len(x) == 0:
+            raise CompileError(f"{where}: samples of shape {list(x.shape)}; the model's input "
+                               f"{name!r} takes [N, {want}] with N >= 1")
+    counts = {k: len(v) for k, v in samples.items()}
+    if len(set(counts.values())) > 1:
+        raise CompileError(f"{where}: a different number of samples per input {counts}")
+
+
+def _check_array(x: np.ndarray, where: str, allow_nonfinite: bool) -> None:
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+            or x.dtype == np.bool_):
+        raise CompileError(f"{where}: dtype {x.dtype}; expected floats (or booleans or "
+                           "integers, for such an input)")
+    bad = int(x.size - np.count_nonzero(np.isfinite(x))) if x.dtype.kind == "f" else 0
     if bad and not allow_nonfinite:
-        raise CompileError(f"--calibrate {path}: {bad} of {samples.size} values are NaN or "
-                           "infinite; remove those samples, or pass --allow-nonfinite to leave "
-                           "non-finite values out of the ranges")
+        raise CompileError(f"{where}: {bad} of {x.size} values are NaN or infinite; remove "
+                           "those samples, or pass --allow-nonfinite to leave non-finite "
+                           "values out of the ranges")
+
+
+def load_samples(path: str, allow_nonfinite: bool = False):
+    """The samples in ``path``: one array (.npy) or {input name: array} (.npz), never
+    unpickled. Raises CompileError (IsaError for an unreadable file) naming ``path``; NaN
+    or Inf values are an error unless allowed."""
+    samples = load_array(path, "--calibrate")
+    for name, x in (samples.items() if isinstance(samples, dict) else [(None, samples)]):
+        _check_array(x, f"--calibrate {path}" + (f" (array {name!r})" if name else ""),
+                     allow_nonfinite)
     return samples
 
 
-def finite_samples(samples: np.ndarray) -> np.ndarray:
-    """A boolean mask of the samples whose every value is finite."""
-    return np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+def finite_samples(samples) -> np.ndarray:
+    """A boolean mask of the samples whose every value (of every input) is finite."""
+    arrays = samples.values() if isinstance(samples, dict) else [samples]
+    return np.logical_and.reduce([np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+                                  for x in arrays])
 
 
 def output_classes(model: onnx.ModelProto) -> int | None:
@@ -105,15 +131,15 @@ def _peak(value: np.ndarray) -> float:
     return float(np.max(magnitude, where=np.isfinite(magnitude), initial=0.0))
 
 
-def tensor_ranges(model: onnx.ModelProto, samples: np.ndarray) -> dict[str, float]:
-    """Largest finite |value| of every float tensor over ``samples`` (fed to the first input
-    of the prepared ``model``, one compiled batch at a time)."""
+def tensor_ranges(model: onnx.ModelProto, samples) -> dict[str, float]:
+    """Largest finite |value| of every float tensor over ``samples`` (``check_samples``: fed
+    to the prepared ``model``, one compiled batch at a time)."""
     name, dims = _input_dims(model)
     check_samples(model, samples, "calibration samples")
     batch = max(dims[0] or 1, 1)
-    if len(samples) < batch:
-        raise CompileError(f"--calibrate: {len(samples)} samples, fewer than one compiled batch "
-                           f"of {batch}")
+    if sample_count(samples) < batch:
+        raise CompileError(f"--calibrate: {sample_count(samples)} samples, fewer than one "
+                           f"compiled batch of {batch}")
     floats = [vi.name for vi in model.graph.value_info
               if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     peaks: dict[str, float] = {}
@@ -121,5 +147,6 @@ def tensor_ranges(model: onnx.ModelProto, samples: np.ndarray) -> dict[str, floa
         for values in run_exposed(model, samples, floats, batch):
             for out, value in values.items():
                 peaks[out] = max(peaks.get(out, 0.0), _peak(value))
-    peaks[name] = _peak(samples)  # every sample, a last partial batch included
+    for k, x in (samples.items() if isinstance(samples, dict) else [(name, samples)]):
+        peaks[k] = _peak(x)  # every sample, a last partial batch included
     return peaks

@@ -24,7 +24,14 @@ from isa.cli import INTERRUPTED, SIGPIPE_STATUS, Parser, quiet_broken_pipe
 
 from . import flags, progress
 from .basis import BasisSet
-from .calibrate import check_samples, finite_samples, load_labels, load_samples, output_classes
+from .calibrate import (
+    check_samples,
+    finite_samples,
+    load_labels,
+    load_samples,
+    output_classes,
+    sample_count,
+)
 from .driver import compile_model, dump_to_dir, dump_to_stdout
 from .errors import CompileError
 from .frontend import accept, load_model
@@ -173,8 +180,9 @@ def build_parser() -> Parser:
                         "product needs)")
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="sample inputs whose activation ranges set each crossbar input's DAC "
-                        "full scale, for a model of one input (default: each sample scaled "
-                        "by its own maximum)")
+                        "full scale: a .npy for a model of one input, a .npz of one array "
+                        "per input keyed by input name otherwise (default: each sample "
+                        "scaled by its own maximum)")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="accept NaN and Inf in the --calibrate samples: such values are left out "
                         "of the ranges, such samples out of basis fitting (default: an error)")
@@ -206,9 +214,13 @@ def _samples(args, model: onnx.ModelProto) -> np.ndarray | None:
         return None
     samples = load_samples(args.calibrate, args.allow_nonfinite)
     check_samples(model, samples, f"--calibrate {args.calibrate}")
-    if len(samples) < args.batch:
-        raise CompileError(f"--calibrate {args.calibrate}: {len(samples)} samples, fewer than "
-                           f"one --batch of {args.batch}")
+    if isinstance(samples, dict) and flags.fits_a_basis(args.basis):
+        raise CompileError(f"--basis {args.basis}: a basis is fitted on the samples of a "
+                           f"model of one input (.npy); --calibrate {args.calibrate} holds "
+                           "several")
+    if sample_count(samples) < args.batch:
+        raise CompileError(f"--calibrate {args.calibrate}: {sample_count(samples)} samples, "
+                           f"fewer than one --batch of {args.batch}")
     finite = finite_samples(samples)
     if not finite.all():
         if args.basis is not None and not finite.any():

@@ -111,9 +111,11 @@ def _check_arguments(batch, max_xbars, calibrate) -> None:
                                   or isinstance(max_xbars, bool) or max_xbars < 1):
         raise CompileError(f"max_xbars {max_xbars!r}: must be an integer of at least 1 "
                            "(None: a crossbar per tile)")
-    if calibrate is not None and not isinstance(calibrate, np.ndarray):
-        raise CompileError(f"calibrate must be an array of sample inputs (np.load a .npy "
-                           f"first), not {type(calibrate).__name__}")
+    arrays = calibrate.values() if isinstance(calibrate, dict) else [calibrate]
+    if calibrate is not None and not all(isinstance(a, np.ndarray) for a in arrays):
+        raise CompileError(f"calibrate must be an array of sample inputs, or {{input name: "
+                           f"array}} (np.load a .npy or .npz first), not "
+                           f"{type(calibrate).__name__}")
 
 
 def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = None,
@@ -130,7 +132,8 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
 
     ``chip``: the compiled geometry (default: ``chip_config.arch``); ``chip_config``: the chip
     whose timing the scheduler estimates with (a Chip, or a preset name or TOML path).
-    ``calibrate``: sample inputs (array) whose activation ranges set the DAC full scales.
+    ``calibrate``: sample inputs (an array, or {input name: array} for a model of several)
+    whose activation ranges set the DAC full scales.
     ``basis``: a BasisN decomposition (``compiler.basis.fit.fit`` or ``BasisSet.load``) every
     crossbar layer is mapped onto.
     ``passes``: the pipeline (default ``PIPELINE``), checked before anything runs.

@@ -61,28 +61,38 @@ def reference_evaluator(proto, **options) -> ReferenceEvaluator:
 
 def first_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     """The model's first graph input that is not an initializer (what samples feed)."""
+    return model_inputs(model)[0]
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The model's graph inputs that are not initializers, in order (what samples feed)."""
     inits = {i.name for i in model.graph.initializer}
-    return next(i for i in model.graph.input if i.name not in inits)
+    return [i for i in model.graph.input if i.name not in inits]
 
 
-def run_exposed(model: onnx.ModelProto, samples: np.ndarray, names: Iterable[str],
+_FEED_TYPES = {onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.INT64: np.int64,
+               onnx.TensorProto.INT32: np.int32}
+
+
+def run_exposed(model: onnx.ModelProto, samples, names: Iterable[str],
                 batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Run ``model`` on ``samples`` (fed to ``first_input`` in its declared type: float32, or
-    bool) ``batch`` at a time (default: all at once; a last partial batch is left out), with
-    the tensors ``names`` exposed as extra outputs. Yields, per batch, {name: value} of the
-    model's outputs, those tensors and the input."""
-    first = first_input(model)
-    feed = first.name
-    dtype = np.bool_ if first.type.tensor_type.elem_type == onnx.TensorProto.BOOL \
-        else np.float32
+    """Run ``model`` on ``samples`` (an array fed to ``first_input``, or {input name: array}
+    for every input; each in its declared type: float32, bool or an integer) ``batch`` at a
+    time (default: all at once; a last partial batch is left out), with the tensors ``names``
+    exposed as extra outputs. Yields, per batch, {name: value} of the model's outputs, those
+    tensors and the inputs."""
+    arrays = samples if isinstance(samples, dict) else {first_input(model).name: samples}
+    types = {i.name: _FEED_TYPES.get(i.type.tensor_type.elem_type, np.float32)
+             for i in model_inputs(model)}
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
-    known = {o.name for o in exposed.graph.output} | {feed}
+    known = {o.name for o in exposed.graph.output} | set(arrays)
     exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n)
                                 for n in dict.fromkeys(names) if n not in known)
     outs = [o.name for o in exposed.graph.output]
     session = reference_evaluator(exposed)
-    batch = batch or max(len(samples), 1)
-    for start in range(0, len(samples) - len(samples) % batch, batch):
-        x = samples[start:start + batch].astype(dtype)
-        yield {feed: x, **dict(zip(outs, session.run(None, {feed: x})))}
+    count = len(next(iter(arrays.values())))
+    batch = batch or max(count, 1)
+    for start in range(0, count - count % batch, batch):
+        feeds = {k: v[start:start + batch].astype(types[k]) for k, v in arrays.items()}
+        yield {**feeds, **dict(zip(outs, session.run(None, feeds)))}

@@ -222,22 +222,39 @@ def test_nonfinite_calibration_samples_are_an_error(tmp_path, nan_samples):
                            "--allow-nonfinite"))
 
 
-def test_calibrating_a_model_of_two_inputs_is_refused(tmp_path):
-    """Calibration feeds one input: a model of two had crashed in the reference evaluator
-    (traceback, exit 1); now one message, before any work, and the output kept."""
+def test_a_model_of_two_inputs_calibrates_from_a_npz_of_both(tmp_path):
+    """y = (x * m) @ W: a .npz of x and m calibrates it, the product's DAC range the largest
+    |x * m| over the samples; a .npy (it had crashed in the reference evaluator) or a .npz
+    without m is one message, before any work, the output kept."""
     g = helper.make_graph(
-        [helper.make_node("Mul", ["x", "m"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-         helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+        [helper.make_node("Mul", ["x", "m"], ["p"]), helper.make_node("MatMul", ["p", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in "xm"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(_f32(4, 3), "w")])
     model = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]),
                   tmp_path / "two.onnx")
-    np.save(tmp_path / "x.npy", _f32(3, 4))
+    x, m = _f32(5, 4), _f32(5, 4)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "both.npz", x=x, m=m)
+    np.savez(tmp_path / "one.npz", x=x)
     _fails_keeping_output(tmp_path, model, "--calibrate", str(tmp_path / "x.npy"),
-                          (f"--calibrate {tmp_path / 'x.npy'}: the model has 2 inputs (x, m) "
-                           "and calibration feeds one",))
+                          (f"--calibrate {tmp_path / 'x.npy'}: the model has 2 inputs (x, m); "
+                           "give one array per input in a .npz keyed by input name",))
+    _fails_keeping_output(tmp_path, model, "--calibrate", str(tmp_path / "one.npz"),
+                          (f"--calibrate {tmp_path / 'one.npz'}: arrays ['x']; the model's "
+                           "inputs are ['x', 'm'] (missing ['m'])",))
+    _fails_keeping_output(tmp_path, model, "--calibrate", str(tmp_path / "both.npz"),
+                          "--basis", "2", ("--basis 2: a basis is fitted on the samples of a "
+                                           "model of one input",))
+    out = tmp_path / "two.cim"
+    assert cli("cimc", str(model), "-o", str(out), "--calibrate", str(tmp_path / "both.npz"),
+               "-q").returncode == 0
+    ranges = [b.range for b in isa.load(str(out)).buffers if b.range]
+    assert ranges == [pytest.approx(float(np.abs(x * m).max()))]
     with pytest.raises(CompileError, match="the model has 2 inputs"):
-        compile_model(str(model), calibrate=_f32(3, 4))
+        compile_model(str(model), calibrate=x)
+    program = compile_model(str(model), calibrate={"x": x, "m": m})
+    assert [b.range for b in program.buffers if b.range] == ranges
 
 
 def test_allowed_nonfinite_values_are_left_out_of_the_ranges(tmp_path, nan_samples):
