@@ -39,6 +39,22 @@ class ConvTranspose(OpRun):
                              plan.group).astype(w.dtype),)
 
 
+class BatchNormalization(OpRun):
+    """ONNX's reference BatchNormalization at opsets 9-13 (onnx 1.23) fills in momentum and
+    mixes the batch's statistics into the running ones (onnx/onnx#8442, open), so a
+    calibration's ranges and a data-aware basis fit depended on the batch: the spec's
+    inference mode, (x - mean) / sqrt(var + epsilon) x scale + bias over axis 1. Training
+    mode (opset 14's training_mode, or statistics outputs) is refused before any run."""
+
+    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None,
+             training_mode=None, spatial=None):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        eps = 1e-5 if epsilon is None else epsilon
+        y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * \
+            scale.reshape(shape) + bias.reshape(shape)
+        return (y.astype(x.dtype),)
+
+
 class Resize(OnnxResize):
     """ONNX's reference Resize (onnx 1.23) puts align_corners' and pytorch_half_pixel's
     output length at scale x input length, where the operator's text and onnxruntime take the
@@ -56,7 +72,8 @@ class Resize(OnnxResize):
 
 def reference_evaluator(proto, **options) -> ReferenceEvaluator:
     """``ReferenceEvaluator(proto, **options)`` with the fixed operators above."""
-    return ReferenceEvaluator(proto, new_ops=[LRN, ConvTranspose, Resize], **options)
+    return ReferenceEvaluator(proto, new_ops=[LRN, ConvTranspose, Resize, BatchNormalization],
+                              **options)
 
 
 def first_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
