@@ -44,18 +44,26 @@ def check_samples(model: onnx.ModelProto, samples, where: str) -> None:
     """Raise CompileError (starting with ``where``, e.g. "--calibrate x.npy") unless
     ``samples`` feed the model: an array [N >= 1, ...] of its one input's shape, or, for any
     model, {input name: array} with an array of N >= 1 samples of each input's shape."""
-    inputs = {i.name: _dims(i) for i in model_inputs(model)}
+    declared = model_inputs(model)
+    inputs = {i.name: _dims(i) for i in declared}
     if not isinstance(samples, dict):
         if len(inputs) > 1:
             raise CompileError(f"{where}: the model has {len(inputs)} inputs "
                                f"({', '.join(inputs)}); give one array per input in a .npz "
                                "keyed by input name (numpy.savez)")
         samples = {next(iter(inputs)): samples}
-    missing, extra = [k for k in inputs if k not in samples], \
-        [k for k in samples if k not in inputs]
+    missing = [k for k in inputs if k not in samples]
+    extra = [str(k) for k in samples if k not in inputs]
     if missing or extra:
-        raise CompileError(f"{where}: arrays {sorted(samples)}; the model's inputs are "
-                           f"{list(inputs)}" + (f" (missing {missing})" if missing else ""))
+        raise CompileError(f"{where}: the model's inputs are {list(inputs)}" +
+                           (f"; missing {missing}" if missing else "") +
+                           (f"; not inputs: {extra}" if extra else ""))
+    if len(inputs) > 1 and len({tuple(d[:1]) for d in inputs.values()}) > 1:
+        raise CompileError(f"{where}: the inputs' first axes differ "
+                           f"({', '.join(f'{k} {_fmt(d)}' for k, d in inputs.items())}), and "
+                           "calibration takes the first axis of each for the samples")
+    for vi in declared:
+        _check_dtype(samples[vi.name], vi, where)
     for name, dims in inputs.items():
         x = samples[name]
         want = ", ".join("?" if d is None else str(d) for d in dims[1:])
@@ -67,6 +75,29 @@ def check_samples(model: onnx.ModelProto, samples, where: str) -> None:
     counts = {k: len(v) for k, v in samples.items()}
     if len(set(counts.values())) > 1:
         raise CompileError(f"{where}: a different number of samples per input {counts}")
+
+
+def _fmt(dims: list[int | None]) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"
+
+
+_INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+
+
+def _check_dtype(x, vi: onnx.ValueInfoProto, where: str) -> None:
+    """An array of numbers (or booleans) for the input ``vi``; integers for an integer
+    input, booleans or 0 and 1 for a boolean one (as cimrun takes inputs)."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
+        raise CompileError(f"{where}: samples of {vi.name!r} must be a numeric array, got "
+                           f"{getattr(x, 'dtype', type(x).__name__)}")
+    elem = vi.type.tensor_type.elem_type
+    if elem in _INTEGER_TYPES and x.dtype.kind not in "iu":
+        raise CompileError(f"{where}: input {vi.name!r} holds integers: its samples must be "
+                           f"an integer array, got {x.dtype}")
+    if elem == onnx.TensorProto.BOOL and x.dtype != np.bool_ and \
+            not np.isin(x, (0, 1)).all():
+        raise CompileError(f"{where}: input {vi.name!r} holds booleans: its samples must be "
+                           "a bool array, or 0 and 1")
 
 
 def _check_array(x: np.ndarray, where: str, allow_nonfinite: bool) -> None:
@@ -144,9 +175,13 @@ def tensor_ranges(model: onnx.ModelProto, samples) -> dict[str, float]:
               if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     peaks: dict[str, float] = {}
     with np.errstate(all="ignore"):
-        for values in run_exposed(model, samples, floats, batch):
-            for out, value in values.items():
-                peaks[out] = max(peaks.get(out, 0.0), _peak(value))
+        try:
+            for values in run_exposed(model, samples, floats, batch):
+                for out, value in values.items():
+                    peaks[out] = max(peaks.get(out, 0.0), _peak(value))
+        except (IndexError, ValueError, TypeError) as exc:  # token ids outside the table, ...
+            raise CompileError(f"--calibrate: the model cannot run on these samples: "
+                               f"{str(exc).splitlines()[0]}") from None
     for k, x in (samples.items() if isinstance(samples, dict) else [(name, samples)]):
         peaks[k] = _peak(x)  # every sample, a last partial batch included
     return peaks

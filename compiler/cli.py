@@ -214,6 +214,8 @@ def _samples(args, model: onnx.ModelProto) -> np.ndarray | None:
         return None
     samples = load_samples(args.calibrate, args.allow_nonfinite)
     check_samples(model, samples, f"--calibrate {args.calibrate}")
+    if isinstance(samples, dict) and len(samples) == 1:  # a .npz for a model of one input
+        samples = next(iter(samples.values()))
     if isinstance(samples, dict) and flags.fits_a_basis(args.basis):
         raise CompileError(f"--basis {args.basis}: a basis is fitted on the samples of a "
                            f"model of one input (.npy); --calibrate {args.calibrate} holds "

@@ -111,11 +111,10 @@ def _check_arguments(batch, max_xbars, calibrate) -> None:
                                   or isinstance(max_xbars, bool) or max_xbars < 1):
         raise CompileError(f"max_xbars {max_xbars!r}: must be an integer of at least 1 "
                            "(None: a crossbar per tile)")
-    arrays = calibrate.values() if isinstance(calibrate, dict) else [calibrate]
-    if calibrate is not None and not all(isinstance(a, np.ndarray) for a in arrays):
+    if calibrate is not None and not isinstance(calibrate, (np.ndarray, dict)):
         raise CompileError(f"calibrate must be an array of sample inputs, or {{input name: "
                            f"array}} (np.load a .npy or .npz first), not "
-                           f"{type(calibrate).__name__}")
+                           f"{type(calibrate).__name__}")  # (its arrays: check_samples)
 
 
 def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = None,
@@ -170,7 +169,7 @@ def compile_model(model: str | onnx.ModelProto, *, chip: ChipGeometry | None = N
         ctx.bit_stucking = low_write(bit_stucking, ctx.chip.slices)
     model = frontend.load_model(model) if isinstance(model, str) else model
     if digital:
-        entries = digital.split(",") if isinstance(digital, str) else digital
+        entries = digital.split(",") if isinstance(digital, str) else list(digital)
         ctx.digital = digital_layers(entries, matrix_layers(model))
         ctx.digital_named = ctx.digital & set(entries)
     if basis is not None:

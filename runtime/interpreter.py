@@ -653,10 +653,11 @@ def _warn_unverified(chip: Chip) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _warn_offset_bits(chip: Chip) -> None:
-    """A warning where the offset scheme's sign costs its weights a magnitude bit; a
-    RunError where it leaves none."""
-    if not cells.offset_bits_lost(chip):
+def _warn_offset_bits(program: Program, chip: Chip) -> None:
+    """A warning where the offset scheme's sign costs a program's crossbar weights a
+    magnitude bit; a RunError where it leaves none."""
+    if not cells.offset_bits_lost(chip) or \
+            not any(i.op in ("write", "wbmm") for i in program.text):
         return
     a = chip.arch
     held = a.cell_bits * a.slices
@@ -665,7 +666,8 @@ def _warn_offset_bits(chip: Chip) -> None:
             "scheme's sign")
     if cells.magnitude_max(chip) < 1:
         raise RunError(f"{what}, so no magnitude bit is left: use differential pairs "
-                       "(mapping.differential = 1) or more bits a weight")
+                       "(mapping.differential = 1), or compile with more bits a weight or "
+                       "a cell")
     warnings.warn(f"{what}, so its weights are rounded to {held} bits (differential pairs "
                   f"keep {a.weight_bits})", RuntimeWarning, stacklevel=3)
 
@@ -719,7 +721,7 @@ def run(program: Program, inputs=None, mode: str = "ideal", seed: int = 0,
     if mode == "analog":  # (quantized mode draws no noise and has no stuck cells)
         _warn_unverified(chip)
     if mode in ("quantized", "analog"):
-        _warn_offset_bits(chip)
+        _warn_offset_bits(program, chip)
     if mode != "timing":
         feeds, groups = check_inputs(program, inputs, allow_nonfinite)
         if not 0 <= first_sample <= 2 ** 63 - 1 - groups * program.batch:

@@ -788,3 +788,54 @@ def test_calibrated_ranges_are_onnxruntimes_whatever_the_batch(tmp_path):
         ranges.append({b.name: b.range for b in isa.load(str(out)).buffers if b.range})
     assert ranges[0] == ranges[1]
     assert ranges[0]["feat"] == pytest.approx(float(np.abs(feat).max()), rel=1e-6)
+
+
+def test_calibration_samples_are_checked_as_run_inputs_are(tmp_path):
+    """What cimrun refuses as inputs, calibration refuses too, with one message: ids outside
+    the table (a traceback from the reference evaluator), floats for integer ids (they were
+    truncated), arrays that are not numbers, an input whose first axis is not the samples'
+    (a shared mask was cut as if it were)."""
+    bert = os.path.join(MODELS, "bert_tiny_torch.onnx")
+    ids = np.load(os.path.join(MODELS, "bert_tiny_ids.npy"))
+    mask = np.load(os.path.join(MODELS, "bert_tiny_mask.npy"))
+    cases = [({"input_ids": ids + 64, "attention_mask": mask},
+              "--calibrate: the model cannot run on these samples"),
+             ({"input_ids": ids.astype(np.float32), "attention_mask": mask},
+              "input 'input_ids' holds integers: its samples must be an integer array, got "
+              "float32"),
+             ({"input_ids": ids, "attention_mask": mask.astype(str)},
+              "samples of 'attention_mask' must be a numeric array, got <U"),
+             ({"input_ids": ids, "attention_mask": mask, 3: mask},
+              "the model's inputs are ['input_ids', 'attention_mask']; not inputs: ['3']")]
+    for samples, message in cases:
+        with pytest.raises(CompileError) as info:
+            compile_model(bert, calibrate=samples)
+        assert message in str(info.value)
+    shared = _save(helper.make_model(helper.make_graph(
+        [helper.make_node("Mul", ["x", "m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("m", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]),
+        opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "shared.onnx")
+    np.savez(tmp_path / "s.npz", x=_f32(4, 4), m=_f32(4))
+    _fails_keeping_output(tmp_path, shared, "--calibrate", str(tmp_path / "s.npz"),
+                          ("the inputs' first axes differ (x [N, 4], m [4])",))
+
+
+def test_a_npz_for_one_input_and_named_products_from_an_iterator(tmp_path, digits_test):
+    """A .npz of the one input calibrates as its .npy does, --basis included (it had been
+    refused as holding several); --digital names from an iterator still pick attention's
+    products (the iterator had been used up)."""
+    x = np.load(CALIB_X)[:64]
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", image=x)
+    out = {}
+    for ext in ("npy", "npz"):
+        out[ext] = tmp_path / f"{ext}.cim"
+        r = cli("cimc", CNN, "-o", str(out[ext]), "--calibrate", str(tmp_path / f"x.{ext}"),
+                "--basis", "4", "-q")
+        assert r.returncode == 0, r.stderr
+    assert out["npy"].read_bytes() == out["npz"].read_bytes()
+    program = compile_model(model_path("digits_vit"), dynamic="write",
+                            digital=iter(["/blocks.0/attn/MatMul"]))
+    assert [i.op for i in program.text].count("dbmm") == 1

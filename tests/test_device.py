@@ -448,3 +448,8 @@ def test_the_offset_scheme_loses_a_bit_where_the_slices_hold_only_the_magnitude(
     with pytest.raises(RunError, match="2-bit weights and 1-bit cells: 1 slice.s. hold 1 "
                                        "bit.s., .* so no magnitude bit is left"):
         run(two_bit, x, mode="quantized", chip=offset, timing=False)
+    digital = compile_model(model_path("digits_mlp"), digital="all",
+                            chip=ChipGeometry(cell_bits=1, weight_bits=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no crossbar weights: the scheme is not used
+        run(digital, x, mode="quantized", chip=offset, timing=False)
