@@ -76,16 +76,18 @@ def ceil_pool(node: onnx.NodeProto, shapes: Shapes, values: dict) -> NodeWriter 
     end padding: onnx's shape inference counts that window before opset 22, onnxruntime and
     onnx's reference evaluator drop it (as opset 22 does). The pool as it is, then a Slice
     that drops it, so the model's later shapes are onnxruntime's; None when no such window
-    (or for auto_pad, or a MaxPool whose indices are read)."""
+    (or for SAME auto_pad, or a MaxPool whose indices are read)."""
     x = shapes[0]
     n = len(x) - 2
+    auto = node_attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
     if not node_attr(node, "ceil_mode", 0) or n < 1 or any(node.output[1:]) or \
-            node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            auto not in ("NOTSET", "VALID"):
         return None
     k = list(node_attr(node, "kernel_shape"))
     s = list(node_attr(node, "strides", [1] * n))
     d = list(node_attr(node, "dilations", [1] * n))
-    p = list(node_attr(node, "pads", [0] * 2 * n))
+    p = [0] * 2 * n if auto == "VALID" else list(node_attr(node, "pads", [0] * 2 * n))
     up = [-(-(x[2 + i] + p[i] + p[n + i] - ((k[i] - 1) * d[i] + 1)) // s[i]) + 1
           for i in range(n)]
     short = [u - ((u - 1) * s[i] >= x[2 + i] + p[i]) for i, u in enumerate(up)]

@@ -246,6 +246,19 @@ def test_an_ir3_model_takes_the_rewrites_constants():
     assert rel_err(got, want) < 1e-6
 
 
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_a_ceil_mode_valid_pool_drops_a_window_past_its_input(op):
+    """auto_pad VALID, 6 x 6, kernel 2, stride 3, ceil mode: onnx's shape inference counts
+    a third window starting at 6, past the input; onnxruntime gives 2 x 2."""
+    model = _standalone([helper.make_node(op, ["x"], ["y"], kernel_shape=[2, 2],
+                                          strides=[3, 3], auto_pad="VALID", ceil_mode=1)],
+                        {"x": [1, 2, 6, 6]}, 19)
+    x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    (want,) = ort_run(model, {"x": x})
+    got = run(compile_model(model), x, timing=False).outputs["y"]
+    assert want.shape == got.shape == (1, 2, 2, 2) and rel_err(got, want) < 1e-6
+
+
 def test_max_and_min_of_operands_that_broadcast_step_by_step():
     """Each step of the chain has its own operands' broadcast shape (the IR is verified
     after every pass)."""
