@@ -210,7 +210,7 @@ def generate(graph: Graph, chip: ChipGeometry, xbars: int,
     start = Instr("barrier", (), (("label", "inference"),), "end of the load phase")
     program = Program(chip=replace(chip, xbars=xbars), batch=graph.batch, batch_free=False,
                       ports=ports, buffers=cg.buffers(),
-                      text=[replace(i, note=one_line(i.note)) if i.note != one_line(i.note) else i
+                      text=[i if (note := one_line(i.note)) == i.note else replace(i, note=note)
                             for i in cg.loads + [start] + cg.text],  # notes print as comments
                       blobs=list(cg.blobs.values()))
     program.batch_free = batch_mixing(program) is None

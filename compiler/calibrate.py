@@ -22,6 +22,7 @@ from isa.files import load_array
 
 from .errors import CompileError
 from .onnx_reference import first_input, model_inputs, run_exposed
+from .support import INDEX_DTYPES
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
@@ -81,9 +82,6 @@ def _fmt(dims: list[int | None]) -> str:
     return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"
 
 
-_INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
-
-
 def _check_dtype(x, vi: onnx.ValueInfoProto, where: str) -> None:
     """An array of numbers (or booleans) for the input ``vi``; integers for an integer
     input, booleans or 0 and 1 for a boolean one (as cimrun takes inputs)."""
@@ -91,7 +89,7 @@ def _check_dtype(x, vi: onnx.ValueInfoProto, where: str) -> None:
         raise CompileError(f"{where}: samples of {vi.name!r} must be a numeric array, got "
                            f"{getattr(x, 'dtype', type(x).__name__)}")
     elem = vi.type.tensor_type.elem_type
-    if elem in _INTEGER_TYPES and x.dtype.kind not in "iu":
+    if elem in INDEX_DTYPES and x.dtype.kind not in "iu":
         raise CompileError(f"{where}: input {vi.name!r} holds integers: its samples must be "
                            f"an integer array, got {x.dtype}")
     if elem == onnx.TensorProto.BOOL and x.dtype != np.bool_ and \
@@ -100,11 +98,8 @@ def _check_dtype(x, vi: onnx.ValueInfoProto, where: str) -> None:
                            "a bool array, or 0 and 1")
 
 
-def _check_array(x: np.ndarray, where: str, allow_nonfinite: bool) -> None:
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-            or x.dtype == np.bool_):
-        raise CompileError(f"{where}: dtype {x.dtype}; expected floats (or booleans or "
-                           "integers, for such an input)")
+def _check_finite(x: np.ndarray, where: str, allow_nonfinite: bool) -> None:
+    """No NaN or Inf in ``x`` unless allowed (its dtype: ``check_samples``)."""
     bad = int(x.size - np.count_nonzero(np.isfinite(x))) if x.dtype.kind == "f" else 0
     if bad and not allow_nonfinite:
         raise CompileError(f"{where}: {bad} of {x.size} values are NaN or infinite; remove "
@@ -115,11 +110,11 @@ def _check_array(x: np.ndarray, where: str, allow_nonfinite: bool) -> None:
 def load_samples(path: str, allow_nonfinite: bool = False):
     """The samples in ``path``: one array (.npy) or {input name: array} (.npz), never
     unpickled. Raises CompileError (IsaError for an unreadable file) naming ``path``; NaN
-    or Inf values are an error unless allowed."""
+    or Inf values are an error unless allowed. Their dtypes and shapes: ``check_samples``."""
     samples = load_array(path, "--calibrate")
     for name, x in (samples.items() if isinstance(samples, dict) else [(None, samples)]):
-        _check_array(x, f"--calibrate {path}" + (f" (array {name!r})" if name else ""),
-                     allow_nonfinite)
+        _check_finite(x, f"--calibrate {path}" + (f" (array {name!r})" if name else ""),
+                      allow_nonfinite)
     return samples
 
 

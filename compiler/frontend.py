@@ -31,6 +31,7 @@ from .errors import CompileError
 from .ir import Graph
 from .limits import Limits, check_model, initializer_bytes
 from .onnx_fold import fold_constants
+from .onnx_reference import model_inputs
 from .support import (
     DOMAINS,
     DTYPES,
@@ -91,10 +92,8 @@ def load_model(path: str, limits: Limits | None = None) -> onnx.ModelProto:
 def symbolic_batch(model: onnx.ModelProto) -> bool:
     """Whether some input (not an initializer) has a symbolic first dimension, which
     ``--batch`` fixes."""
-    inits = {i.name for i in model.graph.initializer}
     return any(dims and not dims[0].HasField("dim_value")
-               for dims in (i.type.tensor_type.shape.dim for i in model.graph.input
-                            if i.name not in inits))
+               for dims in (i.type.tensor_type.shape.dim for i in model_inputs(model)))
 
 
 def _fix_batch(model: onnx.ModelProto, batch: int) -> None:

@@ -126,8 +126,8 @@ def matmul(graph, op):
             graph.add_constant(graph.fresh(f"{op.origin or op.id}.w"), weight)
         return "matmul", [a, name], {}
     if a in graph.constants and b not in graph.constants:
-        c, rank = graph.constants[a], len(graph.shape(b))
-        if _as_matrix(graph, a, b) is None and c.ndim > rank:
+        c = graph.constants[a]
+        if c.ndim > len(graph.shape(b)):
             raise CompileError(f"{op.origin or op.id}: MatMul of a constant {list(c.shape)} "
                                f"by a computed {list(graph.shape(b))}: a constant of more "
                                "axes than the computed operand would put its own axes before "

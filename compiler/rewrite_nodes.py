@@ -22,6 +22,8 @@ from collections.abc import Callable, Container, Mapping
 import numpy as np
 import onnx
 
+from isa import windows as win
+
 from . import expand_einsum
 from .node_writer import NodeWriter, node_attr
 from .support import DOMAINS, constant_values
@@ -88,9 +90,7 @@ def ceil_pool(node: onnx.NodeProto, shapes: Shapes, values: dict) -> NodeWriter 
     s = list(node_attr(node, "strides", [1] * n))
     d = list(node_attr(node, "dilations", [1] * n))
     p = [0] * 2 * n if auto == "VALID" else list(node_attr(node, "pads", [0] * 2 * n))
-    up = [-(-(x[2 + i] + p[i] + p[n + i] - ((k[i] - 1) * d[i] + 1)) // s[i]) + 1
-          for i in range(n)]
-    short = [u - ((u - 1) * s[i] >= x[2 + i] + p[i]) for i, u in enumerate(up)]
+    up, short = win.ceil_sizes(x[2:], k, s, p, d)
     if short == up:
         return None
     w = NodeWriter(node.output[0], "ceil")

@@ -81,11 +81,8 @@ def pool(ins: list[Shape], a: dict, declared: Shape) -> Shape:
     out = _window(x, a)
     if not a["ceil"]:
         return x[:2] + tuple(out)
-    n, k, s, p = len(x) - 2, a["kernel"], a["strides"], a["pads"]
-    eff = win.effective(k, a["dilations"])
-    up = tuple((x[2 + i] + p[i] + p[n + i] - eff[i] + s[i] - 1) // s[i] + 1 for i in range(n))
-    short = tuple(u - ((u - 1) * s[i] >= x[2 + i] + p[i]) for i, u in enumerate(up))
-    return x[:2] + (tuple(declared[2:]) if tuple(declared[2:]) == short else up)
+    up, short = win.ceil_sizes(x[2:], a["kernel"], a["strides"], a["pads"], a["dilations"])
+    return x[:2] + (tuple(short) if tuple(declared[2:]) == tuple(short) else tuple(up))
 
 
 def global_pool(ins: list[Shape], a: dict, declared: Shape) -> Shape:

@@ -27,6 +27,18 @@ def out_size(size, kernel, strides, pads, dilations) -> list[int]:
     return [(size[i] + pads[i] + pads[n + i] - eff[i]) // strides[i] + 1 for i in range(n)]
 
 
+def ceil_sizes(size, kernel, strides, pads, dilations) -> tuple[list[int], list[int]]:
+    """Ceil-mode output sizes: (every window that starts before the padded end, as onnx's
+    shape inference counts them before opset 22; less a last window that would start in
+    the end padding, as onnxruntime and opset 22 count them)."""
+    n = len(kernel)
+    eff = effective(kernel, dilations)
+    up = [(size[i] + pads[i] + pads[n + i] - eff[i] + strides[i] - 1) // strides[i] + 1
+          for i in range(n)]
+    short = [u - ((u - 1) * strides[i] >= size[i] + pads[i]) for i, u in enumerate(up)]
+    return up, short
+
+
 def pad_for(spatial, out, kernel, strides, pads, dilations) -> list[tuple[int, int]]:
     """Per-axis (begin, end) padding that covers every output window (ceil mode included)."""
     n = len(kernel)
